@@ -1,0 +1,226 @@
+"""What kind of statement this is: a read, a write, or a bare connection request.
+
+Pure functions, no I/O. Textual SQL is a read only when it is positively
+identified as one; anything unclear is a write, because a write sent to the
+writer is merely slower, while a write sent to a replica is a bug.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm.context import FromStatement
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import ClauseElement, Label, TextClause
+from sqlalchemy.sql.functions import FunctionElement, next_value
+from sqlalchemy.sql.selectable import GenerativeSelect, Select, TextualSelect
+
+__all__ = ["Kind", "classify", "classify_sql"]
+
+
+class Kind(enum.Enum):
+    """The routing-relevant kind of a statement."""
+
+    READ = "read"
+    WRITE = "write"
+    # ``session.connection()`` with no statement: what runs on it is unknown.
+    CONNECTION = "connection"
+
+
+_READ_STARTS = frozenset({"SELECT", "VALUES", "TABLE", "SHOW", "EXPLAIN", "WITH"})
+
+# Words that make a statement starting like a read a write (or lock rows, which
+# a hot standby refuses): data-modifying CTEs, SELECT INTO, sequence advances,
+# FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE, MySQL's
+# LOCK IN SHARE MODE and MariaDB's NEXT VALUE FOR.
+_WRITE_WORDS = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|MERGE|INTO|NEXTVAL|SETVAL|LOCK|"
+    r"FOR\s+(KEY\s+)?SHARE|NEXT\s+VALUE\s+FOR)\b",
+)
+_ANALYZE = re.compile(r"\bANALY[SZ]E\b")
+_FIRST_WORD = re.compile(r"[\s(]*([A-Z]+)")
+_SPECIAL = re.compile(r"""[-/'"`#$]""")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+_IDENT_CHAR = re.compile(r"[A-Za-z_0-9]")
+
+
+def _skip_quoted(sql: str, i: int, quote: str, backslash: bool) -> int:
+    """Return the index after the literal opened at ``i``, or -1 if unterminated."""
+    n = len(sql)
+    j = i + 1
+    while j < n:
+        c = sql[j]
+        if backslash and c == "\\":
+            j += 2
+            continue
+        if c == quote:
+            if j + 1 < n and sql[j + 1] == quote:  # doubled quote escapes itself
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    return -1
+
+
+def _skip_block_comment(sql: str, i: int, nested: bool) -> int:
+    depth = 0
+    j = i
+    n = len(sql)
+    while j < n:
+        if sql.startswith("/*", j):
+            depth = depth + 1 if nested or depth == 0 else depth
+            j += 2
+        elif sql.startswith("*/", j):
+            depth -= 1
+            j += 2
+            if depth == 0:
+                return j
+        else:
+            j += 1
+    return -1
+
+
+def _code_only(sql: str, mysql: bool) -> str | None:
+    """Replace comments and literals with blanks; None when it cannot tell."""
+    out: list[str] = []
+    i = 0
+    n = len(sql)
+    while i < n:
+        m = _SPECIAL.search(sql, i)
+        if m is None:
+            out.append(sql[i:])
+            break
+        k = m.start()
+        out.append(sql[i:k])
+        c = sql[k]
+        end = k + 1
+        blank = " "
+        if c == "-" and sql.startswith("--", k):
+            # MySQL needs whitespace after "--" for it to start a comment.
+            if not mysql or k + 2 >= n or sql[k + 2].isspace():
+                nl = sql.find("\n", k)
+                end = n if nl < 0 else nl
+            else:
+                blank = c
+        elif c == "#" and mysql:
+            nl = sql.find("\n", k)
+            end = n if nl < 0 else nl
+        elif c == "/" and sql.startswith("/*", k):
+            if mysql and sql.startswith(("/*!", "/*M!"), k):
+                return None  # MySQL executes these "comments"
+            end = _skip_block_comment(sql, k, nested=not mysql)
+        elif c == "'" or (c == '"' and mysql):
+            escaped = mysql or (
+                k > 0
+                and sql[k - 1] in "Ee"
+                and not (k > 1 and _IDENT_CHAR.match(sql[k - 2]))
+            )
+            end = _skip_quoted(sql, k, c, backslash=escaped)
+            blank = " ? "
+        elif c == '"' or (c == "`" and mysql):
+            end = _skip_quoted(sql, k, c, backslash=False)
+            blank = " _ident_ "
+        elif c == "$" and not mysql:
+            tag = _DOLLAR_TAG.match(sql, k)
+            if tag is not None and not (k > 0 and _IDENT_CHAR.match(sql[k - 1])):
+                close = sql.find(tag.group(), tag.end())
+                end = -1 if close < 0 else close + len(tag.group())
+                blank = " ? "
+            else:
+                blank = c
+        else:
+            blank = c
+        if end < 0:
+            return None
+        out.append(blank)
+        i = end
+    return "".join(out)
+
+
+def _is_read(code: str | None) -> bool:
+    if code is None:
+        return False
+    code = code.upper().strip().rstrip(";").strip()
+    if ";" in code:  # more than one statement
+        return False
+    first = _FIRST_WORD.match(code)
+    if first is None or first.group(1) not in _READ_STARTS:
+        return False
+    if first.group(1) == "EXPLAIN" and _ANALYZE.search(code):
+        return False  # EXPLAIN ANALYZE runs the statement
+    return _WRITE_WORDS.search(code) is None
+
+
+def _is_write_fragment(code: str | None) -> bool:
+    return code is None or _WRITE_WORDS.search(code.upper()) is not None
+
+
+@lru_cache(maxsize=2048)
+def classify_sql(sql: str) -> Kind:
+    """Classify textual SQL; a read only if it reads as one in every dialect."""
+    # Lexed twice: PostgreSQL and MySQL disagree on backslashes, "--", "#" and
+    # double quotes, and one dialect's quoting trick must not hide a write.
+    if _is_read(_code_only(sql, mysql=False)) and _is_read(_code_only(sql, mysql=True)):
+        return Kind.READ
+    return Kind.WRITE
+
+
+@lru_cache(maxsize=512)
+def _fragment_kind(sql: str) -> Kind:
+    if _is_write_fragment(_code_only(sql, mysql=False)) or _is_write_fragment(
+        _code_only(sql, mysql=True)
+    ):
+        return Kind.WRITE
+    return Kind.READ
+
+
+_SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+
+
+def _column_kind(column: Any) -> Kind:
+    if isinstance(column, Label):
+        column = column.element
+    if isinstance(column, next_value):
+        return Kind.WRITE
+    if isinstance(column, FunctionElement):
+        name = getattr(column, "name", "")
+        return Kind.WRITE if name.lower() in _SEQUENCE_FUNCTIONS else Kind.READ
+    if isinstance(column, TextClause):
+        return _fragment_kind(column.text)
+    if getattr(column, "is_literal", False):  # literal_column("nextval('s')")
+        return _fragment_kind(str(column.name))
+    return Kind.READ
+
+
+def classify(clause: ClauseElement | None, *, flushing: bool) -> Kind:
+    """Classify what ``Session.get_bind`` was asked to route."""
+    if flushing:
+        return Kind.WRITE
+    if clause is None:
+        return Kind.CONNECTION
+    if isinstance(clause, GenerativeSelect):
+        # Row locks need the primary: a standby refuses FOR UPDATE/SHARE.
+        if clause._for_update_arg is not None:
+            return Kind.WRITE
+        if isinstance(clause, Select):
+            # Only the select list is inspected (cheap, and where nextval()
+            # is written in practice); a replica's read-only transaction
+            # rejects anything deeper, which surfaces as ReadOnlyViolation.
+            for column in clause._raw_columns:
+                if _column_kind(column) is Kind.WRITE:
+                    return Kind.WRITE
+        return Kind.READ
+    if isinstance(clause, UpdateBase):
+        return Kind.WRITE
+    if isinstance(clause, TextClause):
+        return classify_sql(clause.text)
+    if isinstance(clause, TextualSelect):
+        return classify(clause.element, flushing=False)
+    if isinstance(clause, FromStatement):
+        return classify(clause.element, flushing=False)
+    if isinstance(clause, FunctionElement):
+        return _column_kind(clause)
+    return Kind.WRITE  # DDL and anything we do not know

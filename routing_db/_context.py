@@ -1,0 +1,138 @@
+"""Routing scope carried in ``contextvars``: ``read_only`` and ``use_writer``.
+
+Knows nothing of SQLAlchemy. A scope is visible to the task that entered it and
+to tasks created inside it (they copy the context), never to anything outside.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+__all__ = ["Scope", "current_scope", "read_only", "use_writer"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Scope(enum.Enum):
+    """The routing scope in force for the current context."""
+
+    NONE = "none"
+    READ_ONLY = "read_only"
+    WRITER = "writer"
+
+
+class _Frame:
+    """One entered scope; it keeps the token that installed it."""
+
+    __slots__ = ("scope", "token")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.token: Token[_Frame] | None = None
+
+
+_ROOT = _Frame(Scope.NONE)
+_frame: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
+
+
+def current_scope() -> Scope:
+    """Return the routing scope of the current context."""
+    return _frame.get().scope
+
+
+def _enter(wanted: Scope) -> None:
+    current = _frame.get().scope
+    # use_writer wins over read_only at any depth: a read_only nested inside
+    # use_writer must not make the writer's statements fail.
+    frame = _Frame(Scope.WRITER if current is Scope.WRITER else wanted)
+    # The token lives in the frame it installed, not on the shared marker
+    # object, so concurrent tasks entering the same marker never mix tokens.
+    frame.token = _frame.set(frame)
+
+
+def _exit() -> None:
+    token = _frame.get().token
+    if token is None:  # pragma: no cover - only reachable by misuse
+        raise RuntimeError("routing_db scope exited more often than entered")
+    _frame.reset(token)
+
+
+class _ScopeMarker:
+    """Decorator (sync and async) and context manager (``with``/``async with``)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> None:
+        _enter(self._scope)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _exit()
+
+    async def __aenter__(self) -> None:
+        _enter(self._scope)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _exit()
+
+    @overload
+    def __call__(self) -> _ScopeMarker: ...
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any] | None = None) -> Any:
+        if fn is None:
+            return self  # ``with read_only():`` and ``@read_only()``
+        scope = self._scope
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                _enter(scope)
+                try:
+                    return await async_fn(*args, **kwargs)
+                finally:
+                    _exit()
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            _enter(scope)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _exit()
+
+        return sync_wrapper
+
+    def __repr__(self) -> str:
+        return f"<routing_db scope {self._scope.value}>"
+
+
+read_only = _ScopeMarker(Scope.READ_ONLY)
+"""Reads go to a replica and writes raise ``ReadOnlyViolation`` inside this."""
+
+use_writer = _ScopeMarker(Scope.WRITER)
+"""Every statement goes to the writer inside this; wins over ``read_only``."""

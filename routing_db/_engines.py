@@ -1,0 +1,186 @@
+"""Engines: URL checks, engine creation, and how a replica connection is set up."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ._exceptions import ConfigurationError, ReadOnlyViolation
+
+__all__ = [
+    "check_url",
+    "create_engine",
+    "engine_name",
+    "install_replica_setup",
+    "safe_url",
+]
+
+# backend -> (async drivers we accept, the one to suggest instead of a sync one)
+_ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
+    "postgresql": (frozenset({"asyncpg", "psycopg", "psycopg_async"}), "asyncpg"),
+    "mysql": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
+    "mariadb": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
+    "sqlite": (frozenset({"aiosqlite"}), "aiosqlite"),
+}
+_DRIVER_PACKAGES = {"psycopg_async": "psycopg", "psycopg": "psycopg[binary]"}
+
+_URL_FORM = "dialect+driver://user:password@host:port/database"
+
+
+def safe_url(url: URL) -> str:
+    """Render ``url`` with its password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def check_url(value: str | URL, *, field: str) -> URL:
+    """Parse ``value`` and require an asyncio driver; errors never show a password."""
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError, TypeError):
+        # ``from None``: SQLAlchemy's message repeats the whole URL string.
+        raise ConfigurationError(
+            f"{field} is not a valid database URL; expected {_URL_FORM}"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ConfigurationError(
+            f"{field} uses the unsupported database '{backend}'; supported: "
+            + ", ".join(sorted(_ASYNC_DRIVERS))
+        )
+    accepted, suggested = _ASYNC_DRIVERS[backend]
+    try:
+        driver = url.get_driver_name()
+    except Exception:
+        raise ConfigurationError(
+            f"{field} names an unknown driver '{url.drivername}'; "
+            f"use {backend}+{suggested}"
+        ) from None
+    if driver not in accepted:
+        raise ConfigurationError(
+            f"{field} uses '{url.drivername}', which resolves to the synchronous "
+            f"driver '{driver}'; routing_db needs an asyncio driver: "
+            f"use {backend}+{suggested}:// (accepted: "
+            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
+            + ")"
+        )
+    return url
+
+
+def create_engine(url: URL, *, field: str, **kwargs: Any) -> AsyncEngine:
+    """``create_async_engine`` with errors that name the setting, not the password."""
+    try:
+        return create_async_engine(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        driver = url.get_driver_name()
+        package = _DRIVER_PACKAGES.get(driver, driver)
+        raise ConfigurationError(
+            f"{field} needs the driver '{driver}', which is not installed "
+            f"(pip install {package}): {exc.name} is missing"
+        ) from None
+    except (ArgumentError, TypeError) as exc:
+        raise ConfigurationError(f"{field}: {exc}") from None
+
+
+def engine_name(engine: AsyncEngine) -> str:
+    """A label for an engine, ``host:port/database``, never with a password."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite:{url.database or ':memory:'}"
+    return f"{url.host or 'localhost'}:{url.port or ''}/{url.database or ''}"
+
+
+def _close_quietly(dbapi_connection: Any) -> None:
+    with contextlib.suppress(Exception):  # it is being discarded either way
+        dbapi_connection.close()
+
+
+def _postgresql(cursor: Any) -> bool:
+    # One round trip: is it a standby, and make every transaction on this
+    # connection read-only at the server (session-level set_config).
+    cursor.execute(
+        "SELECT pg_is_in_recovery(), "
+        "set_config('default_transaction_read_only', 'on', false)"
+    )
+    row = cursor.fetchone()
+    return bool(row[0])
+
+
+def _mysql(cursor: Any) -> bool:
+    cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    cursor.execute("SELECT @@global.read_only")
+    row = cursor.fetchone()
+    return bool(row[0])
+
+
+def _sqlite(cursor: Any) -> bool:
+    cursor.execute("PRAGMA query_only = ON")
+    return True  # SQLite has no standbys; a read-only file handle is the replica
+
+
+_SETUP = {
+    "postgresql": _postgresql,
+    "mysql": _mysql,
+    "mariadb": _mysql,
+    "sqlite": _sqlite,
+}
+
+
+def _is_read_only_rejection(error: BaseException) -> bool:
+    """True when a server refused a write because the transaction is read-only."""
+    if getattr(error, "sqlstate", None) == "25006":  # asyncpg, psycopg
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == 8  # SQLITE_READONLY and its extended codes
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    # MySQL: 1792 read-only transaction, 1290 server running with --read-only.
+    return bool(args) and args[0] in (1792, 1290)
+
+
+def _translate_read_only(context: Any) -> BaseException | None:
+    if _is_read_only_rejection(context.original_exception):
+        return ReadOnlyViolation(
+            "the replica refused a write (its transactions are read-only); "
+            "nothing was written. Run writes outside read_only or in use_writer."
+        )
+    return None
+
+
+def install_replica_setup(
+    engine: AsyncEngine, *, name: str, require_standby: bool
+) -> None:
+    """Make every new connection of ``engine`` read-only and check it is a standby."""
+    dialect = engine.dialect.name
+    setup = _SETUP.get(dialect)
+    if setup is None:
+        raise ConfigurationError(f"replica {name}: unsupported dialect '{dialect}'")
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                standby = setup(cursor)
+            finally:
+                cursor.close()
+            # Commit: a session-level SET made inside a transaction that is
+            # later rolled back (the pool's reset-on-return) would be undone.
+            dbapi_connection.commit()
+        except BaseException:
+            _close_quietly(dbapi_connection)
+            raise
+        if require_standby and not standby:
+            _close_quietly(dbapi_connection)
+            raise ConfigurationError(
+                f"replica {name} is not a standby (it accepts writes): it looks "
+                "like a primary. Point replica URLs at read-only standbys, or pass "
+                "require_standby=False if this is deliberate."
+            )
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "handle_error", _translate_read_only)

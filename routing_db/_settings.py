@@ -1,0 +1,107 @@
+"""``RoutingSettings``: environment/config edge (pydantic-settings, ``ROUTING_DB_``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ._engines import check_url
+
+__all__ = ["RoutingSettings"]
+
+_POOL_FIELDS = (
+    "pool_size",
+    "max_overflow",
+    "pool_timeout",
+    "pool_recycle",
+    "pool_pre_ping",
+)
+
+PoolCount = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
+Recycle = Annotated[int, Field(ge=-1)]
+
+
+class RoutingSettings(BaseSettings):
+    """Router settings from arguments or ``ROUTING_DB_*`` environment variables."""
+
+    # hide_input_in_errors: a validation error must never echo a URL's password.
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTING_DB_",
+        hide_input_in_errors=True,
+        extra="forbid",
+    )
+
+    writer_url: SecretStr | None = None
+    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    pool_size: PoolCount = 5
+    max_overflow: PoolCount = 10
+    pool_timeout: Seconds = 30.0
+    pool_recycle: Recycle = -1
+    pool_pre_ping: bool = True
+
+    writer_pool_size: PoolCount | None = None
+    writer_max_overflow: PoolCount | None = None
+    writer_pool_timeout: Seconds | None = None
+    writer_pool_recycle: Recycle | None = None
+    writer_pool_pre_ping: bool | None = None
+    replica_pool_size: PoolCount | None = None
+    replica_max_overflow: PoolCount | None = None
+    replica_pool_timeout: Seconds | None = None
+    replica_pool_recycle: Recycle | None = None
+    replica_pool_pre_ping: bool | None = None
+
+    default_role: Literal["writer", "auto"] = "writer"
+    fallback_to_writer: bool = True
+    require_standby: bool = True
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("writer_url")
+    @classmethod
+    def _check_writer(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_url(value.get_secret_value(), field="writer_url")
+        return value
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _check_replicas(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for i, url in enumerate(value):
+            check_url(url.get_secret_value(), field=f"replica_urls[{i}]")
+        return value
+
+    @model_validator(mode="after")
+    def _require_writer(self) -> RoutingSettings:
+        if self.writer_url is None or not self.writer_url.get_secret_value():
+            raise ValueError("writer_url is required (set ROUTING_DB_WRITER_URL)")
+        return self
+
+    def _role_overrides(self, role: str) -> dict[str, Any]:
+        return {
+            name: value
+            for name in _POOL_FIELDS
+            if (value := getattr(self, f"{role}_{name}")) is not None
+        }
+
+    def router_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Router.from_urls`` (they contain the secrets)."""
+        assert self.writer_url is not None  # enforced by _require_writer
+        return {
+            "writer_url": self.writer_url.get_secret_value(),
+            "replica_urls": [url.get_secret_value() for url in self.replica_urls],
+            "writer_kwargs": self._role_overrides("writer"),
+            "replica_kwargs": self._role_overrides("replica"),
+            "default_role": self.default_role,
+            "fallback_to_writer": self.fallback_to_writer,
+            "require_standby": self.require_standby,
+            **{name: getattr(self, name) for name in _POOL_FIELDS},
+        }
