@@ -1,0 +1,437 @@
+"""A throwaway PostgreSQL primary with streaming replicas, and fault controls."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.engine import make_url
+
+__all__ = ["ClusterError", "PgNode", "PostgresCluster", "find_pg_bindir"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_INSTALL_HINT = (
+    "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) were not found. "
+    "Install them (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install "
+    "postgresql-server; macOS: brew install postgresql) or set ROUTING_DB_PG_BINDIR."
+)
+_SERVER_USER = "postgres"
+
+
+class ClusterError(RuntimeError):
+    """The test cluster could not be started, controlled or queried."""
+
+
+def find_pg_bindir() -> Path:
+    """Locate the PostgreSQL server binaries, newest version first."""
+    candidates: list[str] = []
+    if env := os.environ.get("ROUTING_DB_PG_BINDIR"):
+        candidates.append(env)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10
+        )
+        candidates.append(out.stdout.strip())
+    versioned = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
+    candidates += sorted(versioned, key=_version_key, reverse=True)
+    if initdb := shutil.which("initdb"):
+        candidates.append(str(Path(initdb).parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").is_file():
+            return Path(candidate)
+    raise ClusterError(_INSTALL_HINT)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    digits = "".join(c if c.isdigit() else " " for c in path).split()
+    return tuple(int(d) for d in digits)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class PgNode:
+    """One server of the cluster: where it listens and, if ours, where it lives."""
+
+    name: str
+    host: str
+    port: int
+    user: str = "postgres"
+    dbname: str = "postgres"
+    password: str | None = None
+    datadir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy asyncpg URL of this server."""
+        return self._render("postgresql+asyncpg")
+
+    @property
+    def dsn(self) -> str:
+        """libpq URI of this server (for psql)."""
+        return self._render("postgresql")
+
+    def _render(self, drivername: str) -> str:
+        auth = self.user if self.password is None else f"{self.user}:{self.password}"
+        return f"{drivername}://{auth}@{self.host}:{self.port}/{self.dbname}"
+
+    @property
+    def logfile(self) -> Path | None:
+        """Server log of a node this process started."""
+        return None if self.datadir is None else self.datadir.with_suffix(".log")
+
+
+def _async_form(
+    fn: Callable[Concatenate[PostgresCluster, P], R],
+) -> Callable[Concatenate[PostgresCluster, P], Awaitable[R]]:
+    async def wrapper(self: PostgresCluster, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(fn, self, *args, **kwargs)
+
+    wrapper.__name__ = wrapper.__qualname__ = f"a{fn.__name__}"
+    wrapper.__doc__ = f"Async form of ``{fn.__name__}``: the event loop keeps running."
+    return wrapper
+
+
+class PostgresCluster:
+    """A primary and its streaming replicas, with controls to inject faults."""
+
+    def __init__(
+        self,
+        primary: PgNode,
+        replicas: Sequence[PgNode],
+        *,
+        bindir: Path | None = None,
+        basedir: Path | None = None,
+    ) -> None:
+        self.primary = primary
+        self.replicas = list(replicas)
+        self._bindir = bindir
+        self._basedir = basedir
+        self._stopped = False
+
+    # -- construction -----------------------------------------------------
+
+    @classmethod
+    def external(cls, writer_url: str, replica_urls: Sequence[str]) -> PostgresCluster:
+        """Use servers someone else runs (no process control, SQL controls only)."""
+
+        def node(name: str, url: str) -> PgNode:
+            u = make_url(url)
+            return PgNode(
+                name=name,
+                host=u.host or "127.0.0.1",
+                port=u.port or 5432,
+                user=u.username or "postgres",
+                dbname=u.database or "postgres",
+                password=u.password if isinstance(u.password, str) else None,
+            )
+
+        return cls(
+            node("primary", writer_url),
+            [node(f"replica{i}", url) for i, url in enumerate(replica_urls)],
+        )
+
+    @classmethod
+    def from_env(cls) -> PostgresCluster | None:
+        """An external cluster from ``ROUTING_DB_TEST_*_URL(S)``, or None."""
+        writer = os.environ.get("ROUTING_DB_TEST_WRITER_URL")
+        if not writer:
+            return None
+        replicas = os.environ.get("ROUTING_DB_TEST_REPLICA_URLS", "")
+        return cls.external(writer, [u.strip() for u in replicas.split(",") if u])
+
+    @classmethod
+    def start(cls, replicas: int = 2, *, bindir: Path | None = None) -> PostgresCluster:
+        """initdb a primary, ``pg_basebackup -R`` replicas, wait until they stream."""
+        bindir = bindir or find_pg_bindir()
+        basedir = Path(tempfile.mkdtemp(prefix="routing_db_pg_"))
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root; its files must belong to postgres.
+            shutil.chown(basedir, _SERVER_USER, None)
+        ports = _free_ports(1 + replicas)
+        primary = PgNode("primary", "127.0.0.1", ports[0], datadir=basedir / "primary")
+        standbys = [
+            PgNode(f"replica{i}", "127.0.0.1", port, datadir=basedir / f"replica{i}")
+            for i, port in enumerate(ports[1:])
+        ]
+        cluster = cls(primary, standbys, bindir=bindir, basedir=basedir)
+        atexit.register(cluster.stop)
+        try:
+            cluster._init_primary()
+            cluster._start_node(primary)
+            for node in standbys:
+                cluster._clone_replica(node)
+                cluster._start_node(node)
+            cluster.wait_streaming()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    # -- processes ----------------------------------------------------------
+
+    @property
+    def owned(self) -> bool:
+        """True when this process started the servers and can stop/crash them."""
+        return self._basedir is not None
+
+    @property
+    def writer_url(self) -> str:
+        """SQLAlchemy URL of the primary."""
+        return self.primary.url
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """SQLAlchemy URLs of the replicas."""
+        return [node.url for node in self.replicas]
+
+    def _run(self, *args: str, timeout: float = 120) -> str:
+        assert self._bindir is not None
+        cmd = [str(self._bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", _SERVER_USER, "--", *cmd]
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, cwd="/"
+            )
+        except FileNotFoundError as exc:
+            raise ClusterError(f"cannot run {cmd[0]}: {exc}") from None
+        if done.returncode != 0:
+            raise ClusterError(
+                f"{' '.join(args[:2])} failed ({done.returncode}): "
+                f"{done.stderr.strip() or done.stdout.strip()}"
+            )
+        return done.stdout
+
+    def _conf(self, node: PgNode, **settings: str | int) -> None:
+        assert node.datadir is not None
+        lines = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
+        # Appended as the server user would write it; later lines win.
+        with (node.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(lines)
+
+    def _init_primary(self) -> None:
+        node = self.primary
+        assert node.datadir is not None
+        self._run(
+            "initdb", "-D", str(node.datadir), "-U", "postgres", "--auth=trust",
+            "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        self._conf(
+            node,
+            listen_addresses="127.0.0.1",
+            port=node.port,
+            unix_socket_directories=str(self._basedir),
+            wal_level="replica",
+            max_wal_senders=10,
+            max_replication_slots=10,
+            wal_keep_size="256MB",
+            hot_standby="on",
+            fsync="off",
+            full_page_writes="off",
+            max_connections=300,
+            shared_buffers="32MB",
+        )
+
+    def _clone_replica(self, node: PgNode) -> None:
+        assert node.datadir is not None
+        self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port),
+            "-U", "postgres", "-D", str(node.datadir), "-R", "-X", "stream",
+            "-c", "fast", "--no-sync",
+        )  # fmt: skip
+        # Reconnect quickly after a primary restart (the default is 5 s).
+        self._conf(node, port=node.port, wal_retrieve_retry_interval="200ms")
+
+    def _pg_ctl(self, node: PgNode, action: str, *extra: str) -> None:
+        if node.datadir is None:
+            raise ClusterError(
+                f"{node.name} was not started by routing_db.testing: cannot {action} it"
+            )
+        try:
+            self._run(
+                "pg_ctl", action, "-D", str(node.datadir), "-w", "-t", "60",
+                "-l", str(node.logfile), *extra,
+            )  # fmt: skip
+        except ClusterError as exc:
+            raise ClusterError(
+                f"{exc}\n--- {node.name} log ---\n{self.log(node)}"
+            ) from None
+
+    def log(self, node: PgNode, lines: int = 30) -> str:
+        """The last lines of a node's server log."""
+        if node.logfile is None or not node.logfile.exists():
+            return ""
+        return "\n".join(node.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+    def _start_node(self, node: PgNode) -> None:
+        self._pg_ctl(node, "start")
+
+    def stop(self) -> None:
+        """Stop every server this process started and delete their files."""
+        if self._stopped or not self.owned:
+            return
+        self._stopped = True
+        for node in (*self.replicas, self.primary):
+            if node.datadir is not None and (node.datadir / "postmaster.pid").exists():
+                with contextlib.suppress(ClusterError):
+                    self._run(
+                        "pg_ctl", "stop", "-D", str(node.datadir), "-m", "immediate",
+                        "-w", "-t", "30",
+                    )  # fmt: skip
+        if self._basedir is not None:
+            shutil.rmtree(self._basedir, ignore_errors=True)
+
+    # -- SQL ------------------------------------------------------------------
+
+    def sql(self, node: PgNode, query: str, *, timeout: float = 30) -> str:
+        """Run one query with psql on ``node``; return its unaligned output."""
+        psql = (
+            str(self._bindir / "psql") if self._bindir else shutil.which("psql")
+        ) or "psql"
+        try:
+            done = subprocess.run(
+                [psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", node.dsn, "-c", query],
+                capture_output=True, text=True, timeout=timeout,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise ClusterError("psql was not found; " + _INSTALL_HINT) from None
+        if done.returncode != 0:
+            raise ClusterError(f"{node.name}: {query!r} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def _poll(
+        self, what: str, check: Callable[[], bool], timeout: float, interval: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(ClusterError):
+                if check():
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"timed out after {timeout:.0f} s waiting for {what}"
+                )
+            time.sleep(interval)
+
+    # -- waiting ----------------------------------------------------------------
+
+    def wait_streaming(self, timeout: float = 60) -> None:
+        """Wait until every replica streams from the primary."""
+        want = len(self.replicas)
+        query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        self._poll(
+            f"{want} streaming replicas",
+            lambda: int(self.sql(self.primary, query)) >= want,
+            timeout,
+            0.05,
+        )
+
+    def wait_replicated(
+        self, replicas: Sequence[PgNode] | None = None, timeout: float = 30
+    ) -> str:
+        """Wait until ``replicas`` (default all) replayed the primary's WAL position."""
+        lsn = self.sql(self.primary, "SELECT pg_current_wal_lsn()")
+        query = f"SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{lsn}') >= 0"
+        for node in self.replicas if replicas is None else replicas:
+            self._poll(
+                f"{node.name} to replay {lsn}",
+                lambda node=node: self.sql(node, query) == "t",  # type: ignore[misc]
+                timeout,
+                0.02,
+            )
+        return lsn
+
+    # -- faults -------------------------------------------------------------------
+
+    def stop_replica(self, index: int) -> None:
+        """Stop a replica cleanly (``pg_ctl stop -m fast``)."""
+        self._pg_ctl(self.replicas[index], "stop", "-m", "fast")
+
+    def crash_replica(self, index: int) -> None:
+        """Crash a replica (``pg_ctl stop -m immediate``: no shutdown checkpoint)."""
+        self._pg_ctl(self.replicas[index], "stop", "-m", "immediate")
+
+    def start_replica(self, index: int, *, wait_streaming: bool = True) -> None:
+        """Start a stopped replica and, by default, wait until it streams again."""
+        self._start_node(self.replicas[index])
+        if wait_streaming:
+            self.wait_streaming()
+
+    def restart_primary(self) -> None:
+        """Restart the primary (``pg_ctl restart -m fast``)."""
+        self._pg_ctl(self.primary, "restart", "-m", "fast")
+
+    def pause_replay(self, index: int) -> None:
+        """Pause WAL replay on a replica (it keeps receiving WAL)."""
+        node = self.replicas[index]
+        self.sql(node, "SELECT pg_wal_replay_pause()")
+        self._poll(
+            f"{node.name} replay to pause",
+            lambda: (
+                self.sql(node, "SELECT pg_get_wal_replay_pause_state()") == "paused"
+            ),
+            10,
+            0.02,
+        )
+
+    def resume_replay(self, index: int) -> None:
+        """Resume WAL replay on a replica."""
+        self.sql(self.replicas[index], "SELECT pg_wal_replay_resume()")
+
+    def is_running(self, node: PgNode) -> bool:
+        """True when ``node`` accepts connections."""
+        try:
+            self.sql(node, "SELECT 1", timeout=5)
+        except ClusterError:
+            return False
+        return True
+
+    def heal(self) -> None:
+        """Undo faults: start stopped servers, resume replay, wait for streaming."""
+        if self.owned and not self.is_running(self.primary):
+            self._start_node(self.primary)
+        for index, node in enumerate(self.replicas):
+            if self.owned and not self.is_running(node):
+                self._start_node(node)
+            self.resume_replay(index)
+        self.wait_streaming()
+        self.wait_replicated()
+
+    astop_replica = _async_form(stop_replica)
+    acrash_replica = _async_form(crash_replica)
+    astart_replica = _async_form(start_replica)
+    arestart_primary = _async_form(restart_primary)
+    apause_replay = _async_form(pause_replay)
+    aresume_replay = _async_form(resume_replay)
+    await_replicated = _async_form(wait_replicated)
+    aheal = _async_form(heal)
+
+    def __repr__(self) -> str:
+        nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
+        return f"<PostgresCluster {nodes}>"

@@ -1,0 +1,30 @@
+"""pytest plugin: a session-scoped ``pg_cluster`` fixture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ._cluster import PostgresCluster
+
+__all__ = ["pg_cluster"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL primary + 2 streaming replicas for the whole test session.
+
+    ``ROUTING_DB_TEST_WRITER_URL`` / ``ROUTING_DB_TEST_REPLICA_URLS`` point it at
+    servers you run instead; otherwise it starts its own on free loopback ports
+    and always stops them (also on failure; an atexit hook covers Ctrl-C).
+    """
+    external = PostgresCluster.from_env()
+    if external is not None:
+        yield external
+        return
+    cluster = PostgresCluster.start(replicas=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
