@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
@@ -46,6 +47,18 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
     return f"{type(clause).__name__} statement"
 
 
+def _driver_says_closed(driver_connection: Any) -> bool:
+    """What the driver already knows about its socket, without any I/O."""
+    is_closed = getattr(driver_connection, "is_closed", None)  # asyncpg
+    if callable(is_closed):
+        return bool(is_closed())
+    for flag in ("broken", "closed"):  # psycopg 3, aiomysql/asyncmy
+        value = getattr(driver_connection, flag, None)
+        if isinstance(value, bool) and value:
+            return True
+    return False
+
+
 class RoutingSyncSession(Session):
     """The sync ``Session`` behind ``RoutingSession``; routes in ``get_bind``."""
 
@@ -65,6 +78,7 @@ class RoutingSyncSession(Session):
             router.default_role if router is not None else "writer"
         )
         self._routing_replica: Engine | None = None
+        self._routing_replica_connection: Connection | None = None
         self._routing_wrote = False
 
     def get_bind(
@@ -134,6 +148,42 @@ class RoutingSyncSession(Session):
             )
         super().flush(objects)
 
+    def rollback(self) -> None:
+        """Roll back; a replica connection that died is invalidated, not raised."""
+        replica = self._invalidate_dead_replica()
+        try:
+            super().rollback()
+        except DBAPIError as exc:
+            # The driver had not noticed the loss yet. Session.rollback() has
+            # still ended the transaction and released every connection, so a
+            # disconnect on the (read-only) replica is not worth an error.
+            if not (exc.connection_invalidated and replica is not None):
+                raise
+            if not replica.invalidated:
+                raise
+
+    def close(self) -> None:
+        """Close; a replica connection that died is invalidated, not raised."""
+        self._invalidate_dead_replica()
+        super().close()
+
+    def reset(self) -> None:
+        """Reset; a replica connection that died is invalidated, not raised."""
+        self._invalidate_dead_replica()
+        super().reset()
+
+    def _invalidate_dead_replica(self) -> Connection | None:
+        # Without this, ending the transaction sends ROLLBACK on a closed socket
+        # and raises; inside close() that error would also stop the writer's
+        # connection from being released. Invalidated, it is skipped (its
+        # read-only transaction ended on the server when the connection died).
+        connection = self._routing_replica_connection
+        if connection is None or connection.closed or connection.invalidated:
+            return connection
+        if _driver_says_closed(connection.connection.driver_connection):
+            connection.invalidate()
+        return connection
+
     def _has_changes(self) -> bool:
         if self._is_clean():
             return False
@@ -142,10 +192,23 @@ class RoutingSyncSession(Session):
         )
 
 
+@event.listens_for(RoutingSyncSession, "after_begin")
+def _connection_begun(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    if (
+        isinstance(session, RoutingSyncSession)
+        and session._routing_replica is not None
+        and connection.engine is session._routing_replica
+    ):
+        session._routing_replica_connection = connection
+
+
 @event.listens_for(RoutingSyncSession, "after_transaction_end")
 def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None and isinstance(session, RoutingSyncSession):
         session._routing_replica = None
+        session._routing_replica_connection = None
         session._routing_wrote = False
 
 
