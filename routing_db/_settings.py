@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._engines import check_url
@@ -22,6 +22,22 @@ _POOL_FIELDS = (
 PoolCount = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(gt=0)]
 Recycle = Annotated[int, Field(ge=-1)]
+
+
+def _without_inputs(error: ValidationError) -> ValidationError:
+    """The same errors with every input replaced: ``errors()`` would echo URLs."""
+    line_errors: list[Any] = [
+        {
+            "type": item["type"],
+            "loc": item["loc"],
+            "input": "<hidden>",
+            **({"ctx": item["ctx"]} if "ctx" in item else {}),
+        }
+        for item in error.errors(include_url=False, include_input=False)
+    ]
+    return ValidationError.from_exception_data(
+        error.title, line_errors, hide_input=True
+    )
 
 
 class RoutingSettings(BaseSettings):
@@ -57,6 +73,13 @@ class RoutingSettings(BaseSettings):
     default_role: Literal["writer", "auto"] = "writer"
     fallback_to_writer: bool = True
     require_standby: bool = True
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            # ``from None``: the original error keeps the raw inputs.
+            raise _without_inputs(error) from None
 
     @field_validator("replica_urls", mode="before")
     @classmethod

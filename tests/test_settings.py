@@ -1,0 +1,217 @@
+"""RoutingSettings and Router construction: clear typed errors, no secrets shown."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from routing_db import ConfigurationError, Router, RoutingSettings
+
+SECRET = "s3cr3t-pw"
+WRITER = f"postgresql+asyncpg://app:{SECRET}@db.example:5432/app"
+REPLICA = f"postgresql+asyncpg://app:{SECRET}@replica.example:5432/app"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ROUTING_DB_") and not name.startswith("ROUTING_DB_TEST_"):
+            monkeypatch.delenv(name)
+
+
+def test_from_arguments() -> None:
+    s = RoutingSettings(writer_url=WRITER, replica_urls=[REPLICA], pool_size=3)
+    kwargs = s.router_kwargs()
+    assert kwargs["writer_url"] == WRITER
+    assert kwargs["replica_urls"] == [REPLICA]
+    assert kwargs["pool_size"] == 3
+    assert kwargs["pool_pre_ping"] is True
+    assert kwargs["default_role"] == "writer"
+    assert kwargs["fallback_to_writer"] is True
+
+
+def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
+    monkeypatch.setenv(
+        "ROUTING_DB_REPLICA_URLS", f"{REPLICA}, {REPLICA.replace('replica', 'r2')}"
+    )
+    monkeypatch.setenv("ROUTING_DB_REPLICA_POOL_SIZE", "7")
+    monkeypatch.setenv("ROUTING_DB_DEFAULT_ROLE", "auto")
+    monkeypatch.setenv("ROUTING_DB_FALLBACK_TO_WRITER", "false")
+    s = RoutingSettings()
+    kwargs = s.router_kwargs()
+    assert len(kwargs["replica_urls"]) == 2
+    assert kwargs["replica_kwargs"] == {"pool_size": 7}
+    assert kwargs["writer_kwargs"] == {}
+    assert kwargs["default_role"] == "auto"
+    assert kwargs["fallback_to_writer"] is False
+
+
+def test_empty_replica_list_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", "")
+    assert RoutingSettings().replica_urls == []
+
+
+def test_secrets_are_not_in_repr() -> None:
+    s = RoutingSettings(writer_url=WRITER, replica_urls=[REPLICA])
+    assert SECRET not in repr(s)
+    assert SECRET not in str(s)
+    assert SECRET not in s.model_dump_json()
+
+
+def _error_text(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    err = excinfo.value
+    text = str(err) + repr(err)
+    if isinstance(err, ValidationError):
+        text += str(err.errors()) + err.json()
+    return text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expect"),
+    [
+        ({}, "writer_url is required"),
+        ({"writer_url": ""}, "writer_url"),
+        ({"writer_url": f"not a url {SECRET}"}, "not a valid database URL"),
+        (
+            {"writer_url": f"postgresql+psycopg2://u:{SECRET}@h/db"},
+            "postgresql+asyncpg",
+        ),
+        ({"writer_url": f"postgresql+pg8000://u:{SECRET}@h/db"}, "asyncio driver"),
+        ({"writer_url": f"mysql://u:{SECRET}@h/db"}, "mysql+aiomysql"),
+        ({"writer_url": f"mysql+pymysql://u:{SECRET}@h/db"}, "mysql+aiomysql"),
+        ({"writer_url": "sqlite:///x.db"}, "sqlite+aiosqlite"),
+        ({"writer_url": f"oracle+oracledb://u:{SECRET}@h/db"}, "unsupported database"),
+        (
+            {
+                "writer_url": WRITER,
+                "replica_urls": [f"postgresql+psycopg2://u:{SECRET}@h/db"],
+            },
+            "replica_urls[0]",
+        ),
+        ({"writer_url": WRITER, "pool_size": -1}, "pool_size"),
+        ({"writer_url": WRITER, "max_overflow": -5}, "max_overflow"),
+        ({"writer_url": WRITER, "replica_pool_size": -1}, "replica_pool_size"),
+        ({"writer_url": WRITER, "pool_timeout": 0}, "pool_timeout"),
+        ({"writer_url": WRITER, "default_role": "replica"}, "default_role"),
+        ({"writer_url": WRITER, "no_such_option": 1}, "no_such_option"),
+    ],
+)
+def test_bad_settings(kwargs: dict[str, object], expect: str) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        RoutingSettings(**kwargs)
+    text = _error_text(excinfo)
+    assert expect in text
+    assert SECRET not in text
+
+
+def test_bad_environment_does_not_echo_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "ROUTING_DB_WRITER_URL", f"postgresql+psycopg2://u:{SECRET}@h/db"
+    )
+    with pytest.raises(ValidationError) as excinfo:
+        RoutingSettings()
+    assert SECRET not in _error_text(excinfo)
+    assert "postgresql+asyncpg" in _error_text(excinfo)
+
+
+def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
+    import sqlalchemy
+
+    if sqlalchemy.__version__.startswith("2.0"):
+        with pytest.raises(ValidationError, match="asyncio driver"):
+            RoutingSettings(writer_url="postgresql://u@h/db")
+    else:
+        assert RoutingSettings(writer_url="postgresql://u@h/db").writer_url is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "expect"),
+    [
+        (lambda: Router.from_urls(""), "writer_url is required"),
+        (lambda: Router.from_urls(f"garbage {SECRET}"), "not a valid database URL"),
+        (lambda: Router.from_urls(f"postgresql+psycopg2://u:{SECRET}@h/db"), "asyncpg"),
+        (lambda: Router.from_urls(WRITER, REPLICA), "must be a list"),  # type: ignore[arg-type]
+        (lambda: Router.from_urls(WRITER, default_role="auto!"), "default_role"),  # type: ignore[arg-type]
+        (
+            lambda: Router.from_urls(WRITER, no_such_engine_option=1),
+            "no_such_engine_option",
+        ),
+        (lambda: Router.from_urls(f"mysql+asyncmy://u:{SECRET}@h/db"), "pip install"),
+    ],
+)
+def test_bad_router_arguments(call: object, expect: str) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        call()  # type: ignore[operator]
+    text = _error_text(excinfo)
+    assert expect in text
+    assert SECRET not in text
+    assert excinfo.value.__cause__ is None or SECRET not in str(excinfo.value.__cause__)
+
+
+def test_router_rejects_wrong_engines(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    writer = create_async_engine(url)
+    with pytest.raises(ConfigurationError, match="needs a writer"):
+        Router(writer=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="AsyncEngine"):
+        Router(writer=create_engine(f"sqlite:///{tmp_path / 'y.db'}"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="cannot also be a replica"):
+        Router(writer=writer, replicas=[writer])
+    other = create_async_engine(url)
+    with pytest.raises(ConfigurationError, match="listed twice"):
+        Router(writer=writer, replicas=[other, other])
+
+
+async def test_router_repr_and_status_hide_passwords() -> None:
+    router = Router.from_urls(WRITER, [REPLICA], pool_size=2)
+    try:
+        for text in (repr(router), str(router), str(router.status())):
+            assert SECRET not in text
+            assert "***" in text or "db.example" in text
+        import json
+
+        status = json.loads(json.dumps(router.status()))
+        assert [e["role"] for e in status] == ["writer", "replica"]
+        assert status[0]["name"] == "db.example:5432/app"
+        assert status[0]["pool"]["size"] == 2
+        assert status[0]["pool"]["checked_out"] == 0
+        assert router.writer.pool._pre_ping is True  # type: ignore[attr-defined]
+    finally:
+        await router.dispose()
+
+
+async def test_per_role_engine_options() -> None:
+    router = Router.from_urls(
+        WRITER,
+        [REPLICA],
+        pool_size=4,
+        replica_kwargs={"pool_size": 9, "pool_pre_ping": False},
+    )
+    try:
+        assert router.writer.pool.size() == 4  # type: ignore[attr-defined]
+        assert router.replicas[0].pool.size() == 9  # type: ignore[attr-defined]
+        assert router.replicas[0].pool._pre_ping is False  # type: ignore[attr-defined]
+    finally:
+        await router.dispose()
+
+
+async def test_from_settings_uses_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", REPLICA)
+    monkeypatch.setenv("ROUTING_DB_WRITER_POOL_SIZE", "3")
+    monkeypatch.setenv("ROUTING_DB_DEFAULT_ROLE", "auto")
+    router = Router.from_settings()
+    try:
+        assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
+        assert router.replicas[0].pool.size() == 5  # type: ignore[attr-defined]
+        assert router.default_role == "auto"
+    finally:
+        await router.dispose()
