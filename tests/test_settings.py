@@ -136,7 +136,7 @@ def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
         (lambda: Router.from_urls(""), "writer_url is required"),
         (lambda: Router.from_urls(f"garbage {SECRET}"), "not a valid database URL"),
         (lambda: Router.from_urls(f"postgresql+psycopg2://u:{SECRET}@h/db"), "asyncpg"),
-        (lambda: Router.from_urls(WRITER, REPLICA), "must be a list"),  # type: ignore[arg-type]
+        (lambda: Router.from_urls(WRITER, REPLICA), "must be a list"),
         (lambda: Router.from_urls(WRITER, default_role="auto!"), "default_role"),  # type: ignore[arg-type]
         (
             lambda: Router.from_urls(WRITER, no_such_engine_option=1),
@@ -181,7 +181,7 @@ async def test_router_repr_and_status_hide_passwords() -> None:
         assert status[0]["name"] == "db.example:5432/app"
         assert status[0]["pool"]["size"] == 2
         assert status[0]["pool"]["checked_out"] == 0
-        assert router.writer.pool._pre_ping is True  # type: ignore[attr-defined]
+        assert router.writer.pool._pre_ping is True
     finally:
         await router.dispose()
 
@@ -196,7 +196,7 @@ async def test_per_role_engine_options() -> None:
     try:
         assert router.writer.pool.size() == 4  # type: ignore[attr-defined]
         assert router.replicas[0].pool.size() == 9  # type: ignore[attr-defined]
-        assert router.replicas[0].pool._pre_ping is False  # type: ignore[attr-defined]
+        assert router.replicas[0].pool._pre_ping is False
     finally:
         await router.dispose()
 
