@@ -111,7 +111,7 @@ class RoutingSyncSession(Session):
             wrote=self._routing_wrote,
         )
         if route is Route.WRITER:
-            if kind is not Kind.READ:
+            if kind is Kind.WRITE:
                 self._routing_wrote = True
             return resolved
         if route is Route.REFUSE:
@@ -147,6 +147,20 @@ class RoutingSyncSession(Session):
                 "sent and the pending changes are kept"
             )
         super().flush(objects)
+
+    def connection(
+        self,
+        bind_arguments: Any = None,
+        execution_options: Any = None,
+    ) -> Connection:
+        """As ``Session.connection``; a writer connection handed out is sticky."""
+        connection = super().connection(bind_arguments, execution_options)
+        router = self._routing_router
+        if router is not None and connection.engine is router._sync_writer:
+            # Whatever runs on a raw writer connection is invisible to routing:
+            # assume it wrote, so later reads in this transaction see it.
+            self._routing_wrote = True
+        return connection
 
     def rollback(self) -> None:
         """Roll back; a replica connection that died is invalidated, not raised."""

@@ -1,0 +1,123 @@
+"""Fixtures for the tests that run on the real PostgreSQL cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from routing_db import Router, RoutingSession, routing_sessionmaker
+from routing_db.testing import PostgresCluster
+
+from .models import ddl
+
+WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
+
+
+@pytest.fixture(scope="session")
+def cluster(pg_cluster: PostgresCluster) -> PostgresCluster:
+    """The session cluster with the test schema on it, replicated."""
+    pg_cluster.sql(pg_cluster.primary, ddl())
+    pg_cluster.wait_replicated()
+    return pg_cluster
+
+
+@pytest.fixture
+def ports(cluster: PostgresCluster) -> dict[str, Any]:
+    """The writer's port and the set of replica ports, as the servers report them."""
+    return {
+        "writer": int(cluster.sql(cluster.primary, "SELECT inet_server_port()")),
+        "replicas": {
+            int(cluster.sql(node, "SELECT inet_server_port()"))
+            for node in cluster.replicas
+        },
+    }
+
+
+@pytest.fixture
+async def router(cluster: PostgresCluster) -> AsyncIterator[Router]:
+    router = Router.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=10,
+    )
+    try:
+        yield router
+    finally:
+        await router.dispose()
+
+
+@pytest.fixture
+def Session(router: Router) -> async_sessionmaker[RoutingSession]:
+    return routing_sessionmaker(router, expire_on_commit=False)
+
+
+@pytest.fixture
+def AutoSession(router: Router) -> async_sessionmaker[RoutingSession]:
+    return routing_sessionmaker(router, default_role="auto", expire_on_commit=False)
+
+
+@pytest.fixture
+async def clean(cluster: PostgresCluster) -> None:
+    """Empty tables, replicated, before a test."""
+    cluster.sql(
+        cluster.primary,
+        "TRUNCATE items, children, parents RESTART IDENTITY;"
+        " ALTER SEQUENCE routing_seq RESTART",
+    )
+    await cluster.await_replicated()
+
+
+class StatementLog:
+    """Every statement SQLAlchemy sends, per engine (to prove nothing was sent)."""
+
+    def __init__(self, engines: dict[str, AsyncEngine]) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self._listeners = []
+        for name, engine in engines.items():
+
+            def listener(*args: Any, name: str = name) -> None:
+                self.sent.append((name, args[2]))
+
+            event.listen(engine.sync_engine, "before_cursor_execute", listener)
+            self._listeners.append((engine.sync_engine, listener))
+
+    def close(self) -> None:
+        for target, listener in self._listeners:
+            event.remove(target, "before_cursor_execute", listener)
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+@pytest.fixture
+def statements(router: Router) -> Iterator[StatementLog]:
+    engines = {"writer": router.writer}
+    engines.update({f"replica{i}": e for i, e in enumerate(router.replicas)})
+    log = StatementLog(engines)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@pytest.fixture
+def faults(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """The cluster for a test that injects faults; healed afterwards."""
+    if not cluster.owned:
+        pytest.skip("fault injection needs a cluster started by this test run")
+    try:
+        yield cluster
+    finally:
+        cluster.heal()
+
+
+async def where(session: AsyncSession) -> tuple[int, bool]:
+    """(port, in recovery) of the server that ran this statement."""
+    port, standby = (await session.execute(WHERE)).one()
+    return int(port), bool(standby)
