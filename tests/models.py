@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import ForeignKey, Identity, String
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.schema import CreateSequence, CreateTable, Sequence
 
 __all__ = ["Base", "Child", "Item", "Parent", "ddl"]
 
 
-class Base(DeclarativeBase):
+class Base(AsyncAttrs, DeclarativeBase):
     pass
 
 

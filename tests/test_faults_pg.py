@@ -1,0 +1,115 @@
+"""Faults really injected: replicas crash or stop, the primary restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from routing_db import (
+    Router,
+    RoutingSession,
+    read_only,
+    routing_sessionmaker,
+    use_writer,
+)
+from routing_db.testing import PostgresCluster
+
+from .conftest import where
+
+pytestmark = pytest.mark.faults
+
+Maker = async_sessionmaker[RoutingSession]
+
+
+def replica_index(cluster: PostgresCluster, port: int) -> int:
+    return [node.port for node in cluster.replicas].index(port)
+
+
+@pytest.mark.parametrize("end", ["rollback", "close", "context exit"])
+@pytest.mark.parametrize("fault", ["crash", "stop"])
+async def test_ending_a_read_whose_replica_died_raises_nothing(
+    faults: PostgresCluster,
+    Session: Maker,
+    router: Router,
+    ports: dict[str, Any],
+    end: str,
+    fault: str,
+) -> None:
+    session = Session()
+    async with read_only:
+        port, standby = await where(session)
+    assert standby
+    async with use_writer:  # the same transaction also holds the writer
+        assert await where(session) == (ports["writer"], False)
+    index = replica_index(faults, port)
+    if fault == "crash":
+        await faults.acrash_replica(index)
+    else:
+        await faults.astop_replica(index)
+
+    if end == "rollback":
+        await session.rollback()
+    elif end == "close":
+        await session.close()
+    else:
+        async with session:
+            pass
+    # Nothing is left checked out, and the session is still usable.
+    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert await where(session) == (ports["writer"], False)
+    await session.close()
+    await faults.astart_replica(index)
+    # Back up, the replica serves reads again (its dead pooled connection is
+    # replaced by pre-ping); round-robin reaches both replicas.
+    served = set()
+    for _ in range(2):
+        async with Session() as s, read_only:
+            served.add(await where(s))
+    assert served == {(p, True) for p in ports["replicas"]}
+
+
+async def fill_pool(maker: Maker, n: int) -> None:
+    """Leave ``n`` idle connections in the writer's pool."""
+
+    async def use() -> None:
+        async with maker() as session:
+            await session.execute(text("SELECT pg_sleep(0.05)"))
+
+    await asyncio.gather(*(use() for _ in range(n)))
+
+
+async def test_pooled_connections_survive_a_primary_restart(
+    faults: PostgresCluster, Session: Maker, router: Router, ports: dict[str, Any]
+) -> None:
+    await fill_pool(Session, 3)
+    assert router.writer.sync_engine.pool.checkedin() == 3  # type: ignore[attr-defined]
+    await faults.arestart_primary()
+    # Every pooled connection is dead now; pre-ping (on by default) swaps them.
+    results = await asyncio.gather(*(_where_writer(Session) for _ in range(3)))
+    assert results == [(ports["writer"], False)] * 3
+
+
+async def _where_writer(maker: Maker) -> tuple[int, bool]:
+    async with maker() as session:
+        return await where(session)
+
+
+async def test_without_pre_ping_a_restart_surfaces_as_an_error(
+    faults: PostgresCluster,
+) -> None:
+    # The control for the test above: it shows that test can fail.
+    router = Router.from_urls(faults.writer_url, pool_pre_ping=False)
+    try:
+        maker = routing_sessionmaker(router)
+        await fill_pool(maker, 1)
+        await faults.arestart_primary()
+        with pytest.raises(DBAPIError):
+            await _where_writer(maker)
+    finally:
+        await router.dispose()
