@@ -1,0 +1,95 @@
+"""routing_db quickstart: routing, use_writer and a ReadOnlyViolation.
+
+With no environment it needs no server: SQLite via aiosqlite, the writer is a
+file and the "replica" is the same file opened read-only. With
+ROUTING_DB_WRITER_URL / ROUTING_DB_REPLICA_URLS set it runs against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+
+from sqlalchemy import String, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from routing_db import (
+    ReadOnlyViolation,
+    Router,
+    read_only,
+    routing_sessionmaker,
+    use_writer,
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "quickstart_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(String(200))
+
+
+def make_router(workdir: str) -> Router:
+    if os.environ.get("ROUTING_DB_WRITER_URL"):
+        return Router.from_settings()
+    path = os.path.join(workdir, "demo.db")
+    return Router.from_urls(
+        f"sqlite+aiosqlite:///{path}",
+        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
+    )
+
+
+async def served_by(session: AsyncSession) -> str:
+    """Ask the database itself which kind of connection ran the statement."""
+    if session.get_bind().dialect.name == "postgresql":
+        port, standby = (
+            await session.execute(
+                text("SELECT inet_server_port(), pg_is_in_recovery()")
+            )
+        ).one()
+        return f"{'replica' if standby else 'writer'} (server port {port})"
+    query_only = await session.scalar(
+        text("SELECT query_only FROM pragma_query_only()")
+    )
+    return "replica (read-only connection)" if query_only else "writer"
+
+
+async def main(workdir: str) -> None:
+    async with make_router(workdir) as router:
+        print(f"router: {router}")
+        async with router.writer.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        Session = routing_sessionmaker(router, expire_on_commit=False)
+
+        async with Session() as session:
+            session.add(Note(body="hello from the writer"))
+            await session.commit()
+            print(f"no flag            -> {await served_by(session)}")
+
+        async with Session() as session, read_only:
+            newest = select(Note.body).order_by(Note.id.desc()).limit(3)
+            notes = (await session.scalars(newest)).all()
+            print(f"read_only          -> {await served_by(session)}: {notes}")
+
+            async with use_writer:
+                print(f"use_writer inside  -> {await served_by(session)}")
+
+            session.add(Note(body="this must not be written"))
+            try:
+                await session.flush()
+            except ReadOnlyViolation as exc:
+                print(f"write in read_only -> ReadOnlyViolation: {exc}")
+            session.expunge_all()
+
+        print("status:", json.dumps(router.status(), indent=1))
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="routing_db_demo_") as workdir:
+        asyncio.run(main(workdir))
