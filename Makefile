@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint typecheck unit clean
+
+$(VENV)/.installed-%: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$*]"
+	touch $@
+
+demo: $(VENV)/.installed-sqlite
+	$(PY) examples/quickstart.py
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check routing_db tests examples
+	$(VENV)/bin/ruff format --check routing_db tests examples
+
+typecheck: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+# The full suite starts its own PostgreSQL primary + 2 streaming replicas.
+test: lint typecheck
+	$(PY) -m pytest
+
+# Only the tests that need no PostgreSQL cluster.
+unit: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not cluster" tests/test_public_api.py tests/test_classify.py \
+		tests/test_decision.py tests/test_context.py tests/test_settings.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
