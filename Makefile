@@ -28,7 +28,7 @@ test: lint typecheck
 
 # Only the tests that need no PostgreSQL cluster.
 unit: $(VENV)/.installed-dev
-	$(PY) -m pytest -m "not cluster" tests/test_public_api.py tests/test_classify.py \
+	$(PY) -m pytest tests/test_public_api.py tests/test_classify.py \
 		tests/test_decision.py tests/test_context.py tests/test_settings.py
 
 clean:
