@@ -30,6 +30,7 @@ _INSTALL_HINT = (
     "postgresql-server; macOS: brew install postgresql) or set ROUTING_DB_PG_BINDIR."
 )
 _SERVER_USER = "postgres"
+_SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
 
 
 class ClusterError(RuntimeError):
@@ -46,7 +47,7 @@ def find_pg_bindir() -> Path:
             ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10
         )
         candidates.append(out.stdout.strip())
-    versioned = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
+    versioned = [path for pattern in _SEARCH_GLOBS for path in glob.glob(pattern)]
     candidates += sorted(versioned, key=_version_key, reverse=True)
     if initdb := shutil.which("initdb"):
         candidates.append(str(Path(initdb).parent))

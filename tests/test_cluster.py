@@ -1,0 +1,75 @@
+"""The test cluster itself: it streams, and it leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from routing_db.testing import ClusterError, PostgresCluster, _cluster, find_pg_bindir
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def server_processes(basedir: Path) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if str(basedir).encode() in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_start_streams_and_stop_leaves_nothing_behind() -> None:
+    cluster = PostgresCluster.start(replicas=1)
+    basedir = cluster._basedir
+    assert basedir is not None
+    try:
+        assert cluster.sql(cluster.primary, "SELECT pg_is_in_recovery()") == "f"
+        assert cluster.sql(cluster.replicas[0], "SELECT pg_is_in_recovery()") == "t"
+        assert (
+            cluster.sql(
+                cluster.primary,
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            == "1"
+        )
+        assert server_processes(basedir)
+    finally:
+        cluster.stop()
+    ports = [cluster.primary.port, cluster.replicas[0].port]
+    assert not any(accepts(port) for port in ports)
+    assert not basedir.exists()
+    assert server_processes(basedir) == []
+    cluster.stop()  # idempotent
+
+
+def test_missing_server_binaries_say_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_PG_BINDIR", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(_cluster, "_SEARCH_GLOBS", ())
+    with pytest.raises(ClusterError, match="apt-get install postgresql"):
+        find_pg_bindir()
+
+
+def test_process_controls_refuse_servers_we_did_not_start(
+    cluster: PostgresCluster,
+) -> None:
+    external = PostgresCluster.external(cluster.writer_url, cluster.replica_urls)
+    assert not external.owned
+    assert external.sql(external.replicas[0], "SELECT pg_is_in_recovery()") == "t"
+    with pytest.raises(ClusterError, match=r"not started by routing_db\.testing"):
+        external.stop_replica(0)
+    external.stop()  # a no-op: it never stops servers it did not start
+    assert cluster.is_running(cluster.primary)
