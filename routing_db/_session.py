@@ -119,17 +119,16 @@ class RoutingSyncSession(Session):
                 f"{_describe(clause, self._flushing)} is a write inside read_only; "
                 "nothing was sent (use use_writer for work that writes)"
             )
-        replica = self._routing_replica
+        # One replica per transaction: the one whose connection this
+        # transaction already holds (pinned in after_begin, so a replica whose
+        # connect failed is not pinned), else a fresh choice.
+        replica = self._routing_replica or router._choose_replica()
         if replica is None:
-            replica = router._choose_replica()
-            if replica is None:
-                if router.fallback_to_writer:
-                    return resolved
-                raise NoReplicaAvailable(
-                    "no replica is available for a read and fallback_to_writer is off"
-                )
-            # Kept until the root transaction ends: one replica per transaction.
-            self._routing_replica = replica
+            if router.fallback_to_writer:
+                return resolved
+            raise NoReplicaAvailable(
+                "no replica is available for a read and fallback_to_writer is off"
+            )
         return replica
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
@@ -210,11 +209,11 @@ class RoutingSyncSession(Session):
 def _connection_begun(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    if (
-        isinstance(session, RoutingSyncSession)
-        and session._routing_replica is not None
-        and connection.engine is session._routing_replica
-    ):
+    if not isinstance(session, RoutingSyncSession):
+        return
+    router = session._routing_router
+    if router is not None and connection.engine in router._sync_replicas:
+        session._routing_replica = connection.engine
         session._routing_replica_connection = connection
 
 

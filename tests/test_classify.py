@@ -1,6 +1,8 @@
 """Statement classification: positive read identification, no I/O."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import (
     Column,
     Integer,
@@ -180,3 +182,30 @@ def test_flushing_is_always_a_write() -> None:
 
 def test_no_statement_is_a_connection_request() -> None:
     assert classify(None, flushing=False) is Kind.CONNECTION
+
+
+_WRITE_STATEMENTS = [w for w in WRITES if w.strip() and not w.strip().startswith("--")]
+_NOISE = st.lists(
+    st.sampled_from(
+        [" ", "\n", "\t", "/* SELECT */", "-- SELECT\n", "/* x */", "(", "--\n"]
+    ),
+    max_size=6,
+).map("".join)
+
+
+@given(prefix=_NOISE, write=st.sampled_from(_WRITE_STATEMENTS), suffix=_NOISE)
+def test_comments_and_whitespace_never_turn_a_write_into_a_read(
+    prefix: str, write: str, suffix: str
+) -> None:
+    assert classify_sql(prefix + write + suffix.replace("--", "/**/")) is Kind.WRITE
+
+
+@given(
+    read=st.sampled_from(READS),
+    glue=_NOISE,
+    write=st.sampled_from(
+        ["DELETE FROM t", "INSERT INTO t VALUES (1)", "DROP TABLE t"]
+    ),
+)
+def test_a_write_after_a_read_is_a_write(read: str, glue: str, write: str) -> None:
+    assert classify_sql(f"{read.rstrip().rstrip(';')}\n;{glue}{write}") is Kind.WRITE
