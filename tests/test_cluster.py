@@ -73,3 +73,22 @@ def test_process_controls_refuse_servers_we_did_not_start(
         external.stop_replica(0)
     external.stop()  # a no-op: it never stops servers it did not start
     assert cluster.is_running(cluster.primary)
+
+
+def test_external_cluster_from_the_environment(
+    cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROUTING_DB_TEST_WRITER_URL", raising=False)
+    assert PostgresCluster.from_env() is None
+    monkeypatch.setenv("ROUTING_DB_TEST_WRITER_URL", cluster.writer_url)
+    monkeypatch.setenv("ROUTING_DB_TEST_REPLICA_URLS", ",".join(cluster.replica_urls))
+    external = PostgresCluster.from_env()
+    assert external is not None and not external.owned
+    assert external.writer_url == cluster.writer_url
+    assert external.replica_urls == cluster.replica_urls
+    assert [
+        external.sql(n, "SELECT pg_is_in_recovery()") for n in external.replicas
+    ] == [
+        "t",
+        "t",
+    ]
