@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -84,22 +84,19 @@ class PgNode:
     port: int
     user: str = "postgres"
     dbname: str = "postgres"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     datadir: Path | None = None
 
     @property
     def url(self) -> str:
-        """SQLAlchemy asyncpg URL of this server."""
-        return self._render("postgresql+asyncpg")
+        """SQLAlchemy asyncpg URL of this server (with its password, if any)."""
+        auth = self.user if self.password is None else f"{self.user}:{self.password}"
+        return f"postgresql+asyncpg://{auth}@{self.host}:{self.port}/{self.dbname}"
 
     @property
     def dsn(self) -> str:
-        """libpq URI of this server (for psql)."""
-        return self._render("postgresql")
-
-    def _render(self, drivername: str) -> str:
-        auth = self.user if self.password is None else f"{self.user}:{self.password}"
-        return f"{drivername}://{auth}@{self.host}:{self.port}/{self.dbname}"
+        """libpq URI of this server without the password (psql gets PGPASSWORD)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     @property
     def logfile(self) -> Path | None:
@@ -315,10 +312,13 @@ class PostgresCluster:
         psql = (
             str(self._bindir / "psql") if self._bindir else shutil.which("psql")
         ) or "psql"
+        env = dict(os.environ)
+        if node.password is not None:
+            env["PGPASSWORD"] = node.password  # not on the command line: ps shows it
         try:
             done = subprocess.run(
                 [psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", node.dsn, "-c", query],
-                capture_output=True, text=True, timeout=timeout,
+                capture_output=True, text=True, timeout=timeout, env=env,
             )  # fmt: skip
         except FileNotFoundError:
             raise ClusterError("psql was not found; " + _INSTALL_HINT) from None
