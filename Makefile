@@ -29,7 +29,8 @@ test: lint typecheck
 # Only the tests that need no PostgreSQL cluster.
 unit: $(VENV)/.installed-dev
 	$(PY) -m pytest tests/test_public_api.py tests/test_classify.py \
-		tests/test_decision.py tests/test_context.py tests/test_settings.py
+		tests/test_decision.py tests/test_context.py tests/test_settings.py \
+		tests/test_session_args.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

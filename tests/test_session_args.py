@@ -1,0 +1,61 @@
+"""RoutingSession / routing_sessionmaker argument errors (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session as SyncSession
+
+from routing_db import ConfigurationError, Router, RoutingSession, routing_sessionmaker
+
+
+@pytest.fixture
+async def router(tmp_path: Path) -> AsyncIterator[Router]:
+    path = tmp_path / "x.db"
+    router = Router.from_urls(
+        f"sqlite+aiosqlite:///{path}",
+        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
+    )
+    try:
+        yield router
+    finally:
+        await router.dispose()
+
+
+def test_sessionmaker_makes_routing_sessions_on_the_writer(router: Router) -> None:
+    session = routing_sessionmaker(router, autoflush=False)()
+    assert isinstance(session, RoutingSession) and isinstance(session, AsyncSession)
+    assert session.router is router
+    assert session.bind is router.writer
+    assert session.sync_session.autoflush is False
+
+
+def test_default_role_comes_from_the_router_unless_given(tmp_path: Path) -> None:
+    auto = Router.from_urls(
+        f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", default_role="auto"
+    )
+    assert routing_sessionmaker(auto)().sync_session._routing_default == "auto"  # type: ignore[attr-defined]
+    explicit = routing_sessionmaker(auto, default_role="writer")()
+    assert explicit.sync_session._routing_default == "writer"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda r: routing_sessionmaker(object()), "needs a Router"),  # type: ignore[arg-type]
+        (lambda r: routing_sessionmaker(r, bind=r.writer), "takes no bind"),
+        (lambda r: routing_sessionmaker(r, class_=AsyncSession), "class_ must be"),
+        (lambda r: routing_sessionmaker(r, default_role="replica"), "default_role"),  # type: ignore[arg-type]
+        (lambda r: RoutingSession(r.writer, default_role="auto"), "needs a router"),
+        (
+            lambda r: RoutingSession(router=r, sync_session_class=SyncSession),
+            "RoutingSyncSession",
+        ),
+    ],
+)
+def test_argument_errors(router: Router, make: object, expect: str) -> None:
+    with pytest.raises(ConfigurationError, match=expect):
+        make(router)  # type: ignore[operator]
