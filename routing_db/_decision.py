@@ -10,11 +10,20 @@ from typing import Literal
 
 from ._classify import Kind
 from ._context import Scope
+from ._exceptions import ConfigurationError
 
-__all__ = ["DefaultRole", "RoleOption", "Route", "decide"]
+__all__ = ["DefaultRole", "RoleOption", "Route", "check_default_role", "decide"]
 
 DefaultRole = Literal["writer", "auto"]
 RoleOption = Literal["writer", "replica"] | None
+
+
+def check_default_role(default_role: object) -> None:
+    """Raise ``ConfigurationError`` unless ``default_role`` is writer or auto."""
+    if default_role not in ("writer", "auto"):
+        raise ConfigurationError(
+            f"default_role must be 'writer' or 'auto', got {default_role!r}"
+        )
 
 
 class Route(enum.Enum):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._decision import DefaultRole
+from ._decision import DefaultRole, check_default_role
 from ._engines import (
     check_url,
     create_engine,
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from ._settings import RoutingSettings
 
 __all__ = ["Router"]
-
-_DEFAULT_ROLES = ("writer", "auto")
 
 
 def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
@@ -69,10 +67,7 @@ class Router:
             raise ConfigurationError("the writer engine cannot also be a replica")
         if len({id(replica) for replica in replicas}) != len(replicas):
             raise ConfigurationError("the same replica engine is listed twice")
-        if default_role not in _DEFAULT_ROLES:
-            raise ConfigurationError(
-                f"default_role must be 'writer' or 'auto', got {default_role!r}"
-            )
+        check_default_role(default_role)
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role

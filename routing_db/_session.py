@@ -22,7 +22,7 @@ from sqlalchemy.util import EMPTY_DICT
 
 from ._classify import Kind, classify
 from ._context import Scope, current_scope
-from ._decision import DefaultRole, Route, decide
+from ._decision import DefaultRole, Route, check_default_role, decide
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._router import Router
 
@@ -30,13 +30,6 @@ __all__ = ["RoutingSession", "RoutingSyncSession", "routing_sessionmaker"]
 
 _ROLE_OPTION = "routing_db_role"
 _ROLE_OPTIONS = (None, "writer", "replica")
-
-
-def _check_default_role(default_role: str) -> None:
-    if default_role not in ("writer", "auto"):
-        raise ConfigurationError(
-            f"default_role must be 'writer' or 'auto', got {default_role!r}"
-        )
 
 
 def _describe(clause: ClauseElement | None, flushing: bool) -> str:
@@ -72,7 +65,7 @@ class RoutingSyncSession(Session):
     ) -> None:
         super().__init__(bind=bind, **kw)
         if default_role is not None:
-            _check_default_role(default_role)
+            check_default_role(default_role)
         self._routing_router = router
         self._routing_default: DefaultRole = default_role or (
             router.default_role if router is not None else "writer"
@@ -301,7 +294,7 @@ def routing_sessionmaker(
             "routing_sessionmaker takes no bind: the router's writer is the bind"
         )
     role = default_role if default_role is not None else router.default_role
-    _check_default_role(role)
+    check_default_role(role)
     class_ = kw.pop("class_", RoutingSession)
     if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
         raise ConfigurationError("class_ must be RoutingSession or a subclass")
