@@ -1,4 +1,4 @@
-"""routing_db quickstart: routing, use_writer and a ReadOnlyViolation.
+"""routing_db quickstart: routing, read-your-writes, use_writer, ReadOnlyViolation.
 
 With no environment it needs no server: SQLite via aiosqlite, the writer is a
 file and the "replica" is the same file opened read-only. With
@@ -8,6 +8,7 @@ ROUTING_DB_WRITER_URL / ROUTING_DB_REPLICA_URLS set it runs against them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import tempfile
@@ -61,10 +62,12 @@ async def served_by(session: AsyncSession) -> str:
 
 
 async def main(workdir: str) -> None:
-    async with make_router(workdir) as router:
+    router = make_router(workdir)
+    async with router.writer.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    # ``async with`` starts the health/lag monitor and disposes at the end.
+    async with router:
         print(f"router: {router}")
-        async with router.writer.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
         Session = routing_sessionmaker(router, expire_on_commit=False)
 
         async with Session() as session:
@@ -72,20 +75,30 @@ async def main(workdir: str) -> None:
             await session.commit()
             print(f"no flag            -> {await served_by(session)}")
 
+        newest = select(Note.body).order_by(Note.id.desc()).limit(3)
+        # Same context as the write: its reads must see it (read-your-writes),
+        # so a replica serves only once it has replayed the commit.
         async with Session() as session, read_only:
-            newest = select(Note.body).order_by(Note.id.desc()).limit(3)
             notes = (await session.scalars(newest)).all()
-            print(f"read_only          -> {await served_by(session)}: {notes}")
+            print(f"read_only, same    -> {await served_by(session)}: {notes}")
 
-            async with use_writer:
-                print(f"use_writer inside  -> {await served_by(session)}")
+        async def another_request() -> None:
+            async with Session() as session, read_only:
+                notes = (await session.scalars(newest)).all()
+                print(f"read_only          -> {await served_by(session)}: {notes}")
 
-            session.add(Note(body="this must not be written"))
-            try:
-                await session.flush()
-            except ReadOnlyViolation as exc:
-                print(f"write in read_only -> ReadOnlyViolation: {exc}")
-            session.expunge_all()
+                async with use_writer:
+                    print(f"use_writer inside  -> {await served_by(session)}")
+
+                session.add(Note(body="this must not be written"))
+                try:
+                    await session.flush()
+                except ReadOnlyViolation as exc:
+                    print(f"write in read_only -> ReadOnlyViolation: {exc}")
+                session.expunge_all()
+
+        # A new context, as a new web request would have: it carries no write.
+        await asyncio.create_task(another_request(), context=contextvars.Context())
 
         print("status:", json.dumps(router.status(), indent=1))
 

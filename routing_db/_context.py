@@ -14,7 +14,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-__all__ = ["Scope", "current_scope", "read_only", "use_writer"]
+__all__ = ["ContextDecorator", "Scope", "current_scope", "read_only", "use_writer"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,16 +64,23 @@ def _exit() -> None:
     _frame.reset(token)
 
 
-class _ScopeMarker:
-    """Decorator (sync and async) and context manager (``with``/``async with``)."""
+class ContextDecorator:
+    """Base for scopes usable as ``with``, ``async with`` and sync/async decorator.
 
-    __slots__ = ("_scope",)
+    Subclasses implement ``_enter``/``_exit``; the state they change must live
+    in ``contextvars`` and be reset with its token.
+    """
 
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
+    __slots__ = ()
+
+    def _enter(self) -> None:
+        raise NotImplementedError
+
+    def _exit(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> None:
-        _enter(self._scope)
+        self._enter()
 
     def __exit__(
         self,
@@ -81,10 +88,10 @@ class _ScopeMarker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _exit()
+        self._exit()
 
     async def __aenter__(self) -> None:
-        _enter(self._scope)
+        self._enter()
 
     async def __aexit__(
         self,
@@ -92,6 +99,45 @@ class _ScopeMarker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._exit()
+
+    def _decorate(self, fn: Callable[P, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                self._enter()
+                try:
+                    return await async_fn(*args, **kwargs)
+                finally:
+                    self._exit()
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            self._enter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._exit()
+
+        return sync_wrapper
+
+
+class _ScopeMarker(ContextDecorator):
+    """Decorator (sync and async) and context manager (``with``/``async with``)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    def _enter(self) -> None:
+        _enter(self._scope)
+
+    def _exit(self) -> None:
         _exit()
 
     @overload
@@ -103,29 +149,7 @@ class _ScopeMarker:
     def __call__(self, fn: Callable[P, Any] | None = None) -> Any:
         if fn is None:
             return self  # ``with read_only():`` and ``@read_only()``
-        scope = self._scope
-        if inspect.iscoroutinefunction(fn):
-            async_fn = cast(Callable[P, Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                _enter(scope)
-                try:
-                    return await async_fn(*args, **kwargs)
-                finally:
-                    _exit()
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            _enter(scope)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _exit()
-
-        return sync_wrapper
+        return self._decorate(fn)
 
     def __repr__(self) -> str:
         return f"<routing_db scope {self._scope.value}>"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import enum
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
 
+from ._causal import CausalFloor
 from ._decision import DefaultRole, check_default_role
 from ._engines import (
     check_url,
@@ -20,11 +24,26 @@ from ._engines import (
     safe_url,
 )
 from ._exceptions import ConfigurationError
+from ._health import HealthOptions, ReplicaState
+from ._monitor import Monitor
+from ._policies import BalancingPolicy, Candidate, make_policy
+from ._positions import has_positions, replay_lsn_now
+from ._retry import RetryPolicy, is_connection_error
 
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
 
-__all__ = ["Router"]
+__all__ = ["Pick", "Router"]
+
+logger = logging.getLogger("routing_db")
+
+
+class Pick(enum.Enum):
+    """Why a replica read did not get a replica."""
+
+    CAUGHT_UP = "caught_up"  # a replica is ready (the engine is returned too)
+    CAUSAL = "causal"  # no replica has replayed this context's writes yet
+    NONE = "none"  # every replica is ejected, lagging or excluded
 
 
 def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
@@ -53,6 +72,17 @@ class Router:
         default_role: DefaultRole = "writer",
         fallback_to_writer: bool = True,
         require_standby: bool = True,
+        policy: str | BalancingPolicy = "round_robin",
+        weights: Sequence[float] | None = None,
+        max_lag_bytes: int | None = None,
+        max_lag_seconds: float | None = None,
+        monitor_interval: float = 0.5,
+        eject_after: int = 1,
+        eject_window: float = 10.0,
+        max_writer_fallbacks: int | None = None,
+        sticky_seconds: float = 2.0,
+        causal_wait_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if writer is None:
             raise ConfigurationError("Router needs a writer engine")
@@ -68,10 +98,29 @@ class Router:
         if len({id(replica) for replica in replicas}) != len(replicas):
             raise ConfigurationError("the same replica engine is listed twice")
         check_default_role(default_role)
+        _check_options(
+            weights=weights,
+            replicas=len(replicas),
+            monitor_interval=monitor_interval,
+            max_writer_fallbacks=max_writer_fallbacks,
+            sticky_seconds=sticky_seconds,
+            causal_wait_timeout=causal_wait_timeout,
+        )
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role
         self.fallback_to_writer = fallback_to_writer
+        self.max_writer_fallbacks = max_writer_fallbacks
+        self.sticky_seconds = sticky_seconds
+        self.causal_wait_timeout = causal_wait_timeout
+        self.retry = retry or RetryPolicy()
+        self._policy = make_policy(policy)
+        health = HealthOptions(
+            eject_after=eject_after,
+            eject_window=eject_window,
+            max_lag_bytes=max_lag_bytes,
+            max_lag_seconds=max_lag_seconds,
+        )
         self._names = self._engine_names()
         for replica in self.replicas:
             install_replica_setup(
@@ -84,7 +133,16 @@ class Router:
         self._async_by_sync: dict[Engine, AsyncEngine] = {
             engine.sync_engine: engine for engine in (writer, *self.replicas)
         }
-        self._round_robin = itertools.count()
+        self._states: dict[Engine, ReplicaState] = {
+            engine: ReplicaState(health) for engine in self._sync_replicas
+        }
+        self._weights = tuple(weights) if weights else (1.0,) * len(self.replicas)
+        self._positions = has_positions(writer.dialect.name) and all(
+            has_positions(replica.dialect.name) for replica in self.replicas
+        )
+        self._fallbacks = 0
+        self.fallbacks_total = 0
+        self._monitor = Monitor(self, interval=monitor_interval)
 
     def _engine_names(self) -> dict[AsyncEngine, str]:
         names: dict[AsyncEngine, str] = {self.writer: engine_name(self.writer)}
@@ -103,16 +161,21 @@ class Router:
         *,
         writer_kwargs: Mapping[str, Any] | None = None,
         replica_kwargs: Mapping[str, Any] | None = None,
-        default_role: DefaultRole = "writer",
-        fallback_to_writer: bool = True,
-        require_standby: bool = True,
+        router_options: Mapping[str, Any] | None = None,
         **engine_kwargs: Any,
     ) -> Router:
-        """Create the engines; ``engine_kwargs`` go to every ``create_async_engine``."""
+        """Create the engines; ``engine_kwargs`` go to every ``create_async_engine``.
+
+        Router options (``default_role``, ``policy``, ``max_lag_bytes``, ...) may
+        be given here by name too, or collected in ``router_options``.
+        """
         if not writer_url:
             raise ConfigurationError("writer_url is required")
         if isinstance(replica_urls, str | URL):
             raise ConfigurationError("replica_urls must be a list of URLs")
+        options = dict(router_options or {})
+        for name in _ROUTER_OPTIONS.intersection(engine_kwargs):
+            options[name] = engine_kwargs.pop(name)
         writer_u = check_url(writer_url, field="writer_url")
         replica_us = [
             check_url(url, field=f"replica_urls[{i}]")
@@ -130,13 +193,7 @@ class Router:
             )
             for i, url in enumerate(replica_us)
         ]
-        return cls(
-            writer=writer,
-            replicas=replicas,
-            default_role=default_role,
-            fallback_to_writer=fallback_to_writer,
-            require_standby=require_standby,
-        )
+        return cls(writer=writer, replicas=replicas, **options)
 
     @classmethod
     def from_settings(cls, settings: RoutingSettings | None = None) -> Router:
@@ -148,42 +205,193 @@ class Router:
             settings = RoutingSettings()
         return cls.from_urls(**settings.router_kwargs())
 
-    def _choose_replica(self) -> Engine | None:
-        """Pick the replica for a new session transaction (round-robin)."""
-        replicas = self._sync_replicas
-        if not replicas:
+    # -- replica choice (called from the session's get_bind, in a greenlet) --
+
+    def _state(self, engine: Engine | AsyncEngine) -> ReplicaState:
+        if isinstance(engine, AsyncEngine):
+            engine = engine.sync_engine
+        return self._states[engine]
+
+    def _candidate(self, index: int, engine: Engine) -> Candidate:
+        pool: Any = engine.pool
+        size = getattr(pool, "size", None)
+        capacity = (size() + max(getattr(pool, "_max_overflow", 0), 0)) if size else 0
+        checkedout = getattr(pool, "checkedout", None)
+        return Candidate(
+            index=index,
+            name=self._names[self.replicas[index]],
+            weight=self._weights[index],
+            checked_out=checkedout() if checkedout else 0,
+            capacity=capacity,
+        )
+
+    def _pick_replica(
+        self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
+    ) -> tuple[Pick, Engine | None]:
+        """Choose the replica for a new transaction that must see ``floor``."""
+        now = time.monotonic()
+        available = [
+            (index, engine)
+            for index, engine in enumerate(self._sync_replicas)
+            if engine not in exclude and self._states[engine].available(now)
+        ]
+        if not available:
+            return Pick.NONE, None
+        need = self._lsn_needed(floor)
+        if need is None:
+            if floor is not None and self._within_sticky_window(floor):
+                return Pick.CAUSAL, None
+            return Pick.CAUGHT_UP, self._choose(available)
+        ready = [item for item in available if self._states[item[1]].caught_up(need)]
+        if ready:
+            # The monitor's cached position suffices: no extra round trip.
+            return Pick.CAUGHT_UP, self._choose(ready)
+        engine = self._wait_for_replay(available, need)
+        return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
+
+    def _lsn_needed(self, floor: CausalFloor | None) -> int | None:
+        if floor is None or floor.lsn is None or not self._positions:
             return None
-        return replicas[next(self._round_robin) % len(replicas)]
+        return floor.lsn
+
+    def _within_sticky_window(self, floor: CausalFloor) -> bool:
+        return (
+            floor.wrote_at is not None
+            and time.time() - floor.wrote_at < self.sticky_seconds
+        )
+
+    def _choose(self, available: list[tuple[int, Engine]]) -> Engine:
+        if len(available) == 1:
+            return available[0][1]
+        candidates = [self._candidate(index, engine) for index, engine in available]
+        chosen = self._policy.choose(candidates)
+        return self._sync_replicas[chosen.index]
+
+    def _wait_for_replay(
+        self, available: list[tuple[int, Engine]], need: int
+    ) -> Engine | None:
+        # The cache is behind: ask each replica once, and keep asking until
+        # causal_wait_timeout when one is configured. Each replica is judged
+        # by its own position: one caught up never vouches for another.
+        deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
+        delay = 0.005
+        while True:
+            for _, engine in available:
+                state = self._states[engine]
+                try:
+                    lsn = replay_lsn_now(engine)
+                except Exception as exc:
+                    if not is_connection_error(exc):
+                        raise
+                    self._replica_failed(engine, exc)
+                    continue
+                if lsn is not None:
+                    state.raise_replay_lsn(lsn)
+                if state.caught_up(need):
+                    return engine
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await_only(asyncio.sleep(min(delay, remaining)))
+            delay = min(delay * 2, 0.1)
+
+    # -- what sessions and the monitor report --
+
+    def _replica_failed(self, engine: Engine, error: BaseException) -> None:
+        state = self._states.get(engine)
+        if state is not None and state.record_failure(time.monotonic()):
+            logger.warning(
+                "routing_db: replica %s ejected after a connection failure (%s)",
+                self._names[self._async_by_sync[engine]],
+                type(error).__name__,
+            )
+
+    def _replica_succeeded(self, engine: Engine) -> None:
+        state = self._states.get(engine)
+        if state is not None and state.record_success():
+            logger.warning(
+                "routing_db: replica %s re-admitted",
+                self._names[self._async_by_sync[engine]],
+            )
+
+    def _record_lag(
+        self,
+        engine: Engine,
+        *,
+        replay_lsn: int | None,
+        lag_bytes: int | None,
+        lag_seconds: float | None,
+    ) -> None:
+        state = self._states[engine]
+        was = state.lagging
+        state.record_lag(
+            replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds
+        )
+        if state.lagging != was:
+            logger.warning(
+                "routing_db: replica %s %s (lag %s bytes, %s s)",
+                self._names[self._async_by_sync[engine]],
+                "over the lag limit, skipped" if state.lagging else "back under it",
+                lag_bytes,
+                lag_seconds,
+            )
 
     def _to_async(self, engine: Engine) -> AsyncEngine | None:
         return self._async_by_sync.get(engine)
 
     def status(self) -> list[dict[str, Any]]:
         """Per engine: name, role, health, lag and pool stats; JSON-safe, no secrets."""
-        return [
+        now = time.monotonic()
+        rows: list[dict[str, Any]] = [
             {
-                "name": self._names[engine],
-                "role": role,
-                "url": safe_url(engine.url),
-                # Filled by the health/lag monitor (issue B); None = not measured.
-                "healthy": None,
+                "name": self._names[self.writer],
+                "role": "writer",
+                "url": safe_url(self.writer.url),
+                "healthy": None,  # the writer is never ejected
                 "lag_bytes": None,
                 "lag_seconds": None,
-                "pool": _pool_stats(engine),
+                "pool": _pool_stats(self.writer),
             }
-            for role, engine in (
-                ("writer", self.writer),
-                *(("replica", replica) for replica in self.replicas),
-            )
         ]
+        for replica in self.replicas:
+            state = self._state(replica)
+            rows.append(
+                {
+                    "name": self._names[replica],
+                    "role": "replica",
+                    "url": safe_url(replica.url),
+                    "healthy": not state.ejected,
+                    "ejected": state.ejected,
+                    "lagging": state.lagging,
+                    "eligible": state.available(now),
+                    "ejections": state.ejections,
+                    "lag_bytes": state.lag_bytes,
+                    "lag_seconds": state.lag_seconds,
+                    "replay_lsn": state.replay_lsn,
+                    "pool": _pool_stats(replica),
+                }
+            )
+        return rows
+
+    async def start(self) -> None:
+        """Start the background health and lag monitor (idempotent)."""
+        if self.replicas:
+            await self._monitor.poll_once()  # status is filled before first use
+            self._monitor.start()
+
+    async def stop(self) -> None:
+        """Stop the monitor; the engines stay usable."""
+        await self._monitor.stop()
 
     async def dispose(self) -> None:
-        """Close every pool of every engine."""
+        """Stop the monitor and close every pool of every engine."""
+        await self.stop()
         await asyncio.gather(
             *(engine.dispose() for engine in (self.writer, *self.replicas))
         )
 
     async def __aenter__(self) -> Router:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -199,3 +407,49 @@ class Router:
         return f"Router(writer={safe_url(self.writer.url)!r}, replicas=[{replicas}])"
 
     __str__ = __repr__
+
+
+_ROUTER_OPTIONS = frozenset(
+    {
+        "default_role",
+        "fallback_to_writer",
+        "require_standby",
+        "policy",
+        "weights",
+        "max_lag_bytes",
+        "max_lag_seconds",
+        "monitor_interval",
+        "eject_after",
+        "eject_window",
+        "max_writer_fallbacks",
+        "sticky_seconds",
+        "causal_wait_timeout",
+        "retry",
+    }
+)
+
+
+def _check_options(
+    *,
+    weights: Sequence[float] | None,
+    replicas: int,
+    monitor_interval: float,
+    max_writer_fallbacks: int | None,
+    sticky_seconds: float,
+    causal_wait_timeout: float | None,
+) -> None:
+    if weights is not None and (
+        len(weights) != replicas or any(w < 0 for w in weights)
+    ):
+        raise ConfigurationError(
+            f"weights needs one number >= 0 per replica ({replicas}), "
+            f"got {len(weights)}"
+        )
+    if monitor_interval <= 0:
+        raise ConfigurationError("monitor_interval must be > 0 seconds")
+    if max_writer_fallbacks is not None and max_writer_fallbacks < 0:
+        raise ConfigurationError("max_writer_fallbacks must be >= 0 or None")
+    if sticky_seconds < 0:
+        raise ConfigurationError("sticky_seconds must be >= 0")
+    if causal_wait_timeout is not None and causal_wait_timeout < 0:
+        raise ConfigurationError("causal_wait_timeout must be >= 0 or None")

@@ -9,10 +9,12 @@ ends; context state is only ever read here, never written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,13 +22,19 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
+from ._causal import current_floor, record_write
 from ._classify import Kind, classify
 from ._context import Scope, current_scope
 from ._decision import DefaultRole, Route, check_default_role, decide
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
-from ._router import Router
+from ._positions import writer_lsn_after_commit
+from ._retry import is_connection_error, is_recovery_conflict
+from ._router import Pick, Router
 
 __all__ = ["RoutingSession", "RoutingSyncSession", "routing_sessionmaker"]
+
+logger = logging.getLogger("routing_db")
+T = TypeVar("T")
 
 _ROLE_OPTION = "routing_db_role"
 _ROLE_OPTIONS = (None, "writer", "replica")
@@ -38,6 +46,29 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
     if clause is None:
         return "connection request"
     return f"{type(clause).__name__} statement"
+
+
+def _checkout_failed(error: BaseException) -> bool:
+    """Did getting a connection fail (so nothing reached the server)?"""
+    return isinstance(error, sa_exc.TimeoutError) or is_connection_error(error)
+
+
+def _marked_for_rerun(error: BaseException) -> bool:
+    return bool(getattr(error, "_routing_db_rerun", False))
+
+
+def _close_quietly(connection: Connection) -> None:
+    """End a replica connection's read-only transaction; a dead one is dropped."""
+    if connection.closed:
+        return
+    try:
+        connection.close()
+    except DBAPIError:
+        # Its transaction only read. If the socket died, SQLAlchemy has
+        # invalidated the connection; closing again just releases it.
+        if not connection.invalidated:
+            raise
+        connection.close()
 
 
 def _driver_says_closed(driver_connection: Any) -> bool:
@@ -72,7 +103,14 @@ class RoutingSyncSession(Session):
         )
         self._routing_replica: Engine | None = None
         self._routing_replica_connection: Connection | None = None
+        self._routing_writer_connection: Connection | None = None
         self._routing_wrote = False
+        self._routing_fallback = False  # counted against max_writer_fallbacks
+        self._routing_excluded: frozenset[Engine] = frozenset()
+        # Set while a statement runs (or connection() is called): get_bind may
+        # then open the connection itself, to skip a replica that is down. A
+        # bare get_bind() call from user code stays free of side effects.
+        self._routing_connect = False
 
     def get_bind(
         self,
@@ -106,6 +144,10 @@ class RoutingSyncSession(Session):
         if route is Route.WRITER:
             if kind is Kind.WRITE:
                 self._routing_wrote = True
+            if self._routing_writer_connection is None and (
+                self._flushing or self._routing_connect
+            ):
+                self._routing_open_writer(router)
             return resolved
         if route is Route.REFUSE:
             raise ReadOnlyViolation(
@@ -115,14 +157,129 @@ class RoutingSyncSession(Session):
         # One replica per transaction: the one whose connection this
         # transaction already holds (pinned in after_begin, so a replica whose
         # connect failed is not pinned), else a fresh choice.
-        replica = self._routing_replica or router._choose_replica()
-        if replica is None:
-            if router.fallback_to_writer:
-                return resolved
+        if self._routing_replica is not None:
+            return self._routing_replica
+        return self._routing_open_replica(
+            router, resolved, connect=self._routing_connect
+        )
+
+    def _routing_open_replica(
+        self, router: Router, writer: Engine, *, connect: bool
+    ) -> Engine:
+        # The connection is opened here, not after get_bind returns, so that a
+        # replica that cannot be reached is skipped (and ejected) before any
+        # statement is sent: another replica, else the writer, serves instead.
+        floor = current_floor()
+        excluded = self._routing_excluded
+        while True:
+            pick, replica = router._pick_replica(floor, excluded)
+            if replica is None:
+                break
+            if not connect:
+                return replica
+            try:
+                Session.connection(self, bind_arguments={"bind": replica})
+            except Exception as exc:
+                if not _checkout_failed(exc):
+                    raise
+                router._replica_failed(replica, exc)
+                excluded = excluded | {replica}
+                continue
+            router._replica_succeeded(replica)
+            return replica
+        if pick is Pick.CAUSAL:
+            return writer  # read-your-writes: no replica has replayed them yet
+        return self._routing_fall_back(router, writer)
+
+    def _routing_fall_back(self, router: Router, writer: Engine) -> Engine:
+        if not router.fallback_to_writer:
             raise NoReplicaAvailable(
                 "no replica is available for a read and fallback_to_writer is off"
             )
-        return replica
+        if not self._routing_fallback:
+            cap = router.max_writer_fallbacks
+            if cap is not None and router._fallbacks >= cap:
+                raise NoReplicaAvailable(
+                    f"no replica is available and {cap} reads already fall back "
+                    "to the writer (max_writer_fallbacks)"
+                )
+            router._fallbacks += 1
+            router.fallbacks_total += 1
+            self._routing_fallback = True
+            logger.info("routing_db: no replica available, read served by the writer")
+        return writer
+
+    def _routing_open_writer(self, router: Router) -> None:
+        # Nothing has been sent on this transaction's writer connection yet, so
+        # a failure to get one is always safe to retry (after a restart, say).
+        bind_arguments = {"bind": router._sync_writer}
+        router.retry.call(
+            lambda: Session.connection(self, bind_arguments=bind_arguments),
+            retry_if=_checkout_failed,
+        )
+
+    def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        """As ``Session.execute``; a first read lost with its replica is rerun."""
+        return self._routing_first_read(super().execute, statement, *args, **kw)
+
+    def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        """As ``Session.scalar``; a first read lost with its replica is rerun."""
+        return self._routing_first_read(super().scalar, statement, *args, **kw)
+
+    def scalars(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        """As ``Session.scalars``; a first read lost with its replica is rerun."""
+        return self._routing_first_read(super().scalars, statement, *args, **kw)
+
+    def _routing_first_read(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+        router = self._routing_router
+        if (
+            router is None
+            or self._routing_replica_connection is not None
+            or self._routing_writer_connection is not None
+            or self.in_nested_transaction()
+        ):
+            return method(*args, **kw)
+
+        # Nothing ran in this transaction yet: if its first statement fails on
+        # the replica because the connection was lost (or the standby
+        # cancelled it for a recovery conflict), no result has been returned
+        # and nothing was written, so it can run again elsewhere.
+        def attempt() -> T:
+            try:
+                return method(*args, **kw)
+            except DBAPIError as exc:
+                if self._routing_rerunnable(exc):
+                    self._routing_drop_replica(exc)
+                    exc._routing_db_rerun = True  # type: ignore[attr-defined]
+                raise
+
+        return router.retry.call(attempt, retry_if=_marked_for_rerun)
+
+    def _routing_rerunnable(self, error: DBAPIError) -> bool:
+        return (
+            self._routing_replica_connection is not None
+            and self._routing_writer_connection is None
+            and not self._routing_wrote
+            and (is_connection_error(error) or is_recovery_conflict(error))
+        )
+
+    def _routing_drop_replica(self, error: DBAPIError) -> None:
+        # Forget the failed replica connection as if this transaction had never
+        # opened it; the next attempt opens another. Session has no public way
+        # to detach one connection from its transaction.
+        connection = self._routing_replica_connection
+        replica = self._routing_replica
+        transaction = self._transaction
+        assert connection is not None and replica is not None
+        if transaction is not None:
+            transaction._connections.pop(connection, None)
+            transaction._connections.pop(connection.engine, None)
+        self._routing_replica = None
+        self._routing_replica_connection = None
+        self._routing_excluded = self._routing_excluded | {replica}
+        if is_connection_error(error):
+            self._routing_router._replica_failed(replica, error)  # type: ignore[union-attr]
+        _close_quietly(connection)
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
         """Flush; inside ``read_only`` pending changes raise before anything is sent."""
@@ -146,7 +303,13 @@ class RoutingSyncSession(Session):
         execution_options: Any = None,
     ) -> Connection:
         """As ``Session.connection``; a writer connection handed out is sticky."""
-        connection = super().connection(bind_arguments, execution_options)
+        # With execution options, Session itself must open the connection
+        # (opening it earlier in get_bind would drop them, with a warning).
+        connecting, self._routing_connect = self._routing_connect, not execution_options
+        try:
+            connection = super().connection(bind_arguments, execution_options)
+        finally:
+            self._routing_connect = connecting
         router = self._routing_router
         if router is not None and connection.engine is router._sync_writer:
             # Whatever runs on a raw writer connection is invisible to routing:
@@ -205,17 +368,70 @@ def _connection_begun(
     if not isinstance(session, RoutingSyncSession):
         return
     router = session._routing_router
-    if router is not None and connection.engine in router._sync_replicas:
+    if router is None:
+        return
+    if connection.engine in router._states:
         session._routing_replica = connection.engine
         session._routing_replica_connection = connection
+    elif connection.engine is router._sync_writer:
+        session._routing_writer_connection = connection
+
+
+@event.listens_for(RoutingSyncSession, "before_commit")
+def _before_commit(session: Session) -> None:
+    if not isinstance(session, RoutingSyncSession) or session.in_nested_transaction():
+        return
+    connection = session._routing_replica_connection
+    transaction = session._transaction
+    if connection is None or transaction is None:
+        return
+    # The replica's read-only transaction is left out of the commit and ended
+    # (rolled back) after it: a replica that died must not fail, or come
+    # before, the writer's COMMIT. Session offers no public switch for this.
+    entry = transaction._connections.get(connection)
+    if entry is not None and len(entry) == 4:
+        released = (entry[0], entry[1], False, False)
+        transaction._connections[connection] = released
+        transaction._connections[connection.engine] = released
+    session._invalidate_dead_replica()
+
+
+@event.listens_for(RoutingSyncSession, "after_commit")
+def _after_commit(session: Session) -> None:
+    if (
+        not isinstance(session, RoutingSyncSession)
+        or session.in_nested_transaction()
+        or not session._routing_wrote
+    ):
+        return
+    router = session._routing_router
+    connection = session._routing_writer_connection
+    if router is None or not router.replicas or connection is None:
+        return
+    try:
+        lsn = writer_lsn_after_commit(connection)
+    except Exception as exc:
+        # The commit succeeded; without its position, the time window
+        # (sticky_seconds) keeps this context's reads on the writer.
+        logger.debug("routing_db: no WAL position after commit: %r", exc)
+        lsn = None
+    record_write(lsn=lsn)
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")
 def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None and isinstance(session, RoutingSyncSession):
-        session._routing_replica = None
-        session._routing_replica_connection = None
-        session._routing_wrote = False
+    if transaction.parent is not None or not isinstance(session, RoutingSyncSession):
+        return
+    if session._routing_replica_connection is not None:
+        _close_quietly(session._routing_replica_connection)
+    if session._routing_fallback and session._routing_router is not None:
+        session._routing_router._fallbacks -= 1
+    session._routing_replica = None
+    session._routing_replica_connection = None
+    session._routing_writer_connection = None
+    session._routing_wrote = False
+    session._routing_fallback = False
+    session._routing_excluded = frozenset()
 
 
 class RoutingSession(AsyncSession):

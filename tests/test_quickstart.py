@@ -31,6 +31,9 @@ def clean_env() -> dict[str, str]:
 def test_quickstart_on_sqlite() -> None:
     out = run(clean_env())
     assert "no flag            -> writer" in out
+    # No WAL positions on SQLite: the time window keeps this context's reads
+    # on the writer right after its write.
+    assert "read_only, same    -> writer: ['hello" in out
     assert "read_only          -> replica (read-only connection): ['hello" in out
     assert "use_writer inside  -> writer" in out
     assert "write in read_only -> ReadOnlyViolation" in out
@@ -41,8 +44,6 @@ def test_quickstart_on_the_cluster(cluster: PostgresCluster) -> None:
     env["ROUTING_DB_WRITER_URL"] = cluster.writer_url
     env["ROUTING_DB_REPLICA_URLS"] = ",".join(cluster.replica_urls)
     # The table must exist on the replicas before the quickstart reads there.
-    # (Whether the row it just wrote is visible on the replica is replication
-    # lag: read-your-writes across commits is issue B, not asserted here.)
     cluster.sql(
         cluster.primary,
         "CREATE TABLE IF NOT EXISTS quickstart_notes "
@@ -54,3 +55,7 @@ def test_quickstart_on_the_cluster(cluster: PostgresCluster) -> None:
     assert "use_writer inside  -> writer" in out
     assert "write in read_only -> ReadOnlyViolation" in out
     assert "read_only          -> replica (server port" in out
+    # Read-your-writes: whoever served it, the row just written is there.
+    assert "read_only, same    -> " in out
+    same = next(line for line in out.splitlines() if "read_only, same" in line)
+    assert "'hello from the writer'" in same

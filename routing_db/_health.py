@@ -1,0 +1,145 @@
+"""Replica health: ejection after connection failures, lag limits, hysteresis.
+
+Pure bookkeeping: no I/O, the clock is passed in. The router asks
+``available(now)``; the session and the monitor report what they saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["HealthOptions", "ReplicaState"]
+
+# A replica over a lag limit serves again only once it is back under this
+# fraction of the limit, so one that hovers at the limit does not flap.
+_READMIT_FRACTION = 0.5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HealthOptions:
+    """When a replica is ejected and how it comes back."""
+
+    eject_after: int = 1
+    eject_window: float = 10.0
+    probe_initial: float = 0.25
+    probe_max: float = 2.0
+    max_lag_bytes: int | None = None
+    max_lag_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.eject_after < 1:
+            raise ConfigurationError("eject_after must be at least 1")
+        for field in ("eject_window", "probe_initial", "probe_max"):
+            if getattr(self, field) <= 0:
+                raise ConfigurationError(f"{field} must be > 0")
+        for field in ("max_lag_bytes", "max_lag_seconds"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise ConfigurationError(f"{field} must be >= 0 or None (off)")
+
+
+class ReplicaState:
+    """What the router knows about one replica."""
+
+    __slots__ = (
+        "_failures",
+        "_options",
+        "backoff",
+        "ejected",
+        "ejections",
+        "lag_bytes",
+        "lag_seconds",
+        "lagging",
+        "probe_at",
+        "replay_lsn",
+    )
+
+    def __init__(self, options: HealthOptions) -> None:
+        self._options = options
+        self._failures: deque[float] = deque()
+        self.ejected = False
+        self.ejections = 0
+        self.backoff = options.probe_initial
+        self.probe_at = 0.0
+        self.replay_lsn: int | None = None
+        self.lag_bytes: int | None = None
+        self.lag_seconds: float | None = None
+        self.lagging = False
+
+    def available(self, now: float) -> bool:
+        """May this replica serve a new transaction at ``now``?"""
+        if self.lagging:
+            return False
+        # An ejected replica is offered again once its probe time has come
+        # (half-open): that keeps it recoverable even with no monitor running.
+        return not self.ejected or now >= self.probe_at
+
+    def record_failure(self, now: float) -> bool:
+        """Count a connection failure; return True when it ejects the replica."""
+        if self.ejected:
+            # A failed probe: wait longer before the next one.
+            self.backoff = min(self.backoff * 2, self._options.probe_max)
+            self.probe_at = now + self.backoff
+            return False
+        failures = self._failures
+        failures.append(now)
+        while failures and failures[0] <= now - self._options.eject_window:
+            failures.popleft()
+        if len(failures) < self._options.eject_after:
+            return False
+        failures.clear()
+        self.ejected = True
+        self.ejections += 1
+        self.backoff = self._options.probe_initial
+        self.probe_at = now + self.backoff
+        return True
+
+    def record_success(self) -> bool:
+        """A connection worked; return True when that re-admits the replica."""
+        self._failures.clear()
+        if not self.ejected:
+            return False
+        self.ejected = False
+        self.backoff = self._options.probe_initial
+        return True
+
+    def record_lag(
+        self,
+        *,
+        replay_lsn: int | None,
+        lag_bytes: int | None,
+        lag_seconds: float | None,
+    ) -> None:
+        """Store a lag measurement and apply the limits with hysteresis."""
+        if replay_lsn is not None:
+            self.raise_replay_lsn(replay_lsn)
+        self.lag_bytes = lag_bytes
+        self.lag_seconds = lag_seconds
+        options = self._options
+        limits = (
+            (lag_bytes, options.max_lag_bytes),
+            (lag_seconds, options.max_lag_seconds),
+        )
+        over = any(
+            limit is not None and value is not None and value > limit
+            for value, limit in limits
+        )
+        if over:
+            self.lagging = True
+        elif self.lagging:
+            self.lagging = not all(
+                limit is None or value is None or value <= limit * _READMIT_FRACTION
+                for value, limit in limits
+            )
+
+    def raise_replay_lsn(self, lsn: int) -> None:
+        """Remember a replay position; it only moves forward."""
+        if self.replay_lsn is None or lsn > self.replay_lsn:
+            self.replay_lsn = lsn
+
+    def caught_up(self, floor: int) -> bool:
+        """Has this replica (as last seen) replayed WAL up to ``floor``?"""
+        return self.replay_lsn is not None and self.replay_lsn >= floor

@@ -1,0 +1,112 @@
+"""The background monitor: replica lag polling and probes of ejected replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._positions import REPLICA_SQL, WRITER_SQL, fetch_row, has_positions
+
+if TYPE_CHECKING:
+    from ._router import Router
+
+__all__ = ["Monitor"]
+
+logger = logging.getLogger("routing_db")
+
+
+class Monitor:
+    """Polls every replica each ``interval`` seconds while it runs."""
+
+    def __init__(self, router: Router, *, interval: float) -> None:
+        self._router = router
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._positions = has_positions(router.writer.dialect.name)
+
+    @property
+    def running(self) -> bool:
+        """Is the polling task alive?"""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start polling (idempotent); needs a running event loop."""
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="routing_db monitor"
+            )
+
+    async def stop(self) -> None:
+        """Stop polling and wait for the task to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def poll_once(self) -> None:
+        """One round: the writer's position, then every replica that is due."""
+        writer_lsn: int | None = None
+        if self._positions:
+            try:
+                (value,) = await self._bounded(
+                    fetch_row(self._router.writer, WRITER_SQL)
+                )
+                writer_lsn = int(value)
+            except Exception as exc:  # the writer's health is not ours to judge
+                logger.debug("routing_db monitor: writer position unavailable: %r", exc)
+        now = time.monotonic()
+        due = [
+            replica
+            for replica in self._router.replicas
+            if not self._router._state(replica).ejected
+            or now >= self._router._state(replica).probe_at
+        ]
+        await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
+
+    async def _bounded(self, awaitable: Any) -> Any:
+        # A replica that stopped answering must not stall the other polls.
+        return await asyncio.wait_for(awaitable, timeout=max(2 * self._interval, 2.0))
+
+    async def _poll(self, replica: AsyncEngine, writer_lsn: int | None) -> None:
+        router = self._router
+        try:
+            if self._positions:
+                replay, age = await self._bounded(fetch_row(replica, REPLICA_SQL))
+            else:
+                await self._bounded(fetch_row(replica, "SELECT 1"))
+                replay = age = None
+        except Exception as exc:
+            router._replica_failed(replica.sync_engine, exc)
+            return
+        router._replica_succeeded(replica.sync_engine)
+        if not self._positions or replay is None:
+            return
+        replay = int(replay)
+        if writer_lsn is None:
+            lag_bytes: int | None = None
+            lag_seconds: float | None = None
+        else:
+            lag_bytes = max(0, writer_lsn - replay)
+            # Caught up means no lag, however old the last replayed
+            # transaction is: an idle primary must not look like a lagging one.
+            lag_seconds = 0.0 if lag_bytes == 0 else float(age or 0.0)
+        router._record_lag(
+            replica.sync_engine,
+            replay_lsn=replay,
+            lag_bytes=lag_bytes,
+            lag_seconds=lag_seconds,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # pragma: no cover - a bug must not end the loop
+                logger.exception("routing_db monitor: poll failed")
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,122 @@
+"""Balancing policies: which eligible replica serves a new transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ._exceptions import ConfigurationError
+
+__all__ = [
+    "BalancingPolicy",
+    "Candidate",
+    "LeastBusy",
+    "RandomChoice",
+    "RoundRobin",
+    "Weighted",
+    "make_policy",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidate:
+    """An eligible replica as a policy sees it."""
+
+    index: int  # position in ``router.replicas``
+    name: str
+    weight: float
+    checked_out: int
+    capacity: int  # pool_size + max_overflow; 0 when the pool has no limit
+
+    @property
+    def busy(self) -> float:
+        """Checked-out connections relative to the pool's capacity."""
+        return self.checked_out / self.capacity if self.capacity else self.checked_out
+
+
+@runtime_checkable
+class BalancingPolicy(Protocol):
+    """Picks one of a non-empty sequence of candidates."""
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Return the candidate that serves the next transaction."""
+        ...
+
+
+class RoundRobin:
+    """Each candidate in turn."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Return the next candidate in turn."""
+        return candidates[next(self._counter) % len(candidates)]
+
+
+class RandomChoice:
+    """A uniformly random candidate."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Return a random candidate."""
+        return self._rng.choice(candidates)
+
+
+class Weighted:
+    """A random candidate, in proportion to its weight."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Return a candidate drawn by weight."""
+        weights = [candidate.weight for candidate in candidates]
+        if not any(weights):
+            return self._rng.choice(candidates)
+        return self._rng.choices(candidates, weights=weights)[0]
+
+
+class LeastBusy:
+    """The candidate with the fewest checked-out connections for its pool size."""
+
+    def __init__(self) -> None:
+        # Ties rotate, so an idle cluster still spreads its load.
+        self._counter = itertools.count()
+
+    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Return the least busy candidate; ties rotate."""
+        least = min(candidate.busy for candidate in candidates)
+        tied = [candidate for candidate in candidates if candidate.busy == least]
+        return tied[next(self._counter) % len(tied)]
+
+
+_POLICIES: dict[str, type[RoundRobin | RandomChoice | Weighted | LeastBusy]] = {
+    "round_robin": RoundRobin,
+    "random": RandomChoice,
+    "weighted": Weighted,
+    "least_busy": LeastBusy,
+}
+
+
+def make_policy(policy: str | BalancingPolicy) -> BalancingPolicy:
+    """A policy object from its name, or the object itself."""
+    if isinstance(policy, str):
+        try:
+            return _POLICIES[policy]()
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown policy {policy!r}; use one of "
+                + ", ".join(sorted(_POLICIES))
+                + " or an object with a choose(candidates) method"
+            ) from None
+    if not isinstance(policy, BalancingPolicy):
+        raise ConfigurationError(
+            "policy must be a name or an object with a choose(candidates) method"
+        )
+    return policy

@@ -1,0 +1,178 @@
+"""Which errors are worth another attempt, and the one tenacity policy.
+
+Classification looks at the whole chain (SQLAlchemy wrapper, the dialect's
+DBAPI adapter, the driver's own exception) by SQLSTATE where there is one and
+by exception type where the failure happened below the protocol (a refused
+or reset socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.util import await_only
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+from tenacity.wait import wait_base
+
+from ._exceptions import ConfigurationError, RoutingDBError
+
+T = TypeVar("T")
+
+__all__ = [
+    "RetryPolicy",
+    "is_connection_error",
+    "is_recovery_conflict",
+    "is_transient_error",
+]
+
+# 08: connection exception; 57P01/02/03: admin shutdown, crash shutdown,
+# cannot connect now (server starting or stopping).
+_CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03"})
+# Serialization failure (also how a standby cancels a query that conflicts
+# with recovery) and deadlock: the transaction can simply be run again.
+_RERUN_STATES = frozenset({"40001", "40P01"})
+# MySQL client errors: lost connection, server gone away, can't connect.
+_MYSQL_CONNECTION_CODES = frozenset({2002, 2003, 2006, 2013, 2055})
+_MYSQL_RERUN_CODES = frozenset({1213, 1205})  # deadlock, lock wait timeout
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(
+            (getattr(current, "orig", None), current.__cause__, current.__context__)
+        )
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _mysql_code(error: BaseException) -> int | None:
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _driver_connection_lost(error: BaseException) -> bool:
+    # Names, not imports: each driver is optional. These are raised when the
+    # client finds the socket gone, before or instead of a SQLSTATE.
+    name = type(error).__name__
+    if name == "ConnectionDoesNotExistError":  # asyncpg
+        return True
+    message = str(error).lower()
+    return name.endswith(("InterfaceError", "OperationalError")) and (
+        "connection" in message and "closed" in message
+    )
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when ``error`` means the connection to the server failed or was lost."""
+    for item in _chain(error):
+        if isinstance(item, RoutingDBError):
+            # NoReplicaAvailable is a ConnectionError too, but retrying it
+            # would only find the same empty set of replicas.
+            return False
+        if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
+            return True
+        state = _sqlstate(item)
+        if state is not None and (state[:2] == "08" or state in _CONNECTION_STATES):
+            return True
+        if _mysql_code(item) in _MYSQL_CONNECTION_CODES:
+            return True
+        if isinstance(item, OSError) or _driver_connection_lost(item):
+            return True
+    return False
+
+
+def is_recovery_conflict(error: BaseException) -> bool:
+    """True for a query a standby cancelled because it conflicted with replay."""
+    return any(
+        _sqlstate(item) == "40001" and "conflict with recovery" in str(item)
+        for item in _chain(error)
+    )
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """True when rerunning the whole transaction may succeed."""
+    if is_connection_error(error):
+        return True
+    for item in _chain(error):
+        if isinstance(item, RoutingDBError):
+            return False
+        if _sqlstate(item) in _RERUN_STATES or _mysql_code(item) in _MYSQL_RERUN_CODES:
+            return True
+    return False
+
+
+def _greenlet_sleep(seconds: float) -> None:
+    # Retries that happen inside SQLAlchemy's sync layer run in a greenlet on
+    # the event loop: time.sleep() there would stop every other task.
+    await_only(asyncio.sleep(seconds))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How often and how fast to retry; one object, injected where retries happen."""
+
+    attempts: int = 3
+    max_seconds: float = 10.0
+    wait: wait_base = dataclasses.field(
+        default_factory=lambda: (
+            wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05)
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigurationError("RetryPolicy.attempts must be at least 1")
+
+    def _kwargs(self, retry_if: Callable[[BaseException], bool]) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.attempts)
+            | stop_after_delay(self.max_seconds),
+            "wait": self.wait,
+            "retry": retry_if_exception(retry_if),
+            "reraise": True,
+        }
+
+    def call(
+        self, fn: Callable[[], T], *, retry_if: Callable[[BaseException], bool]
+    ) -> T:
+        """Call ``fn``; retry it as this policy says (in SQLAlchemy's sync layer)."""
+        try:
+            return fn()  # the common case stays free of tenacity's bookkeeping
+        except Exception as exc:
+            if self.attempts == 1 or not retry_if(exc):
+                raise
+        retrying = Retrying(sleep=_greenlet_sleep, **self._kwargs(retry_if))
+        retrying.stop = stop_after_attempt(self.attempts - 1) | stop_after_delay(
+            self.max_seconds
+        )
+        return retrying(fn)
+
+    def sync(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
+        """A ``Retrying`` for SQLAlchemy's sync layer running under asyncio."""
+        return Retrying(sleep=_greenlet_sleep, **self._kwargs(retry_if))
+
+    def asynchronous(self, retry_if: Callable[[BaseException], bool]) -> AsyncRetrying:
+        """An ``AsyncRetrying`` for coroutines."""
+        return AsyncRetrying(**self._kwargs(retry_if))
