@@ -137,7 +137,7 @@ def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
         (lambda: Router.from_urls(f"garbage {SECRET}"), "not a valid database URL"),
         (lambda: Router.from_urls(f"postgresql+psycopg2://u:{SECRET}@h/db"), "asyncpg"),
         (lambda: Router.from_urls(WRITER, REPLICA), "must be a list"),
-        (lambda: Router.from_urls(WRITER, default_role="auto!"), "default_role"),  # type: ignore[arg-type]
+        (lambda: Router.from_urls(WRITER, default_role="auto!"), "default_role"),
         (
             lambda: Router.from_urls(WRITER, no_such_engine_option=1),
             "no_such_engine_option",
