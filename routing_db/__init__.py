@@ -1,26 +1,58 @@
 """Read/write routing sessions for SQLAlchemy 2 asyncio."""
 
+from ._causal import causal_token, current_causal_token
 from ._context import read_only, use_writer
 from ._exceptions import (
+    CommitOutcomeUnknown,
     ConfigurationError,
     NoReplicaAvailable,
     ReadOnlyViolation,
     RoutingDBError,
 )
+from ._policies import (
+    BalancingPolicy,
+    Candidate,
+    LeastBusy,
+    RandomChoice,
+    RoundRobin,
+    Weighted,
+)
+from ._retry import (
+    RetryPolicy,
+    is_connection_error,
+    is_recovery_conflict,
+    is_transient_error,
+)
 from ._router import Router
 from ._session import RoutingSession, RoutingSyncSession, routing_sessionmaker
 from ._settings import RoutingSettings
+from ._unit_of_work import run_unit_of_work, unit_of_work
 
 __all__ = [
+    "BalancingPolicy",
+    "Candidate",
+    "CommitOutcomeUnknown",
     "ConfigurationError",
+    "LeastBusy",
     "NoReplicaAvailable",
+    "RandomChoice",
     "ReadOnlyViolation",
+    "RetryPolicy",
+    "RoundRobin",
     "Router",
     "RoutingDBError",
     "RoutingSession",
     "RoutingSettings",
     "RoutingSyncSession",
+    "Weighted",
+    "causal_token",
+    "current_causal_token",
+    "is_connection_error",
+    "is_recovery_conflict",
+    "is_transient_error",
     "read_only",
     "routing_sessionmaker",
+    "run_unit_of_work",
+    "unit_of_work",
     "use_writer",
 ]

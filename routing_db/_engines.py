@@ -11,15 +11,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ._exceptions import ConfigurationError, ReadOnlyViolation
+from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
+from ._retry import is_connection_error
 
 __all__ = [
     "check_url",
     "create_engine",
     "engine_name",
     "install_replica_setup",
+    "install_writer_hooks",
     "safe_url",
 ]
+
+_COMMITTING = "routing_db.committing"
 
 # backend -> (async drivers we accept, the one to suggest instead of a sync one)
 _ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
@@ -184,3 +188,40 @@ def install_replica_setup(
 
     event.listen(engine.sync_engine, "connect", on_connect)
     event.listen(engine.sync_engine, "handle_error", _translate_read_only)
+
+
+def _committing(connection: Any) -> None:
+    connection.info[_COMMITTING] = True
+
+
+def _not_committing(connection: Any, *args: Any) -> None:
+    connection.info.pop(_COMMITTING, None)
+
+
+def _translate_lost_commit(context: Any) -> BaseException | None:
+    connection = context.connection
+    if (
+        connection is None
+        or context.statement is not None
+        or not connection.info.pop(_COMMITTING, False)
+    ):
+        return None
+    error = context.original_exception
+    if not (context.is_disconnect or is_connection_error(error)):
+        return None
+    lost = CommitOutcomeUnknown(None, None, error, connection_invalidated=True)
+    lost.args = (
+        "the connection to the writer was lost during COMMIT: the transaction "
+        "may or may not have been committed. It is not retried; check whether "
+        "its changes are there (e.g. by a unique key) before writing again.",
+    )
+    return lost
+
+
+def install_writer_hooks(engine: AsyncEngine) -> None:
+    """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``."""
+    target = engine.sync_engine
+    event.listen(target, "commit", _committing)
+    event.listen(target, "begin", _not_committing)
+    event.listen(target, "rollback", _not_committing)
+    event.listen(target, "handle_error", _translate_lost_commit)

@@ -4,18 +4,21 @@
     └── RoutingDBError
         ├── ConfigurationError        (also ValueError)
         ├── ReadOnlyViolation         (also sqlalchemy.exc.InvalidRequestError)
-        └── NoReplicaAvailable        (also ConnectionError)
+        ├── NoReplicaAvailable        (also ConnectionError)
+        └── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
-``ReadOnlyViolation``, chained to the driver error).
+``ReadOnlyViolation``, chained to the driver error; a COMMIT on the writer
+that loses its connection becomes ``CommitOutcomeUnknown``).
 """
 
 from __future__ import annotations
 
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigurationError",
     "NoReplicaAvailable",
     "ReadOnlyViolation",
@@ -37,3 +40,8 @@ class ReadOnlyViolation(RoutingDBError, InvalidRequestError):
 
 class NoReplicaAvailable(RoutingDBError, ConnectionError):
     """A replica read found no eligible replica and writer fallback is off."""
+
+
+class CommitOutcomeUnknown(RoutingDBError, DBAPIError):
+    """The connection was lost during COMMIT: the transaction may or may not be
+    committed. It is never retried automatically; check before writing again."""

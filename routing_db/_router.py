@@ -21,6 +21,7 @@ from ._engines import (
     create_engine,
     engine_name,
     install_replica_setup,
+    install_writer_hooks,
     safe_url,
 )
 from ._exceptions import ConfigurationError
@@ -126,6 +127,7 @@ class Router:
             install_replica_setup(
                 replica, name=self._names[replica], require_standby=require_standby
             )
+        install_writer_hooks(writer)
         self._sync_writer: Engine = writer.sync_engine
         self._sync_replicas: tuple[Engine, ...] = tuple(
             replica.sync_engine for replica in self.replicas
@@ -242,11 +244,23 @@ class Router:
             if floor is not None and self._within_sticky_window(floor):
                 return Pick.CAUSAL, None
             return Pick.CAUGHT_UP, self._choose(available)
-        ready = [item for item in available if self._states[item[1]].caught_up(need)]
+        # The policy picks among all available replicas, so balancing does not
+        # depend on which positions happen to be cached.
+        chosen = self._choose(available)
+        if self._states[chosen].caught_up(need):
+            return Pick.CAUGHT_UP, chosen  # the cached position: no round trip
+        if self._check_replay(chosen, need):
+            return Pick.CAUGHT_UP, chosen
+        ready = [
+            item
+            for item in available
+            if item[1] is not chosen and self._states[item[1]].caught_up(need)
+        ]
         if ready:
-            # The monitor's cached position suffices: no extra round trip.
             return Pick.CAUGHT_UP, self._choose(ready)
-        engine = self._wait_for_replay(available, need)
+        engine = self._wait_for_replay(
+            [engine for _, engine in available if engine is not chosen], chosen, need
+        )
         return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
 
     def _lsn_needed(self, floor: CausalFloor | None) -> int | None:
@@ -267,33 +281,38 @@ class Router:
         chosen = self._policy.choose(candidates)
         return self._sync_replicas[chosen.index]
 
+    def _check_replay(self, engine: Engine, need: int) -> bool:
+        """Ask ``engine`` for its replay position now; is it at ``need``?"""
+        state = self._states[engine]
+        try:
+            lsn = replay_lsn_now(engine)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self._replica_failed(engine, exc)
+            return False
+        if lsn is not None:
+            state.raise_replay_lsn(lsn)
+        return state.caught_up(need)
+
     def _wait_for_replay(
-        self, available: list[tuple[int, Engine]], need: int
+        self, others: list[Engine], chosen: Engine, need: int
     ) -> Engine | None:
-        # The cache is behind: ask each replica once, and keep asking until
+        # Ask the others once, then keep asking every replica until
         # causal_wait_timeout when one is configured. Each replica is judged
         # by its own position: one caught up never vouches for another.
+        for engine in others:
+            if self._check_replay(engine, need):
+                return engine
         deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
         delay = 0.005
-        while True:
-            for _, engine in available:
-                state = self._states[engine]
-                try:
-                    lsn = replay_lsn_now(engine)
-                except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
-                    self._replica_failed(engine, exc)
-                    continue
-                if lsn is not None:
-                    state.raise_replay_lsn(lsn)
-                if state.caught_up(need):
-                    return engine
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
+        while (remaining := deadline - time.monotonic()) > 0:
             await_only(asyncio.sleep(min(delay, remaining)))
             delay = min(delay * 2, 0.1)
+            for engine in (chosen, *others):
+                if self._check_replay(engine, need):
+                    return engine
+        return None
 
     # -- what sessions and the monitor report --
 

@@ -1,0 +1,253 @@
+"""Read-your-writes across commits and requests, on real streaming replication."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from routing_db import (
+    Router,
+    RoutingSession,
+    causal_token,
+    current_causal_token,
+    read_only,
+    routing_sessionmaker,
+)
+from routing_db.testing import PostgresCluster
+
+from .conftest import where
+from .models import Item
+
+pytestmark = pytest.mark.usefixtures("clean")
+T = TypeVar("T")
+
+
+@pytest.fixture
+def paused(faults: PostgresCluster) -> PostgresCluster:
+    """Replay paused on every replica (the fixture heals afterwards)."""
+    for index in range(len(faults.replicas)):
+        faults.pause_replay(index)
+    return faults
+
+
+async def fresh_context(
+    coro_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> T:
+    """Run ``coro_fn(*args)`` as a new request would: in an empty context."""
+    return await asyncio.create_task(coro_fn(*args), context=contextvars.Context())
+
+
+async def test_no_stale_reads_with_replay_paused(
+    Session: async_sessionmaker[RoutingSession],
+    paused: PostgresCluster,
+    ports: dict[str, Any],
+) -> None:
+    served: Counter[int] = Counter()
+    stale = 0
+    for n in range(200):
+        async with Session() as session:
+            session.add(Item(name=f"item-{n}"))
+            await session.commit()
+        async with Session() as session, read_only:
+            count = await session.scalar(select(func.count()).select_from(Item))
+            port, _ = await where(session)
+            served[port] += 1
+            stale += count != n + 1
+    assert stale == 0
+    # No replica has replayed anything: the writer served every read.
+    assert set(served) == {ports["writer"]}
+
+
+async def test_every_commit_form_records_the_token(
+    router: Router, Session: async_sessionmaker[RoutingSession], paused: PostgresCluster
+) -> None:
+    async def commit_forms() -> list[str | None]:
+        tokens = [current_causal_token()]
+        async with Session() as session:
+            session.add(Item(name="a"))
+            await session.commit()
+        tokens.append(current_causal_token())
+        async with Session.begin() as session:
+            session.add(Item(name="b"))
+        tokens.append(current_causal_token())
+        async with Session() as session, session.begin():
+            session.add(Item(name="c"))
+        tokens.append(current_causal_token())
+        async with Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            assert names == {"a", "b", "c"}
+            assert (await where(session))[1] is False  # replicas are paused
+        return tokens
+
+    before, *after = await fresh_context(commit_forms)
+    assert before is None
+    assert all(t is not None and t.startswith("pg:") for t in after)
+    # Each commit moved the writer's WAL position forward.
+    assert len(set(after)) == 3
+
+
+async def test_the_token_stays_in_its_context(
+    Session: async_sessionmaker[RoutingSession], paused: PostgresCluster
+) -> None:
+    async def write() -> str | None:
+        async with Session() as session:
+            session.add(Item(name="mine"))
+            await session.commit()
+        return current_causal_token()
+
+    token = await fresh_context(write)
+    assert token is not None
+    # Neither the caller nor an unrelated request inherited it.
+    assert current_causal_token() is None
+
+    async def peek() -> str | None:
+        return current_causal_token()
+
+    assert await fresh_context(peek) is None
+
+
+async def test_a_token_string_carries_reads_across_requests(
+    Session: async_sessionmaker[RoutingSession],
+    paused: PostgresCluster,
+    ports: dict[str, Any],
+) -> None:
+    async def post(n: int) -> str:
+        async with Session() as session:
+            session.add(Item(name=f"job-{n}"))
+            await session.commit()
+        token = current_causal_token()
+        assert token is not None
+        return token
+
+    async def get(token: str, n: int) -> tuple[bool, int]:
+        async with causal_token(token), Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            return f"job-{n}" in names, (await where(session))[0]
+
+    for n in range(50):
+        token = await fresh_context(post, n)
+        seen, port = await fresh_context(get, token, n)
+        assert seen
+        assert port == ports["writer"]
+
+
+async def test_without_the_token_a_paused_replica_serves(
+    Session: async_sessionmaker[RoutingSession],
+    paused: PostgresCluster,
+    ports: dict[str, Any],
+) -> None:
+    """The control: the tests above would fail if routing ignored the token."""
+
+    async def post() -> None:
+        async with Session() as session:
+            session.add(Item(name="unseen"))
+            await session.commit()
+
+    async def get() -> tuple[bool, int]:
+        async with Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            return "unseen" in names, (await where(session))[0]
+
+    await fresh_context(post)
+    seen, port = await fresh_context(get)
+    assert port in ports["replicas"]
+    assert not seen  # a stale read: exactly what the token prevents
+
+
+async def test_reads_return_to_replicas_once_replay_resumes(
+    Session: async_sessionmaker[RoutingSession],
+    paused: PostgresCluster,
+    ports: dict[str, Any],
+) -> None:
+    async with Session() as session:
+        session.add(Item(name="later"))
+        await session.commit()
+    async with Session() as session, read_only:
+        assert (await where(session))[0] == ports["writer"]
+    for index in range(len(paused.replicas)):
+        paused.resume_replay(index)
+    await paused.await_replicated()
+    served = set()
+    for _ in range(4):
+        async with Session() as session, read_only:
+            assert "later" in set(await session.scalars(select(Item.name)))
+            served.add((await where(session))[0])
+    assert served == ports["replicas"]
+
+
+async def test_each_replica_is_judged_by_its_own_position(
+    Session: async_sessionmaker[RoutingSession],
+    faults: PostgresCluster,
+    ports: dict[str, Any],
+) -> None:
+    faults.pause_replay(0)
+    paused_port = faults.replicas[0].port
+    served: Counter[int] = Counter()
+    for n in range(40):
+        async with Session() as session:
+            session.add(Item(name=f"n{n}"))
+            await session.commit()
+        async with Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            assert f"n{n}" in names
+            served[(await where(session))[0]] += 1
+    assert paused_port not in served
+    # The caught-up replica did serve: one replica's position is not
+    # stretched to cover the other.
+    assert served.keys() & (ports["replicas"] - {paused_port})
+
+
+@pytest.fixture
+async def waiting_router(cluster: PostgresCluster) -> AsyncIterator[Router]:
+    router = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls, causal_wait_timeout=20
+    )
+    try:
+        yield router
+    finally:
+        await router.dispose()
+
+
+async def test_causal_wait_timeout_waits_for_a_replica(
+    waiting_router: Router, paused: PostgresCluster, ports: dict[str, Any]
+) -> None:
+    Session = routing_sessionmaker(waiting_router)
+    async with Session() as session:
+        session.add(Item(name="awaited"))
+        await session.commit()
+
+    async def read() -> tuple[bool, int]:
+        async with Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            return "awaited" in names, (await where(session))[0]
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)  # let the read start waiting (not replication)
+    assert not reader.done()
+    paused.resume_replay(1)
+    seen, port = await reader
+    assert seen
+    assert port == paused.replicas[1].port
+
+
+async def test_a_router_without_positions_uses_the_time_window(
+    cluster: PostgresCluster,
+) -> None:
+    # sticky_seconds on a PostgreSQL router only matters for a token that has
+    # no position; one carried from a backend without positions, for example.
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    try:
+        Session = routing_sessionmaker(router)
+        async with causal_token("t:9999999999.0"), Session() as session, read_only:
+            assert (await where(session))[1] is False
+        async with causal_token("t:1.0"), Session() as session, read_only:
+            assert (await where(session))[1] is True
+    finally:
+        await router.dispose()
