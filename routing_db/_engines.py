@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,9 @@ __all__ = [
     "safe_url",
 ]
 
-_COMMITTING = "routing_db.committing"
+# Connections whose COMMIT is in flight (by identity; Connection.info would
+# need a live DBAPI connection, which is exactly what may be gone).
+_committing_now: weakref.WeakSet[Any] = weakref.WeakSet()
 
 # backend -> (async drivers we accept, the one to suggest instead of a sync one)
 _ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
@@ -191,20 +194,19 @@ def install_replica_setup(
 
 
 def _committing(connection: Any) -> None:
-    connection.info[_COMMITTING] = True
+    _committing_now.add(connection)
 
 
 def _not_committing(connection: Any, *args: Any) -> None:
-    connection.info.pop(_COMMITTING, None)
+    _committing_now.discard(connection)
 
 
 def _translate_lost_commit(context: Any) -> BaseException | None:
     connection = context.connection
-    if (
-        connection is None
-        or context.statement is not None
-        or not connection.info.pop(_COMMITTING, False)
-    ):
+    if connection is None or connection not in _committing_now:
+        return None
+    _committing_now.discard(connection)
+    if context.statement is not None:
         return None
     error = context.original_exception
     if not (context.is_disconnect or is_connection_error(error)):

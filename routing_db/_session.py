@@ -63,11 +63,16 @@ def _close_quietly(connection: Connection) -> None:
         return
     try:
         connection.close()
-    except DBAPIError:
-        # Its transaction only read. If the socket died, SQLAlchemy has
-        # invalidated the connection; closing again just releases it.
-        if not connection.invalidated:
+    except DBAPIError as exc:
+        # Its transaction only read, so a lost connection loses nothing: it is
+        # invalidated (SQLAlchemy does not recognise every way asyncpg reports
+        # a dead socket) and closing again just releases it.
+        if not (connection.invalidated or is_connection_error(exc)):
             raise
+        if connection.closed:
+            return
+        if not connection.invalidated:
+            connection.invalidate(exc)
         connection.close()
 
 
@@ -231,6 +236,15 @@ class RoutingSyncSession(Session):
         return self._routing_first_read(super().scalars, statement, *args, **kw)
 
     def _routing_first_read(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+        if self._routing_router is None:
+            return method(*args, **kw)
+        connecting, self._routing_connect = self._routing_connect, True
+        try:
+            return self._routing_run(method, *args, **kw)
+        finally:
+            self._routing_connect = connecting
+
+    def _routing_run(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
         router = self._routing_router
         if (
             router is None
@@ -333,13 +347,31 @@ class RoutingSyncSession(Session):
 
     def close(self) -> None:
         """Close; a replica connection that died is invalidated, not raised."""
-        self._invalidate_dead_replica()
+        self._routing_release_replica()
         super().close()
 
     def reset(self) -> None:
         """Reset; a replica connection that died is invalidated, not raised."""
-        self._invalidate_dead_replica()
+        self._routing_release_replica()
         super().reset()
+
+    def _routing_release_replica(self) -> None:
+        # Take the replica's read-only transaction out of the session's hands:
+        # it is neither committed nor closed with the others, but ended
+        # (rolled back, quietly if the server is gone) once they are, in
+        # after_transaction_end. Otherwise one dead replica would raise from
+        # COMMIT or close() and keep the writer's connection from being
+        # released. Session offers no public switch for this.
+        self._invalidate_dead_replica()
+        connection = self._routing_replica_connection
+        transaction = self._transaction
+        if connection is None or transaction is None:
+            return
+        entry = transaction._connections.get(connection)
+        if entry is not None and len(entry) == 4:
+            released = (entry[0], entry[1], False, False)
+            transaction._connections[connection] = released
+            transaction._connections[connection.engine] = released
 
     def _invalidate_dead_replica(self) -> Connection | None:
         # Without this, ending the transaction sends ROLLBACK on a closed socket
@@ -379,21 +411,9 @@ def _connection_begun(
 
 @event.listens_for(RoutingSyncSession, "before_commit")
 def _before_commit(session: Session) -> None:
-    if not isinstance(session, RoutingSyncSession) or session.in_nested_transaction():
-        return
-    connection = session._routing_replica_connection
-    transaction = session._transaction
-    if connection is None or transaction is None:
-        return
-    # The replica's read-only transaction is left out of the commit and ended
-    # (rolled back) after it: a replica that died must not fail, or come
-    # before, the writer's COMMIT. Session offers no public switch for this.
-    entry = transaction._connections.get(connection)
-    if entry is not None and len(entry) == 4:
-        released = (entry[0], entry[1], False, False)
-        transaction._connections[connection] = released
-        transaction._connections[connection.engine] = released
-    session._invalidate_dead_replica()
+    if isinstance(session, RoutingSyncSession) and not session.in_nested_transaction():
+        # A replica that died must not fail, or come before, the writer's COMMIT.
+        session._routing_release_replica()
 
 
 @event.listens_for(RoutingSyncSession, "after_commit")

@@ -1,0 +1,233 @@
+"""Ejection, re-admission, fallback and lag limits with real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from routing_db import (
+    NoReplicaAvailable,
+    Router,
+    RoutingSession,
+    read_only,
+    routing_sessionmaker,
+)
+from routing_db.testing import PostgresCluster
+
+from .conftest import where
+
+
+async def until(check: Callable[[], bool], within: float, what: str) -> float:
+    """Poll ``check`` until it holds; return how long it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def reads(
+    Session: async_sessionmaker[RoutingSession], n: int
+) -> tuple[Counter[tuple[int, bool]], int]:
+    """``n`` read_only reads: where each ran (server-reported) and the failures."""
+    served: Counter[tuple[int, bool]] = Counter()
+    failed = 0
+    for _ in range(n):
+        try:
+            async with Session() as session, read_only:
+                served[await where(session)] += 1
+        except Exception:
+            logging.getLogger(__name__).exception("read failed")
+            failed += 1
+    return served, failed
+
+
+@pytest.fixture
+async def monitored(cluster: PostgresCluster) -> AsyncIterator[Router]:
+    router = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls, monitor_interval=0.1
+    )
+    async with router:
+        yield router
+
+
+def replica_state(router: Router, index: int) -> dict[str, Any]:
+    return router.status()[1 + index]
+
+
+async def test_status_after_start_shows_health_and_lag(
+    monitored: Router, cluster: PostgresCluster
+) -> None:
+    await cluster.await_replicated()
+    await until(
+        lambda: all(r["lag_bytes"] == 0 for r in monitored.status()[1:]),
+        5,
+        "replicas caught up",
+    )
+    for _ in range(3):
+        await monitored._monitor.poll_once()
+        for row in monitored.status()[1:]:
+            assert row["healthy"] is True
+            assert row["eligible"] is True
+            # An idle primary: no lag in seconds either, however old the last
+            # replayed transaction is.
+            assert row["lag_seconds"] == 0.0
+
+
+async def test_a_stopped_replica_is_ejected_and_readmitted(
+    monitored: Router, faults: PostgresCluster
+) -> None:
+    Session = routing_sessionmaker(monitored)
+    survivor = (faults.replicas[1].port, True)
+    faults.stop_replica(0)
+    served, failed = await reads(Session, 200)
+    assert failed == 0
+    assert set(served) == {survivor}
+    assert replica_state(monitored, 0)["ejected"] is True
+
+    faults.start_replica(0)
+    took = await until(
+        lambda: replica_state(monitored, 0)["healthy"], 5, "replica re-admitted"
+    )
+    assert took < 5
+    served, failed = await reads(Session, 10)
+    assert failed == 0
+    assert (faults.replicas[0].port, True) in served
+
+
+async def test_readmitted_without_a_monitor_too(
+    router: Router, faults: PostgresCluster
+) -> None:
+    """The half-open probe: an ejected replica is tried again after a backoff."""
+    Session = routing_sessionmaker(router)
+    faults.stop_replica(0)
+    served, failed = await reads(Session, 20)
+    assert failed == 0
+    assert (faults.replicas[0].port, True) not in served
+    faults.start_replica(0)
+
+    async def back() -> bool:
+        served, _ = await reads(Session, 2)
+        return (faults.replicas[0].port, True) in served
+
+    deadline = time.monotonic() + 10
+    while not await back():
+        assert time.monotonic() < deadline, "ejected replica never tried again"
+        await asyncio.sleep(0.1)
+
+
+async def test_all_replicas_down_fall_back_or_raise(
+    cluster: PostgresCluster, faults: PostgresCluster, ports: dict[str, Any]
+) -> None:
+    faults.stop_replica(0)
+    faults.crash_replica(1)
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    strict = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls, fallback_to_writer=False
+    )
+    try:
+        served, failed = await reads(routing_sessionmaker(router), 20)
+        assert failed == 0
+        assert set(served) == {(ports["writer"], False)}
+        assert router.fallbacks_total == 20
+
+        with pytest.raises(NoReplicaAvailable):
+            async with routing_sessionmaker(strict)() as session, read_only:
+                await session.execute(text("SELECT 1"))
+    finally:
+        await router.dispose()
+        await strict.dispose()
+
+
+async def test_writer_fallbacks_are_capped(
+    cluster: PostgresCluster, faults: PostgresCluster
+) -> None:
+    faults.stop_replica(0)
+    faults.stop_replica(1)
+    router = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls, max_writer_fallbacks=2
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as one, Session() as two, read_only:
+            assert (await where(one))[1] is False
+            assert (await where(two))[1] is False
+            with pytest.raises(NoReplicaAvailable, match="max_writer_fallbacks"):
+                async with Session() as three:
+                    await three.execute(text("SELECT 1"))
+        # Ending those transactions gives the slots back.
+        async with Session() as four, read_only:
+            assert (await where(four))[1] is False
+        assert router._fallbacks == 0
+    finally:
+        await router.dispose()
+
+
+async def test_crash_while_sessions_hold_replica_connections(
+    router: Router, faults: PostgresCluster
+) -> None:
+    Session = routing_sessionmaker(router)
+    crashed = faults.replicas[0].port
+    holders = []
+    for _ in range(4):
+        session = Session()
+        async with read_only:
+            port, _ = await where(session)
+        holders.append((session, port))
+    faults.crash_replica(0)
+    # Sessions on the crashed replica end cleanly; new reads go elsewhere.
+    for session, _ in holders:
+        await session.close()
+    assert router.status()[1]["pool"]["checked_out"] == 0
+    served, failed = await reads(Session, 30)
+    assert failed == 0
+    assert all(port != crashed for port, _ in served)
+    assert any(port == crashed for _, port in holders)
+
+
+@pytest.mark.usefixtures("clean")
+async def test_a_lagging_replica_is_skipped_until_it_catches_up(
+    cluster: PostgresCluster, faults: PostgresCluster, ports: dict[str, Any]
+) -> None:
+    router = Router.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls,
+        monitor_interval=0.1,
+        max_lag_bytes=256 * 1024,
+    )
+    Session = routing_sessionmaker(router)
+    lagging = (faults.replicas[0].port, True)
+    async with router:
+        faults.pause_replay(0)
+        # Write until the paused replica is over the byte limit.
+        while not replica_state(router, 0)["lagging"]:
+            async with Session.begin() as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO items (name) SELECT repeat('x', 90) "
+                        "FROM generate_series(1, 500)"
+                    )
+                )
+            await router._monitor.poll_once()
+        assert replica_state(router, 0)["lag_bytes"] > 256 * 1024
+        served, failed = await reads(Session, 30)
+        assert failed == 0
+        assert lagging not in served
+        assert set(served) == {(faults.replicas[1].port, True)}
+
+        faults.resume_replay(0)
+        await until(
+            lambda: not replica_state(router, 0)["lagging"], 5, "lag back under"
+        )
+        served, _ = await reads(Session, 10)
+        assert lagging in served
+    assert ports["writer"] not in {port for port, _ in served}
