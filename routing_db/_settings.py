@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._engines import check_url
+from ._retry import RetryPolicy
 
 __all__ = ["RoutingSettings"]
 
@@ -19,8 +20,25 @@ _POOL_FIELDS = (
     "pool_pre_ping",
 )
 
+_ROUTER_FIELDS = (
+    "default_role",
+    "fallback_to_writer",
+    "require_standby",
+    "policy",
+    "max_lag_bytes",
+    "max_lag_seconds",
+    "monitor_interval",
+    "eject_after",
+    "eject_window",
+    "max_writer_fallbacks",
+    "sticky_seconds",
+    "causal_wait_timeout",
+)
+
 PoolCount = Annotated[int, Field(ge=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(gt=0)]
+Limit = Annotated[float, Field(ge=0)]
 Recycle = Annotated[int, Field(ge=-1)]
 
 
@@ -74,6 +92,22 @@ class RoutingSettings(BaseSettings):
     fallback_to_writer: bool = True
     require_standby: bool = True
 
+    # Balancing, health and lag (issue B); None means off.
+    policy: Literal["round_robin", "random", "weighted", "least_busy"] = "round_robin"
+    replica_weights: Annotated[list[Limit], NoDecode] | None = None
+    max_lag_bytes: PoolCount | None = None
+    max_lag_seconds: Limit | None = None
+    monitor_interval: Seconds = 0.5
+    eject_after: AtLeastOne = 1
+    eject_window: Seconds = 10.0
+    max_writer_fallbacks: PoolCount | None = None
+
+    # Read-your-writes and retries.
+    sticky_seconds: Limit = 2.0
+    causal_wait_timeout: Limit | None = None
+    retry_attempts: AtLeastOne = 3
+    retry_max_seconds: Seconds = 10.0
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -81,7 +115,7 @@ class RoutingSettings(BaseSettings):
             # ``from None``: the original error keeps the raw inputs.
             raise _without_inputs(error) from None
 
-    @field_validator("replica_urls", mode="before")
+    @field_validator("replica_urls", "replica_weights", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -123,8 +157,12 @@ class RoutingSettings(BaseSettings):
             "replica_urls": [url.get_secret_value() for url in self.replica_urls],
             "writer_kwargs": self._role_overrides("writer"),
             "replica_kwargs": self._role_overrides("replica"),
-            "default_role": self.default_role,
-            "fallback_to_writer": self.fallback_to_writer,
-            "require_standby": self.require_standby,
+            "router_options": {
+                **{name: getattr(self, name) for name in _ROUTER_FIELDS},
+                "weights": self.replica_weights,
+                "retry": RetryPolicy(
+                    attempts=self.retry_attempts, max_seconds=self.retry_max_seconds
+                ),
+            },
             **{name: getattr(self, name) for name in _POOL_FIELDS},
         }

@@ -30,8 +30,8 @@ def test_from_arguments() -> None:
     assert kwargs["replica_urls"] == [REPLICA]
     assert kwargs["pool_size"] == 3
     assert kwargs["pool_pre_ping"] is True
-    assert kwargs["default_role"] == "writer"
-    assert kwargs["fallback_to_writer"] is True
+    assert kwargs["router_options"]["default_role"] == "writer"
+    assert kwargs["router_options"]["fallback_to_writer"] is True
 
 
 def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,8 +47,54 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(kwargs["replica_urls"]) == 2
     assert kwargs["replica_kwargs"] == {"pool_size": 7}
     assert kwargs["writer_kwargs"] == {}
-    assert kwargs["default_role"] == "auto"
-    assert kwargs["fallback_to_writer"] is False
+    assert kwargs["router_options"]["default_role"] == "auto"
+    assert kwargs["router_options"]["fallback_to_writer"] is False
+
+
+def test_resilience_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "WRITER_URL": WRITER,
+        "REPLICA_URLS": f"{REPLICA},{REPLICA.replace('replica', 'r2')}",
+        "POLICY": "weighted",
+        "REPLICA_WEIGHTS": "3, 1",
+        "MAX_LAG_BYTES": "1048576",
+        "MAX_LAG_SECONDS": "2.5",
+        "MONITOR_INTERVAL": "0.25",
+        "EJECT_AFTER": "3",
+        "MAX_WRITER_FALLBACKS": "4",
+        "STICKY_SECONDS": "1",
+        "CAUSAL_WAIT_TIMEOUT": "0.5",
+        "RETRY_ATTEMPTS": "5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(f"ROUTING_DB_{name}", value)
+    options = RoutingSettings().router_kwargs()["router_options"]
+    assert options["policy"] == "weighted"
+    assert options["weights"] == [3.0, 1.0]
+    assert options["max_lag_bytes"] == 1048576
+    assert options["max_lag_seconds"] == 2.5
+    assert options["monitor_interval"] == 0.25
+    assert options["eject_after"] == 3
+    assert options["max_writer_fallbacks"] == 4
+    assert options["sticky_seconds"] == 1.0
+    assert options["causal_wait_timeout"] == 0.5
+    assert options["retry"].attempts == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("policy", "fastest"),
+        ("max_lag_bytes", -1),
+        ("monitor_interval", 0),
+        ("eject_after", 0),
+        ("retry_attempts", 0),
+        ("replica_weights", "1,x"),
+    ],
+)
+def test_bad_resilience_options(name: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=name):
+        RoutingSettings(writer_url=WRITER, **{name: value})
 
 
 def test_empty_replica_list_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,6 +184,12 @@ def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
         (lambda: Router.from_urls(f"postgresql+psycopg2://u:{SECRET}@h/db"), "asyncpg"),
         (lambda: Router.from_urls(WRITER, REPLICA), "must be a list"),
         (lambda: Router.from_urls(WRITER, default_role="auto!"), "default_role"),
+        (lambda: Router.from_urls(WRITER, [REPLICA], weights=[1, 2]), "weights"),
+        (lambda: Router.from_urls(WRITER, policy="fastest"), "unknown policy"),
+        (lambda: Router.from_urls(WRITER, monitor_interval=0), "monitor_interval"),
+        (lambda: Router.from_urls(WRITER, eject_after=0), "eject_after"),
+        (lambda: Router.from_urls(WRITER, max_lag_bytes=-1), "max_lag_bytes"),
+        (lambda: Router.from_urls(WRITER, sticky_seconds=-1), "sticky_seconds"),
         (
             lambda: Router.from_urls(WRITER, no_such_engine_option=1),
             "no_such_engine_option",
