@@ -1,5 +1,6 @@
 """Read/write routing sessions for SQLAlchemy 2 asyncio."""
 
+from ._async_session import RoutingSession, routing_sessionmaker
 from ._causal import causal_token, current_causal_token
 from ._context import read_only, use_writer
 from ._exceptions import (
@@ -24,7 +25,7 @@ from ._retry import (
     is_transient_error,
 )
 from ._router import Router
-from ._session import RoutingSession, RoutingSyncSession, routing_sessionmaker
+from ._session import RoutingSyncSession
 from ._settings import RoutingSettings
 from ._unit_of_work import run_unit_of_work, unit_of_work
 

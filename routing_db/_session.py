@@ -1,10 +1,11 @@
-"""``RoutingSession``: the only glue between routing_db and SQLAlchemy's sessions.
+"""``RoutingSyncSession``: the glue between routing_db and SQLAlchemy's sessions.
 
 Routing happens in the sync ``Session.get_bind`` (SQLAlchemy's documented
 override point for asyncio sessions too); ``RoutingSession`` only installs the
 sync class. Per-transaction state (the chosen replica, "this transaction
 wrote") lives on the sync session and is cleared when the root transaction
-ends; context state is only ever read here, never written.
+ends. ``get_bind`` only reads context state; the one write is the causal
+token, recorded after a COMMIT that wrote.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
 from ._causal import current_floor, record_write
 from ._classify import Kind, classify
+from ._connections import (
+    checkout_failed,
+    close_quietly,
+    driver_says_closed,
+    forget,
+    leave_out_of_commit,
+    marked_for_rerun,
+)
 from ._context import Scope, current_scope
 from ._decision import DefaultRole, Route, check_default_role, decide
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
@@ -31,7 +38,7 @@ from ._positions import writer_lsn_after_commit
 from ._retry import is_connection_error, is_recovery_conflict
 from ._router import Pick, Router
 
-__all__ = ["RoutingSession", "RoutingSyncSession", "routing_sessionmaker"]
+__all__ = ["RoutingSyncSession"]
 
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
@@ -46,46 +53,6 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
     if clause is None:
         return "connection request"
     return f"{type(clause).__name__} statement"
-
-
-def _checkout_failed(error: BaseException) -> bool:
-    """Did getting a connection fail (so nothing reached the server)?"""
-    return isinstance(error, sa_exc.TimeoutError) or is_connection_error(error)
-
-
-def _marked_for_rerun(error: BaseException) -> bool:
-    return bool(getattr(error, "_routing_db_rerun", False))
-
-
-def _close_quietly(connection: Connection) -> None:
-    """End a replica connection's read-only transaction; a dead one is dropped."""
-    if connection.closed:
-        return
-    try:
-        connection.close()
-    except DBAPIError as exc:
-        # Its transaction only read, so a lost connection loses nothing: it is
-        # invalidated (SQLAlchemy does not recognise every way asyncpg reports
-        # a dead socket) and closing again just releases it.
-        if not (connection.invalidated or is_connection_error(exc)):
-            raise
-        if connection.closed:
-            return
-        if not connection.invalidated:
-            connection.invalidate(exc)
-        connection.close()
-
-
-def _driver_says_closed(driver_connection: Any) -> bool:
-    """What the driver already knows about its socket, without any I/O."""
-    is_closed = getattr(driver_connection, "is_closed", None)  # asyncpg
-    if callable(is_closed):
-        return bool(is_closed())
-    for flag in ("broken", "closed"):  # psycopg 3, aiomysql/asyncmy
-        value = getattr(driver_connection, flag, None)
-        if isinstance(value, bool) and value:
-            return True
-    return False
 
 
 class RoutingSyncSession(Session):
@@ -185,7 +152,7 @@ class RoutingSyncSession(Session):
             try:
                 Session.connection(self, bind_arguments={"bind": replica})
             except Exception as exc:
-                if not _checkout_failed(exc):
+                if not checkout_failed(exc):
                     raise
                 router._replica_failed(replica, exc)
                 excluded = excluded | {replica}
@@ -220,7 +187,7 @@ class RoutingSyncSession(Session):
         bind_arguments = {"bind": router._sync_writer}
         router.retry.call(
             lambda: Session.connection(self, bind_arguments=bind_arguments),
-            retry_if=_checkout_failed,
+            retry_if=checkout_failed,
         )
 
     def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
@@ -267,7 +234,7 @@ class RoutingSyncSession(Session):
                     exc._routing_db_rerun = True  # type: ignore[attr-defined]
                 raise
 
-        return router.retry.call(attempt, retry_if=_marked_for_rerun)
+        return router.retry.call(attempt, retry_if=marked_for_rerun)
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
         return (
@@ -285,15 +252,13 @@ class RoutingSyncSession(Session):
         replica = self._routing_replica
         transaction = self._transaction
         assert connection is not None and replica is not None
-        if transaction is not None:
-            transaction._connections.pop(connection, None)
-            transaction._connections.pop(connection.engine, None)
+        forget(transaction, connection)
         self._routing_replica = None
         self._routing_replica_connection = None
         self._routing_excluded = self._routing_excluded | {replica}
         if is_connection_error(error):
             self._routing_router._replica_failed(replica, error)  # type: ignore[union-attr]
-        _close_quietly(connection)
+        close_quietly(connection)
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
         """Flush; inside ``read_only`` pending changes raise before anything is sent."""
@@ -367,11 +332,7 @@ class RoutingSyncSession(Session):
         transaction = self._transaction
         if connection is None or transaction is None:
             return
-        entry = transaction._connections.get(connection)
-        if entry is not None and len(entry) == 4:
-            released = (entry[0], entry[1], False, False)
-            transaction._connections[connection] = released
-            transaction._connections[connection.engine] = released
+        leave_out_of_commit(transaction, connection)
 
     def _invalidate_dead_replica(self) -> Connection | None:
         # Without this, ending the transaction sends ROLLBACK on a closed socket
@@ -381,7 +342,7 @@ class RoutingSyncSession(Session):
         connection = self._routing_replica_connection
         if connection is None or connection.closed or connection.invalidated:
             return connection
-        if _driver_says_closed(connection.connection.driver_connection):
+        if driver_says_closed(connection.connection.driver_connection):
             connection.invalidate()
         return connection
 
@@ -443,7 +404,7 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
     if transaction.parent is not None or not isinstance(session, RoutingSyncSession):
         return
     if session._routing_replica_connection is not None:
-        _close_quietly(session._routing_replica_connection)
+        close_quietly(session._routing_replica_connection)
     if session._routing_fallback and session._routing_router is not None:
         session._routing_router._fallbacks -= 1
     session._routing_replica = None
@@ -452,89 +413,3 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
     session._routing_wrote = False
     session._routing_fallback = False
     session._routing_excluded = frozenset()
-
-
-class RoutingSession(AsyncSession):
-    """An ``AsyncSession`` that sends each statement to the writer or a replica."""
-
-    sync_session_class: type[Session] = RoutingSyncSession
-
-    def __init__(
-        self,
-        bind: Any = None,
-        *,
-        router: Router | None = None,
-        default_role: DefaultRole | None = None,
-        binds: Any = None,
-        sync_session_class: type[Session] | None = None,
-        **kw: Any,
-    ) -> None:
-        if router is not None:
-            sync_class = sync_session_class or self.sync_session_class
-            if not (
-                isinstance(sync_class, type)
-                and issubclass(sync_class, RoutingSyncSession)
-            ):
-                raise ConfigurationError(
-                    "with a router, sync_session_class must subclass RoutingSyncSession"
-                )
-            if bind is None:
-                bind = router.writer
-            kw["router"] = router
-            if default_role is not None:
-                kw["default_role"] = default_role
-        elif default_role is not None:
-            raise ConfigurationError("default_role needs a router")
-        super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
-
-    @property
-    def router(self) -> Router | None:
-        """The ``Router`` this session routes with, or ``None``."""
-        return getattr(self.sync_session, "_routing_router", None)
-
-    if hasattr(AsyncSession, "get_async_bind"):  # SQLAlchemy >= 2.1
-
-        def get_async_bind(
-            self,
-            mapper: Any = None,
-            clause: ClauseElement | None = None,
-            bind: Any = None,
-            **kw: Any,
-        ) -> Any:
-            """As ``AsyncSession.get_async_bind``, also for routed replicas."""
-            router = self.router
-            if router is not None and bind is None:
-                # A replica is not one of the session's own binds, which is all
-                # the base class can translate back to an AsyncEngine.
-                resolved = self.sync_session.get_bind(mapper, clause=clause, **kw)
-                if isinstance(resolved, Engine):
-                    async_engine = router._to_async(resolved)
-                    if async_engine is not None:
-                        return async_engine
-            return super().get_async_bind(mapper, clause, bind, **kw)
-
-
-def routing_sessionmaker(
-    router: Router,
-    *,
-    default_role: DefaultRole | None = None,
-    **kw: Any,
-) -> async_sessionmaker[RoutingSession]:
-    """An ``async_sessionmaker`` of ``RoutingSession``s routed by ``router``."""
-    if not isinstance(router, Router):
-        raise ConfigurationError(
-            f"routing_sessionmaker needs a Router, got {type(router).__name__}"
-        )
-    if "bind" in kw:
-        raise ConfigurationError(
-            "routing_sessionmaker takes no bind: the router's writer is the bind"
-        )
-    role = default_role if default_role is not None else router.default_role
-    check_default_role(role)
-    class_ = kw.pop("class_", RoutingSession)
-    if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
-        raise ConfigurationError("class_ must be RoutingSession or a subclass")
-    bind: AsyncEngine = router.writer
-    return async_sessionmaker(
-        bind, class_=class_, router=router, default_role=role, **kw
-    )

@@ -1,0 +1,103 @@
+"""``RoutingSession`` and ``routing_sessionmaker``: the asyncio face of routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ClauseElement
+
+from ._decision import DefaultRole, check_default_role
+from ._exceptions import ConfigurationError
+from ._router import Router
+from ._session import RoutingSyncSession
+
+__all__ = ["RoutingSession", "routing_sessionmaker"]
+
+
+class RoutingSession(AsyncSession):
+    """An ``AsyncSession`` that sends each statement to the writer or a replica."""
+
+    sync_session_class: type[Session] = RoutingSyncSession
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        router: Router | None = None,
+        default_role: DefaultRole | None = None,
+        binds: Any = None,
+        sync_session_class: type[Session] | None = None,
+        **kw: Any,
+    ) -> None:
+        if router is not None:
+            sync_class = sync_session_class or self.sync_session_class
+            if not (
+                isinstance(sync_class, type)
+                and issubclass(sync_class, RoutingSyncSession)
+            ):
+                raise ConfigurationError(
+                    "with a router, sync_session_class must subclass RoutingSyncSession"
+                )
+            if bind is None:
+                bind = router.writer
+            kw["router"] = router
+            if default_role is not None:
+                kw["default_role"] = default_role
+        elif default_role is not None:
+            raise ConfigurationError("default_role needs a router")
+        super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
+
+    @property
+    def router(self) -> Router | None:
+        """The ``Router`` this session routes with, or ``None``."""
+        return getattr(self.sync_session, "_routing_router", None)
+
+    if hasattr(AsyncSession, "get_async_bind"):  # SQLAlchemy >= 2.1
+
+        def get_async_bind(
+            self,
+            mapper: Any = None,
+            clause: ClauseElement | None = None,
+            bind: Any = None,
+            **kw: Any,
+        ) -> Any:
+            """As ``AsyncSession.get_async_bind``, also for routed replicas."""
+            router = self.router
+            if router is not None and bind is None:
+                # A replica is not one of the session's own binds, which is all
+                # the base class can translate back to an AsyncEngine.
+                resolved = self.sync_session.get_bind(mapper, clause=clause, **kw)
+                if isinstance(resolved, Engine):
+                    async_engine = router._to_async(resolved)
+                    if async_engine is not None:
+                        return async_engine
+            return super().get_async_bind(mapper, clause, bind, **kw)
+
+
+def routing_sessionmaker(
+    router: Router,
+    *,
+    default_role: DefaultRole | None = None,
+    **kw: Any,
+) -> async_sessionmaker[RoutingSession]:
+    """An ``async_sessionmaker`` of ``RoutingSession``s routed by ``router``."""
+    if not isinstance(router, Router):
+        raise ConfigurationError(
+            f"routing_sessionmaker needs a Router, got {type(router).__name__}"
+        )
+    if "bind" in kw:
+        raise ConfigurationError(
+            "routing_sessionmaker takes no bind: the router's writer is the bind"
+        )
+    role = default_role if default_role is not None else router.default_role
+    check_default_role(role)
+    class_ = kw.pop("class_", RoutingSession)
+    if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
+        raise ConfigurationError("class_ must be RoutingSession or a subclass")
+    bind: AsyncEngine = router.writer
+    return async_sessionmaker(
+        bind, class_=class_, router=router, default_role=role, **kw
+    )

@@ -1,0 +1,86 @@
+"""A session's connections: closing a dead replica quietly, and the two places
+where SQLAlchemy's ``Session`` has no public switch, kept here together.
+
+``SessionTransaction._connections`` maps both the ``Connection`` and its
+``Engine`` to ``(connection, transaction, should_commit, autoclose)`` in
+SQLAlchemy 2.0 and 2.1; the functions below leave it alone when it does not
+look like that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import SessionTransaction
+
+from ._retry import is_connection_error
+
+__all__ = [
+    "checkout_failed",
+    "close_quietly",
+    "driver_says_closed",
+    "forget",
+    "leave_out_of_commit",
+    "marked_for_rerun",
+]
+
+
+def checkout_failed(error: BaseException) -> bool:
+    """Did getting a connection fail (so nothing reached the server)?"""
+    return isinstance(error, sa_exc.TimeoutError) or is_connection_error(error)
+
+
+def marked_for_rerun(error: BaseException) -> bool:
+    return bool(getattr(error, "_routing_db_rerun", False))
+
+
+def close_quietly(connection: Connection) -> None:
+    """End a replica connection's read-only transaction; a dead one is dropped."""
+    if connection.closed:
+        return
+    try:
+        connection.close()
+    except DBAPIError as exc:
+        # Its transaction only read, so a lost connection loses nothing: it is
+        # invalidated (SQLAlchemy does not recognise every way asyncpg reports
+        # a dead socket) and closing again just releases it.
+        if not (connection.invalidated or is_connection_error(exc)):
+            raise
+        if connection.closed:
+            return
+        if not connection.invalidated:
+            connection.invalidate(exc)
+        connection.close()
+
+
+def driver_says_closed(driver_connection: Any) -> bool:
+    """What the driver already knows about its socket, without any I/O."""
+    is_closed = getattr(driver_connection, "is_closed", None)  # asyncpg
+    if callable(is_closed):
+        return bool(is_closed())
+    for flag in ("broken", "closed"):  # psycopg 3, aiomysql/asyncmy
+        value = getattr(driver_connection, flag, None)
+        if isinstance(value, bool) and value:
+            return True
+    return False
+
+
+def leave_out_of_commit(
+    transaction: SessionTransaction, connection: Connection
+) -> None:
+    """Neither commit nor close ``connection`` with ``transaction``; we end it."""
+    entry = transaction._connections.get(connection)
+    if entry is not None and len(entry) == 4:
+        released = (entry[0], entry[1], False, False)
+        transaction._connections[connection] = released
+        transaction._connections[connection.engine] = released
+
+
+def forget(transaction: SessionTransaction | None, connection: Connection) -> None:
+    """Detach ``connection`` from ``transaction`` as if it had never been opened."""
+    if transaction is not None:
+        transaction._connections.pop(connection, None)
+        transaction._connections.pop(connection.engine, None)
