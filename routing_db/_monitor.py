@@ -61,11 +61,12 @@ class Monitor:
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("routing_db monitor: writer position unavailable: %r", exc)
         now = time.monotonic()
+        replicas = self._router._replica_set
         due = [
             replica
             for replica in self._router.replicas
-            if not self._router._state(replica).ejected
-            or now >= self._router._state(replica).probe_at
+            if not replicas.state(replica.sync_engine).ejected
+            or now >= replicas.state(replica.sync_engine).probe_at
         ]
         await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
 
@@ -82,9 +83,9 @@ class Monitor:
                 await self._bounded(fetch_row(replica, "SELECT 1"))
                 replay = age = None
         except Exception as exc:
-            router._replica_failed(replica.sync_engine, exc)
+            router._replica_set.failed(replica.sync_engine, exc)
             return
-        router._replica_succeeded(replica.sync_engine)
+        router._replica_set.succeeded(replica.sync_engine)
         if not self._positions or replay is None:
             return
         replay = int(replay)
@@ -96,7 +97,7 @@ class Monitor:
             # Caught up means no lag, however old the last replayed
             # transaction is: an idle primary must not look like a lagging one.
             lag_seconds = 0.0 if lag_bytes == 0 else float(age or 0.0)
-        router._record_lag(
+        router._replica_set.record_lag(
             replica.sync_engine,
             replay_lsn=replay,
             lag_bytes=lag_bytes,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -12,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only
 
-from ._causal import CausalFloor
 from ._decision import DefaultRole, check_default_role
 from ._engines import (
     check_url,
@@ -25,26 +22,19 @@ from ._engines import (
     safe_url,
 )
 from ._exceptions import ConfigurationError
-from ._health import HealthOptions, ReplicaState
+from ._health import HealthOptions
 from ._monitor import Monitor
-from ._policies import BalancingPolicy, Candidate, make_policy
-from ._positions import has_positions, replay_lsn_now
-from ._retry import RetryPolicy, is_connection_error
+from ._policies import BalancingPolicy, make_policy
+from ._positions import has_positions
+from ._replicas import ReplicaSet
+from ._retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
 
-__all__ = ["Pick", "Router"]
+__all__ = ["Router"]
 
 logger = logging.getLogger("routing_db")
-
-
-class Pick(enum.Enum):
-    """Why a replica read did not get a replica."""
-
-    CAUGHT_UP = "caught_up"  # a replica is ready (the engine is returned too)
-    CAUSAL = "causal"  # no replica has replayed this context's writes yet
-    NONE = "none"  # every replica is ejected, lagging or excluded
 
 
 def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
@@ -112,10 +102,7 @@ class Router:
         self.default_role: DefaultRole = default_role
         self.fallback_to_writer = fallback_to_writer
         self.max_writer_fallbacks = max_writer_fallbacks
-        self.sticky_seconds = sticky_seconds
-        self.causal_wait_timeout = causal_wait_timeout
         self.retry = retry or RetryPolicy()
-        self._policy = make_policy(policy)
         health = HealthOptions(
             eject_after=eject_after,
             eject_window=eject_window,
@@ -135,12 +122,16 @@ class Router:
         self._async_by_sync: dict[Engine, AsyncEngine] = {
             engine.sync_engine: engine for engine in (writer, *self.replicas)
         }
-        self._states: dict[Engine, ReplicaState] = {
-            engine: ReplicaState(health) for engine in self._sync_replicas
-        }
-        self._weights = tuple(weights) if weights else (1.0,) * len(self.replicas)
-        self._positions = has_positions(writer.dialect.name) and all(
-            has_positions(replica.dialect.name) for replica in self.replicas
+        self._replica_set = ReplicaSet(
+            self._sync_replicas,
+            names=[self._names[replica] for replica in self.replicas],
+            weights=weights or [1.0] * len(self.replicas),
+            policy=make_policy(policy),
+            health=health,
+            positions=has_positions(writer.dialect.name)
+            and all(has_positions(replica.dialect.name) for replica in self.replicas),
+            sticky_seconds=sticky_seconds,
+            causal_wait_timeout=causal_wait_timeout,
         )
         self._fallbacks = 0
         self.fallbacks_total = 0
@@ -207,154 +198,6 @@ class Router:
             settings = RoutingSettings()
         return cls.from_urls(**settings.router_kwargs())
 
-    # -- replica choice (called from the session's get_bind, in a greenlet) --
-
-    def _state(self, engine: Engine | AsyncEngine) -> ReplicaState:
-        if isinstance(engine, AsyncEngine):
-            engine = engine.sync_engine
-        return self._states[engine]
-
-    def _candidate(self, index: int, engine: Engine) -> Candidate:
-        pool: Any = engine.pool
-        size = getattr(pool, "size", None)
-        capacity = (size() + max(getattr(pool, "_max_overflow", 0), 0)) if size else 0
-        checkedout = getattr(pool, "checkedout", None)
-        return Candidate(
-            index=index,
-            name=self._names[self.replicas[index]],
-            weight=self._weights[index],
-            checked_out=checkedout() if checkedout else 0,
-            capacity=capacity,
-        )
-
-    def _pick_replica(
-        self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
-    ) -> tuple[Pick, Engine | None]:
-        """Choose the replica for a new transaction that must see ``floor``."""
-        now = time.monotonic()
-        available = [
-            (index, engine)
-            for index, engine in enumerate(self._sync_replicas)
-            if engine not in exclude and self._states[engine].available(now)
-        ]
-        if not available:
-            return Pick.NONE, None
-        need = self._lsn_needed(floor)
-        if need is None:
-            if floor is not None and self._within_sticky_window(floor):
-                return Pick.CAUSAL, None
-            return Pick.CAUGHT_UP, self._choose(available)
-        # The policy picks among all available replicas, so balancing does not
-        # depend on which positions happen to be cached.
-        chosen = self._choose(available)
-        if self._states[chosen].caught_up(need):
-            return Pick.CAUGHT_UP, chosen  # the cached position: no round trip
-        if self._check_replay(chosen, need):
-            return Pick.CAUGHT_UP, chosen
-        ready = [
-            item
-            for item in available
-            if item[1] is not chosen and self._states[item[1]].caught_up(need)
-        ]
-        if ready:
-            return Pick.CAUGHT_UP, self._choose(ready)
-        engine = self._wait_for_replay(
-            [engine for _, engine in available if engine is not chosen], chosen, need
-        )
-        return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
-
-    def _lsn_needed(self, floor: CausalFloor | None) -> int | None:
-        if floor is None or floor.lsn is None or not self._positions:
-            return None
-        return floor.lsn
-
-    def _within_sticky_window(self, floor: CausalFloor) -> bool:
-        return (
-            floor.wrote_at is not None
-            and time.time() - floor.wrote_at < self.sticky_seconds
-        )
-
-    def _choose(self, available: list[tuple[int, Engine]]) -> Engine:
-        if len(available) == 1:
-            return available[0][1]
-        candidates = [self._candidate(index, engine) for index, engine in available]
-        chosen = self._policy.choose(candidates)
-        return self._sync_replicas[chosen.index]
-
-    def _check_replay(self, engine: Engine, need: int) -> bool:
-        """Ask ``engine`` for its replay position now; is it at ``need``?"""
-        state = self._states[engine]
-        try:
-            lsn = replay_lsn_now(engine)
-        except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            self._replica_failed(engine, exc)
-            return False
-        if lsn is not None:
-            state.raise_replay_lsn(lsn)
-        return state.caught_up(need)
-
-    def _wait_for_replay(
-        self, others: list[Engine], chosen: Engine, need: int
-    ) -> Engine | None:
-        # Ask the others once, then keep asking every replica until
-        # causal_wait_timeout when one is configured. Each replica is judged
-        # by its own position: one caught up never vouches for another.
-        for engine in others:
-            if self._check_replay(engine, need):
-                return engine
-        deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
-        delay = 0.005
-        while (remaining := deadline - time.monotonic()) > 0:
-            await_only(asyncio.sleep(min(delay, remaining)))
-            delay = min(delay * 2, 0.1)
-            for engine in (chosen, *others):
-                if self._check_replay(engine, need):
-                    return engine
-        return None
-
-    # -- what sessions and the monitor report --
-
-    def _replica_failed(self, engine: Engine, error: BaseException) -> None:
-        state = self._states.get(engine)
-        if state is not None and state.record_failure(time.monotonic()):
-            logger.warning(
-                "routing_db: replica %s ejected after a connection failure (%s)",
-                self._names[self._async_by_sync[engine]],
-                type(error).__name__,
-            )
-
-    def _replica_succeeded(self, engine: Engine) -> None:
-        state = self._states.get(engine)
-        if state is not None and state.record_success():
-            logger.warning(
-                "routing_db: replica %s re-admitted",
-                self._names[self._async_by_sync[engine]],
-            )
-
-    def _record_lag(
-        self,
-        engine: Engine,
-        *,
-        replay_lsn: int | None,
-        lag_bytes: int | None,
-        lag_seconds: float | None,
-    ) -> None:
-        state = self._states[engine]
-        was = state.lagging
-        state.record_lag(
-            replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds
-        )
-        if state.lagging != was:
-            logger.warning(
-                "routing_db: replica %s %s (lag %s bytes, %s s)",
-                self._names[self._async_by_sync[engine]],
-                "over the lag limit, skipped" if state.lagging else "back under it",
-                lag_bytes,
-                lag_seconds,
-            )
-
     def _to_async(self, engine: Engine) -> AsyncEngine | None:
         return self._async_by_sync.get(engine)
 
@@ -373,7 +216,7 @@ class Router:
             }
         ]
         for replica in self.replicas:
-            state = self._state(replica)
+            state = self._replica_set.state(replica.sync_engine)
             rows.append(
                 {
                     "name": self._names[replica],

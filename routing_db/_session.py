@@ -35,8 +35,9 @@ from ._context import Scope, current_scope
 from ._decision import DefaultRole, Route, check_default_role, decide
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_lsn_after_commit
+from ._replicas import Pick
 from ._retry import is_connection_error, is_recovery_conflict
-from ._router import Pick, Router
+from ._router import Router
 
 __all__ = ["RoutingSyncSession"]
 
@@ -144,7 +145,7 @@ class RoutingSyncSession(Session):
         floor = current_floor()
         excluded = self._routing_excluded
         while True:
-            pick, replica = router._pick_replica(floor, excluded)
+            pick, replica = router._replica_set.pick(floor, excluded)
             if replica is None:
                 break
             if not connect:
@@ -154,10 +155,10 @@ class RoutingSyncSession(Session):
             except Exception as exc:
                 if not checkout_failed(exc):
                     raise
-                router._replica_failed(replica, exc)
+                router._replica_set.failed(replica, exc)
                 excluded = excluded | {replica}
                 continue
-            router._replica_succeeded(replica)
+            router._replica_set.succeeded(replica)
             return replica
         if pick is Pick.CAUSAL:
             return writer  # read-your-writes: no replica has replayed them yet
@@ -257,7 +258,7 @@ class RoutingSyncSession(Session):
         self._routing_replica_connection = None
         self._routing_excluded = self._routing_excluded | {replica}
         if is_connection_error(error):
-            self._routing_router._replica_failed(replica, error)  # type: ignore[union-attr]
+            self._routing_router._replica_set.failed(replica, error)  # type: ignore[union-attr]
         close_quietly(connection)
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
@@ -363,7 +364,7 @@ def _connection_begun(
     router = session._routing_router
     if router is None:
         return
-    if connection.engine in router._states:
+    if connection.engine in router._replica_set:
         session._routing_replica = connection.engine
         session._routing_replica_connection = connection
     elif connection.engine is router._sync_writer:

@@ -1,0 +1,209 @@
+"""The replicas as routing sees them: health, lag, positions, and the choice."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.util import await_only
+
+from ._causal import CausalFloor
+from ._health import HealthOptions, ReplicaState
+from ._policies import BalancingPolicy, Candidate
+from ._positions import replay_lsn_now
+from ._retry import is_connection_error
+
+__all__ = ["Pick", "ReplicaSet"]
+
+logger = logging.getLogger("routing_db")
+
+
+class Pick(enum.Enum):
+    """Why a replica read did not get a replica."""
+
+    CAUGHT_UP = "caught_up"  # a replica is ready (the engine is returned too)
+    CAUSAL = "causal"  # no replica has replayed this context's writes yet
+    NONE = "none"  # every replica is ejected, lagging or excluded
+
+
+class ReplicaSet:
+    """Health, lag and replay positions per replica, and which one serves next.
+
+    Its methods run in the session's ``get_bind`` (in SQLAlchemy's greenlet)
+    and in the monitor; the clock and all I/O stay inside this class.
+    """
+
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        *,
+        names: Sequence[str],
+        weights: Sequence[float],
+        policy: BalancingPolicy,
+        health: HealthOptions,
+        positions: bool,
+        sticky_seconds: float,
+        causal_wait_timeout: float | None,
+    ) -> None:
+        self.engines = tuple(engines)
+        self._names = dict(zip(self.engines, names, strict=True))
+        self._weights = tuple(weights)
+        self._policy = policy
+        self._states = {engine: ReplicaState(health) for engine in self.engines}
+        self._positions = positions
+        self.sticky_seconds = sticky_seconds
+        self.causal_wait_timeout = causal_wait_timeout
+
+    def __contains__(self, engine: object) -> bool:
+        return engine in self._states
+
+    def state(self, engine: Engine) -> ReplicaState:
+        """What is known about ``engine``."""
+        return self._states[engine]
+
+    def _candidate(self, index: int, engine: Engine) -> Candidate:
+        pool: Any = engine.pool
+        size = getattr(pool, "size", None)
+        capacity = (size() + max(getattr(pool, "_max_overflow", 0), 0)) if size else 0
+        checkedout = getattr(pool, "checkedout", None)
+        return Candidate(
+            index=index,
+            name=self._names[engine],
+            weight=self._weights[index],
+            checked_out=checkedout() if checkedout else 0,
+            capacity=capacity,
+        )
+
+    def pick(
+        self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
+    ) -> tuple[Pick, Engine | None]:
+        """Choose the replica for a new transaction that must see ``floor``."""
+        now = time.monotonic()
+        available = [
+            (index, engine)
+            for index, engine in enumerate(self.engines)
+            if engine not in exclude and self._states[engine].available(now)
+        ]
+        if not available:
+            return Pick.NONE, None
+        need = self._lsn_needed(floor)
+        if need is None:
+            if floor is not None and self._within_sticky_window(floor):
+                return Pick.CAUSAL, None
+            return Pick.CAUGHT_UP, self._choose(available)
+        # The policy picks among all available replicas, so balancing does not
+        # depend on which positions happen to be cached.
+        chosen = self._choose(available)
+        if self._states[chosen].caught_up(need):
+            return Pick.CAUGHT_UP, chosen  # the cached position: no round trip
+        if self._check_replay(chosen, need):
+            return Pick.CAUGHT_UP, chosen
+        ready = [
+            item
+            for item in available
+            if item[1] is not chosen and self._states[item[1]].caught_up(need)
+        ]
+        if ready:
+            return Pick.CAUGHT_UP, self._choose(ready)
+        engine = self._wait_for_replay(
+            [engine for _, engine in available if engine is not chosen], chosen, need
+        )
+        return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
+
+    def _lsn_needed(self, floor: CausalFloor | None) -> int | None:
+        if floor is None or floor.lsn is None or not self._positions:
+            return None
+        return floor.lsn
+
+    def _within_sticky_window(self, floor: CausalFloor) -> bool:
+        return (
+            floor.wrote_at is not None
+            and time.time() - floor.wrote_at < self.sticky_seconds
+        )
+
+    def _choose(self, available: list[tuple[int, Engine]]) -> Engine:
+        if len(available) == 1:
+            return available[0][1]
+        candidates = [self._candidate(index, engine) for index, engine in available]
+        chosen = self._policy.choose(candidates)
+        return self.engines[chosen.index]
+
+    def _check_replay(self, engine: Engine, need: int) -> bool:
+        """Ask ``engine`` for its replay position now; is it at ``need``?"""
+        state = self._states[engine]
+        try:
+            lsn = replay_lsn_now(engine)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self.failed(engine, exc)
+            return False
+        if lsn is not None:
+            state.raise_replay_lsn(lsn)
+        return state.caught_up(need)
+
+    def _wait_for_replay(
+        self, others: list[Engine], chosen: Engine, need: int
+    ) -> Engine | None:
+        # Ask the others once, then keep asking every replica until
+        # causal_wait_timeout when one is configured. Each replica is judged
+        # by its own position: one caught up never vouches for another.
+        for engine in others:
+            if self._check_replay(engine, need):
+                return engine
+        deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
+        delay = 0.005
+        while (remaining := deadline - time.monotonic()) > 0:
+            await_only(asyncio.sleep(min(delay, remaining)))
+            delay = min(delay * 2, 0.1)
+            for engine in (chosen, *others):
+                if self._check_replay(engine, need):
+                    return engine
+        return None
+
+    def failed(self, engine: Engine, error: BaseException) -> None:
+        """A connection to ``engine`` failed (it may be ejected)."""
+        state = self._states.get(engine)
+        if state is not None and state.record_failure(time.monotonic()):
+            logger.warning(
+                "routing_db: replica %s ejected after a connection failure (%s)",
+                self._names[engine],
+                type(error).__name__,
+            )
+
+    def succeeded(self, engine: Engine) -> None:
+        """A connection to ``engine`` worked (it may be re-admitted)."""
+        state = self._states.get(engine)
+        if state is not None and state.record_success():
+            logger.warning(
+                "routing_db: replica %s re-admitted",
+                self._names[engine],
+            )
+
+    def record_lag(
+        self,
+        engine: Engine,
+        *,
+        replay_lsn: int | None,
+        lag_bytes: int | None,
+        lag_seconds: float | None,
+    ) -> None:
+        """Store the monitor's lag measurement for ``engine``."""
+        state = self._states[engine]
+        was = state.lagging
+        state.record_lag(
+            replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds
+        )
+        if state.lagging != was:
+            logger.warning(
+                "routing_db: replica %s %s (lag %s bytes, %s s)",
+                self._names[engine],
+                "over the lag limit, skipped" if state.lagging else "back under it",
+                lag_bytes,
+                lag_seconds,
+            )
