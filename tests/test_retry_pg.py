@@ -392,3 +392,53 @@ async def test_writer_connect_is_retried(cluster: PostgresCluster) -> None:
         assert tries == 3
     finally:
         await router.dispose()
+
+
+@pytest.mark.usefixtures("clean")
+async def test_a_recovery_conflict_on_a_first_read_is_rerun(
+    cluster: PostgresCluster, faults: PostgresCluster
+) -> None:
+    # Replica 0 cancels queries that conflict with replay at once.
+    conflicted = faults.replicas[0]
+    faults.sql(conflicted, "ALTER SYSTEM SET max_standby_streaming_delay = 0")
+    faults.sql(conflicted, "SELECT pg_reload_conf()")
+    router = Router.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls,
+        policy="weighted",
+        weights=[1, 0],  # the first attempt goes to replica 0
+        retry=FAST,
+    )
+    long_read = text("SELECT inet_server_port() FROM pg_sleep(1.5)")
+
+    async def clean_up_rows_on_the_primary() -> None:
+        await asyncio.sleep(0.3)  # the long read is running (not replication)
+        for sql in ("INSERT INTO items (name) VALUES ('dead')", "DELETE FROM items"):
+            await asyncio.to_thread(faults.sql, faults.primary, sql)
+        # Removes rows the running read's snapshot may still see: a conflict.
+        await asyncio.to_thread(faults.sql, faults.primary, "VACUUM items")
+
+    try:
+        # What the standby raises, captured on a plain connection.
+        async with router.replicas[0].connect() as conn:
+            plain, _ = await asyncio.gather(
+                capture(conn.execute(long_read)), clean_up_rows_on_the_primary()
+            )
+        assert is_recovery_conflict(plain)
+        assert is_transient_error(plain)
+        assert not is_connection_error(plain)
+
+        Session = routing_sessionmaker(router)
+
+        async def routed() -> Any:
+            async with Session() as session, read_only:
+                return await session.scalar(long_read)
+
+        port, _ = await asyncio.gather(routed(), clean_up_rows_on_the_primary())
+        assert port == faults.replicas[1].port
+        # A conflict is not a failure of the replica: it stays in service.
+        assert router.status()[1]["ejected"] is False
+    finally:
+        await router.dispose()
+        faults.sql(conflicted, "ALTER SYSTEM RESET max_standby_streaming_delay")
+        faults.sql(conflicted, "SELECT pg_reload_conf()")
