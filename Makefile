@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test test-sqlalchemy20 lint typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -26,11 +26,24 @@ typecheck: $(VENV)/.installed-dev
 test: lint typecheck
 	$(PY) -m pytest
 
+# The suite again on SQLAlchemy 2.0 (routing_db supports >= 2.0.30; `make test`
+# gets the newest). CI runs both.
+SA20 := .venv-sqlalchemy20
+$(SA20)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SA20)
+	$(SA20)/bin/python -m pip install --quiet --upgrade pip
+	$(SA20)/bin/python -m pip install --quiet -e ".[dev]" "sqlalchemy>=2.0.30,<2.1"
+	touch $@
+
+test-sqlalchemy20: $(SA20)/.installed
+	$(SA20)/bin/python -m pytest -p no:cacheprovider
+
 # Only the tests that need no PostgreSQL cluster.
 unit: $(VENV)/.installed-dev
 	$(PY) -m pytest tests/test_public_api.py tests/test_classify.py \
 		tests/test_decision.py tests/test_context.py tests/test_settings.py \
-		tests/test_session_args.py
+		tests/test_session_args.py tests/test_health_state.py \
+		tests/test_policies.py tests/test_causal_tokens.py tests/test_retry_policy.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SA20) .pytest_cache .mypy_cache .ruff_cache
