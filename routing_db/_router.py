@@ -32,7 +32,7 @@ from ._retry import RetryPolicy
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
 
-__all__ = ["Router"]
+__all__ = ["ROUTER_OPTIONS", "Router"]
 
 logger = logging.getLogger("routing_db")
 
@@ -167,7 +167,7 @@ class Router:
         if isinstance(replica_urls, str | URL):
             raise ConfigurationError("replica_urls must be a list of URLs")
         options = dict(router_options or {})
-        for name in _ROUTER_OPTIONS.intersection(engine_kwargs):
+        for name in ROUTER_OPTIONS.intersection(engine_kwargs):
             options[name] = engine_kwargs.pop(name)
         writer_u = check_url(writer_url, field="writer_url")
         replica_us = [
@@ -271,7 +271,7 @@ class Router:
     __str__ = __repr__
 
 
-_ROUTER_OPTIONS = frozenset(
+ROUTER_OPTIONS = frozenset(
     {
         "default_role",
         "fallback_to_writer",

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._engines import check_url
 from ._retry import RetryPolicy
+from ._router import ROUTER_OPTIONS
 
 __all__ = ["RoutingSettings"]
 
@@ -20,20 +21,8 @@ _POOL_FIELDS = (
     "pool_pre_ping",
 )
 
-_ROUTER_FIELDS = (
-    "default_role",
-    "fallback_to_writer",
-    "require_standby",
-    "policy",
-    "max_lag_bytes",
-    "max_lag_seconds",
-    "monitor_interval",
-    "eject_after",
-    "eject_window",
-    "max_writer_fallbacks",
-    "sticky_seconds",
-    "causal_wait_timeout",
-)
+# The router's own options that map one to one onto settings fields.
+_ROUTER_FIELDS = tuple(sorted(ROUTER_OPTIONS - {"weights", "retry"}))
 
 PoolCount = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
