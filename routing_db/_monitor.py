@@ -20,6 +20,14 @@ __all__ = ["Monitor"]
 logger = logging.getLogger("routing_db")
 
 
+def _saturated(engine: AsyncEngine) -> bool:
+    pool: Any = engine.sync_engine.pool
+    size, checkedout = getattr(pool, "size", None), getattr(pool, "checkedout", None)
+    if not (callable(size) and callable(checkedout)):
+        return False
+    return bool(checkedout() >= size() + max(getattr(pool, "_max_overflow", 0), 0))
+
+
 class Monitor:
     """Polls every replica each ``interval`` seconds while it runs."""
 
@@ -83,6 +91,11 @@ class Monitor:
                 await self._bounded(fetch_row(replica, "SELECT 1"))
                 replay = age = None
         except Exception as exc:
+            if _saturated(replica):
+                # Waiting for a connection from a full pool says the replica
+                # is busy, not that it is broken: no verdict this round.
+                logger.debug("routing_db monitor: %s pool is full", replica.url.host)
+                return
             router._replica_set.failed(replica.sync_engine, exc)
             return
         router._replica_set.succeeded(replica.sync_engine)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction
@@ -155,7 +156,9 @@ class RoutingSyncSession(Session):
             except Exception as exc:
                 if not checkout_failed(exc):
                     raise
-                router._replica_set.failed(replica, exc)
+                if not isinstance(exc, sa_exc.TimeoutError):
+                    # A full pool is busy, not broken: skip it, don't eject it.
+                    router._replica_set.failed(replica, exc)
                 excluded = excluded | {replica}
                 continue
             router._replica_set.succeeded(replica)

@@ -231,3 +231,24 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(
         served, _ = await reads(Session, 10)
         assert lagging in served
     assert ports["writer"] not in {port for port, _ in served}
+
+
+async def test_a_full_pool_is_skipped_not_ejected(cluster: PostgresCluster) -> None:
+    router = Router.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls,
+        replica_kwargs={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2},
+        monitor_interval=0.1,
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with router.replicas[0].connect():  # its only connection, held
+            served, failed = await reads(Session, 4)
+            assert failed == 0
+            assert set(served) == {(cluster.replicas[1].port, True)}
+            await router._monitor.poll_once()
+            assert replica_state(router, 0)["ejected"] is False
+        served, _ = await reads(Session, 4)
+        assert (cluster.replicas[0].port, True) in served
+    finally:
+        await router.dispose()
