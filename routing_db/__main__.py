@@ -1,0 +1,7 @@
+"""``python -m routing_db`` is the ``routing-db`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

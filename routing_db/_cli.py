@@ -1,0 +1,195 @@
+"""``routing-db``: the command line (``bench``; ``check`` comes with the doctor)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ._async_session import routing_sessionmaker
+from ._exceptions import RoutingDBError
+from ._router import Router
+from ._settings import RoutingSettings
+from .loadtest import PROFILES, LoadSummary, Workload, prepare, run_load
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace) -> RoutingSettings:
+    values: dict[str, Any] = {}
+    if args.writer_url:
+        values["writer_url"] = args.writer_url
+    if args.replica_url:
+        values["replica_urls"] = args.replica_url
+    for name in ("pool_size", "max_overflow", "pool_timeout", "policy"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    return RoutingSettings(**values)
+
+
+def _table(rows: Sequence[dict[str, object]]) -> str:
+    if not rows:
+        return ""
+    headers = list(rows[0])
+    cells = [[str(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += [
+        "  ".join(c.rjust(w) for c, w in zip(cell, widths, strict=True))
+        for cell in cells
+    ]
+    return "\n".join(lines)
+
+
+def _progress(label: str) -> Any:
+    def show(done: int, elapsed: float) -> None:
+        rate = done / elapsed if elapsed else 0.0
+        print(
+            f"\r{label}: {done} ops, {elapsed:5.1f} s, {rate:8.0f} ops/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
+    router = Router.from_settings(_settings(args))
+    variants: list[tuple[str, async_sessionmaker[Any]]] = []
+    if args.compare:
+        variants.append(("plain", async_sessionmaker(router.writer)))
+    variants.append(("routed", routing_sessionmaker(router)))
+    workload = Workload(rows=args.rows, hold_ms=args.hold_ms, io_ms=args.io_ms)
+    results: list[tuple[str, LoadSummary]] = []
+    try:
+        if args.prepare:
+            await prepare(router.writer, args.rows)
+        async with router:
+            for concurrency in args.concurrency:
+                for label, factory in variants:
+                    summary = await run_load(
+                        factory,
+                        profile=args.profile,
+                        concurrency=concurrency,
+                        duration=args.duration,
+                        workload=workload,
+                        progress=_progress(f"{label} c={concurrency}"),
+                    )
+                    print("\r\033[K", end="", file=sys.stderr)
+                    results.append((label, summary))
+    finally:
+        await router.dispose()
+    return results
+
+
+def _plot(results: list[tuple[str, LoadSummary]], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit(
+            "--plot needs matplotlib: pip install 'routing_db[plot]'"
+        ) from None
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels: list[tuple[str, Callable[[LoadSummary], float]]] = [
+        ("throughput (ops/s)", lambda s: s.throughput),
+        ("latency p99 (ms)", lambda s: s.latency_ms.p99),
+        ("checkout wait p99 (ms)", lambda s: s.checkout_wait_ms.p99),
+    ]
+    for axis, (title, value) in zip(axes, panels, strict=True):
+        for label in dict.fromkeys(label for label, _ in results):
+            points = [(s.concurrency, value(s)) for lab, s in results if lab == label]
+            axis.plot(*zip(*points, strict=True), marker="o", label=label)
+        axis.set_title(title)
+        axis.set_xlabel("concurrent workers")
+        axis.set_xscale("log")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    profile = results[0][1].profile if results else ""
+    figure.suptitle(f"routing-db bench: profile {profile}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _concurrency(value: str) -> list[int]:
+    try:
+        levels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("e.g. 10,50,200") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("positive integers, e.g. 10,50,200")
+    return levels
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routing-db", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser(
+        "bench", help="load-test the pools: throughput, latency, checkout waits"
+    )
+    bench.add_argument("--writer-url", help="default: ROUTING_DB_WRITER_URL")
+    bench.add_argument(
+        "--replica-url", action="append", help="repeatable; ROUTING_DB_REPLICA_URLS"
+    )
+    bench.add_argument("--concurrency", type=_concurrency, default=[10, 50, 200])
+    bench.add_argument("--profile", choices=sorted(PROFILES), default="point_read")
+    bench.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    bench.add_argument("--hold-ms", type=float, default=50.0)
+    bench.add_argument("--io-ms", type=float, default=5.0)
+    bench.add_argument("--rows", type=int, default=1000)
+    bench.add_argument(
+        "--policy", choices=["round_robin", "random", "weighted", "least_busy"]
+    )
+    bench.add_argument("--pool-size", type=int)
+    bench.add_argument("--max-overflow", type=int)
+    bench.add_argument("--pool-timeout", type=float)
+    bench.add_argument(
+        "--compare", action="store_true", help="also run a plain AsyncSession"
+    )
+    bench.add_argument(
+        "--no-prepare",
+        dest="prepare",
+        action="store_false",
+        help="do not create/fill the routing_db_bench table",
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON, not a table")
+    bench.add_argument("--plot", metavar="PNG", help="draw the results (matplotlib)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``routing-db``."""
+    args = _parser().parse_args(argv)
+    try:
+        results = asyncio.run(_bench(args))
+    except (RoutingDBError, ValidationError) as exc:
+        print(f"routing-db: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, DBAPIError) as exc:
+        # Driver messages name hosts and users, never passwords; the URL itself
+        # is not repeated here.
+        print(f"routing-db: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps([{"variant": v, **s.model_dump()} for v, s in results], indent=2)
+        )
+    else:
+        print(_table([{"variant": v, **s.row()} for v, s in results]))
+    if args.plot:
+        _plot(results, args.plot)
+        print(f"plot written to {os.path.abspath(args.plot)}", file=sys.stderr)
+    return 0

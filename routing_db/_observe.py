@@ -1,0 +1,126 @@
+"""What an engine's pool does: checkout waits, hold times, peaks, timeouts.
+
+Measured at the pool itself: ``Pool.connect`` (the one way SQLAlchemy obtains a
+connection, pre-ping included) is wrapped per pool instance to time the wait,
+and the pool's ``checkout``/``checkin`` events time how long each connection
+is held. Listeners (the load harness, metrics, the starvation detector)
+subscribe to one ``PoolObserver`` per engine.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["PoolListener", "PoolObserver", "observe"]
+
+_observers: weakref.WeakKeyDictionary[Any, PoolObserver] = weakref.WeakKeyDictionary()
+
+
+class PoolListener(Protocol):
+    """Receives what a ``PoolObserver`` measures (all methods optional to act on)."""
+
+    def waited(self, name: str, seconds: float, timed_out: bool) -> None:
+        """A checkout finished (or timed out) after ``seconds``."""
+
+    def held(self, name: str, seconds: float) -> None:
+        """A connection went back to the pool after ``seconds`` checked out."""
+
+
+class PoolObserver:
+    """Times checkouts and holds on one engine's pool."""
+
+    def __init__(self, engine: AsyncEngine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.listeners: list[PoolListener] = []
+        self.peak_checked_out = 0
+        self.peak_overflow = 0
+        self.checkouts = 0
+        self.timeouts = 0
+        # connection record id -> (monotonic checkout time, where, record)
+        self.out: dict[int, tuple[float, Callable[[], str] | None, Any]] = {}
+        self.locate: Callable[[], Callable[[], str] | None] | None = None
+        self._pool: Any = None
+        self._attach()
+        sync = engine.sync_engine
+        event.listen(sync, "checkout", self._checked_out)
+        event.listen(sync, "checkin", self._checked_in)
+        # dispose() replaces the pool object: follow it.
+        event.listen(sync, "engine_disposed", lambda *_: self._attach())
+
+    def _attach(self) -> None:
+        pool: Any = self.engine.sync_engine.pool
+        if pool is self._pool:
+            return
+        self._pool = pool
+        connect = type(pool).connect.__get__(pool)
+
+        def timed_connect() -> Any:
+            start = time.perf_counter()
+            try:
+                connection = connect()
+            except sa_exc.TimeoutError:
+                self.timeouts += 1
+                self._waited(time.perf_counter() - start, timed_out=True)
+                raise
+            self._waited(time.perf_counter() - start, timed_out=False)
+            return connection
+
+        # Per instance, on purpose: engines made by the caller keep their own
+        # pool class; this only adds a clock around the public connect().
+        pool.connect = timed_connect
+
+    def _waited(self, seconds: float, *, timed_out: bool) -> None:
+        for listener in self.listeners:
+            listener.waited(self.name, seconds, timed_out)
+
+    def _checked_out(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        pool = self._pool
+        self.checkouts += 1
+        where = self.locate() if self.locate is not None else None
+        self.out[id(record)] = (time.monotonic(), where, record)
+        checkedout = getattr(pool, "checkedout", None)
+        if callable(checkedout):
+            self.peak_checked_out = max(self.peak_checked_out, checkedout())
+        overflow = getattr(pool, "overflow", None)
+        if callable(overflow):
+            self.peak_overflow = max(self.peak_overflow, overflow())
+
+    def _checked_in(self, dbapi_connection: Any, record: Any) -> None:
+        entry = self.out.pop(id(record), None)
+        if entry is None:
+            return
+        seconds = time.monotonic() - entry[0]
+        for listener in self.listeners:
+            listener.held(self.name, seconds)
+
+    def held_longer_than(self, seconds: float) -> list[tuple[float, str | None]]:
+        """Connections checked out now for longer than ``seconds``, and where."""
+        now = time.monotonic()
+        return [
+            (now - start, where() if where is not None else None)
+            for start, where, _ in list(self.out.values())
+            if now - start > seconds
+        ]
+
+    def reset_peaks(self) -> None:
+        """Start counting peaks, checkouts and timeouts afresh."""
+        self.peak_checked_out = 0
+        self.peak_overflow = 0
+        self.checkouts = 0
+        self.timeouts = 0
+
+
+def observe(engine: AsyncEngine, name: str) -> PoolObserver:
+    """The observer of ``engine``'s pool, created on first use."""
+    observer = _observers.get(engine.sync_engine)
+    if observer is None:
+        observer = _observers[engine.sync_engine] = PoolObserver(engine, name)
+    return observer

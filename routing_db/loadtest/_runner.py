@@ -1,0 +1,162 @@
+"""Run a profile with N concurrent workers and measure it at the pools."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from .._engines import engine_name
+from .._exceptions import ConfigurationError
+from .._observe import PoolObserver, observe
+from ._profiles import Profile, Workload, resolve_profile
+from ._summary import EngineStats, LoadSummary, distribution
+
+__all__ = ["engines_of", "run_load"]
+
+
+class _Operation:
+    __slots__ = ("engines", "wait")
+
+    def __init__(self) -> None:
+        self.wait = 0.0
+        self.engines: set[str] = set()
+
+
+_current: ContextVar[_Operation | None] = ContextVar("routing_db_load_op", default=None)
+
+
+class _Recorder:
+    """Adds each checkout wait to the operation that waited."""
+
+    def waited(self, name: str, seconds: float, timed_out: bool) -> None:
+        operation = _current.get()
+        if operation is not None:
+            operation.wait += seconds
+            operation.engines.add(name)
+
+    def held(self, name: str, seconds: float) -> None:
+        pass
+
+
+def engines_of(factory: async_sessionmaker[Any]) -> dict[str, tuple[str, AsyncEngine]]:
+    """The engines behind a session factory: name -> (role, engine)."""
+    router = factory.kw.get("router")
+    if router is not None:
+        found = {router._names[router.writer]: ("writer", router.writer)}
+        for replica in router.replicas:
+            found[router._names[replica]] = ("replica", replica)
+        return found
+    bind = factory.kw.get("bind")
+    if isinstance(bind, AsyncEngine):
+        return {engine_name(bind): ("writer", bind)}
+    raise ConfigurationError(
+        "run_load needs a session factory bound to an AsyncEngine or a Router"
+    )
+
+
+async def run_load(
+    factory: async_sessionmaker[Any],
+    *,
+    profile: str | Profile = "point_read",
+    concurrency: int = 10,
+    duration: float | None = None,
+    operations: int | None = None,
+    workload: Workload | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> LoadSummary:
+    """Run ``profile`` on ``concurrency`` workers for a duration or an op count."""
+    if concurrency < 1:
+        raise ConfigurationError("concurrency must be at least 1")
+    if (duration is None) == (operations is None):
+        raise ConfigurationError("give exactly one of duration or operations")
+    name, op = resolve_profile(profile)
+    work = workload or Workload()
+    engines = engines_of(factory)
+    observers: Mapping[str, PoolObserver] = {
+        label: observe(engine, label) for label, (_, engine) in engines.items()
+    }
+    recorder = _Recorder()
+    for observer in observers.values():
+        observer.reset_peaks()
+        observer.listeners.append(recorder)
+
+    latencies: list[float] = []
+    waits: list[float] = []
+    served: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    timeouts = 0
+    remaining = operations
+    started = time.monotonic()
+    deadline = started + duration if duration is not None else None
+
+    async def worker() -> None:
+        nonlocal remaining, timeouts
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if remaining is not None:
+                if remaining <= 0:
+                    return
+                remaining -= 1
+            operation = _Operation()
+            token = _current.set(operation)
+            start = time.perf_counter()
+            try:
+                await op(factory, work)
+            except sa_exc.TimeoutError:
+                timeouts += 1
+            except Exception as exc:
+                errors[type(exc).__name__] += 1
+            else:
+                latencies.append(time.perf_counter() - start)
+            finally:
+                _current.reset(token)
+            waits.append(operation.wait)
+            served.update(operation.engines)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            assert progress is not None
+            progress(len(waits), time.monotonic() - started)
+
+    ticker = asyncio.create_task(report()) if progress is not None else None
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+        for observer in observers.values():
+            observer.listeners.remove(recorder)
+    elapsed = time.monotonic() - started
+    return LoadSummary(
+        profile=name,
+        concurrency=concurrency,
+        duration_s=elapsed,
+        operations=len(waits),
+        succeeded=len(latencies),
+        throughput=len(latencies) / elapsed if elapsed > 0 else 0.0,
+        latency_ms=distribution(latencies),
+        checkout_wait_ms=distribution(waits),
+        timeouts=timeouts,
+        errors=dict(errors),
+        engines=[
+            EngineStats(
+                name=label,
+                role=role,
+                operations=served[label],
+                checkouts=observers[label].checkouts,
+                peak_checked_out=observers[label].peak_checked_out,
+                overflow_used=max(observers[label].peak_overflow, 0),
+                timeouts=observers[label].timeouts,
+            )
+            for label, (role, _) in engines.items()
+        ],
+    )

@@ -1,0 +1,83 @@
+"""The result of a load run: plain data, JSON-serialisable."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+__all__ = ["Distribution", "EngineStats", "LoadSummary", "distribution"]
+
+
+class Distribution(BaseModel):
+    """Percentiles of a list of durations, in milliseconds."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    mean: float
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    # Nearest rank: a value that was actually observed.
+    index = max(math.ceil(q * len(ordered)) - 1, 0)
+    return ordered[index]
+
+
+def distribution(seconds: Sequence[float]) -> Distribution:
+    """Summarise durations given in seconds as milliseconds."""
+    if not seconds:
+        return Distribution(count=0, p50=0.0, p95=0.0, p99=0.0, max=0.0, mean=0.0)
+    ordered = sorted(seconds)
+    ms = 1000.0
+    return Distribution(
+        count=len(ordered),
+        p50=_percentile(ordered, 0.50) * ms,
+        p95=_percentile(ordered, 0.95) * ms,
+        p99=_percentile(ordered, 0.99) * ms,
+        max=ordered[-1] * ms,
+        mean=sum(ordered) / len(ordered) * ms,
+    )
+
+
+class EngineStats(BaseModel):
+    """One engine during the run."""
+
+    name: str
+    role: str
+    operations: int  # operations that used this engine
+    checkouts: int
+    peak_checked_out: int
+    overflow_used: int
+    timeouts: int
+
+
+class LoadSummary(BaseModel):
+    """Throughput, latency, checkout wait, failures and where work ran."""
+
+    profile: str
+    concurrency: int
+    duration_s: float
+    operations: int
+    succeeded: int
+    throughput: float  # successful operations per second
+    latency_ms: Distribution
+    checkout_wait_ms: Distribution
+    timeouts: int
+    errors: dict[str, int]
+    engines: list[EngineStats]
+
+    def row(self) -> dict[str, object]:
+        """The headline numbers, for a table."""
+        return {
+            "concurrency": self.concurrency,
+            "ops/s": round(self.throughput, 1),
+            "p50 ms": round(self.latency_ms.p50, 2),
+            "p99 ms": round(self.latency_ms.p99, 2),
+            "wait p99 ms": round(self.checkout_wait_ms.p99, 2),
+            "timeouts": self.timeouts,
+            "errors": sum(self.errors.values()),
+        }

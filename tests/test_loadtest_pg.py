@@ -1,0 +1,183 @@
+"""The load harness and ``routing-db bench`` on the real cluster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from routing_db import ConfigurationError, Router, routing_sessionmaker
+from routing_db._cli import main
+from routing_db.loadtest import Workload, prepare, run_load
+from routing_db.testing import PostgresCluster
+
+
+@pytest.fixture
+async def bench_table(pg_cluster: PostgresCluster) -> None:
+    engine = create_async_engine(pg_cluster.writer_url)
+    try:
+        await prepare(engine, rows=200)  # idempotent: creates and fills once
+    finally:
+        await engine.dispose()
+    await pg_cluster.await_replicated()
+
+
+@pytest.fixture
+async def small_pool(
+    pg_cluster: PostgresCluster, bench_table: None
+) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(
+        pg_cluster.writer_url, pool_size=5, max_overflow=0, pool_timeout=1
+    )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_short_sessions_do_not_starve_the_pool(small_pool: AsyncEngine) -> None:
+    summary = await run_load(
+        async_sessionmaker(small_pool),
+        profile="point_read",
+        concurrency=100,
+        operations=1000,
+        workload=Workload(rows=200),
+    )
+    assert summary.succeeded == 1000
+    assert summary.timeouts == 0 and summary.errors == {}
+    (engine,) = summary.engines
+    assert engine.checkouts == 1000
+    assert engine.peak_checked_out == 5  # the whole pool, never more
+    json.loads(summary.model_dump_json())
+
+
+async def test_sessions_held_across_awaits_starve_it(small_pool: AsyncEngine) -> None:
+    summary = await run_load(
+        async_sessionmaker(small_pool),
+        profile="hold",
+        concurrency=100,
+        operations=100,
+        workload=Workload(rows=200, hold_ms=100),
+    )
+    # 5 connections, each held ~100 ms per task: 100 tasks need ~2 s of pool
+    # time, so the later ones wait out pool_timeout=1.
+    assert summary.timeouts > 0
+    assert summary.engines[0].timeouts == summary.timeouts
+    assert summary.checkout_wait_ms.max >= 1000 * 0.9
+    assert summary.succeeded + summary.timeouts == 100
+
+
+async def test_replicas_serve_io_bound_reads(
+    pg_cluster: PostgresCluster, bench_table: None
+) -> None:
+    router = Router.from_urls(
+        pg_cluster.writer_url, pg_cluster.replica_urls, pool_size=3, max_overflow=0
+    )
+    try:
+        summary = await run_load(
+            routing_sessionmaker(router),
+            profile="io_read",
+            concurrency=12,
+            operations=120,
+            workload=Workload(rows=200, io_ms=5),
+        )
+    finally:
+        await router.dispose()
+    roles = {e.role: e for e in summary.engines if e.role == "writer"}
+    replicas = [e for e in summary.engines if e.role == "replica"]
+    assert roles["writer"].operations == 0
+    assert sum(e.operations for e in replicas) == 120
+    assert all(e.operations > 0 and e.peak_checked_out <= 3 for e in replicas)
+
+
+async def test_custom_profile_and_bad_arguments(small_pool: AsyncEngine) -> None:
+    calls = 0
+
+    async def ping(factory: async_sessionmaker[Any], workload: Workload) -> None:
+        nonlocal calls
+        calls += 1
+        async with factory() as session:
+            await session.execute(text("SELECT 1"))
+
+    summary = await run_load(async_sessionmaker(small_pool), profile=ping, operations=7)
+    assert calls == 7 and summary.profile == "ping"
+    with pytest.raises(ConfigurationError, match="profile"):
+        await run_load(async_sessionmaker(small_pool), profile="nope", operations=1)
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        await run_load(async_sessionmaker(small_pool), duration=1, operations=1)
+
+
+def with_password(url: str, password: str) -> str:
+    # The test cluster trusts loopback: any password is accepted, so the
+    # command really connects while the URL carries a secret to leak.
+    return url.replace("postgres@", f"postgres:{password}@", 1)
+
+
+def test_cli_bench_json_and_plot(
+    pg_cluster: PostgresCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "s3cret-pw"
+    png = tmp_path / "bench.png"
+    code = main(
+        [
+            "bench",
+            "--writer-url", with_password(pg_cluster.writer_url, secret),
+            "--replica-url", with_password(pg_cluster.replica_urls[0], secret),
+            "--concurrency", "2,8",
+            "--duration", "0.5",
+            "--rows", "200",
+            "--compare",
+            "--json",
+            "--plot", str(png),
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    results = json.loads(out)
+    assert [(r["variant"], r["concurrency"]) for r in results] == [
+        ("plain", 2),
+        ("routed", 2),
+        ("plain", 8),
+        ("routed", 8),
+    ]
+    assert all(r["succeeded"] > 0 and r["timeouts"] == 0 for r in results)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
+    assert secret not in out + err
+
+
+def test_cli_bench_table_and_errors(
+    pg_cluster: PostgresCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["bench", "--writer-url", pg_cluster.writer_url, "--concurrency", "3",
+         "--duration", "0.3", "--rows", "200"]
+    )  # fmt: skip
+    out, _ = capsys.readouterr()
+    assert code == 0
+    header, row = out.strip().splitlines()
+    assert "ops/s" in header and "wait p99 ms" in header
+    assert row.split()[0] == "routed"
+
+    secret = "s3cret-pw"
+    code = main(["bench", "--writer-url", f"postgresql+psycopg2://u:{secret}@h/db"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "asyncpg" in err and secret not in err
+
+    code = main(
+        ["bench", "--writer-url", f"postgresql+asyncpg://u:{secret}@127.0.0.1:1/db",
+         "--duration", "0.1", "--concurrency", "1"]
+    )  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code == 1 and "cannot reach" in err and secret not in err
