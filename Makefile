@@ -16,8 +16,8 @@ demo: $(VENV)/.installed-sqlite
 	$(PY) examples/quickstart.py
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check routing_db tests examples
-	$(VENV)/bin/ruff format --check routing_db tests examples
+	$(VENV)/bin/ruff check routing_db tests examples benchmarks
+	$(VENV)/bin/ruff format --check routing_db tests examples benchmarks
 
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ._connections import driver_says_closed
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
 from ._retry import is_connection_error
 
@@ -19,6 +21,7 @@ __all__ = [
     "check_url",
     "create_engine",
     "engine_name",
+    "install_idle_ping",
     "install_replica_setup",
     "install_writer_hooks",
     "safe_url",
@@ -227,3 +230,38 @@ def install_writer_hooks(engine: AsyncEngine) -> None:
     event.listen(target, "begin", _not_committing)
     event.listen(target, "rollback", _not_committing)
     event.listen(target, "handle_error", _translate_lost_commit)
+
+
+_CHECKED_IN = "routing_db.checked_in"
+
+
+def install_idle_ping(engine: AsyncEngine, *, idle_seconds: float) -> None:
+    """Check a pooled connection at checkout only when it may be dead.
+
+    Free when the driver already knows its socket closed (a server restart);
+    one ping when the connection sat idle longer than ``idle_seconds`` (a
+    firewall or server timeout may have dropped it); nothing otherwise. A
+    dead one raises ``DisconnectionError``, on which the pool replaces it and
+    checks out again (SQLAlchemy's documented pessimistic pattern).
+    """
+    sync = engine.sync_engine
+    dialect = sync.dialect
+
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_CHECKED_IN)
+        if since is None:
+            return  # a connection opened just now
+        if driver_says_closed(dbapi_connection.driver_connection):
+            raise DisconnectionError("the server closed this pooled connection")
+        if time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("an idle pooled connection was dead") from exc
+
+    event.listen(sync, "checkin", checked_in)
+    event.listen(sync, "checkout", checked_out)

@@ -64,7 +64,10 @@ class RoutingSettings(BaseSettings):
     max_overflow: PoolCount = 10
     pool_timeout: Seconds = 30.0
     pool_recycle: Recycle = -1
-    pool_pre_ping: bool = True
+    # None: routing_db's idle check (ping_after_idle) instead of SQLAlchemy's
+    # ping on every checkout; true: SQLAlchemy's pre-ping; false: no check.
+    pool_pre_ping: bool | None = None
+    ping_after_idle: Limit | None = None
 
     writer_pool_size: PoolCount | None = None
     writer_max_overflow: PoolCount | None = None
@@ -147,11 +150,20 @@ class RoutingSettings(BaseSettings):
             "writer_kwargs": self._role_overrides("writer"),
             "replica_kwargs": self._role_overrides("replica"),
             "router_options": {
-                **{name: getattr(self, name) for name in _ROUTER_FIELDS},
+                # None means "the router's default" for every router option.
+                **{
+                    name: value
+                    for name in _ROUTER_FIELDS
+                    if (value := getattr(self, name)) is not None
+                },
                 "weights": self.replica_weights,
                 "retry": RetryPolicy(
                     attempts=self.retry_attempts, max_seconds=self.retry_max_seconds
                 ),
             },
-            **{name: getattr(self, name) for name in _POOL_FIELDS},
+            **{
+                name: value
+                for name in _POOL_FIELDS
+                if (value := getattr(self, name)) is not None
+            },
         }

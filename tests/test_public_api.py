@@ -52,11 +52,12 @@ def test_implementation_modules_are_private() -> None:
         for m in pkgutil.iter_modules(routing_db.__path__)
         if not m.name.startswith("_")
     }
-    assert public == {"testing"}
+    # The edges users import by name; everything else is private.
+    assert public == {"testing", "loadtest"}
 
 
 def test_exception_tree() -> None:
-    from sqlalchemy.exc import InvalidRequestError
+    from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
     assert issubclass(routing_db.ConfigurationError, routing_db.RoutingDBError)
     assert issubclass(routing_db.ConfigurationError, ValueError)
@@ -64,6 +65,8 @@ def test_exception_tree() -> None:
     assert issubclass(routing_db.ReadOnlyViolation, InvalidRequestError)
     assert issubclass(routing_db.NoReplicaAvailable, routing_db.RoutingDBError)
     assert issubclass(routing_db.NoReplicaAvailable, ConnectionError)
+    assert issubclass(routing_db.CommitOutcomeUnknown, routing_db.RoutingDBError)
+    assert issubclass(routing_db.CommitOutcomeUnknown, DBAPIError)
 
 
 def test_py_typed_is_shipped() -> None:

@@ -29,7 +29,7 @@ def test_from_arguments() -> None:
     assert kwargs["writer_url"] == WRITER
     assert kwargs["replica_urls"] == [REPLICA]
     assert kwargs["pool_size"] == 3
-    assert kwargs["pool_pre_ping"] is True
+    assert "pool_pre_ping" not in kwargs  # the router's idle check by default
     assert kwargs["router_options"]["default_role"] == "writer"
     assert kwargs["router_options"]["fallback_to_writer"] is True
 
@@ -233,7 +233,9 @@ async def test_router_repr_and_status_hide_passwords() -> None:
         assert status[0]["name"] == "db.example:5432/app"
         assert status[0]["pool"]["size"] == 2
         assert status[0]["pool"]["checked_out"] == 0
-        assert router.writer.pool._pre_ping is True
+        # Pooled connections are checked by the idle check, not pre-ping.
+        assert router.writer.pool._pre_ping is False
+        assert router.ping_after_idle == 1.0
     finally:
         await router.dispose()
 

@@ -1,0 +1,151 @@
+"""2-4: pool starvation, replica capacity and skew, with the load harness.
+
+Each benchmark is one timed load run; its summary goes into ``extra_info``
+(throughput, latency and checkout-wait percentiles, timeouts), from which
+``report.py`` writes RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from routing_db import Router, routing_sessionmaker
+from routing_db.loadtest import LoadSummary, Workload, run_load
+from routing_db.testing import PostgresCluster
+
+from .conftest import ROWS
+
+DURATION = 3.0
+
+
+def record(benchmark: Any, loop: asyncio.AbstractEventLoop, load: Any) -> LoadSummary:
+    result: list[LoadSummary] = []
+    benchmark.pedantic(
+        lambda: result.append(loop.run_until_complete(load())), rounds=1, iterations=1
+    )
+    summary = result[0]
+    benchmark.extra_info["summary"] = summary.model_dump(mode="json")
+    return summary
+
+
+@pytest.mark.benchmark(group="starvation")
+@pytest.mark.parametrize("concurrency", [10, 50, 200])
+@pytest.mark.parametrize("profile", ["point_read", "hold"])
+def test_pool_starvation(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    bench_cluster: PostgresCluster,
+    profile: str,
+    concurrency: int,
+) -> None:
+    """Pool 5+0, pool_timeout 2 s: short sessions vs sessions held 50 ms."""
+
+    async def load() -> LoadSummary:
+        engine = create_async_engine(
+            bench_cluster.writer_url, pool_size=5, max_overflow=0, pool_timeout=2
+        )
+        try:
+            return await run_load(
+                async_sessionmaker(engine),
+                profile=profile,
+                concurrency=concurrency,
+                duration=DURATION,
+                workload=Workload(rows=ROWS, hold_ms=50),
+            )
+        finally:
+            await engine.dispose()
+
+    summary = record(benchmark, loop, load)
+    if profile == "point_read":
+        assert summary.timeouts == 0
+
+
+@pytest.mark.benchmark(group="capacity")
+@pytest.mark.parametrize("replicas", [0, 1, 2])
+def test_replica_capacity(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    bench_cluster: PostgresCluster,
+    replicas: int,
+) -> None:
+    """IO-bound reads (5 ms on the server), pool 5 per engine."""
+
+    async def load() -> LoadSummary:
+        router = Router.from_urls(
+            bench_cluster.writer_url,
+            bench_cluster.replica_urls[:replicas],
+            pool_size=5,
+            max_overflow=0,
+        )
+        try:
+            return await run_load(
+                routing_sessionmaker(router),
+                profile="io_read",
+                concurrency=40,
+                duration=DURATION,
+                workload=Workload(rows=ROWS, io_ms=5),
+            )
+        finally:
+            await router.dispose()
+
+    record(benchmark, loop, load)
+
+
+@pytest.mark.benchmark(group="skew")
+@pytest.mark.parametrize("policy", ["round_robin", "least_busy"])
+def test_slow_replica_skew(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    bench_cluster: PostgresCluster,
+    policy: str,
+) -> None:
+    """Replica 0 answers in 20 ms, replica 1 in 2 ms (per-engine setting)."""
+
+    async def load() -> LoadSummary:
+        writer = bench_cluster.writer_url
+        slow, fast = bench_cluster.replica_urls
+        engines = [
+            create_async_engine(
+                url,
+                pool_size=5,
+                max_overflow=0,
+                connect_args={"server_settings": {"routing_bench.io_s": delay}},
+            )
+            for url, delay in ((slow, "0.020"), (fast, "0.002"))
+        ]
+        router = Router(
+            writer=create_async_engine(writer, pool_size=5, max_overflow=0),
+            replicas=engines,
+            policy=policy,
+        )
+        try:
+            return await run_load(
+                routing_sessionmaker(router),
+                profile=_per_engine_io_read,
+                concurrency=8,
+                duration=DURATION,
+                workload=Workload(rows=ROWS),
+            )
+        finally:
+            await router.dispose()
+
+    record(benchmark, loop, load)
+
+
+async def _per_engine_io_read(factory: Any, workload: Workload) -> None:
+    from sqlalchemy import text
+
+    from routing_db import read_only
+
+    async with factory() as session, read_only:
+        await session.execute(
+            text(
+                "SELECT id, pg_sleep(current_setting('routing_bench.io_s')::float)"
+                " FROM routing_db_bench WHERE id = :id"
+            ),
+            {"id": workload.row_id()},
+        )
