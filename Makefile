@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-sqlalchemy20 lint typecheck unit clean
+.PHONY: demo test test-sqlalchemy20 bench lint typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -38,6 +38,20 @@ $(SA20)/.installed: pyproject.toml
 test-sqlalchemy20: $(SA20)/.installed
 	$(SA20)/bin/python -m pytest -p no:cacheprovider
 
+# Benchmarks on a throwaway cluster, written to benchmarks/RESULTS.md (+ PNG).
+# SQLAlchemy 2.0 here: the peer compared with (advanced-alchemy) needs it.
+BENCH := .venv-bench
+$(BENCH)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH)/bin/python -m pip install --quiet -e ".[dev,bench]" "sqlalchemy>=2.0.41,<2.1"
+	touch $@
+
+bench: $(BENCH)/.installed
+	$(BENCH)/bin/python -m pytest benchmarks -p no:cacheprovider \
+		--benchmark-json=benchmarks/results.json --benchmark-columns=min,median,rounds
+	$(BENCH)/bin/python -m benchmarks.report benchmarks/results.json
+
 # Only the tests that need no PostgreSQL cluster.
 unit: $(VENV)/.installed-dev
 	$(PY) -m pytest tests/test_public_api.py tests/test_classify.py \
@@ -47,4 +61,4 @@ unit: $(VENV)/.installed-dev
 		tests/test_time_window_sqlite.py
 
 clean:
-	rm -rf $(VENV) $(SA20) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SA20) $(BENCH) .pytest_cache .mypy_cache .ruff_cache

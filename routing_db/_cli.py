@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +18,14 @@ from ._async_session import routing_sessionmaker
 from ._exceptions import RoutingDBError
 from ._router import Router
 from ._settings import RoutingSettings
-from .loadtest import PROFILES, LoadSummary, Workload, prepare, run_load
+from .loadtest import (
+    PROFILES,
+    LoadSummary,
+    Workload,
+    plot_summaries,
+    prepare,
+    run_load,
+)
 
 __all__ = ["main"]
 
@@ -92,38 +99,6 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
     return results
 
 
-def _plot(results: list[tuple[str, LoadSummary]], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit(
-            "--plot needs matplotlib: pip install 'routing_db[plot]'"
-        ) from None
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    panels: list[tuple[str, Callable[[LoadSummary], float]]] = [
-        ("throughput (ops/s)", lambda s: s.throughput),
-        ("latency p99 (ms)", lambda s: s.latency_ms.p99),
-        ("checkout wait p99 (ms)", lambda s: s.checkout_wait_ms.p99),
-    ]
-    for axis, (title, value) in zip(axes, panels, strict=True):
-        for label in dict.fromkeys(label for label, _ in results):
-            points = [(s.concurrency, value(s)) for lab, s in results if lab == label]
-            axis.plot(*zip(*points, strict=True), marker="o", label=label)
-        axis.set_title(title)
-        axis.set_xlabel("concurrent workers")
-        axis.set_xscale("log")
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    profile = results[0][1].profile if results else ""
-    figure.suptitle(f"routing-db bench: profile {profile}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def _concurrency(value: str) -> list[int]:
     try:
         levels = [int(part) for part in value.split(",") if part.strip()]
@@ -175,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         results = asyncio.run(_bench(args))
+        if args.plot:
+            plot_summaries(results, args.plot)
     except (RoutingDBError, ValidationError) as exc:
         print(f"routing-db: {exc}", file=sys.stderr)
         return 2
@@ -190,6 +167,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(_table([{"variant": v, **s.row()} for v, s in results]))
     if args.plot:
-        _plot(results, args.plot)
         print(f"plot written to {os.path.abspath(args.plot)}", file=sys.stderr)
     return 0

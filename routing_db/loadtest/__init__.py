@@ -5,6 +5,7 @@ the pools (checkout wait, timeouts, peak connections) to show pool starvation.
     print(summary.model_dump_json(indent=2))
 """
 
+from ._plot import plot_summaries
 from ._profiles import PROFILES, Profile, Workload, prepare
 from ._runner import run_load
 from ._summary import Distribution, EngineStats, LoadSummary
@@ -16,6 +17,7 @@ __all__ = [
     "LoadSummary",
     "Profile",
     "Workload",
+    "plot_summaries",
     "prepare",
     "run_load",
 ]

@@ -1,0 +1,43 @@
+"""Draw load results (needs matplotlib: the ``plot`` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .._exceptions import ConfigurationError
+from ._summary import LoadSummary
+
+__all__ = ["plot_summaries"]
+
+
+def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> None:
+    """Throughput, p99 latency and checkout-wait p99 against concurrency, as PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigurationError(
+            "plotting needs matplotlib: pip install 'routing_db[plot]'"
+        ) from None
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels: list[tuple[str, Callable[[LoadSummary], float]]] = [
+        ("throughput (ops/s)", lambda s: s.throughput),
+        ("latency p99 (ms)", lambda s: s.latency_ms.p99),
+        ("checkout wait p99 (ms)", lambda s: s.checkout_wait_ms.p99),
+    ]
+    for axis, (title, value) in zip(axes, panels, strict=True):
+        for label in dict.fromkeys(label for label, _ in results):
+            points = [(s.concurrency, value(s)) for lab, s in results if lab == label]
+            axis.plot(*zip(*points, strict=True), marker="o", label=label)
+        axis.set_title(title)
+        axis.set_xlabel("concurrent workers")
+        axis.set_xscale("log")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    profiles = ", ".join(dict.fromkeys(summary.profile for _, summary in results))
+    figure.suptitle(f"routing-db bench: {profiles}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
