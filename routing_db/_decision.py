@@ -12,7 +12,14 @@ from ._classify import Kind
 from ._context import Scope
 from ._exceptions import ConfigurationError
 
-__all__ = ["DefaultRole", "RoleOption", "Route", "check_default_role", "decide"]
+__all__ = [
+    "DefaultRole",
+    "RoleOption",
+    "Route",
+    "check_default_role",
+    "decide",
+    "decide_why",
+]
 
 DefaultRole = Literal["writer", "auto"]
 RoleOption = Literal["writer", "replica"] | None
@@ -43,21 +50,39 @@ def decide(
     wrote: bool,
 ) -> Route:
     """Return where a statement of ``kind`` goes under the given flags and state."""
+    return decide_why(
+        kind, scope=scope, option=option, default_role=default_role, wrote=wrote
+    )[0]
+
+
+def decide_why(
+    kind: Kind,
+    *,
+    scope: Scope,
+    option: RoleOption,
+    default_role: DefaultRole,
+    wrote: bool,
+) -> tuple[Route, str]:
+    """``decide``, with the reason (a metric label) for the route."""
     # 1. An explicit request for the writer always wins.
-    if scope is Scope.WRITER or option == "writer":
-        return Route.WRITER
+    if scope is Scope.WRITER:
+        return Route.WRITER, "use_writer"
+    if option == "writer":
+        return Route.WRITER, "option"
     # 2. Writes go to the writer, or are refused before anything is sent.
     if kind is Kind.WRITE:
-        return Route.REFUSE if scope is Scope.READ_ONLY else Route.WRITER
+        return (Route.REFUSE if scope is Scope.READ_ONLY else Route.WRITER), "write"
     # 3. Once this transaction wrote, its reads must see its uncommitted rows.
     if wrote:
-        return Route.WRITER
+        return Route.WRITER, "wrote"
     # 4. Replica reads. A bare connection request is unknown work, so it only
     # goes to a replica when the caller declared read_only (the replica's
     # read-only transaction then rejects any write made on it).
     if scope is Scope.READ_ONLY:
-        return Route.REPLICA
-    if kind is Kind.READ and (default_role == "auto" or option == "replica"):
-        return Route.REPLICA
+        return Route.REPLICA, "read_only"
+    if kind is Kind.READ and option == "replica":
+        return Route.REPLICA, "option"
+    if kind is Kind.READ and default_role == "auto":
+        return Route.REPLICA, "auto"
     # 5. Otherwise a RoutingSession is a plain session on the writer.
-    return Route.WRITER
+    return Route.WRITER, "default"

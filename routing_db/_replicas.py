@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_only
 
 from ._causal import CausalFloor
+from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._policies import BalancingPolicy, Candidate
 from ._positions import replay_lsn_now
@@ -58,6 +59,7 @@ class ReplicaSet:
         self._positions = positions
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
+        self.listeners = Listeners()  # the router replaces it with its own
 
     def __contains__(self, engine: object) -> bool:
         return engine in self._states
@@ -170,6 +172,7 @@ class ReplicaSet:
         """A connection to ``engine`` failed (it may be ejected)."""
         state = self._states.get(engine)
         if state is not None and state.record_failure(time.monotonic()):
+            self.listeners.emit("ejected", self._names[engine])
             logger.warning(
                 "routing_db: replica %s ejected after a connection failure (%s)",
                 self._names[engine],
@@ -180,6 +183,7 @@ class ReplicaSet:
         """A connection to ``engine`` worked (it may be re-admitted)."""
         state = self._states.get(engine)
         if state is not None and state.record_success():
+            self.listeners.emit("readmitted", self._names[engine])
             logger.warning(
                 "routing_db: replica %s re-admitted",
                 self._names[engine],

@@ -22,6 +22,7 @@ from ._engines import (
     install_writer_hooks,
     safe_url,
 )
+from ._events import Listeners, RoutingListener
 from ._exceptions import ConfigurationError
 from ._health import HealthOptions
 from ._monitor import Monitor
@@ -143,6 +144,11 @@ class Router:
             sticky_seconds=sticky_seconds,
             causal_wait_timeout=causal_wait_timeout,
         )
+        self._listeners = Listeners()
+        self._replica_set.listeners = self._listeners
+        self._sync_names: dict[Engine, str] = {
+            engine.sync_engine: name for engine, name in self._names.items()
+        }
         self._fallbacks = 0
         self.fallbacks_total = 0
         self._monitor = Monitor(self, interval=monitor_interval)
@@ -214,6 +220,14 @@ class Router:
         if settings is None:
             settings = RoutingSettings()
         return cls.from_urls(**settings.router_kwargs())
+
+    def add_listener(self, listener: RoutingListener) -> None:
+        """Report routing events (statements routed, ejections...) to ``listener``."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: RoutingListener) -> None:
+        """Stop reporting to ``listener``."""
+        self._listeners.remove(listener)
 
     def _to_async(self, engine: Engine) -> AsyncEngine | None:
         return self._async_by_sync.get(engine)

@@ -33,7 +33,7 @@ from ._connections import (
     marked_for_rerun,
 )
 from ._context import Scope, current_scope
-from ._decision import DefaultRole, Route, check_default_role, decide
+from ._decision import DefaultRole, Route, check_default_role, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_lsn_after_commit
 from ._replicas import Pick
@@ -108,7 +108,7 @@ class RoutingSyncSession(Session):
                 f"got {option!r}"
             )
         kind = classify(clause, flushing=self._flushing)
-        route = decide(
+        route, reason = decide_why(
             kind,
             scope=current_scope(),
             option=option,
@@ -122,6 +122,10 @@ class RoutingSyncSession(Session):
                 self._flushing or self._routing_connect
             ):
                 self._routing_open_writer(router)
+            if router._listeners:
+                router._listeners.emit(
+                    "routed", router._sync_names[resolved], "writer", reason
+                )
             return resolved
         if route is Route.REFUSE:
             raise ReadOnlyViolation(
@@ -131,11 +135,19 @@ class RoutingSyncSession(Session):
         # One replica per transaction: the one whose connection this
         # transaction already holds (pinned in after_begin, so a replica whose
         # connect failed is not pinned), else a fresh choice.
-        if self._routing_replica is not None:
-            return self._routing_replica
-        return self._routing_open_replica(
+        engine = self._routing_replica or self._routing_open_replica(
             router, resolved, connect=self._routing_connect
         )
+        if router._listeners:
+            if engine is resolved:
+                reason = "fallback" if self._routing_fallback else "causal"
+            router._listeners.emit(
+                "routed",
+                router._sync_names[engine],
+                "writer" if engine is resolved else "replica",
+                reason,
+            )
+        return engine
 
     def _routing_open_replica(
         self, router: Router, writer: Engine, *, connect: bool
@@ -182,6 +194,7 @@ class RoutingSyncSession(Session):
             router._fallbacks += 1
             router.fallbacks_total += 1
             self._routing_fallback = True
+            router._listeners.emit("fell_back", router._sync_names[writer])
             logger.info("routing_db: no replica available, read served by the writer")
         return writer
 
@@ -229,16 +242,28 @@ class RoutingSyncSession(Session):
         # the replica because the connection was lost (or the standby
         # cancelled it for a recovery conflict), no result has been returned
         # and nothing was written, so it can run again elsewhere.
+        reruns = 0
+
         def attempt() -> T:
+            nonlocal reruns
             try:
                 return method(*args, **kw)
             except DBAPIError as exc:
                 if self._routing_rerunnable(exc):
                     self._routing_drop_replica(exc)
                     exc._routing_db_rerun = True  # type: ignore[attr-defined]
+                    reruns += 1
                 raise
 
-        return router.retry.call(attempt, retry_if=marked_for_rerun)
+        try:
+            result = router.retry.call(attempt, retry_if=marked_for_rerun)
+        except Exception as exc:
+            if marked_for_rerun(exc) and router._listeners:
+                router._listeners.emit("retried", "first_read", "failed")
+            raise
+        if reruns and router._listeners:
+            router._listeners.emit("retried", "first_read", "succeeded")
+        return result
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
         return (

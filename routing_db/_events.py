@@ -1,0 +1,41 @@
+"""Routing events for observers (metrics): a small listener protocol.
+
+The core calls ``emit`` only when somebody listens, so an unobserved router
+pays one truth test per event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["Listeners", "RoutingListener"]
+
+
+class RoutingListener(Protocol):
+    """What a router reports; implement the methods you need (others no-op)."""
+
+    def routed(self, engine: str, role: str, reason: str) -> None:
+        """A statement was sent to ``engine`` (``role``) because of ``reason``."""
+
+    def fell_back(self, engine: str) -> None:
+        """A replica read went to the writer because no replica was available."""
+
+    def ejected(self, engine: str) -> None:
+        """A replica was taken out of service after connection failures."""
+
+    def readmitted(self, engine: str) -> None:
+        """An ejected replica answered again and serves reads."""
+
+    def retried(self, kind: str, outcome: str) -> None:
+        """A retry sequence of ``kind`` ended with ``outcome``."""
+
+
+class Listeners(list[Any]):
+    """The listeners of one router."""
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every listener that has it."""
+        for listener in self:
+            method = getattr(listener, event, None)
+            if method is not None:
+                method(*args)

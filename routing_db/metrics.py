@@ -1,0 +1,216 @@
+"""Prometheus metrics for a ``Router`` (needs ``prometheus_client``: the
+``metrics`` extra).
+
+    from prometheus_client import REGISTRY
+    from routing_db.metrics import register_metrics
+
+    metrics = register_metrics(router)          # or registry=your_registry
+
+Engine labels are ``host:port/database``: never a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ._exceptions import ConfigurationError
+from ._observe import observe
+from ._router import Router
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ConfigurationError(
+        "routing_db.metrics needs prometheus_client: pip install 'routing_db[metrics]'"
+    ) from exc
+
+__all__ = ["RouterMetrics", "register_metrics"]
+
+_WAIT_BUCKETS = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0),
+)
+_HOLD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+
+
+class _StatusCollector(Collector):
+    """Pool and replica gauges, read from ``router.status()`` at scrape time."""
+
+    def __init__(self, router: Router, namespace: str) -> None:
+        self._router = router
+        self._ns = namespace
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ns = self._ns
+        pool = {
+            key: GaugeMetricFamily(f"{ns}_pool_{key}", help_, labels=["engine", "role"])
+            for key, help_ in (
+                ("size", "Pool size (persistent connections)."),
+                ("checked_out", "Connections checked out now."),
+                ("overflow", "Overflow connections in use (negative: spare)."),
+                ("checked_in", "Idle connections in the pool."),
+            )
+        }
+        lag_bytes = GaugeMetricFamily(
+            f"{ns}_replica_lag_bytes", "WAL not yet replayed.", labels=["engine"]
+        )
+        lag_seconds = GaugeMetricFamily(
+            f"{ns}_replica_lag_seconds",
+            "Replication lag in seconds.",
+            labels=["engine"],
+        )
+        healthy = GaugeMetricFamily(
+            f"{ns}_replica_eligible",
+            "1 when the replica may serve reads (healthy and under lag limits).",
+            labels=["engine"],
+        )
+        for row in self._router.status():
+            for key, family in pool.items():
+                value = row["pool"].get(key)
+                if value is not None:
+                    family.add_metric([row["name"], row["role"]], value)
+            if row["role"] != "replica":
+                continue
+            healthy.add_metric([row["name"]], 1.0 if row["eligible"] else 0.0)
+            if row["lag_bytes"] is not None:
+                lag_bytes.add_metric([row["name"]], row["lag_bytes"])
+            if row["lag_seconds"] is not None:
+                lag_seconds.add_metric([row["name"]], row["lag_seconds"])
+        yield from pool.values()
+        yield from (lag_bytes, lag_seconds, healthy)
+
+
+class RouterMetrics:
+    """The metrics of one router on one registry; ``unregister()`` removes them."""
+
+    def __init__(self, router: Router, registry: CollectorRegistry, namespace: str):
+        self._router = router
+        self._registry = registry
+        self._unregistered = False
+        ns = namespace
+        self.statements = Counter(
+            f"{ns}_statements",
+            "Statements routed, by engine, role and reason.",
+            ["engine", "role", "reason"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            f"{ns}_writer_fallbacks",
+            "Replica reads served by the writer because no replica was available.",
+            ["engine"],
+            registry=registry,
+        )
+        self.ejections = Counter(
+            f"{ns}_replica_ejections",
+            "Replicas ejected.",
+            ["engine"],
+            registry=registry,
+        )
+        self.readmissions = Counter(
+            f"{ns}_replica_readmissions",
+            "Ejected replicas re-admitted.",
+            ["engine"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            f"{ns}_retries",
+            "Retry sequences, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.checkout_wait = Histogram(
+            f"{ns}_checkout_wait_seconds",
+            "Time to obtain a pooled connection.",
+            ["engine"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.checkout_timeouts = Counter(
+            f"{ns}_checkout_timeouts",
+            "Checkouts that waited out pool_timeout.",
+            ["engine"],
+            registry=registry,
+        )
+        self.hold = Histogram(
+            f"{ns}_connection_hold_seconds",
+            "How long a connection stayed checked out.",
+            ["engine"],
+            buckets=_HOLD_BUCKETS,
+            registry=registry,
+        )
+        self._status = _StatusCollector(router, ns)
+        registry.register(self._status)
+        self._observers = [
+            observe(engine, router._names[engine])
+            for engine in (router.writer, *router.replicas)
+        ]
+        for observer in self._observers:
+            observer.listeners.append(self)
+        router.add_listener(self)
+
+    # routing events
+    def routed(self, engine: str, role: str, reason: str) -> None:
+        """Count a routed statement."""
+        self.statements.labels(engine, role, reason).inc()
+
+    def fell_back(self, engine: str) -> None:
+        """Count a writer fallback."""
+        self.fallbacks.labels(engine).inc()
+
+    def ejected(self, engine: str) -> None:
+        """Count an ejection."""
+        self.ejections.labels(engine).inc()
+
+    def readmitted(self, engine: str) -> None:
+        """Count a re-admission."""
+        self.readmissions.labels(engine).inc()
+
+    def retried(self, kind: str, outcome: str) -> None:
+        """Count a retry sequence."""
+        self.retries.labels(kind, outcome).inc()
+
+    # pool events
+    def waited(self, name: str, seconds: float, timed_out: bool) -> None:
+        """Observe a checkout wait."""
+        self.checkout_wait.labels(name).observe(seconds)
+        if timed_out:
+            self.checkout_timeouts.labels(name).inc()
+
+    def held(self, name: str, seconds: float) -> None:
+        """Observe how long a connection was held."""
+        self.hold.labels(name).observe(seconds)
+
+    def unregister(self) -> None:
+        """Stop collecting and remove every metric from the registry (idempotent)."""
+        if self._unregistered:
+            return
+        self._unregistered = True
+        self._router.remove_listener(self)
+        for observer in self._observers:
+            observer.listeners.remove(self)
+        for collector in (
+            self.statements,
+            self.fallbacks,
+            self.ejections,
+            self.readmissions,
+            self.retries,
+            self.checkout_wait,
+            self.checkout_timeouts,
+            self.hold,
+            self._status,
+        ):
+            self._registry.unregister(collector)
+
+
+def register_metrics(
+    router: Router,
+    registry: CollectorRegistry | None = None,
+    *,
+    namespace: str = "routing_db",
+) -> RouterMetrics:
+    """Register a router's metrics on ``registry`` (default: the global one)."""
+    return RouterMetrics(
+        router, registry if registry is not None else REGISTRY, namespace
+    )
