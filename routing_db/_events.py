@@ -29,6 +29,9 @@ class RoutingListener(Protocol):
     def retried(self, kind: str, outcome: str) -> None:
         """A retry sequence of ``kind`` ended with ``outcome``."""
 
+    def starved(self, engine: str, kind: str) -> None:
+        """The starvation detector warned (``hold`` or ``checkout_wait``)."""
+
 
 class Listeners(list[Any]):
     """The listeners of one router."""

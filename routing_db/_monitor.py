@@ -121,6 +121,9 @@ class Monitor:
         while True:
             try:
                 await self.poll_once()
+                detector = self._router._detector
+                if detector is not None:
+                    detector.scan()
             except Exception:  # pragma: no cover - a bug must not end the loop
                 logger.exception("routing_db monitor: poll failed")
             await asyncio.sleep(self._interval)

@@ -29,8 +29,8 @@ class PoolListener(Protocol):
     def waited(self, name: str, seconds: float, timed_out: bool) -> None:
         """A checkout finished (or timed out) after ``seconds``."""
 
-    def held(self, name: str, seconds: float) -> None:
-        """A connection went back to the pool after ``seconds`` checked out."""
+    def held(self, name: str, seconds: float, where: str | None) -> None:
+        """A connection went back after ``seconds`` out; ``where`` checked it out."""
 
 
 class PoolObserver:
@@ -44,9 +44,10 @@ class PoolObserver:
         self.peak_overflow = 0
         self.checkouts = 0
         self.timeouts = 0
-        # connection record id -> (monotonic checkout time, where, record)
-        self.out: dict[int, tuple[float, Callable[[], str] | None, Any]] = {}
-        self.locate: Callable[[], Callable[[], str] | None] | None = None
+        # connection record id -> (monotonic checkout time, code location)
+        self.out: dict[int, tuple[float, str | None]] = {}
+        # Set by the starvation detector: names the code that checks out.
+        self.locate: Callable[[], str | None] | None = None
         self._pool: Any = None
         self._attach()
         sync = engine.sync_engine
@@ -85,7 +86,7 @@ class PoolObserver:
         pool = self._pool
         self.checkouts += 1
         where = self.locate() if self.locate is not None else None
-        self.out[id(record)] = (time.monotonic(), where, record)
+        self.out[id(record)] = (time.monotonic(), where)
         checkedout = getattr(pool, "checkedout", None)
         if callable(checkedout):
             self.peak_checked_out = max(self.peak_checked_out, checkedout())
@@ -99,14 +100,14 @@ class PoolObserver:
             return
         seconds = time.monotonic() - entry[0]
         for listener in self.listeners:
-            listener.held(self.name, seconds)
+            listener.held(self.name, seconds, entry[1])
 
-    def held_longer_than(self, seconds: float) -> list[tuple[float, str | None]]:
-        """Connections checked out now for longer than ``seconds``, and where."""
+    def held_longer_than(self, seconds: float) -> list[tuple[int, float, str | None]]:
+        """Connections checked out for longer than ``seconds``: key, age, where."""
         now = time.monotonic()
         return [
-            (now - start, where() if where is not None else None)
-            for start, where, _ in list(self.out.values())
+            (key, now - start, where)
+            for key, (start, where) in list(self.out.items())
             if now - start > seconds
         ]
 

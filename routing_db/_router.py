@@ -30,6 +30,8 @@ from ._policies import BalancingPolicy, make_policy
 from ._positions import has_positions
 from ._replicas import ReplicaSet
 from ._retry import RetryPolicy
+from ._slowlog import install_slow_query_log
+from ._starvation import StarvationDetector
 
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
@@ -79,6 +81,10 @@ class Router:
         causal_wait_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         ping_after_idle: float | None = None,
+        slow_query_seconds: float | None = None,
+        log_slow_parameters: bool = False,
+        hold_warning_seconds: float | None = None,
+        checkout_wait_warning: float | None = None,
     ) -> None:
         if writer is None:
             raise ConfigurationError("Router needs a writer engine")
@@ -102,6 +108,17 @@ class Router:
             sticky_seconds=sticky_seconds,
             causal_wait_timeout=causal_wait_timeout,
         )
+        for field, value in (
+            ("ping_after_idle", ping_after_idle),
+            ("slow_query_seconds", slow_query_seconds),
+            ("hold_warning_seconds", hold_warning_seconds),
+        ):
+            if value is not None and value < 0:
+                raise ConfigurationError(f"{field} must be >= 0 seconds or None")
+        if checkout_wait_warning is not None and not 0 < checkout_wait_warning <= 1:
+            raise ConfigurationError(
+                "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
+            )
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role
@@ -122,8 +139,6 @@ class Router:
         install_writer_hooks(writer)
         self.ping_after_idle = ping_after_idle
         if ping_after_idle is not None:
-            if ping_after_idle < 0:
-                raise ConfigurationError("ping_after_idle must be >= 0 seconds or None")
             for engine in (writer, *self.replicas):
                 install_idle_ping(engine, idle_seconds=ping_after_idle)
         self._sync_writer: Engine = writer.sync_engine
@@ -152,6 +167,23 @@ class Router:
         self._fallbacks = 0
         self.fallbacks_total = 0
         self._monitor = Monitor(self, interval=monitor_interval)
+        if slow_query_seconds is not None:
+            for engine in (writer, *self.replicas):
+                install_slow_query_log(
+                    engine,
+                    name=self._names[engine],
+                    threshold=slow_query_seconds,
+                    log_parameters=log_slow_parameters,
+                )
+        self._detector = (
+            StarvationDetector(
+                self,
+                hold_warning_seconds=hold_warning_seconds,
+                wait_warning_fraction=checkout_wait_warning,
+            )
+            if hold_warning_seconds is not None or checkout_wait_warning is not None
+            else None
+        )
 
     def _engine_names(self) -> dict[AsyncEngine, str]:
         names: dict[AsyncEngine, str] = {self.writer: engine_name(self.writer)}
@@ -319,6 +351,10 @@ ROUTER_OPTIONS = frozenset(
         "causal_wait_timeout",
         "retry",
         "ping_after_idle",
+        "slow_query_seconds",
+        "log_slow_parameters",
+        "hold_warning_seconds",
+        "checkout_wait_warning",
     }
 )
 

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._engines import check_url
+from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
 from ._router import ROUTER_OPTIONS
 
@@ -20,6 +21,14 @@ _POOL_FIELDS = (
     "pool_recycle",
     "pool_pre_ping",
 )
+
+# settings field -> PostgreSQL setting sent when each connection opens
+_SESSION_SETTINGS = {
+    "statement_timeout_ms": "statement_timeout",
+    "timezone": "TimeZone",
+    "application_name": "application_name",
+    "search_path": "search_path",
+}
 
 # The router's own options that map one to one onto settings fields.
 _ROUTER_FIELDS = tuple(sorted(ROUTER_OPTIONS - {"weights", "retry"}))
@@ -94,6 +103,27 @@ class RoutingSettings(BaseSettings):
     eject_window: Seconds = 10.0
     max_writer_fallbacks: PoolCount | None = None
 
+    # Observability: slow-query log and starvation detector (None: off).
+    slow_query_seconds: Limit | None = None
+    log_slow_parameters: bool = False
+    hold_warning_seconds: Limit | None = None
+    checkout_wait_warning: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    # Session settings for every new connection (asyncpg server_settings),
+    # with writer_/replica_ overrides. Replicas stay read-only regardless.
+    statement_timeout_ms: PoolCount | None = None
+    timezone: str | None = None
+    application_name: str | None = None
+    search_path: str | None = None
+    writer_statement_timeout_ms: PoolCount | None = None
+    writer_timezone: str | None = None
+    writer_application_name: str | None = None
+    writer_search_path: str | None = None
+    replica_statement_timeout_ms: PoolCount | None = None
+    replica_timezone: str | None = None
+    replica_application_name: str | None = None
+    replica_search_path: str | None = None
+
     # Read-your-writes and retries.
     sticky_seconds: Limit = 2.0
     causal_wait_timeout: Limit | None = None
@@ -135,11 +165,35 @@ class RoutingSettings(BaseSettings):
         return self
 
     def _role_overrides(self, role: str) -> dict[str, Any]:
-        return {
+        overrides = {
             name: value
             for name in _POOL_FIELDS
             if (value := getattr(self, f"{role}_{name}")) is not None
         }
+        server_settings = self._server_settings(role)
+        if server_settings:
+            overrides["connect_args"] = {"server_settings": server_settings}
+        return overrides
+
+    def _server_settings(self, role: str) -> dict[str, str]:
+        settings: dict[str, str] = {}
+        for field, guc in _SESSION_SETTINGS.items():
+            value = getattr(self, f"{role}_{field}")
+            if value is None:
+                value = getattr(self, field)
+            if value is not None:
+                ms = field == "statement_timeout_ms"
+                settings[guc] = f"{value}ms" if ms else value
+        if settings:
+            urls = self.replica_urls if role == "replica" else [self.writer_url]
+            for url in urls:
+                if url is not None and "+asyncpg" not in url.get_secret_value():
+                    raise ConfigurationError(
+                        "statement_timeout_ms, timezone, application_name and "
+                        "search_path are sent as asyncpg server_settings: they "
+                        "need postgresql+asyncpg URLs"
+                    )
+        return settings
 
     def router_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Router.from_urls`` (they contain the secrets)."""

@@ -120,6 +120,12 @@ class RouterMetrics:
             ["kind", "outcome"],
             registry=registry,
         )
+        self.starvation = Counter(
+            f"{ns}_starvation_warnings",
+            "Starvation detector warnings, by engine and kind (hold, checkout_wait).",
+            ["engine", "kind"],
+            registry=registry,
+        )
         self.checkout_wait = Histogram(
             f"{ns}_checkout_wait_seconds",
             "Time to obtain a pooled connection.",
@@ -171,6 +177,10 @@ class RouterMetrics:
         """Count a retry sequence."""
         self.retries.labels(kind, outcome).inc()
 
+    def starved(self, engine: str, kind: str) -> None:
+        """Count a starvation warning."""
+        self.starvation.labels(engine, kind).inc()
+
     # pool events
     def waited(self, name: str, seconds: float, timed_out: bool) -> None:
         """Observe a checkout wait."""
@@ -178,7 +188,7 @@ class RouterMetrics:
         if timed_out:
             self.checkout_timeouts.labels(name).inc()
 
-    def held(self, name: str, seconds: float) -> None:
+    def held(self, name: str, seconds: float, where: str | None) -> None:
         """Observe how long a connection was held."""
         self.hold.labels(name).observe(seconds)
 
@@ -196,6 +206,7 @@ class RouterMetrics:
             self.ejections,
             self.readmissions,
             self.retries,
+            self.starvation,
             self.checkout_wait,
             self.checkout_timeouts,
             self.hold,

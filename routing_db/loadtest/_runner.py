@@ -41,7 +41,7 @@ class _Recorder:
             operation.wait += seconds
             operation.engines.add(name)
 
-    def held(self, name: str, seconds: float) -> None:
+    def held(self, name: str, seconds: float, where: str | None) -> None:
         pass
 
 

@@ -1,0 +1,60 @@
+"""The slow-query log: statements slower than a threshold, per engine.
+
+Logged on the ``routing_db.slow`` logger at WARNING: duration, engine name,
+the SQL cut to 500 characters. Parameters only when asked for (they may
+hold personal data).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["install_slow_query_log"]
+
+logger = logging.getLogger("routing_db.slow")
+
+_MAX_SQL = 500
+_START = "_routing_db_started"
+
+
+def install_slow_query_log(
+    engine: AsyncEngine, *, name: str, threshold: float, log_parameters: bool = False
+) -> None:
+    """Log statements on ``engine`` that take at least ``threshold`` seconds."""
+    sync = engine.sync_engine
+
+    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+               executemany: bool) -> None:  # fmt: skip
+        setattr(context, _START, time.perf_counter())
+
+    def after(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:  # fmt: skip
+        started = getattr(context, _START, None)
+        if started is None:
+            return
+        seconds = time.perf_counter() - started
+        if seconds < threshold:
+            return
+        sql = " ".join(statement.split())
+        if len(sql) > _MAX_SQL:
+            sql = sql[:_MAX_SQL] + "…"
+        extra = {"engine": name, "duration": seconds, "sql": sql}
+        if log_parameters:
+            extra["parameters"] = repr(params)[:_MAX_SQL]
+            logger.warning(
+                "slow query on %s: %.3f s: %s -- parameters: %s",
+                name, seconds, sql, extra["parameters"], extra={"routing_db": extra},
+            )  # fmt: skip
+        else:
+            logger.warning(
+                "slow query on %s: %.3f s: %s",
+                name, seconds, sql, extra={"routing_db": extra},
+            )  # fmt: skip
+
+    event.listen(sync, "before_cursor_execute", before)
+    event.listen(sync, "after_cursor_execute", after)
