@@ -1,9 +1,10 @@
-"""``routing-db``: the command line (``bench``; ``check`` comes with the doctor)."""
+"""``routing-db``: ``check`` (is the set-up sound?) and ``bench`` (load the pools)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ._async_session import routing_sessionmaker
-from ._exceptions import RoutingDBError
+from ._doctor import check_setup
+from ._exceptions import ConfigurationError, RoutingDBError
 from ._router import Router
 from ._settings import RoutingSettings
 from .loadtest import (
@@ -109,16 +111,33 @@ def _concurrency(value: str) -> list[int]:
     return levels
 
 
+def _connection_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--writer-url", help="default: ROUTING_DB_WRITER_URL")
+    command.add_argument(
+        "--replica-url", action="append", help="repeatable; ROUTING_DB_REPLICA_URLS"
+    )
+    command.add_argument("--pool-size", type=int)
+    command.add_argument("--max-overflow", type=int)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routing-db", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check", help="check the writer, the replicas and the connection budget"
+    )
+    _connection_arguments(check)
+    check.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes (workers) that each open these pools",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON, not a table")
     bench = commands.add_parser(
         "bench", help="load-test the pools: throughput, latency, checkout waits"
     )
-    bench.add_argument("--writer-url", help="default: ROUTING_DB_WRITER_URL")
-    bench.add_argument(
-        "--replica-url", action="append", help="repeatable; ROUTING_DB_REPLICA_URLS"
-    )
+    _connection_arguments(bench)
     bench.add_argument("--concurrency", type=_concurrency, default=[10, 50, 200])
     bench.add_argument("--profile", choices=sorted(PROFILES), default="point_read")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per run")
@@ -128,8 +147,6 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--policy", choices=["round_robin", "random", "weighted", "least_busy"]
     )
-    bench.add_argument("--pool-size", type=int)
-    bench.add_argument("--max-overflow", type=int)
     bench.add_argument("--pool-timeout", type=float)
     bench.add_argument(
         "--compare", action="store_true", help="also run a plain AsyncSession"
@@ -145,10 +162,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+
+    def budget(role: str) -> int:
+        size = getattr(settings, f"{role}_pool_size")
+        overflow = getattr(settings, f"{role}_max_overflow")
+        return (settings.pool_size if size is None else size) + (
+            settings.max_overflow if overflow is None else overflow
+        )
+
+    kwargs = settings.router_kwargs()
+    reports = asyncio.run(
+        check_setup(
+            kwargs["writer_url"],
+            kwargs["replica_urls"],
+            writer_pool=budget("writer"),
+            replica_pool=budget("replica"),
+            processes=args.processes,
+        )
+    )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
+    else:
+        print(_table([r.row() for r in reports]))
+    problems = [(r.name, p) for r in reports for p in r.problems]
+    for name, problem in problems:
+        print(f"routing-db check: {name}: {problem}", file=sys.stderr)
+    if not problems:
+        print("routing-db check: all good", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``routing-db``."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "check":
+            return _check(args)
         results = asyncio.run(_bench(args))
         if args.plot:
             plot_summaries(results, args.plot)

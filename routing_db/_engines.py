@@ -25,6 +25,7 @@ __all__ = [
     "install_replica_setup",
     "install_writer_hooks",
     "safe_url",
+    "url_name",
 ]
 
 # Connections whose COMMIT is in flight (by identity; Connection.info would
@@ -99,7 +100,11 @@ def create_engine(url: URL, *, field: str, **kwargs: Any) -> AsyncEngine:
 
 def engine_name(engine: AsyncEngine) -> str:
     """A label for an engine, ``host:port/database``, never with a password."""
-    url = engine.url
+    return url_name(engine.url)
+
+
+def url_name(url: URL) -> str:
+    """A label for a URL, ``host:port/database``, never with a password."""
     if url.get_backend_name() == "sqlite":
         return f"sqlite:{url.database or ':memory:'}"
     return f"{url.host or 'localhost'}:{url.port or ''}/{url.database or ''}"

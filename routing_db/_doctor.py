@@ -1,0 +1,158 @@
+"""``routing-db check``: is this writer/replica set-up what the router assumes?
+
+Connects to every URL once (no pool), and checks: the writer is a primary;
+each replica is a standby of *this* writer (same ``system_identifier``); its
+lag; and whether ``(pool_size + max_overflow) x processes`` fits under each
+server's ``max_connections`` minus the reserved slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ._engines import url_name
+
+__all__ = ["EngineReport", "check_setup"]
+
+_ABOUT = text(
+    "SELECT pg_is_in_recovery(), current_setting('max_connections')::int, "
+    "current_setting('superuser_reserved_connections')::int, "
+    "coalesce(current_setting('reserved_connections', true)::int, 0), "
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn "
+    "ELSE pg_current_wal_lsn() - '0/0'::pg_lsn END, "
+    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+)
+_SYSTEM_ID = text("SELECT system_identifier FROM pg_control_system()")
+
+
+@dataclasses.dataclass
+class EngineReport:
+    """What ``check`` found about one URL."""
+
+    name: str
+    role: str
+    reachable: bool = False
+    in_recovery: bool | None = None
+    system_identifier: int | None = None
+    lsn: int | None = None
+    replay_age: float | None = None
+    connection_limit: int | None = None  # max_connections minus reserved
+    pool_budget: int = 0  # (pool_size + max_overflow) x processes
+    lag_bytes: int | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def row(self) -> dict[str, object]:
+        """One line of the table."""
+        lag = "-" if self.lag_bytes is None else f"{self.lag_bytes} B"
+        if self.lag_bytes and self.replay_age is not None:
+            lag += f" / {self.replay_age:.1f} s"
+        limit = "?" if self.connection_limit is None else self.connection_limit
+        return {
+            "engine": self.name,
+            "role": self.role,
+            "status": "FAIL" if self.problems else "ok",
+            "in recovery": "?" if self.in_recovery is None else self.in_recovery,
+            "lag": lag,
+            "connections": f"{self.pool_budget}/{limit}",
+        }
+
+
+def _describe(error: BaseException, secrets: list[str]) -> str:
+    state = getattr(error, "sqlstate", None)
+    for item in (error, getattr(error, "orig", None), error.__cause__):
+        state = state or getattr(item, "sqlstate", None)
+    message = str(getattr(error, "orig", None) or error).splitlines()[0]
+    if state in ("28P01", "28000"):
+        reason = "authentication failed (check the user and password)"
+    elif isinstance(error, OSError) or isinstance(error.__cause__, OSError):
+        reason = "unreachable"
+    else:
+        reason = "connection failed"
+    for secret in secrets:  # belt and braces: drivers do not echo passwords
+        message = message.replace(secret, "***")
+    return f"{reason}: {message}"
+
+
+async def _inspect(report: EngineReport, url: URL, secrets: list[str]) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(_ABOUT)).one()
+            report.reachable = True
+            report.in_recovery = bool(row[0])
+            report.connection_limit = int(row[1]) - int(row[2]) - int(row[3])
+            report.lsn = None if row[4] is None else int(row[4])
+            report.replay_age = None if row[5] is None else float(row[5])
+            try:
+                report.system_identifier = int((await conn.scalar(_SYSTEM_ID)) or 0)
+            except Exception:  # needs superuser or pg_monitor-like rights
+                await conn.rollback()
+                report.system_identifier = None
+    except Exception as exc:
+        report.problems.append(_describe(exc, secrets))
+    finally:
+        await engine.dispose()
+
+
+def _judge(writer: EngineReport, replicas: list[EngineReport]) -> None:
+    if writer.reachable and writer.in_recovery:
+        writer.problems.append("the writer is in recovery: it is a standby")
+    for replica in replicas:
+        if not replica.reachable:
+            continue
+        if not replica.in_recovery:
+            replica.problems.append(
+                "not in recovery: this 'replica' is a primary (it accepts writes)"
+            )
+            continue
+        if (
+            writer.system_identifier is not None
+            and replica.system_identifier is not None
+            and replica.system_identifier != writer.system_identifier
+        ):
+            replica.problems.append(
+                "replicates a different primary (system_identifier "
+                f"{replica.system_identifier}, the writer's is "
+                f"{writer.system_identifier})"
+            )
+        if writer.lsn is not None and replica.lsn is not None:
+            replica.lag_bytes = max(0, writer.lsn - replica.lsn)
+    for report in (writer, *replicas):
+        limit = report.connection_limit
+        if limit is not None and report.pool_budget > limit:
+            report.problems.append(
+                f"pool budget {report.pool_budget} connections is over the "
+                f"server's limit of {limit} (max_connections minus reserved)"
+            )
+
+
+async def check_setup(
+    writer_url: str,
+    replica_urls: list[str],
+    *,
+    writer_pool: int,
+    replica_pool: int,
+    processes: int = 1,
+) -> list[EngineReport]:
+    """Inspect every server; ``*_pool`` is pool_size + max_overflow per process."""
+    urls = [make_url(writer_url), *(make_url(u) for u in replica_urls)]
+    secrets = [u.password for u in urls if isinstance(u.password, str) and u.password]
+    reports = [
+        EngineReport(
+            name=url_name(url),
+            role="writer" if i == 0 else "replica",
+            pool_budget=(writer_pool if i == 0 else replica_pool) * processes,
+        )
+        for i, url in enumerate(urls)
+    ]
+    await asyncio.gather(
+        *(_inspect(r, u, secrets) for r, u in zip(reports, urls, strict=True))
+    )
+    _judge(reports[0], reports[1:])
+    return reports
