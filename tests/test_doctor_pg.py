@@ -139,3 +139,22 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
         capsys, "--writer-url", "postgresql+asyncpg://u@h/db", "--processes", "0"
     )
     assert code == 2 and "--processes" in err
+
+
+def test_the_command_is_installed(cluster: PostgresCluster) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "routing-db"
+    command = [str(script)] if script.exists() else [shutil.which("routing-db") or ""]
+    assert command[0], "the routing-db console script is not installed"
+    for argv in (command, [sys.executable, "-m", "routing_db"]):
+        done = subprocess.run(
+            [*argv, "check", "--writer-url", cluster.writer_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "all good" in done.stderr
