@@ -30,6 +30,9 @@ class Candidate:
     weight: float
     checked_out: int
     capacity: int  # pool_size + max_overflow; 0 when the pool has no limit
+    # Recent mean time a connection to it stays checked out (seconds), when
+    # the policy asked for it (``uses_latency``) and it has been measured.
+    latency: float | None = None
 
     @property
     def busy(self) -> float:
@@ -83,16 +86,32 @@ class Weighted:
 
 
 class LeastBusy:
-    """The candidate with the fewest checked-out connections for its pool size."""
+    """The candidate with the fewest checked-out connections for its pool size,
+    weighted by how long its connections stay checked out."""
+
+    uses_latency = True
 
     def __init__(self) -> None:
         # Ties rotate, so an idle cluster still spreads its load.
         self._counter = itertools.count()
 
     def choose(self, candidates: Sequence[Candidate]) -> Candidate:
-        """Return the least busy candidate; ties rotate."""
-        least = min(candidate.busy for candidate in candidates)
-        tied = [candidate for candidate in candidates if candidate.busy == least]
+        """Return the least loaded candidate; ties rotate."""
+        known = [c.latency for c in candidates if c.latency is not None]
+        # Unmeasured (new, or not used lately): assume the best, so it gets
+        # traffic and a fresh measurement.
+        optimistic = min(known, default=1.0)
+
+        def load(candidate: Candidate) -> float:
+            # Connections in use after this one, for its pool size, times how
+            # long each tends to stay: a slow replica fills up "sooner".
+            share = (candidate.checked_out + 1) / (candidate.capacity or 1)
+            latency = candidate.latency if candidate.latency is not None else optimistic
+            return share * latency
+
+        loads = [load(candidate) for candidate in candidates]
+        least = min(loads)
+        tied = [c for c, value in zip(candidates, loads, strict=True) if value == least]
         return tied[next(self._counter) % len(tied)]
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_only
 
@@ -22,6 +23,10 @@ from ._retry import is_connection_error
 __all__ = ["Pick", "ReplicaSet"]
 
 logger = logging.getLogger("routing_db")
+
+_OUT_SINCE = "routing_db.out_since"
+_EWMA = 0.2
+_LATENCY_TTL = 5.0  # seconds a hold-time measurement stays meaningful
 
 
 class Pick(enum.Enum):
@@ -60,6 +65,31 @@ class ReplicaSet:
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
         self.listeners = Listeners()  # the router replaces it with its own
+        self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
+        if getattr(policy, "uses_latency", False):
+            for engine in self.engines:
+                self._measure_holds(engine)
+
+    def _measure_holds(self, engine: Engine) -> None:
+        # A moving average of how long connections stay checked out, for
+        # policies that weigh replicas by it (least_busy).
+        def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            record.info[_OUT_SINCE] = time.monotonic()
+
+        def checked_in(dbapi_connection: Any, record: Any) -> None:
+            since = record.info.pop(_OUT_SINCE, None)
+            if since is None:
+                return
+            now = time.monotonic()
+            held = now - since
+            previous = self._latency.get(engine)
+            average = (
+                held if previous is None else previous[0] + _EWMA * (held - previous[0])
+            )
+            self._latency[engine] = (average, now)
+
+        event.listen(engine, "checkout", checked_out)
+        event.listen(engine, "checkin", checked_in)
 
     def __contains__(self, engine: object) -> bool:
         return engine in self._states
@@ -79,7 +109,16 @@ class ReplicaSet:
             weight=self._weights[index],
             checked_out=checkedout() if checkedout else 0,
             capacity=capacity,
+            latency=self._recent_latency(engine),
         )
+
+    def _recent_latency(self, engine: Engine) -> float | None:
+        # An old measurement says nothing: a replica that was slow and then
+        # got no traffic must be tried again, not avoided for ever.
+        measured = self._latency.get(engine)
+        if measured is None or time.monotonic() - measured[1] > _LATENCY_TTL:
+            return None
+        return measured[0]
 
     def pick(
         self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()

@@ -74,6 +74,18 @@ def test_least_busy_ties_rotate() -> None:
     assert counts == Counter({0: 5, 1: 5})
 
 
+def test_least_busy_weighs_by_recent_hold_time() -> None:
+    slow = Candidate(index=0, name="slow", weight=1, checked_out=0, capacity=5,
+                     latency=0.020)  # fmt: skip
+    fast = Candidate(index=1, name="fast", weight=1, checked_out=3, capacity=5,
+                     latency=0.002)  # fmt: skip
+    # 1/5 x 20 ms = 4 ms of queued work on the slow one, 4/5 x 2 ms on the fast.
+    assert LeastBusy().choose([slow, fast]).name == "fast"
+    unknown = Candidate(index=2, name="new", weight=1, checked_out=0, capacity=5)
+    # Not measured yet: counted as the fastest known, so it gets tried.
+    assert LeastBusy().choose([slow, fast, unknown]).name == "new"
+
+
 def test_unlimited_pool_counts_connections() -> None:
     assert candidates((3, 0))[0].busy == 3
 
