@@ -31,45 +31,44 @@ def _check(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
-    def per_op_us(name: str) -> float | None:
-        bench = benches.get(name)
-        if bench is None:
-            return None
-        per_round = int(bench["extra_info"].get("per_round", 1))
-        return float(bench["stats"]["median"]) / per_round * 1e6
+def _interleaved(benches: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
+    bench = benches.get(name)
+    if bench is None:
+        return {}
+    return {k: float(v) for k, v in bench["extra_info"]["median_us_per_select"].items()}
 
+
+def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
+    per_op = _interleaved(benches, "test_overhead_interleaved")
     rows = [
-        ("raw asyncpg (pool.acquire + fetchrow)", "test_raw_asyncpg"),
-        ("plain AsyncSession (writer)", "test_plain_async_session"),
-        ("RoutingSession, default role (writer)", "test_routing_session_writer"),
-        (
-            "RoutingSession, read_only (replica)",
-            "test_routing_session_read_only_replica",
-        ),
-        ("advanced-alchemy, primary_context (writer)", "test_advanced_alchemy_writer"),
-        ("advanced-alchemy, default read (replica)", "test_advanced_alchemy_replica"),
+        ("raw asyncpg (pool.acquire + fetchrow)", "raw_asyncpg"),
+        ("plain AsyncSession (writer)", "plain_async_session"),
+        ("RoutingSession, default role (writer)", "routing_session_writer"),
+        ("RoutingSession, read_only (replica)", "routing_session_read_only_replica"),
+        ("advanced-alchemy, primary_context (writer)", "advanced_alchemy_writer"),
+        ("advanced-alchemy, default read (replica)", "advanced_alchemy_replica"),
     ]
-    plain = per_op_us("test_plain_async_session")
-    raw = per_op_us("test_raw_asyncpg")
+    plain = per_op.get("plain_async_session")
+    raw = per_op.get("raw_asyncpg")
     lines = [
+        "Medians of 15 rounds of 200 selects per variant, the variants taking "
+        "turns round by round (`test_overhead_interleaved`).",
+        "",
         "| variant | median per select (µs) | x plain AsyncSession | x raw asyncpg |",
         "|---|---:|---:|---:|",
     ]
-    for label, name in rows:
-        value = per_op_us(name)
+    for label, key in rows:
+        value = per_op.get(key)
         if value is None:
             lines.append(f"| {label} | not run | | |")
-            continue
-        lines.append(
-            f"| {label} | {value:.0f} | {value / plain:.3f} | {value / raw:.2f} |"
-            if plain and raw
-            else f"| {label} | {value:.0f} | | |"
-        )
-    routed = per_op_us("test_routing_session_writer")
-    replica = per_op_us("test_routing_session_read_only_replica")
-    peer_w = per_op_us("test_advanced_alchemy_writer")
-    peer_r = per_op_us("test_advanced_alchemy_replica")
+        elif plain and raw:
+            lines.append(
+                f"| {label} | {value:.0f} | {value / plain:.3f} | {value / raw:.2f} |"
+            )
+    routed = per_op.get("routing_session_writer")
+    replica = per_op.get("routing_session_read_only_replica")
+    peer_w = per_op.get("advanced_alchemy_writer")
+    peer_r = per_op.get("advanced_alchemy_replica")
     lines.append("")
     if routed and plain:
         ratio = routed / plain
@@ -196,18 +195,15 @@ def main(path: str) -> None:
             f"{_check(ratio <= 0.5)}.",
         ]
 
-    def median(name: str) -> float:
-        return float(benches[name]["stats"]["median"])
-
-    names = {
-        p: f"test_checkout_cost[{p}]" for p in ("pre_ping", "no_ping", "idle_ping")
-    }
-    if all(n in benches for n in names.values()):
-        base = median(names["no_ping"])
-        pre, idle = median(names["pre_ping"]) / base, median(names["idle_ping"]) / base
+    checkout = _interleaved(benches, "test_checkout_interleaved")
+    if {"pre_ping", "no_ping", "idle_ping"} <= checkout.keys():
+        base = checkout["no_ping"]
+        pre, idle = checkout["pre_ping"] / base, checkout["idle_ping"] / base
         out += [
             "",
             "## 5. Checkout cost: ORM point select through the router's writer",
+            "",
+            "Interleaved as in 1 (`test_checkout_interleaved`).",
             "",
             "| checkout check | x no check |",
             "|---|---:|",

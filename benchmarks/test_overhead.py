@@ -1,23 +1,28 @@
 """1. Routing overhead on an ORM point select, against raw asyncpg, a plain
-AsyncSession and advanced-alchemy's RoutingAsyncSession (the closest peer).
+AsyncSession and advanced-alchemy's RoutingAsyncSession (the closest peer);
+5. the cost of checkout checks.
 
 One round = 200 point selects, each in a fresh session, as a request would.
+Each variant is a pytest-benchmark test of its own; the ratios in RESULTS.md
+come from the ``interleaved`` benchmarks, which time every variant round by
+round in turn, so drift on a shared 2-core machine hits them all alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 import sqlalchemy
-from advanced_alchemy.config.routing import RoutingConfig
-from advanced_alchemy.routing import RoutingAsyncSessionMaker, primary_context
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from routing_db import Router, read_only, routing_sessionmaker
 from routing_db.testing import PostgresCluster
@@ -25,46 +30,23 @@ from routing_db.testing import PostgresCluster
 from .conftest import ROWS, BenchRow
 
 PER_ROUND = 200
+ROUNDS = 15
 # The same pool everywhere, without pre-ping: this measures routing, not the
-# checkout ping (benchmark 5 measures that).
+# checkout check (measured on its own below).
 POOL: dict[str, Any] = {"pool_size": 5, "max_overflow": 0, "pool_pre_ping": False}
-rng = random.Random(7)
 
-
-def ids() -> Iterator[int]:
-    while True:
-        yield rng.randint(1, ROWS)
-
-
-def run(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, op: Callable[[int], Awaitable[Any]]
-) -> None:
-    async def one_round() -> None:
-        source = ids()
-        for _ in range(PER_ROUND):
-            await op(next(source))
-
-    loop.run_until_complete(one_round())  # warm up pools and caches
-    benchmark.extra_info["per_round"] = PER_ROUND
-    benchmark.pedantic(
-        lambda: loop.run_until_complete(one_round()), rounds=15, warmup_rounds=1
-    )
+Op = Callable[[int], Awaitable[Any]]
+Variant = Callable[[PostgresCluster], contextlib.AbstractAsyncContextManager[Op]]
 
 
 def orm_select(row_id: int) -> Any:
     return select(BenchRow).where(BenchRow.id == row_id)
 
 
-@pytest.mark.benchmark(group="overhead")
-def test_raw_asyncpg(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    dsn = bench_cluster.writer_url.replace("postgresql+asyncpg", "postgresql")
-
-    async def create() -> Any:
-        return await asyncpg.create_pool(dsn, min_size=5, max_size=5)
-
-    pool = loop.run_until_complete(create())
+@contextlib.asynccontextmanager
+async def raw_asyncpg(cluster: PostgresCluster) -> AsyncIterator[Op]:
+    dsn = cluster.writer_url.replace("postgresql+asyncpg", "postgresql")
+    pool = await asyncpg.create_pool(dsn, min_size=5, max_size=5)
 
     async def op(row_id: int) -> Any:
         async with pool.acquire() as conn:
@@ -73,140 +55,190 @@ def test_raw_asyncpg(
             )
 
     try:
-        run(benchmark, loop, op)
+        yield op
     finally:
-        loop.run_until_complete(pool.close())
+        await pool.close()
 
 
-@pytest.mark.benchmark(group="overhead")
-def test_plain_async_session(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    engine = create_async_engine(bench_cluster.writer_url, **POOL)
-
-    async def op(row_id: int) -> Any:
-        async with AsyncSession(engine) as session:
-            return (await session.execute(orm_select(row_id))).scalar_one()
-
-    try:
-        run(benchmark, loop, op)
-    finally:
-        loop.run_until_complete(engine.dispose())
-
-
-def _router(cluster: PostgresCluster) -> Router:
-    return Router.from_urls(cluster.writer_url, cluster.replica_urls, **POOL)
-
-
-@pytest.mark.benchmark(group="overhead")
-def test_routing_session_writer(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    router = _router(bench_cluster)
-    Session = routing_sessionmaker(router)
+@contextlib.asynccontextmanager
+async def plain_async_session(cluster: PostgresCluster) -> AsyncIterator[Op]:
+    engine = create_async_engine(cluster.writer_url, **POOL)
+    Session = async_sessionmaker(engine)  # as an application makes sessions
 
     async def op(row_id: int) -> Any:
         async with Session() as session:
             return (await session.execute(orm_select(row_id))).scalar_one()
 
     try:
-        run(benchmark, loop, op)
+        yield op
     finally:
-        loop.run_until_complete(router.dispose())
+        await engine.dispose()
 
 
-@pytest.mark.benchmark(group="overhead")
-def test_routing_session_read_only_replica(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    router = _router(bench_cluster)
-    Session = routing_sessionmaker(router)
+def routed(scope: Any = None, *, replicas: bool = True, **options: Any) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        urls = cluster.replica_urls if replicas else ()
+        router = Router.from_urls(cluster.writer_url, urls, **options)
+        Session = routing_sessionmaker(router)
 
-    async def op(row_id: int) -> Any:
-        async with Session() as session, read_only:
-            return (await session.execute(orm_select(row_id))).scalar_one()
-
-    try:
-        run(benchmark, loop, op)
-    finally:
-        loop.run_until_complete(router.dispose())
-
-
-def _peer(cluster: PostgresCluster) -> RoutingAsyncSessionMaker:
-    if tuple(map(int, sqlalchemy.__version__.split(".")[:2])) >= (2, 1):
-        # advanced-alchemy assigns AsyncSession.bind before AsyncSession.__init__,
-        # which SQLAlchemy 2.1 turned into a property (sqlalchemy#13563).
-        pytest.skip("advanced-alchemy's RoutingAsyncSession needs SQLAlchemy 2.0")
-    return RoutingAsyncSessionMaker(
-        RoutingConfig(
-            primary_connection_string=cluster.writer_url,
-            read_replicas=list(cluster.replica_urls),
-        ),
-        engine_config=dict(POOL),
-    )
-
-
-@pytest.mark.benchmark(group="overhead")
-def test_advanced_alchemy_replica(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    maker = _peer(bench_cluster)
-
-    async def op(row_id: int) -> Any:
-        async with maker() as session:  # reads go to a replica by default
-            return (await session.execute(orm_select(row_id))).scalar_one()
-
-    try:
-        run(benchmark, loop, op)
-    finally:
-        loop.run_until_complete(maker.close_all())
-
-
-@pytest.mark.benchmark(group="overhead")
-def test_advanced_alchemy_writer(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    maker = _peer(bench_cluster)
-
-    async def op(row_id: int) -> Any:
-        with primary_context():
-            async with maker() as session:
+        async def op(row_id: int) -> Any:
+            async with Session() as session, scope or contextlib.nullcontext():
                 return (await session.execute(orm_select(row_id))).scalar_one()
 
+        try:
+            yield op
+        finally:
+            await router.dispose()
+
+    return variant
+
+
+def peer(*, writer: bool) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        if tuple(map(int, sqlalchemy.__version__.split(".")[:2])) >= (2, 1):
+            # advanced-alchemy assigns AsyncSession.bind before __init__, which
+            # SQLAlchemy 2.1 turned into a property (sqlalchemy#13563).
+            pytest.skip("advanced-alchemy's RoutingAsyncSession needs SQLAlchemy 2.0")
+        from advanced_alchemy.config.routing import RoutingConfig
+        from advanced_alchemy.routing import RoutingAsyncSessionMaker, primary_context
+
+        maker = RoutingAsyncSessionMaker(
+            RoutingConfig(
+                primary_connection_string=cluster.writer_url,
+                read_replicas=list(cluster.replica_urls),
+            ),
+            engine_config=dict(POOL),
+        )
+
+        async def op(row_id: int) -> Any:
+            # Reads go to a replica by default; primary_context forces the writer.
+            with primary_context() if writer else contextlib.nullcontext():
+                async with maker() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        try:
+            yield op
+        finally:
+            await maker.close_all()
+
+    return variant
+
+
+OVERHEAD: dict[str, Variant] = {
+    "raw_asyncpg": raw_asyncpg,
+    "plain_async_session": plain_async_session,
+    "routing_session_writer": routed(None, **POOL),
+    "routing_session_read_only_replica": routed(read_only, **POOL),
+    "advanced_alchemy_writer": peer(writer=True),
+    "advanced_alchemy_replica": peer(writer=False),
+}
+_WRITER_POOL: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
+CHECKOUT: dict[str, Variant] = {
+    "pre_ping": routed(pool_pre_ping=True, **_WRITER_POOL),
+    "no_ping": routed(pool_pre_ping=False, **_WRITER_POOL),
+    "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_POOL),
+}
+
+
+async def one_round(op: Op, rng: random.Random) -> None:
+    for _ in range(PER_ROUND):
+        await op(rng.randint(1, ROWS))
+
+
+def bench_one(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    cluster: PostgresCluster,
+    variant: Variant,
+) -> None:
+    async def opened() -> tuple[contextlib.AsyncExitStack, Op]:
+        stack = contextlib.AsyncExitStack()
+        op = await stack.enter_async_context(variant(cluster))
+        await one_round(op, rng)  # warm up pools and caches
+        return stack, op
+
+    rng = random.Random(7)
+    stack, op = loop.run_until_complete(opened())
+    benchmark.extra_info["per_round"] = PER_ROUND
     try:
-        run(benchmark, loop, op)
+        benchmark.pedantic(
+            lambda: loop.run_until_complete(one_round(op, rng)),
+            rounds=ROUNDS,
+            warmup_rounds=1,
+        )
     finally:
-        loop.run_until_complete(maker.close_all())
+        loop.run_until_complete(stack.aclose())
+
+
+def bench_interleaved(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    cluster: PostgresCluster,
+    variants: dict[str, Variant],
+) -> None:
+    async def run_all() -> dict[str, float]:
+        rng = random.Random(11)
+        async with contextlib.AsyncExitStack() as stack:
+            ops: dict[str, Op] = {}
+            for name, variant in variants.items():
+                try:
+                    ops[name] = await stack.enter_async_context(variant(cluster))
+                except pytest.skip.Exception:
+                    continue
+                await one_round(ops[name], rng)  # warm up
+            times: dict[str, list[float]] = {name: [] for name in ops}
+            for _ in range(ROUNDS):
+                order = list(ops)
+                rng.shuffle(order)
+                for name in order:
+                    start = time.perf_counter()
+                    await one_round(ops[name], rng)
+                    times[name].append(time.perf_counter() - start)
+        return {
+            name: statistics.median(values) / PER_ROUND * 1e6
+            for name, values in times.items()
+        }
+
+    result: list[dict[str, float]] = []
+    benchmark.pedantic(
+        lambda: result.append(loop.run_until_complete(run_all())), rounds=1
+    )
+    benchmark.extra_info["median_us_per_select"] = result[0]
+
+
+@pytest.mark.benchmark(group="overhead")
+@pytest.mark.parametrize("variant", list(OVERHEAD))
+def test_overhead(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    bench_cluster: PostgresCluster,
+    variant: str,
+) -> None:
+    bench_one(benchmark, loop, bench_cluster, OVERHEAD[variant])
+
+
+@pytest.mark.benchmark(group="overhead-interleaved")
+def test_overhead_interleaved(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
+) -> None:
+    bench_interleaved(benchmark, loop, bench_cluster, OVERHEAD)
 
 
 @pytest.mark.benchmark(group="checkout")
-@pytest.mark.parametrize(
-    "ping",
-    ["pre_ping", "no_ping", "idle_ping"],
-)
+@pytest.mark.parametrize("variant", list(CHECKOUT))
 def test_checkout_cost(
     benchmark: Any,
     loop: asyncio.AbstractEventLoop,
     bench_cluster: PostgresCluster,
-    ping: str,
+    variant: str,
 ) -> None:
-    """5. pool_pre_ping on vs off vs a ping only after 1 s idle (or a closed socket)."""
-    choices: dict[str, dict[str, Any]] = {
-        "pre_ping": {"pool_pre_ping": True},
-        "no_ping": {"pool_pre_ping": False},
-        "idle_ping": {"pool_pre_ping": False, "ping_after_idle": 1.0},
-    }
-    options = choices[ping]
-    router = Router.from_urls(
-        bench_cluster.writer_url, pool_size=5, max_overflow=0, **options
-    )
-    Session = routing_sessionmaker(router)
+    bench_one(benchmark, loop, bench_cluster, CHECKOUT[variant])
 
-    async def op(row_id: int) -> Any:
-        async with Session() as session:
-            return (await session.execute(orm_select(row_id))).scalar_one()
 
-    try:
-        run(benchmark, loop, op)
-    finally:
-        loop.run_until_complete(router.dispose())
+@pytest.mark.benchmark(group="checkout-interleaved")
+def test_checkout_interleaved(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
+) -> None:
+    bench_interleaved(benchmark, loop, bench_cluster, CHECKOUT)

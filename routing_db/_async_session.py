@@ -34,7 +34,7 @@ class RoutingSession(AsyncSession):
     ) -> None:
         if router is not None:
             sync_class = sync_session_class or self.sync_session_class
-            if not (
+            if sync_class is not RoutingSyncSession and not (
                 isinstance(sync_class, type)
                 and issubclass(sync_class, RoutingSyncSession)
             ):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,10 +26,6 @@ __all__ = [
     "safe_url",
     "url_name",
 ]
-
-# Connections whose COMMIT is in flight (by identity; Connection.info would
-# need a live DBAPI connection, which is exactly what may be gone).
-_committing_now: weakref.WeakSet[Any] = weakref.WeakSet()
 
 # backend -> (async drivers we accept, the one to suggest instead of a sync one)
 _ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
@@ -201,22 +196,21 @@ def install_replica_setup(
     event.listen(engine.sync_engine, "handle_error", _translate_read_only)
 
 
-def _committing(connection: Any) -> None:
-    _committing_now.add(connection)
-
-
-def _not_committing(connection: Any, *args: Any) -> None:
-    _committing_now.discard(connection)
+def _during_commit(error: BaseException) -> bool:
+    # Raised from inside the connection's COMMIT (and not a ROLLBACK or a
+    # statement): the traceback runs through Connection._commit_impl.
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("_commit_impl", "do_commit"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _translate_lost_commit(context: Any) -> BaseException | None:
-    connection = context.connection
-    if connection is None or connection not in _committing_now:
-        return None
-    _committing_now.discard(connection)
-    if context.statement is not None:
-        return None
     error = context.original_exception
+    if context.statement is not None or not _during_commit(error):
+        return None
     if not (context.is_disconnect or is_connection_error(error)):
         return None
     lost = CommitOutcomeUnknown(None, None, error, connection_invalidated=True)
@@ -230,11 +224,10 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
 
 def install_writer_hooks(engine: AsyncEngine) -> None:
     """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``."""
-    target = engine.sync_engine
-    event.listen(target, "commit", _committing)
-    event.listen(target, "begin", _not_committing)
-    event.listen(target, "rollback", _not_committing)
-    event.listen(target, "handle_error", _translate_lost_commit)
+    # handle_error is a dialect event: unlike connection events (begin,
+    # commit...), it does not put every statement on SQLAlchemy's slower
+    # event-dispatching path.
+    event.listen(engine.sync_engine, "handle_error", _translate_lost_commit)
 
 
 _CHECKED_IN = "routing_db.checked_in"

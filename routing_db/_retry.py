@@ -163,11 +163,15 @@ class RetryPolicy:
         except Exception as exc:
             if self.attempts == 1 or not retry_if(exc):
                 raise
+        return self.again(retry_if)(fn)
+
+    def again(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
+        """A ``Retrying`` for the attempts left once a first one has failed."""
         retrying = Retrying(sleep=_greenlet_sleep, **self._kwargs(retry_if))
-        retrying.stop = stop_after_attempt(self.attempts - 1) | stop_after_delay(
-            self.max_seconds
+        retrying.stop = stop_after_attempt(max(self.attempts - 1, 1)) | (
+            stop_after_delay(self.max_seconds)
         )
-        return retrying(fn)
+        return retrying
 
     def sync(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
         """A ``Retrying`` for SQLAlchemy's sync layer running under asyncio."""

@@ -57,8 +57,31 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
     return f"{type(clause).__name__} statement"
 
 
+_FRESH_TRANSACTION: dict[str, Any] = {
+    "_routing_replica": None,
+    "_routing_replica_connection": None,
+    "_routing_writer_connection": None,
+    "_routing_wrote": False,
+    "_routing_fallback": False,
+    "_routing_excluded": frozenset(),
+}
+
+
 class RoutingSyncSession(Session):
     """The sync ``Session`` behind ``RoutingSession``; routes in ``get_bind``."""
+
+    # Per-transaction state; class-level defaults, reset at the end of each
+    # root transaction (_FRESH_TRANSACTION).
+    _routing_replica: Engine | None = None
+    _routing_replica_connection: Connection | None = None
+    _routing_writer_connection: Connection | None = None
+    _routing_wrote = False
+    _routing_fallback = False  # counted against max_writer_fallbacks
+    _routing_excluded: frozenset[Engine] = frozenset()
+    # Set while a statement runs (or connection() is called): get_bind may
+    # then open the connection itself, to skip a replica that is down. A bare
+    # get_bind() call from user code stays free of side effects.
+    _routing_connect = False
 
     def __init__(
         self,
@@ -75,16 +98,6 @@ class RoutingSyncSession(Session):
         self._routing_default: DefaultRole = default_role or (
             router.default_role if router is not None else "writer"
         )
-        self._routing_replica: Engine | None = None
-        self._routing_replica_connection: Connection | None = None
-        self._routing_writer_connection: Connection | None = None
-        self._routing_wrote = False
-        self._routing_fallback = False  # counted against max_writer_fallbacks
-        self._routing_excluded: frozenset[Engine] = frozenset()
-        # Set while a statement runs (or connection() is called): get_bind may
-        # then open the connection itself, to skip a replica that is down. A
-        # bare get_bind() call from user code stays free of side effects.
-        self._routing_connect = False
 
     def get_bind(
         self,
@@ -164,7 +177,7 @@ class RoutingSyncSession(Session):
             if not connect:
                 return replica
             try:
-                Session.connection(self, bind_arguments={"bind": replica})
+                self._connection_for_bind(replica, None)
             except Exception as exc:
                 if not checkout_failed(exc):
                     raise
@@ -201,68 +214,76 @@ class RoutingSyncSession(Session):
     def _routing_open_writer(self, router: Router) -> None:
         # Nothing has been sent on this transaction's writer connection yet, so
         # a failure to get one is always safe to retry (after a restart, say).
-        bind_arguments = {"bind": router._sync_writer}
+        writer = router._sync_writer
         router.retry.call(
-            lambda: Session.connection(self, bind_arguments=bind_arguments),
-            retry_if=checkout_failed,
+            lambda: self._connection_for_bind(writer, None), retry_if=checkout_failed
         )
 
     def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
         """As ``Session.execute``; a first read lost with its replica is rerun."""
-        return self._routing_first_read(super().execute, statement, *args, **kw)
+        if self._routing_router is None:
+            return super().execute(statement, *args, **kw)
+        return self._routing_run(super().execute, statement, *args, **kw)
 
     def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
         """As ``Session.scalar``; a first read lost with its replica is rerun."""
-        return self._routing_first_read(super().scalar, statement, *args, **kw)
+        if self._routing_router is None:
+            return super().scalar(statement, *args, **kw)
+        return self._routing_run(super().scalar, statement, *args, **kw)
 
     def scalars(self, statement: Any, *args: Any, **kw: Any) -> Any:
         """As ``Session.scalars``; a first read lost with its replica is rerun."""
-        return self._routing_first_read(super().scalars, statement, *args, **kw)
-
-    def _routing_first_read(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
         if self._routing_router is None:
-            return method(*args, **kw)
+            return super().scalars(statement, *args, **kw)
+        return self._routing_run(super().scalars, statement, *args, **kw)
+
+    def _routing_run(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+        # While a statement runs, get_bind opens the connection it picks.
         connecting, self._routing_connect = self._routing_connect, True
         try:
-            return self._routing_run(method, *args, **kw)
+            if (
+                self._routing_replica_connection is not None
+                or self._routing_writer_connection is not None
+                or self.in_nested_transaction()
+            ):
+                return method(*args, **kw)
+            try:
+                return method(*args, **kw)
+            except DBAPIError as exc:
+                if not self._routing_rerunnable(exc):
+                    raise
+                return self._routing_rerun(exc, method, *args, **kw)
         finally:
             self._routing_connect = connecting
 
-    def _routing_run(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+    def _routing_rerun(
+        self, error: DBAPIError, method: Callable[..., T], *args: Any, **kw: Any
+    ) -> T:
+        # Nothing ran in this transaction before its first statement failed on
+        # the replica, because the connection was lost or the standby cancelled
+        # it for a recovery conflict: no result was returned and nothing was
+        # written, so it runs again elsewhere (as often as the policy allows).
         router = self._routing_router
-        if (
-            router is None
-            or self._routing_replica_connection is not None
-            or self._routing_writer_connection is not None
-            or self.in_nested_transaction()
-        ):
-            return method(*args, **kw)
-
-        # Nothing ran in this transaction yet: if its first statement fails on
-        # the replica because the connection was lost (or the standby
-        # cancelled it for a recovery conflict), no result has been returned
-        # and nothing was written, so it can run again elsewhere.
-        reruns = 0
+        assert router is not None
+        self._routing_drop_replica(error)
+        if router.retry.attempts == 1:
+            raise error
 
         def attempt() -> T:
-            nonlocal reruns
             try:
                 return method(*args, **kw)
             except DBAPIError as exc:
                 if self._routing_rerunnable(exc):
                     self._routing_drop_replica(exc)
                     exc._routing_db_rerun = True  # type: ignore[attr-defined]
-                    reruns += 1
                 raise
 
         try:
-            result = router.retry.call(attempt, retry_if=marked_for_rerun)
-        except Exception as exc:
-            if marked_for_rerun(exc) and router._listeners:
-                router._listeners.emit("retried", "first_read", "failed")
+            result = router.retry.again(marked_for_rerun)(attempt)
+        except Exception:
+            router._listeners.emit("retried", "first_read", "failed")
             raise
-        if reruns and router._listeners:
-            router._listeners.emit("retried", "first_read", "succeeded")
+        router._listeners.emit("retried", "first_read", "succeeded")
         return result
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
@@ -436,9 +457,4 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
         close_quietly(session._routing_replica_connection)
     if session._routing_fallback and session._routing_router is not None:
         session._routing_router._fallbacks -= 1
-    session._routing_replica = None
-    session._routing_replica_connection = None
-    session._routing_writer_connection = None
-    session._routing_wrote = False
-    session._routing_fallback = False
-    session._routing_excluded = frozenset()
+    session.__dict__.update(_FRESH_TRANSACTION)
