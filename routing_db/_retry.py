@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.util import await_only
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -165,13 +166,34 @@ class RetryPolicy:
                 raise
         return self.again(retry_if)(fn)
 
-    def again(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
-        """A ``Retrying`` for the attempts left once a first one has failed."""
-        retrying = Retrying(sleep=_greenlet_sleep, **self._kwargs(retry_if))
-        retrying.stop = stop_after_attempt(max(self.attempts - 1, 1)) | (
-            stop_after_delay(self.max_seconds)
-        )
-        return retrying
+    def again(
+        self,
+        retry_if: Callable[[BaseException], bool],
+        *,
+        extra_attempts: int = 0,
+        no_wait_if: Callable[[BaseException], bool] | None = None,
+    ) -> Retrying:
+        """A ``Retrying`` for the attempts left once a first one has failed.
+
+        ``no_wait_if`` marks failures after which the next attempt goes
+        elsewhere at once (another replica): no backoff for those.
+        """
+        kwargs = self._kwargs(retry_if)
+        kwargs["stop"] = stop_after_attempt(
+            max(self.attempts - 1, 1) + extra_attempts
+        ) | stop_after_delay(self.max_seconds)
+        if no_wait_if is not None:
+            policy_wait = self.wait
+
+            def wait(state: RetryCallState) -> float:
+                outcome = state.outcome
+                error = outcome.exception() if outcome is not None else None
+                if error is not None and no_wait_if(error):
+                    return 0.0
+                return float(policy_wait(state))
+
+            kwargs["wait"] = wait
+        return Retrying(sleep=_greenlet_sleep, **kwargs)
 
     def sync(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
         """A ``Retrying`` for SQLAlchemy's sync layer running under asyncio."""

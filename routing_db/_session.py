@@ -49,6 +49,10 @@ _ROLE_OPTION = "routing_db_role"
 _ROLE_OPTIONS = (None, "writer", "replica")
 
 
+def _now(error: BaseException) -> bool:
+    return bool(getattr(error, "_routing_db_now", False))
+
+
 def _describe(clause: ClauseElement | None, flushing: bool) -> str:
     if flushing:
         return "flush"
@@ -64,6 +68,7 @@ _FRESH_TRANSACTION: dict[str, Any] = {
     "_routing_wrote": False,
     "_routing_fallback": False,
     "_routing_excluded": frozenset(),
+    "_routing_target": None,
 }
 
 
@@ -78,10 +83,9 @@ class RoutingSyncSession(Session):
     _routing_wrote = False
     _routing_fallback = False  # counted against max_writer_fallbacks
     _routing_excluded: frozenset[Engine] = frozenset()
-    # Set while a statement runs (or connection() is called): get_bind may
-    # then open the connection itself, to skip a replica that is down. A bare
-    # get_bind() call from user code stays free of side effects.
-    _routing_connect = False
+    # The engine get_bind last chose: if its connection cannot be had, that is
+    # the one to skip (and, for a replica, eject) on the next attempt.
+    _routing_target: Engine | None = None
 
     def __init__(
         self,
@@ -131,10 +135,10 @@ class RoutingSyncSession(Session):
         if route is Route.WRITER:
             if kind is Kind.WRITE:
                 self._routing_wrote = True
-            if self._routing_writer_connection is None and (
-                self._flushing or self._routing_connect
-            ):
+            if self._flushing and self._routing_writer_connection is None:
+                # commit() flushes outside execute(): open (and retry) here.
                 self._routing_open_writer(router)
+            self._routing_target = resolved
             if router._listeners:
                 router._listeners.emit(
                     "routed", router._sync_names[resolved], "writer", reason
@@ -148,9 +152,8 @@ class RoutingSyncSession(Session):
         # One replica per transaction: the one whose connection this
         # transaction already holds (pinned in after_begin, so a replica whose
         # connect failed is not pinned), else a fresh choice.
-        engine = self._routing_replica or self._routing_open_replica(
-            router, resolved, connect=self._routing_connect
-        )
+        engine = self._routing_replica or self._routing_pick_replica(router, resolved)
+        self._routing_target = engine
         if router._listeners:
             if engine is resolved:
                 reason = "fallback" if self._routing_fallback else "causal"
@@ -162,31 +165,11 @@ class RoutingSyncSession(Session):
             )
         return engine
 
-    def _routing_open_replica(
-        self, router: Router, writer: Engine, *, connect: bool
-    ) -> Engine:
-        # The connection is opened here, not after get_bind returns, so that a
-        # replica that cannot be reached is skipped (and ejected) before any
-        # statement is sent: another replica, else the writer, serves instead.
-        floor = current_floor()
-        excluded = self._routing_excluded
-        while True:
-            pick, replica = router._replica_set.pick(floor, excluded)
-            if replica is None:
-                break
-            if not connect:
-                return replica
-            try:
-                self._connection_for_bind(replica, None)
-            except Exception as exc:
-                if not checkout_failed(exc):
-                    raise
-                if not isinstance(exc, sa_exc.TimeoutError):
-                    # A full pool is busy, not broken: skip it, don't eject it.
-                    router._replica_set.failed(replica, exc)
-                excluded = excluded | {replica}
-                continue
-            router._replica_set.succeeded(replica)
+    def _routing_pick_replica(self, router: Router, writer: Engine) -> Engine:
+        pick, replica = router._replica_set.pick(
+            current_floor(), self._routing_excluded
+        )
+        if replica is not None:
             return replica
         if pick is Pick.CAUSAL:
             return writer  # read-your-writes: no replica has replayed them yet
@@ -238,52 +221,73 @@ class RoutingSyncSession(Session):
         return self._routing_run(super().scalars, statement, *args, **kw)
 
     def _routing_run(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
-        # While a statement runs, get_bind opens the connection it picks.
-        connecting, self._routing_connect = self._routing_connect, True
+        if (
+            self._routing_replica_connection is not None
+            or self._routing_writer_connection is not None
+            or self.in_nested_transaction()
+        ):
+            return method(*args, **kw)
         try:
-            if (
-                self._routing_replica_connection is not None
-                or self._routing_writer_connection is not None
-                or self.in_nested_transaction()
-            ):
-                return method(*args, **kw)
-            try:
-                return method(*args, **kw)
-            except DBAPIError as exc:
-                if not self._routing_rerunnable(exc):
-                    raise
-                return self._routing_rerun(exc, method, *args, **kw)
-        finally:
-            self._routing_connect = connecting
+            return method(*args, **kw)
+        except Exception as exc:
+            if not self._routing_recover(exc):
+                raise
+        return self._routing_again(method, *args, **kw)
 
-    def _routing_rerun(
-        self, error: DBAPIError, method: Callable[..., T], *args: Any, **kw: Any
-    ) -> T:
-        # Nothing ran in this transaction before its first statement failed on
-        # the replica, because the connection was lost or the standby cancelled
-        # it for a recovery conflict: no result was returned and nothing was
-        # written, so it runs again elsewhere (as often as the policy allows).
+    def _routing_recover(self, error: BaseException) -> bool:
+        """After this transaction's first statement failed: may it run again?"""
         router = self._routing_router
         assert router is not None
-        self._routing_drop_replica(error)
-        if router.retry.attempts == 1:
-            raise error
+        if not self.is_active:
+            return False  # a failed flush: the session must be rolled back first
+        if (
+            self._routing_replica_connection is None
+            and self._routing_writer_connection is None
+        ):
+            # No connection could be had, so nothing was sent: run it again,
+            # on another replica if it was one (not waiting), else the writer.
+            if not checkout_failed(error):
+                return False
+            target = self._routing_target
+            if target is not None and target in router._replica_set:
+                if not isinstance(error, sa_exc.TimeoutError):
+                    # A full pool is busy, not broken: skip it, don't eject it.
+                    router._replica_set.failed(target, error)
+                self._routing_excluded = self._routing_excluded | {target}
+                error._routing_db_now = True  # type: ignore[attr-defined]
+            return True
+        # The first statement failed on its replica because the connection was
+        # lost or the standby cancelled it for a recovery conflict: no result
+        # was returned and nothing was written, so it can run elsewhere.
+        if isinstance(error, DBAPIError) and self._routing_rerunnable(error):
+            self._routing_drop_replica(error)
+            error._routing_db_now = True  # type: ignore[attr-defined]
+            return True
+        return False
+
+    def _routing_again(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+        router = self._routing_router
+        assert router is not None
 
         def attempt() -> T:
             try:
                 return method(*args, **kw)
-            except DBAPIError as exc:
-                if self._routing_rerunnable(exc):
-                    self._routing_drop_replica(exc)
+            except Exception as exc:
+                if self._routing_recover(exc):
                     exc._routing_db_rerun = True  # type: ignore[attr-defined]
                 raise
 
+        # Skipping a replica does not use up an attempt: every replica may be
+        # tried, then the writer as the policy allows.
+        retrying = router.retry.again(
+            marked_for_rerun, extra_attempts=len(router.replicas), no_wait_if=_now
+        )
         try:
-            result = router.retry.again(marked_for_rerun)(attempt)
+            result = retrying(attempt)
         except Exception:
-            router._listeners.emit("retried", "first_read", "failed")
+            router._listeners.emit("retried", "first_statement", "failed")
             raise
-        router._listeners.emit("retried", "first_read", "succeeded")
+        router._listeners.emit("retried", "first_statement", "succeeded")
         return result
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
@@ -332,15 +336,13 @@ class RoutingSyncSession(Session):
         execution_options: Any = None,
     ) -> Connection:
         """As ``Session.connection``; a writer connection handed out is sticky."""
-        # With execution options, Session itself must open the connection
-        # (opening it earlier in get_bind would drop them, with a warning).
-        connecting, self._routing_connect = self._routing_connect, not execution_options
-        try:
-            connection = super().connection(bind_arguments, execution_options)
-        finally:
-            self._routing_connect = connecting
         router = self._routing_router
-        if router is not None and connection.engine is router._sync_writer:
+        if router is None:
+            return super().connection(bind_arguments, execution_options)
+        connection = self._routing_run(
+            super().connection, bind_arguments, execution_options
+        )
+        if connection.engine is router._sync_writer:
             # Whatever runs on a raw writer connection is invisible to routing:
             # assume it wrote, so later reads in this transaction see it.
             self._routing_wrote = True
@@ -416,6 +418,7 @@ def _connection_begun(
     if connection.engine in router._replica_set:
         session._routing_replica = connection.engine
         session._routing_replica_connection = connection
+        router._replica_set.succeeded(connection.engine)
     elif connection.engine is router._sync_writer:
         session._routing_writer_connection = connection
 
