@@ -43,6 +43,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         ("raw asyncpg (pool.acquire + fetchrow)", "raw_asyncpg"),
         ("plain AsyncSession (writer)", "plain_async_session"),
+        ("plain AsyncSession on a replica", "plain_async_session_replica"),
         ("RoutingSession, default role (writer)", "routing_session_writer"),
         ("RoutingSession, read_only (replica)", "routing_session_read_only_replica"),
         ("advanced-alchemy, primary_context (writer)", "advanced_alchemy_writer"),
@@ -75,6 +76,13 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"Goal RoutingSession ≤ 1.03x plain AsyncSession: {ratio:.3f}x — "
             f"{_check(ratio <= 1.03)}."
+        )
+    plain_replica = per_op.get("plain_async_session_replica")
+    if replica and plain_replica:
+        lines.append(
+            f"Replica reads, against a plain AsyncSession on the same replica: "
+            f"{replica / plain_replica:.3f}x (replica choice, read-your-writes "
+            "check against the cached position, health bookkeeping)."
         )
     if routed and peer_w and replica and peer_r:
         lines.append(

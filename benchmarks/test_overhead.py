@@ -60,9 +60,19 @@ async def raw_asyncpg(cluster: PostgresCluster) -> AsyncIterator[Op]:
         await pool.close()
 
 
+def plain_async_session(*, replica: bool) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        url = cluster.replica_urls[0] if replica else cluster.writer_url
+        async with _plain(url) as op:
+            yield op
+
+    return variant
+
+
 @contextlib.asynccontextmanager
-async def plain_async_session(cluster: PostgresCluster) -> AsyncIterator[Op]:
-    engine = create_async_engine(cluster.writer_url, **POOL)
+async def _plain(url: str) -> AsyncIterator[Op]:
+    engine = create_async_engine(url, **POOL)
     Session = async_sessionmaker(engine)  # as an application makes sessions
 
     async def op(row_id: int) -> Any:
@@ -128,7 +138,8 @@ def peer(*, writer: bool) -> Variant:
 
 OVERHEAD: dict[str, Variant] = {
     "raw_asyncpg": raw_asyncpg,
-    "plain_async_session": plain_async_session,
+    "plain_async_session": plain_async_session(replica=False),
+    "plain_async_session_replica": plain_async_session(replica=True),
     "routing_session_writer": routed(None, **POOL),
     "routing_session_read_only_replica": routed(read_only, **POOL),
     "advanced_alchemy_writer": peer(writer=True),

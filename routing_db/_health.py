@@ -97,6 +97,11 @@ class ReplicaState:
         self.probe_at = now + self.backoff
         return True
 
+    @property
+    def suspect(self) -> bool:
+        """Has it failed lately (ejected, or failures counted in the window)?"""
+        return self.ejected or bool(self._failures)
+
     def record_success(self) -> bool:
         """A connection worked; return True when that re-admits the replica."""
         self._failures.clear()

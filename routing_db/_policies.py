@@ -28,6 +28,7 @@ class Candidate:
     index: int  # position in ``router.replicas``
     name: str
     weight: float
+    # Pool numbers, filled unless the policy says ``uses_pool_stats = False``.
     checked_out: int
     capacity: int  # pool_size + max_overflow; 0 when the pool has no limit
     # Recent mean time a connection to it stays checked out (seconds), when
@@ -52,6 +53,8 @@ class BalancingPolicy(Protocol):
 class RoundRobin:
     """Each candidate in turn."""
 
+    uses_pool_stats = False
+
     def __init__(self) -> None:
         self._counter = itertools.count()
 
@@ -63,6 +66,8 @@ class RoundRobin:
 class RandomChoice:
     """A uniformly random candidate."""
 
+    uses_pool_stats = False
+
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
@@ -73,6 +78,8 @@ class RandomChoice:
 
 class Weighted:
     """A random candidate, in proportion to its weight."""
+
+    uses_pool_stats = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
@@ -90,6 +97,7 @@ class LeastBusy:
     weighted by how long its connections stay checked out."""
 
     uses_latency = True
+    uses_pool_stats = True
 
     def __init__(self) -> None:
         # Ties rotate, so an idle cluster still spreads its load.

@@ -66,6 +66,8 @@ class ReplicaSet:
         self.causal_wait_timeout = causal_wait_timeout
         self.listeners = Listeners()  # the router replaces it with its own
         self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
+        # Only pool-aware policies get pool numbers (they cost calls per choice).
+        self._pool_stats = getattr(policy, "uses_pool_stats", True)
         if getattr(policy, "uses_latency", False):
             for engine in self.engines:
                 self._measure_holds(engine)
@@ -99,6 +101,14 @@ class ReplicaSet:
         return self._states[engine]
 
     def _candidate(self, index: int, engine: Engine) -> Candidate:
+        if not self._pool_stats:
+            return Candidate(
+                index=index,
+                name=self._names[engine],
+                weight=self._weights[index],
+                checked_out=0,
+                capacity=0,
+            )
         pool: Any = engine.pool
         size = getattr(pool, "size", None)
         capacity = (size() + max(getattr(pool, "_max_overflow", 0), 0)) if size else 0
@@ -221,7 +231,9 @@ class ReplicaSet:
     def succeeded(self, engine: Engine) -> None:
         """A connection to ``engine`` worked (it may be re-admitted)."""
         state = self._states.get(engine)
-        if state is not None and state.record_success():
+        if state is None or not state.suspect:
+            return  # the common case: nothing to clear
+        if state.record_success():
             self.listeners.emit("readmitted", self._names[engine])
             logger.warning(
                 "routing_db: replica %s re-admitted",
