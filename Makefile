@@ -26,14 +26,20 @@ typecheck: $(VENV)/.installed-dev
 test: lint typecheck
 	$(PY) -m pytest
 
+# An extra virtualenv: $(1) its folder, $(2) what pip installs into it.
+define extra_venv
+$(1)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(2)
+	touch $$@
+endef
+
 # The suite again on SQLAlchemy 2.0 (routing_db supports >= 2.0.30; `make test`
 # gets the newest). CI runs both.
 SA20 := .venv-sqlalchemy20
-$(SA20)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(SA20)
-	$(SA20)/bin/python -m pip install --quiet --upgrade pip
-	$(SA20)/bin/python -m pip install --quiet -e ".[dev]" "sqlalchemy>=2.0.30,<2.1"
-	touch $@
+SA20_PACKAGES := -e ".[dev]" "sqlalchemy>=2.0.30,<2.1"
+$(eval $(call extra_venv,$(SA20),$(SA20_PACKAGES)))
 
 test-sqlalchemy20: $(SA20)/.installed
 	$(SA20)/bin/python -m pytest -p no:cacheprovider
@@ -41,11 +47,8 @@ test-sqlalchemy20: $(SA20)/.installed
 # Benchmarks on a throwaway cluster, written to benchmarks/RESULTS.md (+ PNG).
 # SQLAlchemy 2.0 here: the peer compared with (advanced-alchemy) needs it.
 BENCH := .venv-bench
-$(BENCH)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(BENCH)
-	$(BENCH)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH)/bin/python -m pip install --quiet -e ".[dev,bench]" "sqlalchemy>=2.0.41,<2.1"
-	touch $@
+BENCH_PACKAGES := -e ".[dev,bench]" "sqlalchemy>=2.0.41,<2.1"
+$(eval $(call extra_venv,$(BENCH),$(BENCH_PACKAGES)))
 
 bench: $(BENCH)/.installed
 	$(BENCH)/bin/python -m pytest benchmarks -p no:cacheprovider \
