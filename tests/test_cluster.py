@@ -92,3 +92,38 @@ def test_external_cluster_from_the_environment(
         "t",
         "t",
     ]
+
+
+def test_clusters_of_killed_processes_are_reaped() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from routing_db.testing._cluster import reap_orphans
+
+    # A process that starts a cluster and is then killed without cleanup.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from routing_db.testing import PostgresCluster\n"
+            "c = PostgresCluster.start(replicas=1)\n"
+            "print(c.primary.port, c.replicas[0].port, c._basedir, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    primary, replica, basedir = child.stdout.readline().split()
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    ports = (int(primary), int(replica))
+    assert all(accepts(port) for port in ports)  # left running: orphans
+
+    reaped = reap_orphans(find_pg_bindir())
+    assert Path(basedir) in reaped
+    assert not Path(basedir).exists()
+    assert not any(accepts(port) for port in ports)
+    assert server_processes(Path(basedir)) == []

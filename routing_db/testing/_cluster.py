@@ -19,7 +19,13 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import make_url
 
-__all__ = ["ClusterError", "PgNode", "PostgresCluster", "find_pg_bindir"]
+__all__ = [
+    "ClusterError",
+    "PgNode",
+    "PostgresCluster",
+    "find_pg_bindir",
+    "reap_orphans",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,6 +61,41 @@ def find_pg_bindir() -> Path:
         if candidate and (Path(candidate) / "initdb").is_file():
             return Path(candidate)
     raise ClusterError(_INSTALL_HINT)
+
+
+_PREFIX = "routing_db_pg_"
+_OWNER = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def reap_orphans(bindir: Path) -> list[Path]:
+    """Stop and delete test clusters whose owning process is gone."""
+    reaped = []
+    for basedir in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner = int((basedir / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge (or still being created)
+        if _alive(owner):
+            continue
+        for pidfile in basedir.glob("*/postmaster.pid"):
+            cmd = [str(bindir / "pg_ctl"), "stop", "-D", str(pidfile.parent)]
+            cmd += ["-m", "immediate", "-w", "-t", "30"]
+            if os.geteuid() == 0:
+                cmd = ["runuser", "-u", _SERVER_USER, "--", *cmd]
+            subprocess.run(cmd, capture_output=True, timeout=60, cwd="/")
+        shutil.rmtree(basedir, ignore_errors=True)
+        reaped.append(basedir)
+    return reaped
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -167,7 +208,11 @@ class PostgresCluster:
     def start(cls, replicas: int = 2, *, bindir: Path | None = None) -> PostgresCluster:
         """initdb a primary, ``pg_basebackup -R`` replicas, wait until they stream."""
         bindir = bindir or find_pg_bindir()
-        basedir = Path(tempfile.mkdtemp(prefix="routing_db_pg_"))
+        reap_orphans(bindir)
+        basedir = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        # Whose cluster this is: a later start() removes it if that process
+        # died without stopping it (killed test run, SIGKILL, power cut...).
+        (basedir / _OWNER).write_text(str(os.getpid()))
         if os.geteuid() == 0:
             # PostgreSQL refuses to run as root; its files must belong to postgres.
             shutil.chown(basedir, _SERVER_USER, None)
