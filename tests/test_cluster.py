@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from routing_db.testing import ClusterError, PostgresCluster, _cluster, find_pg_bindir
+from routing_db.testing import ClusterError, PostgresCluster, _servers, find_pg_bindir
 
 
 def accepts(port: int) -> bool:
@@ -58,7 +58,7 @@ def test_missing_server_binaries_say_how_to_install(
 ) -> None:
     monkeypatch.setenv("ROUTING_DB_PG_BINDIR", str(tmp_path / "nothing-here"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(_cluster, "_SEARCH_GLOBS", ())
+    monkeypatch.setattr(_servers, "_SEARCH_GLOBS", ())
     with pytest.raises(ClusterError, match="apt-get install postgresql"):
         find_pg_bindir()
 
@@ -99,7 +99,7 @@ def test_clusters_of_killed_processes_are_reaped() -> None:
     import subprocess
     import sys
 
-    from routing_db.testing._cluster import reap_orphans
+    from routing_db.testing._servers import reap_orphans
 
     # A process that starts a cluster and is then killed without cleanup.
     child = subprocess.Popen(
