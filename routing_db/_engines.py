@@ -23,6 +23,7 @@ __all__ = [
     "install_idle_ping",
     "install_replica_setup",
     "install_writer_hooks",
+    "pool_capacity",
     "safe_url",
     "url_name",
 ]
@@ -91,6 +92,14 @@ def create_engine(url: URL, *, field: str, **kwargs: Any) -> AsyncEngine:
         ) from None
     except (ArgumentError, TypeError) as exc:
         raise ConfigurationError(f"{field}: {exc}") from None
+
+
+def pool_capacity(pool: Any) -> int:
+    """``pool_size + max_overflow`` of a queue pool; 0 when it has no such limit."""
+    size = getattr(pool, "size", None)
+    if not callable(size):
+        return 0
+    return int(size()) + max(getattr(pool, "_max_overflow", 0), 0)
 
 
 def engine_name(engine: AsyncEngine) -> str:

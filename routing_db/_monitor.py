@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._engines import pool_capacity
 from ._positions import REPLICA_SQL, WRITER_SQL, fetch_row, has_positions
 
 if TYPE_CHECKING:
@@ -22,10 +23,9 @@ logger = logging.getLogger("routing_db")
 
 def _saturated(engine: AsyncEngine) -> bool:
     pool: Any = engine.sync_engine.pool
-    size, checkedout = getattr(pool, "size", None), getattr(pool, "checkedout", None)
-    if not (callable(size) and callable(checkedout)):
-        return False
-    return bool(checkedout() >= size() + max(getattr(pool, "_max_overflow", 0), 0))
+    capacity = pool_capacity(pool)
+    checkedout = getattr(pool, "checkedout", None)
+    return bool(capacity and callable(checkedout) and checkedout() >= capacity)
 
 
 class Monitor:

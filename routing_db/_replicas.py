@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_only
 
 from ._causal import CausalFloor
+from ._engines import pool_capacity
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._policies import BalancingPolicy, Candidate
@@ -110,8 +111,7 @@ class ReplicaSet:
                 capacity=0,
             )
         pool: Any = engine.pool
-        size = getattr(pool, "size", None)
-        capacity = (size() + max(getattr(pool, "_max_overflow", 0), 0)) if size else 0
+        capacity = pool_capacity(pool)
         checkedout = getattr(pool, "checkedout", None)
         return Candidate(
             index=index,

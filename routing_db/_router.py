@@ -106,19 +106,14 @@ class Router:
             monitor_interval=monitor_interval,
             max_writer_fallbacks=max_writer_fallbacks,
             sticky_seconds=sticky_seconds,
-            causal_wait_timeout=causal_wait_timeout,
+            optional_seconds={
+                "causal_wait_timeout": causal_wait_timeout,
+                "ping_after_idle": ping_after_idle,
+                "slow_query_seconds": slow_query_seconds,
+                "hold_warning_seconds": hold_warning_seconds,
+            },
+            checkout_wait_warning=checkout_wait_warning,
         )
-        for field, value in (
-            ("ping_after_idle", ping_after_idle),
-            ("slow_query_seconds", slow_query_seconds),
-            ("hold_warning_seconds", hold_warning_seconds),
-        ):
-            if value is not None and value < 0:
-                raise ConfigurationError(f"{field} must be >= 0 seconds or None")
-        if checkout_wait_warning is not None and not 0 < checkout_wait_warning <= 1:
-            raise ConfigurationError(
-                "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
-            )
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role
@@ -366,7 +361,8 @@ def _check_options(
     monitor_interval: float,
     max_writer_fallbacks: int | None,
     sticky_seconds: float,
-    causal_wait_timeout: float | None,
+    optional_seconds: Mapping[str, float | None],
+    checkout_wait_warning: float | None,
 ) -> None:
     if weights is not None and (
         len(weights) != replicas or any(w < 0 for w in weights)
@@ -381,5 +377,10 @@ def _check_options(
         raise ConfigurationError("max_writer_fallbacks must be >= 0 or None")
     if sticky_seconds < 0:
         raise ConfigurationError("sticky_seconds must be >= 0")
-    if causal_wait_timeout is not None and causal_wait_timeout < 0:
-        raise ConfigurationError("causal_wait_timeout must be >= 0 or None")
+    for field, value in optional_seconds.items():
+        if value is not None and value < 0:
+            raise ConfigurationError(f"{field} must be >= 0 seconds or None")
+    if checkout_wait_warning is not None and not 0 < checkout_wait_warning <= 1:
+        raise ConfigurationError(
+            "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
+        )
