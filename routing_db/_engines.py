@@ -165,7 +165,7 @@ def _is_read_only_rejection(error: BaseException) -> bool:
 def _translate_read_only(context: Any) -> BaseException | None:
     if _is_read_only_rejection(context.original_exception):
         return ReadOnlyViolation(
-            "the replica refused a write (its transactions are read-only); "
+            "the server refused a write (read_only transactions are read-only); "
             "nothing was written. Run writes outside read_only or in use_writer."
         )
     return None
@@ -231,12 +231,18 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
     return lost
 
 
-def install_writer_hooks(engine: AsyncEngine) -> None:
-    """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``."""
+def install_writer_hooks(engine: AsyncEngine, *, reads: bool = False) -> None:
+    """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``.
+
+    With ``reads`` (the writer takes a share of replica reads in READ ONLY
+    transactions), a write refused there becomes ``ReadOnlyViolation`` too.
+    """
     # handle_error is a dialect event: unlike connection events (begin,
     # commit...), it does not put every statement on SQLAlchemy's slower
     # event-dispatching path.
     event.listen(engine.sync_engine, "handle_error", _translate_lost_commit)
+    if reads:
+        event.listen(engine.sync_engine, "handle_error", _translate_read_only)
 
 
 _CHECKED_IN = "routing_db.checked_in"

@@ -25,7 +25,7 @@ __all__ = [
 class Candidate:
     """An eligible replica as a policy sees it."""
 
-    index: int  # position in ``router.replicas``
+    index: int  # position in ``router.replicas``; the writer comes after them
     name: str
     weight: float
     # Pool numbers, filled unless the policy says ``uses_pool_stats = False``.
@@ -34,6 +34,8 @@ class Candidate:
     # Recent mean time a connection to it stays checked out (seconds), when
     # the policy asked for it (``uses_latency``) and it has been measured.
     latency: float | None = None
+    # The writer itself, offered for reads when ``writer_read_weight`` > 0.
+    writer: bool = False
 
     @property
     def busy(self) -> float:

@@ -38,6 +38,15 @@ class Pick(enum.Enum):
     NONE = "none"  # every replica is ejected, lagging or excluded
 
 
+class _WriterState(ReplicaState):
+    """The writer as a reader: never behind, never over a lag limit."""
+
+    __slots__ = ()
+
+    def caught_up(self, floor: int) -> bool:
+        return True
+
+
 class ReplicaSet:
     """Health, lag and replay positions per replica, and which one serves next.
 
@@ -56,12 +65,24 @@ class ReplicaSet:
         positions: bool,
         sticky_seconds: float,
         causal_wait_timeout: float | None,
+        writer_reader: Engine | None = None,
+        writer_weight: float = 0.0,
+        writer_name: str = "writer",
     ) -> None:
         self.engines = tuple(engines)
         self._names = dict(zip(self.engines, names, strict=True))
         self._weights = tuple(weights)
         self._policy = policy
         self._states = {engine: ReplicaState(health) for engine in self.engines}
+        # The writer may take a share of replica reads (writer_read_weight):
+        # it is then one more member of the choice, after the replicas.
+        self._members = self.engines
+        self._writer_reader = writer_reader
+        if writer_reader is not None:
+            self._members = (*self.engines, writer_reader)
+            self._names[writer_reader] = writer_name
+            self._weights = (*self._weights, writer_weight)
+            self._states[writer_reader] = _WriterState(health)
         self._positions = positions
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
@@ -70,7 +91,7 @@ class ReplicaSet:
         # Only pool-aware policies get pool numbers (they cost calls per choice).
         self._pool_stats = getattr(policy, "uses_pool_stats", True)
         if getattr(policy, "uses_latency", False):
-            for engine in self.engines:
+            for engine in self._members:
                 self._measure_holds(engine)
 
     def _measure_holds(self, engine: Engine) -> None:
@@ -109,6 +130,7 @@ class ReplicaSet:
                 weight=self._weights[index],
                 checked_out=0,
                 capacity=0,
+                writer=engine is self._writer_reader,
             )
         pool: Any = engine.pool
         capacity = pool_capacity(pool)
@@ -120,6 +142,7 @@ class ReplicaSet:
             checked_out=checkedout() if checkedout else 0,
             capacity=capacity,
             latency=self._recent_latency(engine),
+            writer=engine is self._writer_reader,
         )
 
     def _recent_latency(self, engine: Engine) -> float | None:
@@ -137,7 +160,7 @@ class ReplicaSet:
         now = time.monotonic()
         available = [
             (index, engine)
-            for index, engine in enumerate(self.engines)
+            for index, engine in enumerate(self._members)
             if engine not in exclude and self._states[engine].available(now)
         ]
         if not available:
@@ -182,7 +205,7 @@ class ReplicaSet:
             return available[0][1]
         candidates = [self._candidate(index, engine) for index, engine in available]
         chosen = self._policy.choose(candidates)
-        return self.engines[chosen.index]
+        return self._members[chosen.index]
 
     def _check_replay(self, engine: Engine, need: int) -> bool:
         """Ask ``engine`` for its replay position now; is it at ``need``?"""

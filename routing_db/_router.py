@@ -26,6 +26,7 @@ from ._events import Listeners, RoutingListener
 from ._exceptions import ConfigurationError
 from ._health import HealthOptions
 from ._monitor import Monitor
+from ._options import ROUTER_OPTIONS, check_router_options
 from ._policies import BalancingPolicy, make_policy
 from ._positions import has_positions
 from ._replicas import ReplicaSet
@@ -42,6 +43,8 @@ DEFAULT_PING_AFTER_IDLE = 1.0
 
 logger = logging.getLogger("routing_db")
 
+_READ_ONLY = "postgresql_readonly"
+
 
 def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
     pool: Any = engine.sync_engine.pool
@@ -56,6 +59,23 @@ def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
         "overflow": stat("overflow"),
         "checked_in": stat("checkedin"),
     }
+
+
+def _writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
+    """The writer as one more reader: same pool, every transaction READ ONLY."""
+    if not weight:
+        return None
+    characteristics = getattr(writer.dialect, "connection_characteristics", {})
+    if _READ_ONLY not in characteristics:
+        raise ConfigurationError(
+            "writer_read_weight needs a PostgreSQL writer (its read transactions "
+            f"are made READ ONLY); {writer.dialect.name} is not supported"
+        )
+    # A distinct Engine object over the writer's pool: the session keeps its
+    # connection apart from the writer's own, so a later write in the same
+    # transaction never lands on the read-only one; SQLAlchemy resets the
+    # characteristic when the connection returns to the pool.
+    return writer.execution_options(**{_READ_ONLY: True})
 
 
 class Router:
@@ -85,6 +105,7 @@ class Router:
         log_slow_parameters: bool = False,
         hold_warning_seconds: float | None = None,
         checkout_wait_warning: float | None = None,
+        writer_read_weight: float = 0.0,
     ) -> None:
         if writer is None:
             raise ConfigurationError("Router needs a writer engine")
@@ -100,7 +121,7 @@ class Router:
         if len({id(replica) for replica in replicas}) != len(replicas):
             raise ConfigurationError("the same replica engine is listed twice")
         check_default_role(default_role)
-        _check_options(
+        check_router_options(
             weights=weights,
             replicas=len(replicas),
             monitor_interval=monitor_interval,
@@ -113,7 +134,9 @@ class Router:
                 "hold_warning_seconds": hold_warning_seconds,
             },
             checkout_wait_warning=checkout_wait_warning,
+            writer_read_weight=writer_read_weight,
         )
+        reader = _writer_reader(writer, writer_read_weight)
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role
@@ -131,7 +154,7 @@ class Router:
             install_replica_setup(
                 replica, name=self._names[replica], require_standby=require_standby
             )
-        install_writer_hooks(writer)
+        install_writer_hooks(writer, reads=writer_read_weight > 0)
         self.ping_after_idle = ping_after_idle
         if ping_after_idle is not None:
             for engine in (writer, *self.replicas):
@@ -143,8 +166,15 @@ class Router:
         self._async_by_sync: dict[Engine, AsyncEngine] = {
             engine.sync_engine: engine for engine in (writer, *self.replicas)
         }
+        self.writer_read_weight = writer_read_weight
+        self._sync_writer_reader = reader.sync_engine if reader else None
+        if reader is not None:
+            self._async_by_sync[reader.sync_engine] = reader
         self._replica_set = ReplicaSet(
             self._sync_replicas,
+            writer_reader=self._sync_writer_reader,
+            writer_weight=writer_read_weight,
+            writer_name=self._names[writer],
             names=[self._names[replica] for replica in self.replicas],
             weights=weights or [1.0] * len(self.replicas),
             policy=make_policy(policy),
@@ -159,6 +189,8 @@ class Router:
         self._sync_names: dict[Engine, str] = {
             engine.sync_engine: name for engine, name in self._names.items()
         }
+        if self._sync_writer_reader is not None:
+            self._sync_names[self._sync_writer_reader] = self._names[writer]
         self._fallbacks = 0
         self.fallbacks_total = 0
         self._monitor = Monitor(self, interval=monitor_interval)
@@ -327,60 +359,3 @@ class Router:
         return f"Router(writer={safe_url(self.writer.url)!r}, replicas=[{replicas}])"
 
     __str__ = __repr__
-
-
-ROUTER_OPTIONS = frozenset(
-    {
-        "default_role",
-        "fallback_to_writer",
-        "require_standby",
-        "policy",
-        "weights",
-        "max_lag_bytes",
-        "max_lag_seconds",
-        "monitor_interval",
-        "eject_after",
-        "eject_window",
-        "max_writer_fallbacks",
-        "sticky_seconds",
-        "causal_wait_timeout",
-        "retry",
-        "ping_after_idle",
-        "slow_query_seconds",
-        "log_slow_parameters",
-        "hold_warning_seconds",
-        "checkout_wait_warning",
-    }
-)
-
-
-def _check_options(
-    *,
-    weights: Sequence[float] | None,
-    replicas: int,
-    monitor_interval: float,
-    max_writer_fallbacks: int | None,
-    sticky_seconds: float,
-    optional_seconds: Mapping[str, float | None],
-    checkout_wait_warning: float | None,
-) -> None:
-    if weights is not None and (
-        len(weights) != replicas or any(w < 0 for w in weights)
-    ):
-        raise ConfigurationError(
-            f"weights needs one number >= 0 per replica ({replicas}), "
-            f"got {len(weights)}"
-        )
-    if monitor_interval <= 0:
-        raise ConfigurationError("monitor_interval must be > 0 seconds")
-    if max_writer_fallbacks is not None and max_writer_fallbacks < 0:
-        raise ConfigurationError("max_writer_fallbacks must be >= 0 or None")
-    if sticky_seconds < 0:
-        raise ConfigurationError("sticky_seconds must be >= 0")
-    for field, value in optional_seconds.items():
-        if value is not None and value < 0:
-            raise ConfigurationError(f"{field} must be >= 0 seconds or None")
-    if checkout_wait_warning is not None and not 0 < checkout_wait_warning <= 1:
-        raise ConfigurationError(
-            "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
-        )

@@ -120,10 +120,11 @@ class RoutingSyncSession(RecoveringSession):
         if router._listeners:
             if engine is resolved:
                 reason = "fallback" if self._routing_fallback else "causal"
+            on_writer = engine is resolved or engine is router._sync_writer_reader
             router._listeners.emit(
                 "routed",
                 router._sync_names[engine],
-                "writer" if engine is resolved else "replica",
+                "writer" if on_writer else "replica",
                 reason,
             )
         return engine

@@ -9,8 +9,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._engines import check_url
 from ._exceptions import ConfigurationError
+from ._options import ROUTER_OPTIONS
 from ._retry import RetryPolicy
-from ._router import ROUTER_OPTIONS
 
 __all__ = ["RoutingSettings"]
 
@@ -102,6 +102,8 @@ class RoutingSettings(BaseSettings):
     eject_after: AtLeastOne = 1
     eject_window: Seconds = 10.0
     max_writer_fallbacks: PoolCount | None = None
+    # The writer's share of replica reads (0: replicas only).
+    writer_read_weight: Limit = 0.0
 
     # Observability: slow-query log and starvation detector (None: off).
     slow_query_seconds: Limit | None = None
