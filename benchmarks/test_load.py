@@ -65,14 +65,22 @@ def test_pool_starvation(
 
 
 @pytest.mark.benchmark(group="capacity")
-@pytest.mark.parametrize("replicas", [0, 1, 2])
+@pytest.mark.parametrize(
+    ("replicas", "writer_reads"),
+    [(0, False), (1, False), (2, False), (1, True), (2, True)],
+)
 def test_replica_capacity(
     benchmark: Any,
     loop: asyncio.AbstractEventLoop,
     bench_cluster: PostgresCluster,
     replicas: int,
+    writer_reads: bool,
 ) -> None:
-    """IO-bound reads (5 ms on the server), pool 5 per engine."""
+    """IO-bound reads (5 ms on the server), pool 5 per engine.
+
+    ``writer_reads``: the writer takes an equal share of the reads
+    (``writer_read_weight=1``); otherwise only replicas serve them.
+    """
 
     async def load() -> LoadSummary:
         router = Router.from_urls(
@@ -80,6 +88,7 @@ def test_replica_capacity(
             bench_cluster.replica_urls[:replicas],
             pool_size=5,
             max_overflow=0,
+            writer_read_weight=1.0 if writer_reads else 0.0,
         )
         try:
             return await run_load(

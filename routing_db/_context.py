@@ -10,11 +10,18 @@ import enum
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-__all__ = ["ContextDecorator", "Scope", "current_scope", "read_only", "use_writer"]
+__all__ = [
+    "SCOPE",
+    "ContextDecorator",
+    "Scope",
+    "current_scope",
+    "read_only",
+    "use_writer",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,40 +35,20 @@ class Scope(enum.Enum):
     WRITER = "writer"
 
 
-class _Frame:
-    """One entered scope; it keeps the token that installed it."""
-
-    __slots__ = ("scope", "token")
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-        self.token: Token[_Frame] | None = None
-
-
-_ROOT = _Frame(Scope.NONE)
-_frame: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
+# A frame is ``[scope, token]``: the scope in force and the token that
+# installed it, kept in the frame (not on the shared marker object) so that
+# concurrent tasks entering the same marker never mix tokens. A list rather
+# than a class: entering a scope is on every request's path.
+_Frame = list[Any]
+_ROOT: _Frame = [Scope.NONE, None]
+SCOPE: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
+"""The current frame; ``SCOPE.get()[0]`` is ``current_scope()`` without a call."""
 
 
 def current_scope() -> Scope:
     """Return the routing scope of the current context."""
-    return _frame.get().scope
-
-
-def _enter(wanted: Scope) -> None:
-    current = _frame.get().scope
-    # use_writer wins over read_only at any depth: a read_only nested inside
-    # use_writer must not make the writer's statements fail.
-    frame = _Frame(Scope.WRITER if current is Scope.WRITER else wanted)
-    # The token lives in the frame it installed, not on the shared marker
-    # object, so concurrent tasks entering the same marker never mix tokens.
-    frame.token = _frame.set(frame)
-
-
-def _exit() -> None:
-    token = _frame.get().token
-    if token is None:  # pragma: no cover - only reachable by misuse
-        raise RuntimeError("routing_db scope exited more often than entered")
-    _frame.reset(token)
+    scope: Scope = SCOPE.get()[0]
+    return scope
 
 
 class ContextDecorator:
@@ -135,10 +122,17 @@ class _ScopeMarker(ContextDecorator):
         self._scope = scope
 
     def _enter(self) -> None:
-        _enter(self._scope)
+        # use_writer wins over read_only at any depth: a read_only nested
+        # inside use_writer must not make the writer's statements fail.
+        current = SCOPE.get()[0]
+        frame: _Frame = [Scope.WRITER if current is Scope.WRITER else self._scope, None]
+        frame[1] = SCOPE.set(frame)
 
     def _exit(self) -> None:
-        _exit()
+        token = SCOPE.get()[1]
+        if token is None:  # pragma: no cover - only reachable by misuse
+            raise RuntimeError("routing_db scope exited more often than entered")
+        SCOPE.reset(token)
 
     @overload
     def __call__(self) -> _ScopeMarker: ...

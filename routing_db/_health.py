@@ -55,6 +55,7 @@ class ReplicaState:
         "lagging",
         "probe_at",
         "replay_lsn",
+        "suspect",
     )
 
     def __init__(self, options: HealthOptions) -> None:
@@ -68,6 +69,9 @@ class ReplicaState:
         self.lag_bytes: int | None = None
         self.lag_seconds: float | None = None
         self.lagging = False
+        # Failed lately (ejected, or failures counted in the window): a plain
+        # attribute, read on every replica transaction.
+        self.suspect = False
 
     def available(self, now: float) -> bool:
         """May this replica serve a new transaction at ``now``?"""
@@ -79,6 +83,7 @@ class ReplicaState:
 
     def record_failure(self, now: float) -> bool:
         """Count a connection failure; return True when it ejects the replica."""
+        self.suspect = True
         if self.ejected:
             # A failed probe: wait longer before the next one.
             self.backoff = min(self.backoff * 2, self._options.probe_max)
@@ -97,14 +102,10 @@ class ReplicaState:
         self.probe_at = now + self.backoff
         return True
 
-    @property
-    def suspect(self) -> bool:
-        """Has it failed lately (ejected, or failures counted in the window)?"""
-        return self.ejected or bool(self._failures)
-
     def record_success(self) -> bool:
         """A connection worked; return True when that re-admits the replica."""
         self._failures.clear()
+        self.suspect = False
         if not self.ejected:
             return False
         self.ejected = False

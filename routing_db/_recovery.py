@@ -185,22 +185,23 @@ class RecoveringSession(Session):
 
     def close(self) -> None:
         """Close; a replica connection that died is invalidated, not raised."""
-        self._routing_release_replica()
+        if self._routing_replica_connection is not None:
+            self._routing_release_replica()
         super().close()
 
     def reset(self) -> None:
         """Reset; a replica connection that died is invalidated, not raised."""
-        self._routing_release_replica()
+        if self._routing_replica_connection is not None:
+            self._routing_release_replica()
         super().reset()
 
     def _routing_release_replica(self) -> None:
         # Take the replica's read-only transaction out of the session's hands:
         # it is neither committed nor closed with the others, but ended
-        # (rolled back, quietly if the server is gone) once they are, in
-        # after_transaction_end. Otherwise one dead replica would raise from
-        # COMMIT or close() and keep the writer's connection from being
-        # released. Session offers no public switch for this.
-        self._invalidate_dead_replica()
+        # (rolled back, quietly if the server is gone: close_quietly) once
+        # they are, in after_transaction_end. Otherwise one dead replica would
+        # raise from COMMIT or close() and keep the writer's connection from
+        # being released. Session offers no public switch for this.
         connection = self._routing_replica_connection
         transaction = self._transaction
         if connection is None or transaction is None:

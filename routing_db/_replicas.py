@@ -73,7 +73,7 @@ class ReplicaSet:
         self._names = dict(zip(self.engines, names, strict=True))
         self._weights = tuple(weights)
         self._policy = policy
-        self._states = {engine: ReplicaState(health) for engine in self.engines}
+        self.states = {engine: ReplicaState(health) for engine in self.engines}
         # The writer may take a share of replica reads (writer_read_weight):
         # it is then one more member of the choice, after the replicas.
         self._members = self.engines
@@ -82,7 +82,7 @@ class ReplicaSet:
             self._members = (*self.engines, writer_reader)
             self._names[writer_reader] = writer_name
             self._weights = (*self._weights, writer_weight)
-            self._states[writer_reader] = _WriterState(health)
+            self.states[writer_reader] = _WriterState(health)
         self._positions = positions
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
@@ -93,6 +93,11 @@ class ReplicaSet:
         if getattr(policy, "uses_latency", False):
             for engine in self._members:
                 self._measure_holds(engine)
+        # The common case, precomputed: every member well, no pool numbers
+        # wanted, so a choice costs no list or Candidate building.
+        self._everyone = list(enumerate(self._members))
+        self._fixed = [self._candidate(i, engine) for i, engine in self._everyone]
+        self._all_well = True
 
     def _measure_holds(self, engine: Engine) -> None:
         # A moving average of how long connections stay checked out, for
@@ -116,11 +121,11 @@ class ReplicaSet:
         event.listen(engine, "checkin", checked_in)
 
     def __contains__(self, engine: object) -> bool:
-        return engine in self._states
+        return engine in self.states
 
     def state(self, engine: Engine) -> ReplicaState:
         """What is known about ``engine``."""
-        return self._states[engine]
+        return self.states[engine]
 
     def _candidate(self, index: int, engine: Engine) -> Candidate:
         if not self._pool_stats:
@@ -157,30 +162,35 @@ class ReplicaSet:
         self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
     ) -> tuple[Pick, Engine | None]:
         """Choose the replica for a new transaction that must see ``floor``."""
-        now = time.monotonic()
-        available = [
-            (index, engine)
-            for index, engine in enumerate(self._members)
-            if engine not in exclude and self._states[engine].available(now)
-        ]
+        if self._all_well and not exclude:
+            available = self._everyone
+        else:
+            now = time.monotonic()
+            available = [
+                (index, engine)
+                for index, engine in self._everyone
+                if engine not in exclude and self.states[engine].available(now)
+            ]
         if not available:
             return Pick.NONE, None
+        if floor is None:  # nothing of this context's to read back
+            return Pick.CAUGHT_UP, self._choose(available)
         need = self._lsn_needed(floor)
         if need is None:
-            if floor is not None and self._within_sticky_window(floor):
+            if self._within_sticky_window(floor):
                 return Pick.CAUSAL, None
             return Pick.CAUGHT_UP, self._choose(available)
         # The policy picks among all available replicas, so balancing does not
         # depend on which positions happen to be cached.
         chosen = self._choose(available)
-        if self._states[chosen].caught_up(need):
+        if self.states[chosen].caught_up(need):
             return Pick.CAUGHT_UP, chosen  # the cached position: no round trip
         if self._check_replay(chosen, need):
             return Pick.CAUGHT_UP, chosen
         ready = [
             item
             for item in available
-            if item[1] is not chosen and self._states[item[1]].caught_up(need)
+            if item[1] is not chosen and self.states[item[1]].caught_up(need)
         ]
         if ready:
             return Pick.CAUGHT_UP, self._choose(ready)
@@ -189,8 +199,8 @@ class ReplicaSet:
         )
         return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
 
-    def _lsn_needed(self, floor: CausalFloor | None) -> int | None:
-        if floor is None or floor.lsn is None or not self._positions:
+    def _lsn_needed(self, floor: CausalFloor) -> int | None:
+        if floor.lsn is None or not self._positions:
             return None
         return floor.lsn
 
@@ -203,13 +213,18 @@ class ReplicaSet:
     def _choose(self, available: list[tuple[int, Engine]]) -> Engine:
         if len(available) == 1:
             return available[0][1]
-        candidates = [self._candidate(index, engine) for index, engine in available]
+        if self._pool_stats:
+            candidates = [self._candidate(index, engine) for index, engine in available]
+        elif available is self._everyone:
+            candidates = self._fixed
+        else:
+            candidates = [self._fixed[index] for index, _ in available]
         chosen = self._policy.choose(candidates)
         return self._members[chosen.index]
 
     def _check_replay(self, engine: Engine, need: int) -> bool:
         """Ask ``engine`` for its replay position now; is it at ``need``?"""
-        state = self._states[engine]
+        state = self.states[engine]
         try:
             lsn = replay_lsn_now(engine)
         except Exception as exc:
@@ -240,10 +255,19 @@ class ReplicaSet:
                     return engine
         return None
 
+    def _refresh(self) -> None:
+        self._all_well = not any(
+            state.ejected or state.lagging for state in self.states.values()
+        )
+
     def failed(self, engine: Engine, error: BaseException) -> None:
         """A connection to ``engine`` failed (it may be ejected)."""
-        state = self._states.get(engine)
-        if state is not None and state.record_failure(time.monotonic()):
+        state = self.states.get(engine)
+        if state is None:
+            return
+        ejected = state.record_failure(time.monotonic())
+        self._refresh()
+        if ejected:
             self.listeners.emit("ejected", self._names[engine])
             logger.warning(
                 "routing_db: replica %s ejected after a connection failure (%s)",
@@ -253,10 +277,12 @@ class ReplicaSet:
 
     def succeeded(self, engine: Engine) -> None:
         """A connection to ``engine`` worked (it may be re-admitted)."""
-        state = self._states.get(engine)
+        state = self.states.get(engine)
         if state is None or not state.suspect:
             return  # the common case: nothing to clear
-        if state.record_success():
+        readmitted = state.record_success()
+        self._refresh()
+        if readmitted:
             self.listeners.emit("readmitted", self._names[engine])
             logger.warning(
                 "routing_db: replica %s re-admitted",
@@ -272,11 +298,12 @@ class ReplicaSet:
         lag_seconds: float | None,
     ) -> None:
         """Store the monitor's lag measurement for ``engine``."""
-        state = self._states[engine]
+        state = self.states[engine]
         was = state.lagging
         state.record_lag(
             replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds
         )
+        self._refresh()
         if state.lagging != was:
             logger.warning(
                 "routing_db: replica %s %s (lag %s bytes, %s s)",

@@ -23,7 +23,7 @@ from sqlalchemy.util import EMPTY_DICT
 from ._causal import current_floor, record_write
 from ._classify import Kind, classify
 from ._connections import close_quietly
-from ._context import Scope, current_scope
+from ._context import SCOPE, Scope
 from ._decision import DefaultRole, Route, check_default_role, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_lsn_after_commit
@@ -59,7 +59,7 @@ class RoutingSyncSession(RecoveringSession):
         **kw: Any,
     ) -> None:
         super().__init__(bind=bind, **kw)
-        if default_role is not None:
+        if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         self._routing_router = router
         self._routing_default: DefaultRole = default_role or (
@@ -90,7 +90,7 @@ class RoutingSyncSession(RecoveringSession):
         kind = classify(clause, flushing=self._flushing)
         route, reason = decide_why(
             kind,
-            scope=current_scope(),
+            scope=SCOPE.get()[0],
             option=option,
             default_role=self._routing_default,
             wrote=self._routing_wrote,
@@ -180,7 +180,7 @@ class RoutingSyncSession(RecoveringSession):
         """Flush; inside ``read_only`` pending changes raise before anything is sent."""
         if (
             self._routing_router is not None
-            and current_scope() is Scope.READ_ONLY
+            and SCOPE.get()[0] is Scope.READ_ONLY
             and not self._flushing
             and self._has_changes()
         ):
@@ -227,7 +227,7 @@ def _connection_begun(
     router = session._routing_router
     if router is None:
         return
-    if connection.engine in router._replica_set:
+    if connection.engine in router._replica_set.states:
         session._routing_replica = connection.engine
         session._routing_replica_connection = connection
         router._replica_set.succeeded(connection.engine)
@@ -237,7 +237,11 @@ def _connection_begun(
 
 @event.listens_for(RoutingSyncSession, "before_commit")
 def _before_commit(session: Session) -> None:
-    if isinstance(session, RoutingSyncSession) and not session.in_nested_transaction():
+    if (
+        isinstance(session, RoutingSyncSession)
+        and session._routing_replica_connection is not None
+        and not session.in_nested_transaction()
+    ):
         # A replica that died must not fail, or come before, the writer's COMMIT.
         session._routing_release_replica()
 
