@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import ClauseElement, Label, TextClause
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement, Label, TextClause
 from sqlalchemy.sql.functions import FunctionElement, next_value
 from sqlalchemy.sql.selectable import GenerativeSelect, Select, TextualSelect
 
@@ -178,6 +178,9 @@ def _fragment_kind(sql: str) -> Kind:
 
 
 _SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+# What a select list holds that could call a function; the rest is tables and
+# entities.
+_MAY_WRITE = (ColumnElement, TextClause)
 
 
 def _column_kind(column: Any) -> Kind:
@@ -210,7 +213,11 @@ def classify(clause: ClauseElement | None, *, flushing: bool) -> Kind:
             # is written in practice); a replica's read-only transaction
             # rejects anything deeper, which surfaces as ReadOnlyViolation.
             for column in clause._raw_columns:
-                if _column_kind(column) is Kind.WRITE:
+                # Entities and tables (select(Model)) cannot call nextval().
+                if (
+                    isinstance(column, _MAY_WRITE)
+                    and _column_kind(column) is Kind.WRITE
+                ):
                     return Kind.WRITE
         return Kind.READ
     if isinstance(clause, UpdateBase):

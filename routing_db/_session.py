@@ -11,12 +11,11 @@ token, recorded after a COMMIT that wrote.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
@@ -176,22 +175,6 @@ class RoutingSyncSession(RecoveringSession):
             return super().scalars(statement, *args, **kw)
         return self._routing_run(super().scalars, statement, *args, **kw)
 
-    def flush(self, objects: Sequence[Any] | None = None) -> None:
-        """Flush; inside ``read_only`` pending changes raise before anything is sent."""
-        if (
-            self._routing_router is not None
-            and SCOPE.get()[0] is Scope.READ_ONLY
-            and not self._flushing
-            and self._has_changes()
-        ):
-            # Refused here, before flush opens its subtransaction, so the
-            # session and its pending objects are left exactly as they were.
-            raise ReadOnlyViolation(
-                "flush inside read_only would write pending changes; nothing was "
-                "sent and the pending changes are kept"
-            )
-        super().flush(objects)
-
     def connection(
         self,
         bind_arguments: Any = None,
@@ -218,12 +201,27 @@ class RoutingSyncSession(RecoveringSession):
         )
 
 
+@event.listens_for(RoutingSyncSession, "before_flush")
+def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> None:
+    # A flush with pending changes inside read_only is refused here, before
+    # flush opens its subtransaction, so the session and its pending objects
+    # are left exactly as they were. (Flushes of a clean session never get
+    # this far, so reads pay nothing for the check.)
+    if (
+        session._routing_router is not None
+        and SCOPE.get()[0] is Scope.READ_ONLY
+        and session._has_changes()
+    ):
+        raise ReadOnlyViolation(
+            "flush inside read_only would write pending changes; nothing was "
+            "sent and the pending changes are kept"
+        )
+
+
 @event.listens_for(RoutingSyncSession, "after_begin")
 def _connection_begun(
-    session: Session, transaction: SessionTransaction, connection: Connection
+    session: RoutingSyncSession, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    if not isinstance(session, RoutingSyncSession):
-        return
     router = session._routing_router
     if router is None:
         return
@@ -236,10 +234,9 @@ def _connection_begun(
 
 
 @event.listens_for(RoutingSyncSession, "before_commit")
-def _before_commit(session: Session) -> None:
+def _before_commit(session: RoutingSyncSession) -> None:
     if (
-        isinstance(session, RoutingSyncSession)
-        and session._routing_replica_connection is not None
+        session._routing_replica_connection is not None
         and not session.in_nested_transaction()
     ):
         # A replica that died must not fail, or come before, the writer's COMMIT.
@@ -247,12 +244,8 @@ def _before_commit(session: Session) -> None:
 
 
 @event.listens_for(RoutingSyncSession, "after_commit")
-def _after_commit(session: Session) -> None:
-    if (
-        not isinstance(session, RoutingSyncSession)
-        or session.in_nested_transaction()
-        or not session._routing_wrote
-    ):
+def _after_commit(session: RoutingSyncSession) -> None:
+    if session.in_nested_transaction() or not session._routing_wrote:
         return
     router = session._routing_router
     connection = session._routing_writer_connection
@@ -269,8 +262,11 @@ def _after_commit(session: Session) -> None:
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")
-def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is not None or not isinstance(session, RoutingSyncSession):
+def _end_of_transaction(
+    session: RoutingSyncSession, transaction: SessionTransaction
+) -> None:
+    # Listeners on RoutingSyncSession only ever receive its instances.
+    if transaction.parent is not None:
         return
     if session._routing_replica_connection is not None:
         close_quietly(session._routing_replica_connection)
