@@ -4,8 +4,8 @@ AsyncSession and advanced-alchemy's RoutingAsyncSession (the closest peer);
 
 One round = 200 point selects, each in a fresh session, as a request would.
 Each variant is a pytest-benchmark test of its own; the ratios in RESULTS.md
-come from the ``interleaved`` benchmarks, which time every variant round by
-round in turn, so drift on a shared 2-core machine hits them all alike.
+come from the ``interleaved`` benchmarks, which time every variant select by
+select in turn, so drift on a shared 2-core machine hits them all alike.
 """
 
 from __future__ import annotations
@@ -199,18 +199,19 @@ def bench_interleaved(
                 except pytest.skip.Exception:
                     continue
                 await one_round(ops[name], rng)  # warm up
+            # Select by select, in a fresh random order each time: drift on a
+            # shared 2-core machine (other processes, CPU frequency) then hits
+            # every variant alike, which whole rounds one after another do not.
             times: dict[str, list[float]] = {name: [] for name in ops}
-            for _ in range(ROUNDS):
-                order = list(ops)
+            order = list(ops)
+            for _ in range(ROUNDS * PER_ROUND):
                 rng.shuffle(order)
+                row_id = rng.randint(1, ROWS)
                 for name in order:
                     start = time.perf_counter()
-                    await one_round(ops[name], rng)
+                    await ops[name](row_id)
                     times[name].append(time.perf_counter() - start)
-        return {
-            name: statistics.median(values) / PER_ROUND * 1e6
-            for name, values in times.items()
-        }
+        return {name: statistics.median(values) * 1e6 for name, values in times.items()}
 
     result: list[dict[str, float]] = []
     benchmark.pedantic(

@@ -196,6 +196,9 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+_CLIENT_BOUND = 0.9  # client_cpu above which the load generator was the limit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``routing-db``."""
     args = _parser().parse_args(argv)
@@ -219,6 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(_table([{"variant": v, **s.row()} for v, s in results]))
+    if any(s.client_cpu >= _CLIENT_BOUND for _, s in results):
+        print(
+            "routing-db bench: the client used a whole CPU core in some runs: "
+            "there it measured itself, not the database (run more processes, "
+            "or a heavier --io-ms)",
+            file=sys.stderr,
+        )
     if args.plot:
         print(f"plot written to {os.path.abspath(args.plot)}", file=sys.stderr)
     return 0

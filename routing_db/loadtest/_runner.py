@@ -94,6 +94,7 @@ async def run_load(
     timeouts = 0
     remaining = operations
     started = time.monotonic()
+    cpu_started = time.process_time()
     deadline = started + duration if duration is not None else None
 
     async def worker() -> None:
@@ -136,6 +137,7 @@ async def run_load(
         for observer in observers.values():
             observer.listeners.remove(recorder)
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_started
     return LoadSummary(
         profile=name,
         concurrency=concurrency,
@@ -147,6 +149,7 @@ async def run_load(
         checkout_wait_ms=distribution(waits),
         timeouts=timeouts,
         errors=dict(errors),
+        client_cpu=cpu / elapsed if elapsed > 0 else 0.0,
         engines=[
             EngineStats(
                 name=label,

@@ -69,6 +69,9 @@ class LoadSummary(BaseModel):
     timeouts: int
     errors: dict[str, int]
     engines: list[EngineStats]
+    # CPU seconds this process used per second of the run. Near 1.0 the
+    # client's one event loop was the bottleneck, not the database.
+    client_cpu: float = 0.0
 
     def row(self) -> dict[str, object]:
         """The headline numbers, for a table."""
@@ -80,4 +83,5 @@ class LoadSummary(BaseModel):
             "wait p99 ms": round(self.checkout_wait_ms.p99, 2),
             "timeouts": self.timeouts,
             "errors": sum(self.errors.values()),
+            "client cpu": round(self.client_cpu, 2),
         }
