@@ -8,6 +8,7 @@ session internals touched here are wrapped in ``_connections``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,7 +31,7 @@ from ._retry import is_connection_error, is_recovery_conflict
 if TYPE_CHECKING:
     from ._router import Router
 
-__all__ = ["FRESH_TRANSACTION", "RecoveringSession"]
+__all__ = ["FRESH_TRANSACTION", "RecoveringSession", "first_statement"]
 
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
@@ -41,6 +42,7 @@ def _now(error: BaseException) -> bool:
 
 
 FRESH_TRANSACTION: dict[str, Any] = {
+    "_routing_fresh": True,
     "_routing_replica": None,
     "_routing_replica_connection": None,
     "_routing_writer_connection": None,
@@ -51,10 +53,32 @@ FRESH_TRANSACTION: dict[str, Any] = {
 }
 
 
+def first_statement(method: Callable[..., Any]) -> Any:
+    """``method`` of ``Session``, rerun elsewhere when a transaction's first
+    statement lost its connection before returning anything."""
+
+    @functools.wraps(method)
+    def run(self: RecoveringSession, *args: Any, **kw: Any) -> Any:
+        # One frame on the hot path: "fresh" is read before the call, since
+        # the failed call itself may have begun a connection.
+        fresh = self._routing_fresh
+        try:
+            return method(self, *args, **kw)
+        except Exception as exc:
+            if not (fresh and self._routing_recover(exc)):
+                raise
+        return self._routing_again(functools.partial(method, self), *args, **kw)
+
+    return run
+
+
 class RecoveringSession(Session):
     """A ``Session`` whose first statements survive lost connections."""
 
     _routing_router: Router | None = None
+    # No connection has begun in this root transaction yet (set per instance
+    # for routed sessions; a session without a router never recovers).
+    _routing_fresh = False
     # Per-transaction state; class-level defaults, reset at the end of each
     # root transaction (FRESH_TRANSACTION).
     _routing_replica: Engine | None = None
@@ -75,24 +99,11 @@ class RecoveringSession(Session):
             lambda: self._connection_for_bind(writer, None), retry_if=checkout_failed
         )
 
-    def _routing_run(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
-        if (
-            self._routing_replica_connection is not None
-            or self._routing_writer_connection is not None
-            or self.in_nested_transaction()
-        ):
-            return method(*args, **kw)
-        try:
-            return method(*args, **kw)
-        except Exception as exc:
-            if not self._routing_recover(exc):
-                raise
-        return self._routing_again(method, *args, **kw)
-
     def _routing_recover(self, error: BaseException) -> bool:
         """After this transaction's first statement failed: may it run again?"""
         router = self._routing_router
-        assert router is not None
+        if router is None:
+            return False
         if not self.is_active:
             return False  # a failed flush: the session must be rolled back first
         if (

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
@@ -26,7 +26,7 @@ from ._context import SCOPE, Scope
 from ._decision import DefaultRole, Route, check_default_role, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_lsn_after_commit
-from ._recovery import FRESH_TRANSACTION, RecoveringSession
+from ._recovery import FRESH_TRANSACTION, RecoveringSession, first_statement
 from ._replicas import Pick
 from ._router import Router
 
@@ -61,6 +61,9 @@ class RoutingSyncSession(RecoveringSession):
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         self._routing_router = router
+        self._routing_fresh = router is not None
+        # Without binds=, Session.get_bind resolves to self.bind: skip the call.
+        self._routing_one_bind = not kw.get("binds")
         self._routing_default: DefaultRole = default_role or (
             router.default_role if router is not None else "writer"
         )
@@ -74,7 +77,10 @@ class RoutingSyncSession(RecoveringSession):
         **kw: Any,
     ) -> Engine | Connection:
         """Resolve the bind as ``Session`` does, then route writer-bound work."""
-        resolved = super().get_bind(mapper, clause=clause, bind=bind, **kw)
+        if bind is None and self._routing_one_bind and self.bind is not None:
+            resolved = self.bind
+        else:
+            resolved = super().get_bind(mapper, clause=clause, bind=bind, **kw)
         router = self._routing_router
         # An explicit bind, and binds= entries for other databases, are honoured
         # as they are: only work that would run on the router's writer is routed.
@@ -157,23 +163,12 @@ class RoutingSyncSession(RecoveringSession):
             logger.info("routing_db: no replica available, read served by the writer")
         return writer
 
-    def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        """As ``Session.execute``; a first read lost with its replica is rerun."""
-        if self._routing_router is None:
-            return super().execute(statement, *args, **kw)
-        return self._routing_run(super().execute, statement, *args, **kw)
-
-    def scalar(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        """As ``Session.scalar``; a first read lost with its replica is rerun."""
-        if self._routing_router is None:
-            return super().scalar(statement, *args, **kw)
-        return self._routing_run(super().scalar, statement, *args, **kw)
-
-    def scalars(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        """As ``Session.scalars``; a first read lost with its replica is rerun."""
-        if self._routing_router is None:
-            return super().scalars(statement, *args, **kw)
-        return self._routing_run(super().scalars, statement, *args, **kw)
+    # The first statement of a transaction runs again when it lost its
+    # connection before returning anything (see _recovery).
+    execute = first_statement(Session.execute)
+    scalar = first_statement(Session.scalar)
+    scalars = first_statement(Session.scalars)
+    _routing_connection = first_statement(Session.connection)
 
     def connection(
         self,
@@ -184,8 +179,8 @@ class RoutingSyncSession(RecoveringSession):
         router = self._routing_router
         if router is None:
             return super().connection(bind_arguments, execution_options)
-        connection = self._routing_run(
-            super().connection, bind_arguments, execution_options
+        connection: Connection = self._routing_connection(
+            bind_arguments, execution_options
         )
         if connection.engine is router._sync_writer:
             # Whatever runs on a raw writer connection is invisible to routing:
@@ -222,6 +217,7 @@ def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> No
 def _connection_begun(
     session: RoutingSyncSession, transaction: SessionTransaction, connection: Connection
 ) -> None:
+    session._routing_fresh = False
     router = session._routing_router
     if router is None:
         return
