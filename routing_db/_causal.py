@@ -19,6 +19,7 @@ from ._context import ContextDecorator
 from ._exceptions import ConfigurationError
 
 __all__ = [
+    "FLOOR",
     "CausalFloor",
     "causal_token",
     "current_causal_token",
@@ -57,19 +58,20 @@ class CausalFloor:
         return self.lsn is not None or self.wrote_at is not None
 
 
-_floor: ContextVar[CausalFloor | None] = ContextVar("routing_db_causal", default=None)
+FLOOR: ContextVar[CausalFloor | None] = ContextVar("routing_db_causal", default=None)
+"""This context's causal floor; ``FLOOR.get()`` is ``current_floor()`` uncalled."""
 
 
 def current_floor() -> CausalFloor | None:
     """The causal floor of the current context, if it has one."""
-    return _floor.get()
+    return FLOOR.get()
 
 
 def record_write(*, lsn: int | None, wrote_at: float | None = None) -> None:
     """Raise the current context's floor after a commit that wrote."""
     if wrote_at is None and lsn is None:
         wrote_at = time.time()
-    floor = _floor.get()
+    floor = FLOOR.get()
     if floor is not None:
         floor.raise_to(lsn, wrote_at)
         floor.wrote = True
@@ -77,7 +79,7 @@ def record_write(*, lsn: int | None, wrote_at: float | None = None) -> None:
     # Deliberately set without a reset: the token must outlive the commit
     # that made it (the request's later reads depend on it). It stays in this
     # task's context (and its children's), never in any other request's.
-    _floor.set(CausalFloor(lsn, wrote_at))
+    FLOOR.set(CausalFloor(lsn, wrote_at))
 
 
 def format_lsn(lsn: int) -> str:
@@ -115,7 +117,7 @@ def _parse(token: str) -> CausalFloor:
 
 def current_causal_token() -> str | None:
     """The current context's causal token as an opaque string, or ``None``."""
-    floor = _floor.get()
+    floor = FLOOR.get()
     return _format(floor) if floor else None
 
 
@@ -129,18 +131,18 @@ class causal_token(ContextDecorator):
         self._given = _parse(token) if token else None
 
     def _enter(self) -> None:
-        outer = _floor.get()
+        outer = FLOOR.get()
         floor = CausalFloor()
         if outer is not None:
             floor.raise_to(outer.lsn, outer.wrote_at)
         if self._given is not None:
             floor.raise_to(self._given.lsn, self._given.wrote_at)
-        floor.token = _floor.set(floor)
+        floor.token = FLOOR.set(floor)
 
     def _exit(self) -> None:
-        inner = _floor.get()
+        inner = FLOOR.get()
         assert inner is not None and inner.token is not None
-        _floor.reset(inner.token)
+        FLOOR.reset(inner.token)
         if inner.wrote:
             # Writes made inside the block stay visible after it.
             record_write(lsn=inner.lsn, wrote_at=inner.wrote_at)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
-from ._causal import current_floor, record_write
+from ._causal import FLOOR, record_write
 from ._classify import Kind, classify
 from ._connections import close_quietly
 from ._context import SCOPE, Scope
@@ -135,9 +135,7 @@ class RoutingSyncSession(RecoveringSession):
         return engine
 
     def _routing_pick_replica(self, router: Router, writer: Engine) -> Engine:
-        pick, replica = router._replica_set.pick(
-            current_floor(), self._routing_excluded
-        )
+        pick, replica = router._replica_set.pick(FLOOR.get(), self._routing_excluded)
         if replica is not None:
             return replica
         if pick is Pick.CAUSAL:
@@ -224,7 +222,8 @@ def _connection_begun(
     if connection.engine in router._replica_set.states:
         session._routing_replica = connection.engine
         session._routing_replica_connection = connection
-        router._replica_set.succeeded(connection.engine)
+        if router._replica_set.states[connection.engine].suspect:
+            router._replica_set.succeeded(connection.engine)
     elif connection.engine is router._sync_writer:
         session._routing_writer_connection = connection
 
