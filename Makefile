@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-sqlalchemy20 bench lint typecheck unit clean
+.PHONY: demo demo-api test test-sqlalchemy20 bench lint typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -14,6 +14,10 @@ $(VENV)/.installed-%: pyproject.toml
 
 demo: $(VENV)/.installed-sqlite
 	$(PY) examples/quickstart.py
+
+# The FastAPI example on http://127.0.0.1:8000 (needs ROUTING_DB_WRITER_URL).
+demo-api: $(VENV)/.installed-dev
+	$(PY) examples/fastapi_app.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check routing_db tests examples benchmarks

@@ -25,6 +25,7 @@ __all__ = [
     "current_causal_token",
     "current_floor",
     "format_lsn",
+    "format_token",
     "record_write",
 ]
 
@@ -87,7 +88,8 @@ def format_lsn(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def _format(floor: CausalFloor) -> str:
+def format_token(floor: CausalFloor) -> str:
+    """The opaque token string of ``floor`` (see ``current_causal_token``)."""
     parts = []
     if floor.lsn is not None:
         parts.append(f"pg:{format_lsn(floor.lsn)}")
@@ -118,7 +120,7 @@ def _parse(token: str) -> CausalFloor:
 def current_causal_token() -> str | None:
     """The current context's causal token as an opaque string, or ``None``."""
     floor = FLOOR.get()
-    return _format(floor) if floor else None
+    return format_token(floor) if floor else None
 
 
 class causal_token(ContextDecorator):
