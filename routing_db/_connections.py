@@ -9,6 +9,7 @@ look like that.
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -65,7 +66,27 @@ def driver_says_closed(driver_connection: Any) -> bool:
         value = getattr(driver_connection, flag, None)
         if isinstance(value, bool) and value:
             return True
+    pgconn = getattr(driver_connection, "pgconn", None)  # psycopg 3
+    if pgconn is not None:
+        # libpq reads only while a query runs, so a server that closed an idle
+        # connection goes unnoticed until the next query fails. Idle, with no
+        # query in flight, anything to read (EOF, or the FATAL sent before it)
+        # means the server is ending this connection.
+        try:
+            fd = pgconn.socket
+        except Exception:  # psycopg raises once the connection is gone
+            return True
+        return _readable(fd)
     return False
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 def leave_out_of_commit(

@@ -41,11 +41,26 @@ def _as_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
+    # Autocommit for this one query: psycopg would otherwise send BEGIN
+    # before it and the pool a ROLLBACK after it, three round trips for one.
+    autocommit = driver_connection.autocommit
+    await driver_connection.set_autocommit(True)
+    try:
+        cursor = await driver_connection.execute(sql, prepare=False)
+        row = await cursor.fetchone()
+    finally:
+        await driver_connection.set_autocommit(autocommit)
+    return row[0] if row else None
+
+
 def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
     fetchval = getattr(driver_connection, "fetchval", None)
     if callable(fetchval):
         # asyncpg outside a transaction: one round trip, no BEGIN/ROLLBACK.
         return await_only(fetchval(sql))
+    if hasattr(driver_connection, "pgconn"):  # psycopg 3, idle after COMMIT
+        return await_only(_psycopg_scalar(driver_connection, sql))
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql)

@@ -79,6 +79,14 @@ def _driver_connection_lost(error: BaseException) -> bool:
     name = type(error).__name__
     if name == "ConnectionDoesNotExistError":  # asyncpg
         return True
+    if (
+        name == "OperationalError"
+        and type(error).__module__.startswith("psycopg")
+        and getattr(error, "sqlstate", None) is None
+    ):
+        # psycopg 3 gives every server error a SQLSTATE; an OperationalError
+        # without one comes from libpq itself: connect failed, socket closed.
+        return True
     message = str(error).lower()
     return name.endswith(("InterfaceError", "OperationalError")) and (
         "connection" in message and "closed" in message

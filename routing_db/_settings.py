@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from ._engines import check_url
 from ._exceptions import ConfigurationError
@@ -111,7 +112,8 @@ class RoutingSettings(BaseSettings):
     hold_warning_seconds: Limit | None = None
     checkout_wait_warning: Annotated[float, Field(gt=0, le=1)] | None = None
 
-    # Session settings for every new connection (asyncpg server_settings),
+    # Session settings for every new connection (asyncpg server_settings,
+    # psycopg startup options),
     # with writer_/replica_ overrides. Replicas stay read-only regardless.
     statement_timeout_ms: PoolCount | None = None
     timezone: str | None = None
@@ -172,12 +174,12 @@ class RoutingSettings(BaseSettings):
             for name in _POOL_FIELDS
             if (value := getattr(self, f"{role}_{name}")) is not None
         }
-        server_settings = self._server_settings(role)
-        if server_settings:
-            overrides["connect_args"] = {"server_settings": server_settings}
+        connect_args = self._connect_args(role)
+        if connect_args:
+            overrides["connect_args"] = connect_args
         return overrides
 
-    def _server_settings(self, role: str) -> dict[str, str]:
+    def _connect_args(self, role: str) -> dict[str, Any]:
         settings: dict[str, str] = {}
         for field, guc in _SESSION_SETTINGS.items():
             value = getattr(self, f"{role}_{field}")
@@ -186,16 +188,22 @@ class RoutingSettings(BaseSettings):
             if value is not None:
                 ms = field == "statement_timeout_ms"
                 settings[guc] = f"{value}ms" if ms else value
-        if settings:
-            urls = self.replica_urls if role == "replica" else [self.writer_url]
-            for url in urls:
-                if url is not None and "+asyncpg" not in url.get_secret_value():
-                    raise ConfigurationError(
-                        "statement_timeout_ms, timezone, application_name and "
-                        "search_path are sent as asyncpg server_settings: they "
-                        "need postgresql+asyncpg URLs"
-                    )
-        return settings
+        if not settings:
+            return {}
+        urls = self.replica_urls if role == "replica" else [self.writer_url]
+        drivers = {make_url(url.get_secret_value()).drivername for url in urls if url}
+        if drivers == {"postgresql+asyncpg"}:
+            return {"server_settings": settings}
+        if drivers <= {"postgresql+psycopg", "postgresql+psycopg_async"}:
+            # libpq's startup options: sent with the connection, no round trip.
+            return {
+                "options": " ".join(_libpq_option(k, v) for k, v in settings.items())
+            }
+        raise ConfigurationError(
+            "statement_timeout_ms, timezone, application_name and search_path "
+            f"need all {role} URLs to use one PostgreSQL driver: "
+            "postgresql+asyncpg or postgresql+psycopg"
+        )
 
     def router_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Router.from_urls`` (they contain the secrets)."""
@@ -223,3 +231,9 @@ class RoutingSettings(BaseSettings):
                 if (value := getattr(self, name)) is not None
             },
         }
+
+
+def _libpq_option(name: str, value: str) -> str:
+    # libpq splits ``options`` on spaces; a backslash keeps one in a value.
+    escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+    return f"-c {name}={escaped}"

@@ -18,11 +18,23 @@ WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
 
 
 @pytest.fixture(scope="session")
-def cluster(pg_cluster: PostgresCluster) -> PostgresCluster:
+def schema(pg_cluster: PostgresCluster) -> PostgresCluster:
     """The session cluster with the test schema on it, replicated."""
     pg_cluster.sql(pg_cluster.primary, ddl())
     pg_cluster.wait_replicated()
     return pg_cluster
+
+
+@pytest.fixture(params=["asyncpg", "psycopg"])
+def cluster(schema: PostgresCluster, request: pytest.FixtureRequest) -> PostgresCluster:
+    """The cluster, its URLs for each PostgreSQL driver in turn."""
+    return schema.with_driver(request.param)
+
+
+@pytest.fixture
+def asyncpg_cluster(schema: PostgresCluster) -> PostgresCluster:
+    """The cluster for tests of what only asyncpg has."""
+    return schema
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ async def test_session_settings_per_role(
         replica_statement_timeout_ms=5678,
         application_name="orders-api",
         timezone="Europe/Paris",
-        search_path="public",
+        search_path="public, pg_catalog",  # a space: escaped for psycopg
     )
     router = Router.from_settings(settings)
     show = text(
@@ -108,7 +108,7 @@ async def test_session_settings_per_role(
                 "1234ms",
                 "orders-api",
                 "Europe/Paris",
-                "public",
+                "public, pg_catalog",
                 "off",
             )
         async with Session() as session, read_only:
@@ -116,19 +116,24 @@ async def test_session_settings_per_role(
                 "5678ms",
                 "orders-api",
                 "Europe/Paris",
-                "public",
+                "public, pg_catalog",
                 "on",  # replicas stay read-only
             )
     finally:
         await router.dispose()
 
 
-def test_session_settings_need_asyncpg() -> None:
+def test_session_settings_need_one_postgresql_driver_per_role() -> None:
     settings = RoutingSettings(
-        writer_url="postgresql+psycopg://u@h/db", application_name="x"
+        writer_url="postgresql+psycopg://u@h/db",
+        replica_urls="postgresql+psycopg://u@r1/db,postgresql+asyncpg://u@r2/db",
+        application_name="x",
     )
-    with pytest.raises(ConfigurationError, match="asyncpg"):
+    with pytest.raises(ConfigurationError, match="replica URLs to use one"):
         settings.router_kwargs()
+    sqlite = RoutingSettings(writer_url="sqlite+aiosqlite://", timezone="UTC")
+    with pytest.raises(ConfigurationError, match="writer URLs to use one"):
+        sqlite.router_kwargs()
 
 
 async def test_starvation_detector_names_the_holder(

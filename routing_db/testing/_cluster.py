@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import copy
 import os
 import shutil
 import subprocess
@@ -67,6 +68,7 @@ class PostgresCluster:
         self._bindir = bindir
         self._basedir = basedir
         self._stopped = False
+        self.driver = "asyncpg"
 
     # -- construction -----------------------------------------------------
 
@@ -85,10 +87,11 @@ class PostgresCluster:
                 password=u.password if isinstance(u.password, str) else None,
             )
 
-        return cls(
+        cluster = cls(
             node("primary", writer_url),
             [node(f"replica{i}", url) for i, url in enumerate(replica_urls)],
         )
+        return cluster.with_driver(make_url(writer_url).get_driver_name())
 
     @classmethod
     def from_env(cls) -> PostgresCluster | None:
@@ -138,15 +141,21 @@ class PostgresCluster:
         """True when this process started the servers and can stop/crash them."""
         return self._basedir is not None
 
+    def with_driver(self, driver: str) -> PostgresCluster:
+        """The same servers, with URLs for ``driver`` (``asyncpg``, ``psycopg``)."""
+        view = copy.copy(self)
+        view.driver = driver
+        return view
+
     @property
     def writer_url(self) -> str:
-        """SQLAlchemy URL of the primary."""
-        return self.primary.url
+        """SQLAlchemy URL of the primary (for ``self.driver``)."""
+        return self.primary.url_for(self.driver)
 
     @property
     def replica_urls(self) -> list[str]:
-        """SQLAlchemy URLs of the replicas."""
-        return [node.url for node in self.replicas]
+        """SQLAlchemy URLs of the replicas (for ``self.driver``)."""
+        return [node.url_for(self.driver) for node in self.replicas]
 
     def _run(self, *args: str, timeout: float = 120) -> str:
         assert self._bindir is not None

@@ -126,8 +126,12 @@ class PgNode:
     @property
     def url(self) -> str:
         """SQLAlchemy asyncpg URL of this server (with its password, if any)."""
+        return self.url_for("asyncpg")
+
+    def url_for(self, driver: str) -> str:
+        """SQLAlchemy URL of this server for ``driver`` (``asyncpg``, ``psycopg``)."""
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
-        return f"postgresql+asyncpg://{auth}@{self.host}:{self.port}/{self.dbname}"
+        return f"postgresql+{driver}://{auth}@{self.host}:{self.port}/{self.dbname}"
 
     @property
     def dsn(self) -> str:
