@@ -22,6 +22,7 @@ __all__ = [
     "PgNode",
     "find_pg_bindir",
     "free_ports",
+    "owner_alive",
     "reap_orphans",
 ]
 
@@ -72,15 +73,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def owner_alive(basedir: Path) -> bool:
+    """Is the process that created this test server directory still running?"""
+    try:
+        owner = int((basedir / OWNER).read_text())
+    except (OSError, ValueError):
+        return True  # not ours to judge (or still being created)
+    return _alive(owner)
+
+
 def reap_orphans(bindir: Path) -> list[Path]:
     """Stop and delete test clusters whose owning process is gone."""
     reaped = []
     for basedir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
-        try:
-            owner = int((basedir / OWNER).read_text())
-        except (OSError, ValueError):
-            continue  # not ours to judge (or still being created)
-        if _alive(owner):
+        if owner_alive(basedir):
             continue
         for pidfile in basedir.glob("*/postmaster.pid"):
             cmd = [str(bindir / "pg_ctl"), "stop", "-D", str(pidfile.parent)]

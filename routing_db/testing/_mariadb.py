@@ -1,0 +1,328 @@
+"""A throwaway MariaDB primary with GTID replicas, and fault controls."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._servers import OWNER, ClusterError, free_ports, owner_alive
+
+__all__ = ["MariaDBCluster", "MariaDBNode", "find_mariadbd"]
+
+INSTALL_HINT = (
+    "MariaDB server binaries (mariadbd, mariadb-install-db, mariadb) were not "
+    "found. Install them (Debian/Ubuntu: apt-get install mariadb-server; "
+    "Fedora: dnf install mariadb-server; macOS: brew install mariadb) or set "
+    "ROUTING_DB_MARIADBD to the server binary."
+)
+PREFIX = "routing_db_mariadb_"
+SERVER_USER = "mysql"
+# The application's account: no SUPER or READ ONLY ADMIN, so a replica's
+# read_only=1 applies to it as it would in production.
+APP_USER, APP_PASSWORD, APP_DB = "app", "app-secret", "app"
+_REPL_USER, _REPL_PASSWORD = "repl", "repl-secret"
+
+
+def find_mariadbd() -> Path:
+    """Locate the MariaDB server binary."""
+    candidates = [os.environ.get("ROUTING_DB_MARIADBD", "")]
+    candidates += [shutil.which(name) or "" for name in ("mariadbd", "mysqld")]
+    candidates += ["/usr/sbin/mariadbd", "/usr/libexec/mariadbd"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            if shutil.which("mariadb-install-db") and shutil.which("mariadb"):
+                return Path(candidate)
+    raise ClusterError(INSTALL_HINT)
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    # mariadbd refuses to run as root unless told to; run it as mysql instead.
+    return ["runuser", "-u", SERVER_USER, "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def reap_orphans() -> list[Path]:
+    """Kill and delete MariaDB test servers whose owning process is gone."""
+    reaped = []
+    for basedir in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        if owner_alive(basedir):
+            continue
+        for pidfile in basedir.glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        shutil.rmtree(basedir, ignore_errors=True)
+        reaped.append(basedir)
+    return reaped
+
+
+@dataclass
+class MariaDBNode:
+    """One MariaDB server of the cluster."""
+
+    name: str
+    port: int
+    server_id: int
+    basedir: Path
+
+    @property
+    def datadir(self) -> Path:
+        return self.basedir / self.name
+
+    @property
+    def socket(self) -> Path:
+        return self.basedir / f"{self.name}.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.basedir / f"{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.basedir / f"{self.name}.err"
+
+    def url_for(self, driver: str = "aiomysql") -> str:
+        """SQLAlchemy URL (MariaDB dialect) for the application's account."""
+        return (
+            f"mariadb+{driver}://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{self.port}"
+            f"/{APP_DB}"
+        )
+
+
+class MariaDBCluster:
+    """A MariaDB primary and its GTID replicas, with controls to inject faults."""
+
+    def __init__(
+        self,
+        primary: MariaDBNode,
+        replicas: Sequence[MariaDBNode],
+        *,
+        mariadbd: Path,
+        basedir: Path,
+    ) -> None:
+        self.primary = primary
+        self.replicas = list(replicas)
+        self._mariadbd = mariadbd
+        self._basedir = basedir
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopped = False
+
+    @classmethod
+    def start(cls, replicas: int = 2) -> MariaDBCluster:
+        """Install, start and connect a primary and ``replicas`` GTID replicas."""
+        mariadbd = find_mariadbd()
+        reap_orphans()
+        basedir = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (basedir / OWNER).write_text(str(os.getpid()))
+        if os.geteuid() == 0:
+            shutil.chown(basedir, SERVER_USER, None)
+        ports = free_ports(1 + replicas)
+        nodes = [
+            MariaDBNode("primary" if i == 0 else f"replica{i - 1}", port, i + 1, basedir)
+            for i, port in enumerate(ports)
+        ]
+        cluster = cls(nodes[0], nodes[1:], mariadbd=mariadbd, basedir=basedir)
+        atexit.register(cluster.stop)
+        try:
+            for node in nodes:
+                cluster._install(node)
+                cluster._start_node(node)
+            cluster._init_primary()
+            for index in range(replicas):
+                cluster._init_replica(index)
+            cluster.wait_replicated()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    @property
+    def writer_url(self) -> str:
+        """SQLAlchemy URL of the primary."""
+        return self.primary.url_for()
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """SQLAlchemy URLs of the replicas."""
+        return [node.url_for() for node in self.replicas]
+
+    # -- processes ------------------------------------------------------------
+
+    def _install(self, node: MariaDBNode) -> None:
+        cmd = _as_server_user(
+            [
+                "mariadb-install-db", "--no-defaults", f"--datadir={node.datadir}",
+                "--auth-root-authentication-method=normal", "--skip-test-db",
+            ]
+        )  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise ClusterError(f"mariadb-install-db failed: {done.stderr.strip()}")
+
+    def _start_node(self, node: MariaDBNode) -> None:
+        replica = node is not self.primary
+        cmd = _as_server_user(
+            [
+                str(self._mariadbd), "--no-defaults", f"--datadir={node.datadir}",
+                f"--port={node.port}", "--bind-address=127.0.0.1",
+                f"--socket={node.socket}", f"--pid-file={node.pidfile}",
+                f"--log-error={node.logfile}", f"--server-id={node.server_id}",
+                "--log-bin=binlog", "--binlog-format=ROW", "--skip-name-resolve",
+                "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M",
+                "--performance-schema=OFF", "--max-connections=300",
+                "--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0",
+                *(["--read-only=1", "--relay-log=relay"] if replica else []),
+            ]
+        )  # fmt: skip
+        self._processes[node.name] = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
+        )
+        self._poll(f"{node.name} to accept connections", lambda: self._ping(node), 60)
+
+    def _ping(self, node: MariaDBNode) -> bool:
+        process = self._processes.get(node.name)
+        if process is not None and process.poll() is not None:
+            raise ClusterError(f"{node.name} exited:\n{self.log(node)}")
+        self.sql(node, "SELECT 1", timeout=5)
+        return True
+
+    def log(self, node: MariaDBNode, lines: int = 30) -> str:
+        """The last lines of a node's error log."""
+        if not node.logfile.exists():
+            return ""
+        return "\n".join(node.logfile.read_text(errors="replace").splitlines()[-lines:])
+
+    def _init_primary(self) -> None:
+        self.sql(
+            self.primary,
+            f"CREATE USER '{_REPL_USER}'@'127.0.0.1' IDENTIFIED BY '{_REPL_PASSWORD}';"
+            f" GRANT REPLICATION SLAVE ON *.* TO '{_REPL_USER}'@'127.0.0.1';"
+            f" CREATE DATABASE {APP_DB};"
+            f" CREATE USER '{APP_USER}'@'127.0.0.1' IDENTIFIED BY '{APP_PASSWORD}';"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER"
+            f" ON {APP_DB}.* TO '{APP_USER}'@'127.0.0.1';",
+        )
+
+    def _init_replica(self, index: int) -> None:
+        self.sql(
+            self.replicas[index],
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={self.primary.port},"
+            f" MASTER_USER='{_REPL_USER}', MASTER_PASSWORD='{_REPL_PASSWORD}',"
+            " MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;",
+        )
+
+    def stop(self) -> None:
+        """Kill every server this process started and delete their files."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for node in (*self.replicas, self.primary):
+            if node.name in self._processes:
+                self._kill(node)
+        shutil.rmtree(self._basedir, ignore_errors=True)
+
+    def _kill(self, node: MariaDBNode) -> None:
+        # The server's own pid (a runuser in between does not pass SIGKILL on).
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(node.pidfile.read_text().strip()), signal.SIGKILL)
+        process = self._processes[node.name]
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+    # -- SQL ----------------------------------------------------------------------
+
+    def sql(self, node: MariaDBNode, query: str, *, timeout: float = 30) -> str:
+        """Run ``query`` as root on ``node`` (its socket); return tab-separated rows."""
+        cmd = [
+            "mariadb", "--no-defaults", "-uroot", f"--socket={node.socket}",
+            "--batch", "--skip-column-names", "-e", query,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"mariadb on {node.name} timed out") from None
+        if done.returncode != 0:
+            raise ClusterError(f"mariadb on {node.name}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    @staticmethod
+    def _poll(
+        what: str, check: object, timeout: float, interval: float = 0.05
+    ) -> None:
+        assert callable(check)
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(ClusterError):
+                if check():
+                    return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(interval)
+
+    def gtid_pos(self, node: MariaDBNode) -> str:
+        """The primary's ``gtid_binlog_pos`` or a replica's ``gtid_slave_pos``."""
+        var = "gtid_binlog_pos" if node is self.primary else "gtid_slave_pos"
+        return self.sql(node, f"SELECT @@global.{var}")
+
+    def wait_replicated(self, timeout: float = 30) -> str:
+        """Wait until every running replica applied the primary's GTID position."""
+        target = self.gtid_pos(self.primary)
+        for node in self.replicas:
+            if node.name not in self._stopped_nodes():
+                self._poll(
+                    f"{node.name} to apply {target}",
+                    lambda node=node: self.sql(  # type: ignore[misc]
+                        node, f"SELECT MASTER_GTID_WAIT('{target}', 0)"
+                    )
+                    == "0",
+                    timeout,
+                    0.02,
+                )
+        return target
+
+    def _stopped_nodes(self) -> set[str]:
+        return {
+            name for name, process in self._processes.items() if process.poll() is not None
+        }
+
+    # -- faults ---------------------------------------------------------------------
+
+    def stop_applying(self, index: int) -> None:
+        """``STOP SLAVE SQL_THREAD``: the replica receives but applies nothing."""
+        self.sql(self.replicas[index], "STOP SLAVE SQL_THREAD")
+
+    def resume_applying(self, index: int) -> None:
+        """``START SLAVE SQL_THREAD``."""
+        self.sql(self.replicas[index], "START SLAVE SQL_THREAD")
+
+    def crash_replica(self, index: int) -> None:
+        """Kill a replica's server process (SIGKILL)."""
+        self._kill(self.replicas[index])
+
+    def start_replica(self, index: int) -> None:
+        """Start a stopped replica again; it resumes replicating."""
+        node = self.replicas[index]
+        self._start_node(node)
+        self.sql(node, "START SLAVE")
+
+    def heal(self) -> None:
+        """Undo faults: start crashed replicas, resume applying, catch up."""
+        for index, node in enumerate(self.replicas):
+            if node.name in self._stopped_nodes():
+                self.start_replica(index)
+            self.sql(node, "START SLAVE")  # a no-op for running threads
+        self.wait_replicated()
+
+    def __repr__(self) -> str:
+        nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
+        return f"<MariaDBCluster {nodes}>"
