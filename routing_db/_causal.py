@@ -1,7 +1,10 @@
 """Causal tokens: what a context has written, so its later reads can see it.
 
-A token is the writer's WAL position after a commit that wrote (PostgreSQL),
-or the wall-clock time of that commit (backends without positions). It lives
+A token is the writer's position after a commit that wrote (PostgreSQL: its
+WAL position; MariaDB: the commit's GTID), or the wall-clock time of that
+commit (backends without positions). A position is one integer: a WAL
+position, or a GTID's sequence number with its replication domain above bit
+64, so that positions of different domains never count as reached. It lives
 in ``contextvars``: the task that committed and tasks created inside it. As a
 string it can travel in an HTTP header or a job payload.
 Knows nothing of SQLAlchemy.
@@ -19,13 +22,16 @@ from ._context import ContextDecorator
 from ._exceptions import ConfigurationError
 
 __all__ = [
+    "DOMAIN_SHIFT",
     "FLOOR",
     "CausalFloor",
     "causal_token",
     "current_causal_token",
     "current_floor",
+    "encode_gtid",
     "format_lsn",
     "format_token",
+    "reached",
     "record_write",
 ]
 
@@ -35,23 +41,46 @@ R = TypeVar("R")
 _MAX_TOKEN = 128
 _LSN_PART = re.compile(r"pg:([0-9A-F]{1,8})/([0-9A-F]{1,8})")
 _TIME_PART = re.compile(r"t:(\d{1,12}(?:\.\d{1,9})?)")
+_GTID_PART = re.compile(r"gtid:(\d{1,10})-(\d{1,10})-(\d{1,20})")
+
+DOMAIN_SHIFT = 64
+_SEQ_MASK = (1 << DOMAIN_SHIFT) - 1
+
+
+def encode_gtid(domain: int, seq: int) -> int:
+    """A MariaDB GTID's position: its sequence number within its domain."""
+    return (domain << DOMAIN_SHIFT) | (seq & _SEQ_MASK)
+
+
+def reached(position: int, floor: int) -> bool:
+    """Is ``position`` at or past ``floor`` (and in the same GTID domain)?"""
+    return position >> DOMAIN_SHIFT == floor >> DOMAIN_SHIFT and position >= floor
 
 
 class CausalFloor:
     """The newest write a context must be able to read (mutable, only grows)."""
 
-    __slots__ = ("lsn", "token", "wrote", "wrote_at")
+    __slots__ = ("lsn", "server", "token", "wrote", "wrote_at")
 
-    def __init__(self, lsn: int | None = None, wrote_at: float | None = None) -> None:
+    def __init__(
+        self,
+        lsn: int | None = None,
+        wrote_at: float | None = None,
+        server: int | None = None,
+    ) -> None:
         self.lsn = lsn
+        self.server = server  # the GTID's server id (MariaDB), else None
         self.wrote_at = wrote_at
         self.wrote = False  # a commit in this scope raised it
         self.token: Token[CausalFloor | None] | None = None
 
-    def raise_to(self, lsn: int | None, wrote_at: float | None) -> None:
+    def raise_to(
+        self, lsn: int | None, wrote_at: float | None, server: int | None = None
+    ) -> None:
         """Move the floor forward; never back."""
         if lsn is not None and (self.lsn is None or lsn > self.lsn):
             self.lsn = lsn
+            self.server = server
         if wrote_at is not None and (self.wrote_at is None or wrote_at > self.wrote_at):
             self.wrote_at = wrote_at
 
@@ -68,19 +97,21 @@ def current_floor() -> CausalFloor | None:
     return FLOOR.get()
 
 
-def record_write(*, lsn: int | None, wrote_at: float | None = None) -> None:
+def record_write(
+    *, lsn: int | None, wrote_at: float | None = None, server: int | None = None
+) -> None:
     """Raise the current context's floor after a commit that wrote."""
     if wrote_at is None and lsn is None:
         wrote_at = time.time()
     floor = FLOOR.get()
     if floor is not None:
-        floor.raise_to(lsn, wrote_at)
+        floor.raise_to(lsn, wrote_at, server)
         floor.wrote = True
         return
     # Deliberately set without a reset: the token must outlive the commit
     # that made it (the request's later reads depend on it). It stays in this
     # task's context (and its children's), never in any other request's.
-    FLOOR.set(CausalFloor(lsn, wrote_at))
+    FLOOR.set(CausalFloor(lsn, wrote_at, server))
 
 
 def format_lsn(lsn: int) -> str:
@@ -91,7 +122,10 @@ def format_lsn(lsn: int) -> str:
 def format_token(floor: CausalFloor) -> str:
     """The opaque token string of ``floor`` (see ``current_causal_token``)."""
     parts = []
-    if floor.lsn is not None:
+    if floor.lsn is not None and floor.server is not None:
+        lsn = floor.lsn
+        parts.append(f"gtid:{lsn >> DOMAIN_SHIFT}-{floor.server}-{lsn & _SEQ_MASK}")
+    elif floor.lsn is not None:
         parts.append(f"pg:{format_lsn(floor.lsn)}")
     if floor.wrote_at is not None:
         parts.append(f"t:{floor.wrote_at:.6f}")
@@ -105,14 +139,20 @@ def _parse(token: str) -> CausalFloor:
     for part in token.split(","):
         if match := _LSN_PART.fullmatch(part):
             floor.raise_to((int(match[1], 16) << 32) | int(match[2], 16), None)
+        elif match := _GTID_PART.fullmatch(part):
+            domain, server, seq = (int(group) for group in match.groups())
+            if seq > _SEQ_MASK:
+                raise ConfigurationError("malformed causal token: GTID out of range")
+            floor.raise_to(encode_gtid(domain, seq), None, server)
         elif match := _TIME_PART.fullmatch(part):
             floor.raise_to(None, float(match[1]))
         else:
             # Never ignore it: a token we cannot read could hide a write the
             # caller expects to see, and a silent stale read is worse.
             raise ConfigurationError(
-                "malformed causal token; expected e.g. 'pg:16/B374D848' or "
-                "'t:1764100000.5' as produced by current_causal_token()"
+                "malformed causal token; expected e.g. 'pg:16/B374D848', "
+                "'gtid:0-1-42' or 't:1764100000.5' as produced by "
+                "current_causal_token()"
             )
     return floor
 
@@ -135,10 +175,9 @@ class causal_token(ContextDecorator):
     def _enter(self) -> None:
         outer = FLOOR.get()
         floor = CausalFloor()
-        if outer is not None:
-            floor.raise_to(outer.lsn, outer.wrote_at)
-        if self._given is not None:
-            floor.raise_to(self._given.lsn, self._given.wrote_at)
+        for known in (outer, self._given):
+            if known is not None:
+                floor.raise_to(known.lsn, known.wrote_at, known.server)
         floor.token = FLOOR.set(floor)
 
     def _exit(self) -> None:
@@ -147,7 +186,7 @@ class causal_token(ContextDecorator):
         FLOOR.reset(inner.token)
         if inner.wrote:
             # Writes made inside the block stay visible after it.
-            record_write(lsn=inner.lsn, wrote_at=inner.wrote_at)
+            record_write(lsn=inner.lsn, wrote_at=inner.wrote_at, server=inner.server)
 
     @overload
     def __call__(

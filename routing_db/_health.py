@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
+from ._causal import reached
 from ._exceptions import ConfigurationError
 
 __all__ = ["HealthOptions", "ReplicaState"]
@@ -142,10 +143,10 @@ class ReplicaState:
             )
 
     def raise_replay_lsn(self, lsn: int) -> None:
-        """Remember a replay position; it only moves forward."""
-        if self.replay_lsn is None or lsn > self.replay_lsn:
+        """Remember a replay position; it only moves forward (within a domain)."""
+        if self.replay_lsn is None or not reached(self.replay_lsn, lsn):
             self.replay_lsn = lsn
 
     def caught_up(self, floor: int) -> bool:
         """Has this replica (as last seen) replayed WAL up to ``floor``?"""
-        return self.replay_lsn is not None and self.replay_lsn >= floor
+        return self.replay_lsn is not None and reached(self.replay_lsn, floor)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._engines import pool_capacity
-from ._positions import REPLICA_SQL, WRITER_SQL, fetch_row, has_positions
+from ._positions import has_positions, replica_status, writer_position
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -26,6 +26,11 @@ def _saturated(engine: AsyncEngine) -> bool:
     capacity = pool_capacity(pool)
     checkedout = getattr(pool, "checkedout", None)
     return bool(capacity and callable(checkedout) and checkedout() >= capacity)
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("SELECT 1")
 
 
 class Monitor:
@@ -62,10 +67,7 @@ class Monitor:
         writer_lsn: int | None = None
         if self._positions:
             try:
-                (value,) = await self._bounded(
-                    fetch_row(self._router.writer, WRITER_SQL)
-                )
-                writer_lsn = int(value)
+                writer_lsn = await self._bounded(writer_position(self._router.writer))
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("routing_db monitor: writer position unavailable: %r", exc)
         now = time.monotonic()
@@ -86,10 +88,12 @@ class Monitor:
         router = self._router
         try:
             if self._positions:
-                replay, age = await self._bounded(fetch_row(replica, REPLICA_SQL))
+                replay, lag_bytes, lag_seconds = await self._bounded(
+                    replica_status(replica, writer_lsn)
+                )
             else:
-                await self._bounded(fetch_row(replica, "SELECT 1"))
-                replay = age = None
+                await self._bounded(_select_one(replica))
+                replay = None
         except Exception as exc:
             if _saturated(replica):
                 # Waiting for a connection from a full pool says the replica
@@ -99,17 +103,8 @@ class Monitor:
             router._replica_set.failed(replica.sync_engine, exc)
             return
         router._replica_set.succeeded(replica.sync_engine)
-        if not self._positions or replay is None:
+        if replay is None:
             return
-        replay = int(replay)
-        if writer_lsn is None:
-            lag_bytes: int | None = None
-            lag_seconds: float | None = None
-        else:
-            lag_bytes = max(0, writer_lsn - replay)
-            # Caught up means no lag, however old the last replayed
-            # transaction is: an idle primary must not look like a lagging one.
-            lag_seconds = 0.0 if lag_bytes == 0 else float(age or 0.0)
         router._replica_set.record_lag(
             replica.sync_engine,
             replay_lsn=replay,

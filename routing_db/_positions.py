@@ -1,7 +1,9 @@
-"""Replication positions: the SQL that reads them and the cheapest way to run it.
+"""Replication positions: how each backend reads and compares them.
 
-WAL positions are read as numbers (``lsn - '0/0'``) so that no driver has to
-know the ``pg_lsn`` type.
+A position is one integer (see ``_causal``), so routing compares positions
+without knowing the backend. PostgreSQL: the WAL position (``lsn - '0/0'``,
+so that no driver has to know the ``pg_lsn`` type). MariaDB: a GTID's
+sequence number within its replication domain.
 """
 
 from __future__ import annotations
@@ -13,45 +15,46 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
+from ._causal import DOMAIN_SHIFT, encode_gtid, reached
+
 __all__ = [
-    "REPLICA_SQL",
-    "WRITER_SQL",
-    "fetch_row",
     "has_positions",
-    "replay_lsn_now",
-    "writer_lsn_after_commit",
+    "replay_position_now",
+    "replica_status",
+    "writer_position",
+    "writer_position_after_commit",
 ]
 
-WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+
+_PG_WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+_PG_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
 # Replay position, and the age of the last replayed transaction (the lag in
 # seconds while the replica is behind; meaningless once it has caught up).
-REPLICA_SQL = (
+_PG_REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
     "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
 )
-_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
+# MariaDB: the GTID of this session's last commit; what a replica has applied
+# (gtid_slave_pos moves only when the SQL thread applies a transaction).
+_LAST_GTID_SQL = "SELECT @@last_gtid"
+_APPLIED_SQL = "SELECT @@global.gtid_slave_pos"
+_BINLOG_SQL = "SELECT @@global.gtid_domain_id, @@global.gtid_binlog_pos"
 
 
 def has_positions(dialect_name: str) -> bool:
-    """Does this backend have WAL positions routing_db can compare?"""
-    return dialect_name == "postgresql"
+    """Does this backend have replication positions routing_db can compare?"""
+    # ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the
+    # MySQL dialect) use the time window instead.
+    return dialect_name in ("postgresql", "mariadb")
 
 
-def _as_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
-    # Autocommit for this one query: psycopg would otherwise send BEGIN
-    # before it and the pool a ROLLBACK after it, three round trips for one.
-    autocommit = driver_connection.autocommit
-    await driver_connection.set_autocommit(True)
-    try:
-        cursor = await driver_connection.execute(sql, prepare=False)
-        row = await cursor.fetchone()
-    finally:
-        await driver_connection.set_autocommit(autocommit)
-    return row[0] if row else None
+def _gtid_position(gtid_list: str | None, domain: int) -> int | None:
+    # "0-1-42,1-3-7": one GTID per domain.
+    for gtid in (gtid_list or "").split(","):
+        parts = gtid.strip().split("-")
+        if len(parts) == 3 and int(parts[0]) == domain:
+            return encode_gtid(domain, int(parts[2]))
+    return None
 
 
 def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
@@ -71,30 +74,94 @@ def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
     return row[0] if row else None
 
 
-def writer_lsn_after_commit(connection: Connection) -> int | None:
-    """The writer's WAL position, read on ``connection`` right after its COMMIT."""
-    if not has_positions(connection.dialect.name):
-        return None
+async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
+    # Autocommit for this one query: psycopg would otherwise send BEGIN
+    # before it and the pool a ROLLBACK after it, three round trips for one.
+    autocommit = driver_connection.autocommit
+    await driver_connection.set_autocommit(True)
+    try:
+        cursor = await driver_connection.execute(sql, prepare=False)
+        row = await cursor.fetchone()
+    finally:
+        await driver_connection.set_autocommit(autocommit)
+    return row[0] if row else None
+
+
+def writer_position_after_commit(
+    connection: Connection,
+) -> tuple[int, int | None] | None:
+    """(position, GTID server id), read on ``connection`` right after its COMMIT."""
+    name = connection.dialect.name
     proxied = connection.connection
-    return _as_int(
-        _scalar(proxied.driver_connection, proxied.dbapi_connection, WRITER_SQL)
-    )
+    if name == "postgresql":
+        lsn = _scalar(
+            proxied.driver_connection, proxied.dbapi_connection, _PG_WRITER_SQL
+        )
+        return None if lsn is None else (int(lsn), None)
+    if name == "mariadb":
+        gtid = _scalar(
+            proxied.driver_connection, proxied.dbapi_connection, _LAST_GTID_SQL
+        )
+        if not gtid:
+            return None
+        domain, server, seq = (int(part) for part in str(gtid).split("-"))
+        return encode_gtid(domain, seq), server
+    return None
 
 
-def replay_lsn_now(engine: Engine) -> int | None:
-    """A replica's replay position, read now on a pooled connection."""
+def replay_position_now(engine: Engine, floor: int) -> int | None:
+    """A replica's position now, in ``floor``'s domain, on a pooled connection."""
     raw = engine.raw_connection()
     try:
-        return _as_int(
-            _scalar(raw.driver_connection, raw.dbapi_connection, _REPLAY_SQL)
-        )
+        if engine.dialect.name == "mariadb":
+            applied = _scalar(raw.driver_connection, raw.dbapi_connection, _APPLIED_SQL)
+            return _gtid_position(applied, floor >> DOMAIN_SHIFT)
+        lsn = _scalar(raw.driver_connection, raw.dbapi_connection, _PG_REPLAY_SQL)
+        return None if lsn is None else int(lsn)
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()
 
 
-async def fetch_row(engine: AsyncEngine, sql: str) -> tuple[Any, ...]:
-    """Run ``sql`` on a pooled connection of ``engine`` and return its row."""
+async def writer_position(engine: AsyncEngine) -> int | None:
+    """The writer's newest position (for lag), in its own GTID domain."""
     async with engine.connect() as connection:
-        row = (await connection.exec_driver_sql(sql)).one()
-    return tuple(row)
+        if engine.dialect.name == "mariadb":
+            binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
+            return _gtid_position(binlog[1], int(binlog[0]))
+        value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
+    return None if value is None else int(value)
+
+
+async def replica_status(
+    engine: AsyncEngine, writer: int | None
+) -> tuple[int | None, int | None, float | None]:
+    """(position, lag bytes, lag seconds) of a replica; ``writer`` as of now."""
+    async with engine.connect() as connection:
+        if engine.dialect.name == "mariadb":
+            applied = (await connection.exec_driver_sql(_APPLIED_SQL)).scalar()
+            status = await connection.exec_driver_sql("SHOW SLAVE STATUS")
+            slave = status.mappings().first()
+            behind = None if slave is None else slave.get("Seconds_Behind_Master")
+            domain = 0 if writer is None else writer >> DOMAIN_SHIFT
+            position = _gtid_position(applied, domain)
+            # GTIDs give no byte measure; the seconds are the replica's own
+            # (NULL while its SQL thread is stopped).
+            lag_bytes = None
+            lag_seconds = None if behind is None else float(behind)
+        else:
+            row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
+            position = None if row[0] is None else int(row[0])
+            lag_bytes = (
+                None
+                if writer is None or position is None
+                else max(0, writer - position)
+            )
+            lag_seconds = float(row[1] or 0.0)
+    if position is None or writer is None:
+        return position, None, None
+    if reached(position, writer):
+        # Caught up means no lag, however old the last applied transaction
+        # is: an idle primary must not look like a lagging one.
+        return position, None if lag_bytes is None else 0, 0.0
+    return position, lag_bytes, lag_seconds

@@ -18,7 +18,7 @@ from ._engines import pool_capacity
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._policies import BalancingPolicy, Candidate
-from ._positions import replay_lsn_now
+from ._positions import replay_position_now
 from ._retry import is_connection_error
 
 __all__ = ["Pick", "ReplicaSet"]
@@ -226,7 +226,7 @@ class ReplicaSet:
         """Ask ``engine`` for its replay position now; is it at ``need``?"""
         state = self.states[engine]
         try:
-            lsn = replay_lsn_now(engine)
+            lsn = replay_position_now(engine, need)
         except Exception as exc:
             if not is_connection_error(exc):
                 raise

@@ -25,7 +25,7 @@ from ._connections import close_quietly
 from ._context import SCOPE, Scope
 from ._decision import DefaultRole, Route, check_default_role, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
-from ._positions import writer_lsn_after_commit
+from ._positions import writer_position_after_commit
 from ._recovery import FRESH_TRANSACTION, RecoveringSession, first_statement
 from ._replicas import Pick
 from ._router import Router
@@ -247,13 +247,16 @@ def _after_commit(session: RoutingSyncSession) -> None:
     if router is None or not router.replicas or connection is None:
         return
     try:
-        lsn = writer_lsn_after_commit(connection)
+        position = writer_position_after_commit(connection)
     except Exception as exc:
         # The commit succeeded; without its position, the time window
         # (sticky_seconds) keeps this context's reads on the writer.
-        logger.debug("routing_db: no WAL position after commit: %r", exc)
-        lsn = None
-    record_write(lsn=lsn)
+        logger.debug("routing_db: no replication position after commit: %r", exc)
+        position = None
+    if position is None:
+        record_write(lsn=None)
+    else:
+        record_write(lsn=position[0], server=position[1])
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")

@@ -37,10 +37,10 @@ def find_mariadbd() -> Path:
     candidates = [os.environ.get("ROUTING_DB_MARIADBD", "")]
     candidates += [shutil.which(name) or "" for name in ("mariadbd", "mysqld")]
     candidates += ["/usr/sbin/mariadbd", "/usr/libexec/mariadbd"]
+    tools = shutil.which("mariadb-install-db") and shutil.which("mariadb")
     for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            if shutil.which("mariadb-install-db") and shutil.which("mariadb"):
-                return Path(candidate)
+        if tools and candidate and Path(candidate).is_file():
+            return Path(candidate)
     raise ClusterError(INSTALL_HINT)
 
 
@@ -125,7 +125,9 @@ class MariaDBCluster:
             shutil.chown(basedir, SERVER_USER, None)
         ports = free_ports(1 + replicas)
         nodes = [
-            MariaDBNode("primary" if i == 0 else f"replica{i - 1}", port, i + 1, basedir)
+            MariaDBNode(
+                "primary" if i == 0 else f"replica{i - 1}", port, i + 1, basedir
+            )
             for i, port in enumerate(ports)
         ]
         cluster = cls(nodes[0], nodes[1:], mariadbd=mariadbd, basedir=basedir)
@@ -213,7 +215,8 @@ class MariaDBCluster:
     def _init_replica(self, index: int) -> None:
         self.sql(
             self.replicas[index],
-            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={self.primary.port},"
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1',"
+            f" MASTER_PORT={self.primary.port},"
             f" MASTER_USER='{_REPL_USER}', MASTER_PASSWORD='{_REPL_PASSWORD}',"
             " MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;",
         )
@@ -256,9 +259,7 @@ class MariaDBCluster:
         return done.stdout.strip()
 
     @staticmethod
-    def _poll(
-        what: str, check: object, timeout: float, interval: float = 0.05
-    ) -> None:
+    def _poll(what: str, check: object, timeout: float, interval: float = 0.05) -> None:
         assert callable(check)
         deadline = time.monotonic() + timeout
         while True:
@@ -266,7 +267,9 @@ class MariaDBCluster:
                 if check():
                     return
             if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+                raise ClusterError(
+                    f"timed out after {timeout:.0f} s waiting for {what}"
+                )
             time.sleep(interval)
 
     def gtid_pos(self, node: MariaDBNode) -> str:
@@ -281,10 +284,9 @@ class MariaDBCluster:
             if node.name not in self._stopped_nodes():
                 self._poll(
                     f"{node.name} to apply {target}",
-                    lambda node=node: self.sql(  # type: ignore[misc]
-                        node, f"SELECT MASTER_GTID_WAIT('{target}', 0)"
-                    )
-                    == "0",
+                    lambda node=node: (
+                        self.sql(node, f"SELECT MASTER_GTID_WAIT('{target}', 0)") == "0"
+                    ),
                     timeout,
                     0.02,
                 )
@@ -292,7 +294,9 @@ class MariaDBCluster:
 
     def _stopped_nodes(self) -> set[str]:
         return {
-            name for name, process in self._processes.items() if process.poll() is not None
+            name
+            for name, process in self._processes.items()
+            if process.poll() is not None
         }
 
     # -- faults ---------------------------------------------------------------------
