@@ -9,13 +9,16 @@ sequence number within its replication domain.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import await_only
 
 from ._causal import DOMAIN_SHIFT, encode_gtid, reached
+from ._retry import is_connection_error
 
 __all__ = [
     "has_positions",
@@ -25,6 +28,8 @@ __all__ = [
     "writer_position_after_commit",
 ]
 
+
+logger = logging.getLogger("routing_db")
 
 _PG_WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
 _PG_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
@@ -133,6 +138,21 @@ async def writer_position(engine: AsyncEngine) -> int | None:
     return None if value is None else int(value)
 
 
+async def _seconds_behind(connection: AsyncConnection) -> Any:
+    try:
+        status = await connection.exec_driver_sql("SHOW SLAVE STATUS")
+    except DBAPIError as exc:
+        if is_connection_error(exc):
+            raise
+        # Without the SLAVE MONITOR privilege: positions still work (any
+        # account reads gtid_slave_pos), only the lag in seconds is unknown.
+        logger.debug("routing_db monitor: SHOW SLAVE STATUS refused: %r", exc)
+        await connection.rollback()
+        return None
+    slave = status.mappings().first()
+    return None if slave is None else slave.get("Seconds_Behind_Master")
+
+
 async def replica_status(
     engine: AsyncEngine, writer: int | None
 ) -> tuple[int | None, int | None, float | None]:
@@ -140,9 +160,7 @@ async def replica_status(
     async with engine.connect() as connection:
         if engine.dialect.name == "mariadb":
             applied = (await connection.exec_driver_sql(_APPLIED_SQL)).scalar()
-            status = await connection.exec_driver_sql("SHOW SLAVE STATUS")
-            slave = status.mappings().first()
-            behind = None if slave is None else slave.get("Seconds_Behind_Master")
+            behind = await _seconds_behind(connection)
             domain = 0 if writer is None else writer >> DOMAIN_SHIFT
             position = _gtid_position(applied, domain)
             # GTIDs give no byte measure; the seconds are the replica's own

@@ -209,7 +209,9 @@ class MariaDBCluster:
             f" CREATE DATABASE {APP_DB};"
             f" CREATE USER '{APP_USER}'@'127.0.0.1' IDENTIFIED BY '{APP_PASSWORD}';"
             f" GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER"
-            f" ON {APP_DB}.* TO '{APP_USER}'@'127.0.0.1';",
+            f" ON {APP_DB}.* TO '{APP_USER}'@'127.0.0.1';"
+            # SHOW SLAVE STATUS (the replica's lag in seconds) needs it.
+            f" GRANT SLAVE MONITOR ON *.* TO '{APP_USER}'@'127.0.0.1';",
         )
 
     def _init_replica(self, index: int) -> None:
@@ -280,17 +282,23 @@ class MariaDBCluster:
     def wait_replicated(self, timeout: float = 30) -> str:
         """Wait until every running replica applied the primary's GTID position."""
         target = self.gtid_pos(self.primary)
-        for node in self.replicas:
+        for index, node in enumerate(self.replicas):
             if node.name not in self._stopped_nodes():
-                self._poll(
-                    f"{node.name} to apply {target}",
-                    lambda node=node: (
-                        self.sql(node, f"SELECT MASTER_GTID_WAIT('{target}', 0)") == "0"
-                    ),
-                    timeout,
-                    0.02,
-                )
+                self.wait_replicated_on(index, target, timeout=timeout)
         return target
+
+    def wait_replicated_on(
+        self, index: int, target: str | None = None, *, timeout: float = 30
+    ) -> None:
+        """Wait until replica ``index`` applied ``target`` (default: the primary's)."""
+        target = target or self.gtid_pos(self.primary)
+        node = self.replicas[index]
+        self._poll(
+            f"{node.name} to apply {target}",
+            lambda: self.sql(node, f"SELECT MASTER_GTID_WAIT('{target}', 0)") == "0",
+            timeout,
+            0.02,
+        )
 
     def _stopped_nodes(self) -> set[str]:
         return {
@@ -308,6 +316,13 @@ class MariaDBCluster:
     def resume_applying(self, index: int) -> None:
         """``START SLAVE SQL_THREAD``."""
         self.sql(self.replicas[index], "START SLAVE SQL_THREAD")
+
+    def delay_applying(self, index: int, *, seconds: int) -> None:
+        """Make a replica apply each transaction ``seconds`` late (MASTER_DELAY)."""
+        self.sql(
+            self.replicas[index],
+            f"STOP SLAVE; CHANGE MASTER TO MASTER_DELAY={int(seconds)}; START SLAVE",
+        )
 
     def crash_replica(self, index: int) -> None:
         """Kill a replica's server process (SIGKILL)."""

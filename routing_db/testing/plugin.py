@@ -7,8 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from ._cluster import PostgresCluster
+from ._mariadb import MariaDBCluster
 
-__all__ = ["pg_cluster"]
+__all__ = ["mariadb_cluster", "pg_cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,19 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield external
         return
     cluster = PostgresCluster.start(replicas=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_cluster() -> Iterator[MariaDBCluster]:
+    """A MariaDB primary + 2 GTID replicas for the whole test session.
+
+    Started on free loopback ports in a temporary directory, always stopped.
+    """
+    cluster = MariaDBCluster.start(replicas=2)
     try:
         yield cluster
     finally:

@@ -1,0 +1,300 @@
+"""MariaDB (aiomysql): routing, read_only, GTID read-your-writes, lag, failover.
+
+Each statement's server is checked on the server (``@@server_id``: 1 is the
+primary); replicas are stopped from applying with ``STOP SLAVE SQL_THREAD``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.schema import CreateTable
+from tenacity import wait_none
+
+from routing_db import (
+    ConfigurationError,
+    ReadOnlyViolation,
+    RetryPolicy,
+    Router,
+    RoutingSession,
+    causal_token,
+    current_causal_token,
+    is_connection_error,
+    is_transient_error,
+    read_only,
+    routing_sessionmaker,
+)
+from routing_db.testing import MariaDBCluster
+
+from .models import Item
+
+pytestmark = pytest.mark.mariadb
+
+WHERE = text("SELECT @@server_id, @@global.read_only, @@session.tx_read_only")
+PRIMARY = 1
+FAST = RetryPolicy(attempts=3, wait=wait_none())
+Maker = async_sessionmaker[RoutingSession]
+
+
+def items_ddl() -> str:
+    dialect = mysql.dialect()  # type: ignore[no-untyped-call]
+    dialect.is_mariadb = True
+    return str(CreateTable(Item.__table__).compile(dialect=dialect))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def maria(mariadb_cluster: MariaDBCluster) -> MariaDBCluster:
+    mariadb_cluster.sql(mariadb_cluster.primary, f"USE app; {items_ddl()}")
+    mariadb_cluster.wait_replicated()
+    return mariadb_cluster
+
+
+@pytest.fixture
+def db(maria: MariaDBCluster) -> Iterator[MariaDBCluster]:
+    """The cluster with an empty table, healed after the test."""
+    maria.sql(maria.primary, "TRUNCATE app.items")
+    maria.wait_replicated()
+    try:
+        yield maria
+    finally:
+        maria.heal()
+
+
+@pytest.fixture
+async def router(db: MariaDBCluster) -> AsyncIterator[Router]:
+    # No time window: only GTID positions stand between a read and stale data.
+    router = Router.from_urls(
+        db.writer_url,
+        db.replica_urls,
+        pool_size=5,
+        retry=FAST,
+        monitor_interval=0.1,
+        sticky_seconds=0,
+    )
+    try:
+        yield router
+    finally:
+        await router.dispose()
+
+
+@pytest.fixture
+def Session(router: Router) -> Maker:
+    return routing_sessionmaker(router, expire_on_commit=False)
+
+
+async def where(session: AsyncSession) -> tuple[int, bool, bool]:
+    """(server_id, server read_only, this transaction read-only) where it ran."""
+    server, global_ro, session_ro = (await session.execute(WHERE)).one()
+    return int(server), bool(global_ro), bool(session_ro)
+
+
+def replica_ids(db: MariaDBCluster) -> set[int]:
+    return {node.server_id for node in db.replicas}
+
+
+async def test_writes_go_to_the_primary_and_reads_to_read_only_replicas(
+    db: MariaDBCluster, Session: Maker
+) -> None:
+    async with Session() as session:
+        assert await where(session) == (PRIMARY, False, False)
+        session.add(Item(name="w"))
+        await session.commit()
+    db.wait_replicated()
+    served = set()
+    for _ in range(4):
+        async with Session() as session, read_only:
+            served.add(await where(session))
+            assert (await session.scalar(select(func.count()).select_from(Item))) == 1
+    # Round robin reaches both replicas; each is read_only=1 at the server and
+    # the transaction is read-only too.
+    assert served == {(server, True, True) for server in replica_ids(db)}
+    assert db.sql(db.primary, "SELECT count(*) FROM app.items") == "1"
+
+
+async def test_a_write_under_read_only_is_refused_and_nothing_is_written(
+    db: MariaDBCluster, Session: Maker
+) -> None:
+    async with Session() as session, read_only:
+        session.add(Item(name="no"))
+        with pytest.raises(ReadOnlyViolation):
+            await session.flush()
+        await session.rollback()
+    async with Session() as session, read_only:
+        # Past the classifier (on the transaction's replica connection
+        # itself): the server refuses it.
+        connection = await session.connection()
+        with pytest.raises(ReadOnlyViolation) as caught:
+            await connection.exec_driver_sql("INSERT INTO items (name) VALUES ('raw')")
+        # Chained to the server's own refusal: 1290 (--read-only) or 1792
+        # (read-only transaction), whichever the server checks first.
+        cause = caught.value.__cause__
+        assert cause is not None and cause.args[0] in (1290, 1792)
+    for node in (db.primary, *db.replicas):
+        assert db.sql(node, "SELECT count(*) FROM app.items") == "0"
+
+
+async def test_read_your_writes_by_gtid_while_replicas_apply_nothing(
+    db: MariaDBCluster, Session: Maker
+) -> None:
+    for index in range(len(db.replicas)):
+        db.stop_applying(index)
+    for n in range(30):
+        async with Session() as session:
+            session.add(Item(name=f"row{n}"))
+            await session.commit()
+        token = current_causal_token()
+        assert token is not None and token.startswith("gtid:0-1-")
+        # The token is the commit's own GTID, as the primary numbers it.
+        assert token == f"gtid:{db.sql(db.primary, 'SELECT @@global.gtid_binlog_pos')}"
+        async with Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            assert f"row{n}" in names  # never a stale read
+            assert (await where(session))[0] == PRIMARY  # nobody else has it
+
+
+async def test_the_token_string_carries_read_your_writes_to_another_context(
+    db: MariaDBCluster, Session: Maker
+) -> None:
+    db.stop_applying(0)
+
+    async def write() -> str:
+        async with Session() as session:
+            session.add(Item(name="carried"))
+            await session.commit()
+        token = current_causal_token()
+        assert token is not None
+        return token
+
+    token = await asyncio.create_task(write())  # its own context
+
+    async def read(token: str | None) -> tuple[set[str], int]:
+        with causal_token(token):
+            async with Session() as session, read_only:
+                names = set(await session.scalars(select(Item.name)))
+                return names, (await where(session))[0]
+
+    # Replica 1 applies, replica 0 does not: with the token, reads never get
+    # replica 0 (each replica is judged by its own position).
+    db.wait_replicated_on(1)
+    for _ in range(6):
+        names, server = await asyncio.create_task(read(token))
+        assert "carried" in names
+        assert server != db.replicas[0].server_id
+    # The control: without the token, replica 0 serves its stale copy.
+    stale = [await asyncio.create_task(read(None)) for _ in range(4)]
+    assert any(
+        server == db.replicas[0].server_id and "carried" not in names
+        for names, server in stale
+    )
+
+
+async def test_lag_from_show_slave_status_takes_a_replica_out(
+    db: MariaDBCluster,
+) -> None:
+    router = Router.from_urls(
+        db.writer_url, db.replica_urls, max_lag_seconds=1, monitor_interval=0.1
+    )
+    Session = routing_sessionmaker(router)
+    db.delay_applying(0, seconds=60)
+    try:
+        async with router:
+            db.sql(db.primary, "INSERT INTO app.items (name) VALUES ('late')")
+            deadline = time.monotonic() + 20
+            while not router.status()[1]["lagging"]:
+                assert time.monotonic() < deadline, router.status()
+                await asyncio.sleep(0.05)
+            assert router.status()[1]["lag_seconds"] > 1
+            for _ in range(6):
+                async with Session() as session, read_only:
+                    assert (await where(session))[0] == db.replicas[1].server_id
+    finally:
+        await router.dispose()
+        db.delay_applying(0, seconds=0)
+
+
+async def test_a_crashed_replica_fails_no_read_and_comes_back(
+    db: MariaDBCluster, router: Router, Session: Maker
+) -> None:
+    async with router:
+        db.crash_replica(0)
+        served = []
+        for _ in range(20):
+            async with Session() as session, read_only:
+                served.append((await where(session))[0])
+        assert set(served) == {db.replicas[1].server_id}
+        assert router.status()[1]["ejected"] is True
+        db.start_replica(0)
+        deadline = time.monotonic() + 10
+        while router.status()[1]["ejected"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        served_after = set()
+        for _ in range(4):
+            async with Session() as session, read_only:
+                served_after.add((await where(session))[0])
+        assert served_after == replica_ids(db)
+
+
+async def capture(coro: Any) -> BaseException:
+    try:
+        await coro
+    except BaseException as exc:
+        return exc
+    raise AssertionError("expected an error")
+
+
+async def test_classification_of_real_mariadb_errors(
+    db: MariaDBCluster, router: Router
+) -> None:
+    writer = router.writer
+    db.crash_replica(0)
+    refused = await capture(router.replicas[0].connect().__aenter__())
+    async with writer.connect() as conn:
+        connection_id = await conn.scalar(text("SELECT CONNECTION_ID()"))
+        db.sql(db.primary, f"KILL {connection_id}")
+        killed = await capture(conn.execute(text("SELECT 1")))
+    db.sql(db.primary, "INSERT INTO app.items (id, name) VALUES (1, 'a'), (2, 'b')")
+    async with writer.connect() as a, writer.connect() as b:
+        await a.execute(text("UPDATE items SET name = 'a' WHERE id = 1"))
+        await b.execute(text("UPDATE items SET name = 'b' WHERE id = 2"))
+        first = asyncio.create_task(
+            a.execute(text("UPDATE items SET name = 'a' WHERE id = 2"))
+        )
+        await asyncio.sleep(0.2)  # let a block on b's lock first
+        results = await asyncio.gather(
+            first,
+            b.execute(text("UPDATE items SET name = 'b' WHERE id = 1")),
+            return_exceptions=True,
+        )
+        deadlock = next(r for r in results if isinstance(r, BaseException))
+        assert "Deadlock" in str(deadlock)
+    async with writer.connect() as conn:
+        duplicate = await capture(
+            conn.execute(text("INSERT INTO items (id, name) VALUES (1, 'dup')"))
+        )
+        syntax = await capture(conn.execute(text("SELEC 1")))
+
+    for error in (refused, killed):
+        assert is_connection_error(error) and is_transient_error(error), error
+    assert not is_connection_error(deadlock) and is_transient_error(deadlock)
+    for error in (duplicate, syntax):
+        assert not is_connection_error(error) and not is_transient_error(error)
+
+
+async def test_a_replica_that_is_really_a_primary_is_refused(
+    db: MariaDBCluster,
+) -> None:
+    router = Router.from_urls(db.writer_url, [db.writer_url])
+    try:
+        with pytest.raises(ConfigurationError, match="not a standby"):
+            async with routing_sessionmaker(router)() as session, read_only:
+                await where(session)
+    finally:
+        await router.dispose()
