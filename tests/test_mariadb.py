@@ -44,7 +44,7 @@ Maker = async_sessionmaker[RoutingSession]
 
 
 def items_ddl() -> str:
-    dialect = mysql.dialect()  # type: ignore[no-untyped-call]
+    dialect = mysql.dialect()
     dialect.is_mariadb = True
     return str(CreateTable(Item.__table__).compile(dialect=dialect))  # type: ignore[arg-type]
 
