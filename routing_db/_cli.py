@@ -38,7 +38,7 @@ def _settings(args: argparse.Namespace) -> RoutingSettings:
         values["writer_url"] = args.writer_url
     if args.replica_url:
         values["replica_urls"] = args.replica_url
-    for name in ("pool_size", "max_overflow", "pool_timeout", "policy"):
+    for name in ("pool_size", "max_overflow", "pool_timeout", "policy", "pgbouncer"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -118,6 +118,13 @@ def _connection_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--pool-size", type=int)
     command.add_argument("--max-overflow", type=int)
+    command.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        default=None,
+        help="the servers sit behind PgBouncer (transaction mode); "
+        "ROUTING_DB_PGBOUNCER",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -182,12 +189,18 @@ def _check(args: argparse.Namespace) -> int:
             writer_pool=budget("writer"),
             replica_pool=budget("replica"),
             processes=args.processes,
+            pgbouncer=settings.pgbouncer,
         )
     )
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
     else:
         print(_table([r.row() for r in reports]))
+    for report in reports:
+        for warning in report.warnings:
+            print(
+                f"routing-db check: warning: {report.name}: {warning}", file=sys.stderr
+            )
     problems = [(r.name, p) for r in reports for p in r.problems]
     for name, problem in problems:
         print(f"routing-db check: {name}: {problem}", file=sys.stderr)

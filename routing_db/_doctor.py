@@ -3,20 +3,22 @@
 Connects to every URL once (no pool), and checks: the writer is a primary;
 each replica is a standby of *this* writer (same ``system_identifier``); its
 lag; and whether ``(pool_size + max_overflow) x processes`` fits under each
-server's ``max_connections`` minus the reserved slots.
+server's ``max_connections`` minus the reserved slots. Warns when a pooler
+(PgBouncer) sits in between and the ``pgbouncer`` option is off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ._engines import url_name
+from ._engines import behind_pgbouncer, url_name
 
 __all__ = ["EngineReport", "check_setup"]
 
@@ -26,7 +28,8 @@ _ABOUT = text(
     "coalesce(current_setting('reserved_connections', true)::int, 0), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn "
     "ELSE pg_current_wal_lsn() - '0/0'::pg_lsn END, "
-    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), "
+    "inet_server_port()"
 )
 _SYSTEM_ID = text("SELECT system_identifier FROM pg_control_system()")
 
@@ -45,7 +48,9 @@ class EngineReport:
     connection_limit: int | None = None  # max_connections minus reserved
     pool_budget: int = 0  # (pool_size + max_overflow) x processes
     lag_bytes: int | None = None
+    server_port: int | None = None  # as the server sees it (None: a socket)
     problems: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def row(self) -> dict[str, object]:
         """One line of the table."""
@@ -79,8 +84,13 @@ def _describe(error: BaseException, secrets: list[str]) -> str:
     return f"{reason}: {message}"
 
 
-async def _inspect(report: EngineReport, url: URL, secrets: list[str]) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+async def _inspect(
+    report: EngineReport, url: URL, secrets: list[str], pgbouncer: bool
+) -> None:
+    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    if pgbouncer:
+        url, kwargs = behind_pgbouncer(url, kwargs)
+    engine = create_async_engine(url, **kwargs)
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(_ABOUT)).one()
@@ -89,6 +99,7 @@ async def _inspect(report: EngineReport, url: URL, secrets: list[str]) -> None:
             report.connection_limit = int(row[1]) - int(row[2]) - int(row[3])
             report.lsn = None if row[4] is None else int(row[4])
             report.replay_age = None if row[5] is None else float(row[5])
+            report.server_port = None if row[6] is None else int(row[6])
             try:
                 report.system_identifier = int((await conn.scalar(_SYSTEM_ID)) or 0)
             except Exception:  # needs superuser or pg_monitor-like rights
@@ -132,6 +143,23 @@ def _judge(writer: EngineReport, replicas: list[EngineReport]) -> None:
             )
 
 
+def _warn_about_poolers(report: EngineReport, url: URL) -> None:
+    # The server's own port differs from the one connected to (or it was
+    # reached over a socket): something sits in between, most often
+    # PgBouncer, whose transaction mode breaks prepared statements.
+    expected = url.port or 5432
+    if not report.reachable or report.server_port == expected:
+        return
+    seen = "a Unix socket" if report.server_port is None else report.server_port
+    report.warnings.append(
+        f"connected to port {expected}, but the server listens on {seen}: a "
+        "connection pooler sits in between. If it is PgBouncer in transaction "
+        "mode (before 1.21, or without max_prepared_statements), set "
+        "pgbouncer=True (ROUTING_DB_PGBOUNCER=true, --pgbouncer) or prepared "
+        "statements will fail"
+    )
+
+
 async def check_setup(
     writer_url: str,
     replica_urls: list[str],
@@ -139,6 +167,7 @@ async def check_setup(
     writer_pool: int,
     replica_pool: int,
     processes: int = 1,
+    pgbouncer: bool = False,
 ) -> list[EngineReport]:
     """Inspect every server; ``*_pool`` is pool_size + max_overflow per process."""
     urls = [make_url(writer_url), *(make_url(u) for u in replica_urls)]
@@ -152,7 +181,13 @@ async def check_setup(
         for i, url in enumerate(urls)
     ]
     await asyncio.gather(
-        *(_inspect(r, u, secrets) for r, u in zip(reports, urls, strict=True))
+        *(
+            _inspect(r, u, secrets, pgbouncer)
+            for r, u in zip(reports, urls, strict=True)
+        )
     )
     _judge(reports[0], reports[1:])
+    if not pgbouncer:
+        for report, url in zip(reports, urls, strict=True):
+            _warn_about_poolers(report, url)
     return reports

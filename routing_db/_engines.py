@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViola
 from ._retry import is_connection_error
 
 __all__ = [
+    "behind_pgbouncer",
     "check_url",
     "create_engine",
     "engine_name",
@@ -92,6 +94,35 @@ def create_engine(url: URL, *, field: str, **kwargs: Any) -> AsyncEngine:
         ) from None
     except (ArgumentError, TypeError) as exc:
         raise ConfigurationError(f"{field}: {exc}") from None
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def behind_pgbouncer(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """``url`` and engine ``kwargs`` for a PgBouncer in transaction pooling mode.
+
+    Each transaction may get another server connection, so no prepared
+    statement may outlive the transaction that made it: asyncpg gets no
+    statement cache (neither its own nor SQLAlchemy's) and a unique name for
+    each statement; psycopg never prepares. (PgBouncer >= 1.21 with
+    ``max_prepared_statements`` makes this unnecessary.)
+    """
+    driver = url.get_driver_name()
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if driver == "asyncpg":
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args.setdefault("statement_cache_size", 0)
+        connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
+    elif driver in ("psycopg", "psycopg_async"):
+        connect_args.setdefault("prepare_threshold", None)
+    else:
+        raise ConfigurationError(
+            f"pgbouncer=True is for PostgreSQL URLs (asyncpg or psycopg), "
+            f"not {url.drivername}"
+        )
+    return url, {**kwargs, "connect_args": connect_args}
 
 
 def pool_capacity(pool: Any) -> int:

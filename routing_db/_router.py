@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._decision import DefaultRole, check_default_role
 from ._engines import (
+    behind_pgbouncer,
     check_url,
     create_engine,
     engine_name,
@@ -230,12 +231,15 @@ class Router:
         writer_kwargs: Mapping[str, Any] | None = None,
         replica_kwargs: Mapping[str, Any] | None = None,
         router_options: Mapping[str, Any] | None = None,
+        pgbouncer: bool = False,
         **engine_kwargs: Any,
     ) -> Router:
         """Create the engines; ``engine_kwargs`` go to every ``create_async_engine``.
 
         Router options (``default_role``, ``policy``, ``max_lag_bytes``, ...) may
         be given here by name too, or collected in ``router_options``.
+        ``pgbouncer=True``: the servers sit behind PgBouncer in transaction
+        pooling mode (no prepared statement outlives its transaction).
         """
         if not writer_url:
             raise ConfigurationError("writer_url is required")
@@ -258,14 +262,16 @@ class Router:
         if engine_kwargs.get("pool_pre_ping") is None:
             engine_kwargs["pool_pre_ping"] = False
             options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)
-        common = engine_kwargs
-        writer = create_engine(
-            writer_u, field="writer_url", **{**common, **(writer_kwargs or {})}
-        )
+
+        def engine(url: URL, field: str, role_kwargs: Any) -> AsyncEngine:
+            kwargs = {**engine_kwargs, **(role_kwargs or {})}
+            if pgbouncer:
+                url, kwargs = behind_pgbouncer(url, kwargs)
+            return create_engine(url, field=field, **kwargs)
+
+        writer = engine(writer_u, "writer_url", writer_kwargs)
         replicas = [
-            create_engine(
-                url, field=f"replica_urls[{i}]", **{**common, **(replica_kwargs or {})}
-            )
+            engine(url, f"replica_urls[{i}]", replica_kwargs)
             for i, url in enumerate(replica_us)
         ]
         return cls(writer=writer, replicas=replicas, **options)

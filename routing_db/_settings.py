@@ -128,6 +128,9 @@ class RoutingSettings(BaseSettings):
     replica_application_name: str | None = None
     replica_search_path: str | None = None
 
+    # PgBouncer in transaction pooling mode in front of the servers.
+    pgbouncer: bool = False
+
     # Read-your-writes and retries.
     sticky_seconds: Limit = 2.0
     causal_wait_timeout: Limit | None = None
@@ -209,6 +212,7 @@ class RoutingSettings(BaseSettings):
         """Keyword arguments for ``Router.from_urls`` (they contain the secrets)."""
         assert self.writer_url is not None  # enforced by _require_writer
         return {
+            "pgbouncer": self.pgbouncer,
             "writer_url": self.writer_url.get_secret_value(),
             "replica_urls": [url.get_secret_value() for url in self.replica_urls],
             "writer_kwargs": self._role_overrides("writer"),

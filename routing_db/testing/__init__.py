@@ -1,4 +1,4 @@
-"""Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas.
+"""Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas, PgBouncer.
 
 Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 ``pytest_plugins = ["routing_db.testing.plugin"]`` in a top-level conftest).
@@ -6,13 +6,16 @@ Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 
 from ._cluster import ClusterError, PgNode, PostgresCluster, find_pg_bindir
 from ._mariadb import MariaDBCluster, MariaDBNode, find_mariadbd
+from ._pgbouncer import PgBouncer, find_pgbouncer
 
 __all__ = [
     "ClusterError",
     "MariaDBCluster",
     "MariaDBNode",
+    "PgBouncer",
     "PgNode",
     "PostgresCluster",
     "find_mariadbd",
     "find_pg_bindir",
+    "find_pgbouncer",
 ]

@@ -8,8 +8,9 @@ import pytest
 
 from ._cluster import PostgresCluster
 from ._mariadb import MariaDBCluster
+from ._pgbouncer import PgBouncer
 
-__all__ = ["mariadb_cluster", "pg_cluster"]
+__all__ = ["mariadb_cluster", "pg_cluster", "pgbouncer"]
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,21 @@ def mariadb_cluster() -> Iterator[MariaDBCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_cluster: PostgresCluster) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the primary and replica 0.
+
+    Its databases are named ``primary`` and ``replica0``; two server
+    connections per database, so transactions of one client connection do
+    move between server connections.
+    """
+    bouncer = PgBouncer.start(
+        {"primary": pg_cluster.primary, "replica0": pg_cluster.replicas[0]},
+        pool_size=2,
+    )
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
