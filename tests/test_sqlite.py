@@ -1,4 +1,10 @@
-"""Read-your-writes by time window on a backend without WAL positions (SQLite)."""
+"""aiosqlite, what ``make demo`` runs: routing, a read-only replica connection,
+and read-your-writes by time window (SQLite has no replication positions).
+
+The "replica" is the same file opened read-only; which connection ran a
+statement is asked of SQLite itself (``PRAGMA query_only`` is on only on
+the replica's connections).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from routing_db import (
+    ReadOnlyViolation,
     Router,
     causal_token,
     current_causal_token,
     read_only,
     routing_sessionmaker,
+    use_writer,
 )
 
 
@@ -67,3 +75,25 @@ async def test_an_old_time_token_no_longer_pins(router: Router) -> None:
     Session = routing_sessionmaker(router)
     async with causal_token("t:1.0"), Session() as session, read_only:
         assert await on_replica(session) is True
+
+
+async def test_routing_on_sqlite(router: Router) -> None:
+    Session = routing_sessionmaker(router)
+    async with Session() as session:
+        assert await on_replica(session) is False  # no flag: the writer
+    async with Session() as session, read_only:
+        assert await on_replica(session) is True
+        async with use_writer:
+            assert await on_replica(session) is False
+
+
+async def test_the_replica_connection_refuses_writes(router: Router) -> None:
+    Session = routing_sessionmaker(router)
+    async with Session() as session, read_only:
+        # Past the classifier, on the replica's own connection: SQLite
+        # refuses (SQLITE_READONLY), and that is a ReadOnlyViolation.
+        connection = await session.connection()
+        with pytest.raises(ReadOnlyViolation):
+            await connection.exec_driver_sql("INSERT INTO notes VALUES ('no')")
+    async with router.writer.connect() as conn:
+        assert (await conn.scalar(text("SELECT count(*) FROM notes"))) == 0
