@@ -44,8 +44,9 @@ _CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03"})
 # Serialization failure (also how a standby cancels a query that conflicts
 # with recovery) and deadlock: the transaction can simply be run again.
 _RERUN_STATES = frozenset({"40001", "40P01"})
-# MySQL client errors: lost connection, server gone away, can't connect.
-_MYSQL_CONNECTION_CODES = frozenset({2002, 2003, 2006, 2013, 2055})
+# MySQL client errors: lost connection, server gone away, can't connect;
+# server errors: shutdown in progress (1053), connection killed (1927).
+_MYSQL_CONNECTION_CODES = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055})
 _MYSQL_RERUN_CODES = frozenset({1213, 1205})  # deadlock, lock wait timeout
 
 
