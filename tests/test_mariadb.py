@@ -1,4 +1,5 @@
-"""MariaDB (aiomysql): routing, read_only, GTID read-your-writes, lag, failover.
+"""MariaDB (aiomysql, asyncmy): routing, read_only, GTID read-your-writes, lag,
+failover, error classification.
 
 Each statement's server is checked on the server (``@@server_id``: 1 is the
 primary); replicas are stopped from applying with ``STOP SLAVE SQL_THREAD``.
@@ -67,12 +68,18 @@ def db(maria: MariaDBCluster) -> Iterator[MariaDBCluster]:
         maria.heal()
 
 
+@pytest.fixture(params=["aiomysql", "asyncmy"])
+def urls(db: MariaDBCluster, request: pytest.FixtureRequest) -> tuple[str, list[str]]:
+    """The writer's and the replicas' URLs for each MySQL driver in turn."""
+    driver = request.param
+    return db.primary.url_for(driver), [n.url_for(driver) for n in db.replicas]
+
+
 @pytest.fixture
-async def router(db: MariaDBCluster) -> AsyncIterator[Router]:
+async def router(urls: tuple[str, list[str]]) -> AsyncIterator[Router]:
     # No time window: only GTID positions stand between a read and stale data.
     router = Router.from_urls(
-        db.writer_url,
-        db.replica_urls,
+        *urls,
         pool_size=5,
         retry=FAST,
         monitor_interval=0.1,
@@ -196,11 +203,9 @@ async def test_the_token_string_carries_read_your_writes_to_another_context(
 
 
 async def test_lag_from_show_slave_status_takes_a_replica_out(
-    db: MariaDBCluster,
+    db: MariaDBCluster, urls: tuple[str, list[str]]
 ) -> None:
-    router = Router.from_urls(
-        db.writer_url, db.replica_urls, max_lag_seconds=1, monitor_interval=0.1
-    )
+    router = Router.from_urls(*urls, max_lag_seconds=1, monitor_interval=0.1)
     Session = routing_sessionmaker(router)
     db.delay_applying(0, seconds=60)
     try:
@@ -289,9 +294,9 @@ async def test_classification_of_real_mariadb_errors(
 
 
 async def test_a_replica_that_is_really_a_primary_is_refused(
-    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
 ) -> None:
-    router = Router.from_urls(db.writer_url, [db.writer_url])
+    router = Router.from_urls(urls[0], [urls[0]])
     try:
         with pytest.raises(ConfigurationError, match="not a standby"):
             async with routing_sessionmaker(router)() as session, read_only:
