@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -34,6 +33,7 @@ from routing_db import (
 )
 from routing_db.testing import MariaDBCluster
 
+from .errors import capture, deadlock
 from .models import Item
 
 pytestmark = pytest.mark.mariadb
@@ -247,14 +247,6 @@ async def test_a_crashed_replica_fails_no_read_and_comes_back(
         assert served_after == replica_ids(db)
 
 
-async def capture(coro: Any) -> BaseException:
-    try:
-        await coro
-    except BaseException as exc:
-        return exc
-    raise AssertionError("expected an error")
-
-
 async def test_classification_of_real_mariadb_errors(
     db: MariaDBCluster, router: Router
 ) -> None:
@@ -266,20 +258,8 @@ async def test_classification_of_real_mariadb_errors(
         db.sql(db.primary, f"KILL {connection_id}")
         killed = await capture(conn.execute(text("SELECT 1")))
     db.sql(db.primary, "INSERT INTO app.items (id, name) VALUES (1, 'a'), (2, 'b')")
-    async with writer.connect() as a, writer.connect() as b:
-        await a.execute(text("UPDATE items SET name = 'a' WHERE id = 1"))
-        await b.execute(text("UPDATE items SET name = 'b' WHERE id = 2"))
-        first = asyncio.create_task(
-            a.execute(text("UPDATE items SET name = 'a' WHERE id = 2"))
-        )
-        await asyncio.sleep(0.2)  # let a block on b's lock first
-        results = await asyncio.gather(
-            first,
-            b.execute(text("UPDATE items SET name = 'b' WHERE id = 1")),
-            return_exceptions=True,
-        )
-        deadlock = next(r for r in results if isinstance(r, BaseException))
-        assert "Deadlock" in str(deadlock)
+    lost = await deadlock(writer, 1, 2)
+    assert "Deadlock" in str(lost)
     async with writer.connect() as conn:
         duplicate = await capture(
             conn.execute(text("INSERT INTO items (id, name) VALUES (1, 'dup')"))
@@ -288,7 +268,7 @@ async def test_classification_of_real_mariadb_errors(
 
     for error in (refused, killed):
         assert is_connection_error(error) and is_transient_error(error), error
-    assert not is_connection_error(deadlock) and is_transient_error(deadlock)
+    assert not is_connection_error(lost) and is_transient_error(lost)
     for error in (duplicate, syntax):
         assert not is_connection_error(error) and not is_transient_error(error)
 

@@ -29,6 +29,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .conftest import StatementLog, where
+from .errors import capture, deadlock
 from .models import Item
 
 FAST = RetryPolicy(attempts=3, wait=wait_none())
@@ -54,14 +55,6 @@ def terminate(
     ):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-
-
-async def capture(coro: Any) -> BaseException:
-    try:
-        await coro
-    except BaseException as exc:
-        return exc
-    raise AssertionError("expected an error")
 
 
 @pytest.mark.usefixtures("clean")
@@ -94,20 +87,8 @@ async def test_classification_of_real_errors(
                 " VALUES (-1, 'x'), (-2, 'y')"
             )
         )
-    async with writer.connect() as a, writer.connect() as b:
-        await a.execute(text("UPDATE items SET name = 'a' WHERE id = -1"))
-        await b.execute(text("UPDATE items SET name = 'b' WHERE id = -2"))
-        first = asyncio.create_task(
-            a.execute(text("UPDATE items SET name = 'a' WHERE id = -2"))
-        )
-        await asyncio.sleep(0.2)  # let a block on b's lock first
-        results = await asyncio.gather(
-            first,
-            b.execute(text("UPDATE items SET name = 'b' WHERE id = -1")),
-            return_exceptions=True,
-        )
-        deadlock = next(r for r in results if isinstance(r, BaseException))
-        assert "deadlock" in str(deadlock)
+    deadlocked = await deadlock(writer, -1, -2)
+    assert "deadlock" in str(deadlocked)
     async with writer.connect() as conn:
         duplicate = await capture(
             conn.execute(
@@ -122,7 +103,7 @@ async def test_classification_of_real_errors(
 
     assert is_connection_error(refused) and is_transient_error(refused)
     assert is_connection_error(terminated) and is_transient_error(terminated)
-    for error in (serialization, deadlock):
+    for error in (serialization, deadlocked):
         assert not is_connection_error(error)
         assert is_transient_error(error)
         assert not is_recovery_conflict(error)

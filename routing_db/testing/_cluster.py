@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -26,6 +25,7 @@ from ._servers import (
     PgNode,
     find_pg_bindir,
     free_ports,
+    poll,
     reap_orphans,
 )
 
@@ -275,27 +275,13 @@ class PostgresCluster:
             raise ClusterError(f"{node.name}: {query!r} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def _poll(
-        self, what: str, check: Callable[[], bool], timeout: float, interval: float
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(ClusterError):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"timed out after {timeout:.0f} s waiting for {what}"
-                )
-            time.sleep(interval)
-
     # -- waiting ----------------------------------------------------------------
 
     def wait_streaming(self, timeout: float = 60) -> None:
         """Wait until every replica streams from the primary."""
         want = len(self.replicas)
         query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-        self._poll(
+        poll(
             f"{want} streaming replicas",
             lambda: int(self.sql(self.primary, query)) >= want,
             timeout,
@@ -309,7 +295,7 @@ class PostgresCluster:
         lsn = self.sql(self.primary, "SELECT pg_current_wal_lsn()")
         query = f"SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{lsn}') >= 0"
         for node in self.replicas if replicas is None else replicas:
-            self._poll(
+            poll(
                 f"{node.name} to replay {lsn}",
                 lambda node=node: self.sql(node, query) == "t",  # type: ignore[misc]
                 timeout,
@@ -341,7 +327,7 @@ class PostgresCluster:
         """Pause WAL replay on a replica (it keeps receiving WAL)."""
         node = self.replicas[index]
         self.sql(node, "SELECT pg_wal_replay_pause()")
-        self._poll(
+        poll(
             f"{node.name} replay to pause",
             lambda: (
                 self.sql(node, "SELECT pg_get_wal_replay_pause_state()") == "paused"

@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._servers import OWNER, ClusterError, free_ports, owner_alive
+from ._servers import OWNER, ClusterError, free_ports, owner_alive, poll
 
 __all__ = ["MariaDBCluster", "MariaDBNode", "find_mariadbd"]
 
@@ -186,7 +185,7 @@ class MariaDBCluster:
         self._processes[node.name] = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
         )
-        self._poll(f"{node.name} to accept connections", lambda: self._ping(node), 60)
+        poll(f"{node.name} to accept connections", lambda: self._ping(node), 60)
 
     def _ping(self, node: MariaDBNode) -> bool:
         process = self._processes.get(node.name)
@@ -260,20 +259,6 @@ class MariaDBCluster:
             raise ClusterError(f"mariadb on {node.name}: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    @staticmethod
-    def _poll(what: str, check: object, timeout: float, interval: float = 0.05) -> None:
-        assert callable(check)
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(ClusterError):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"timed out after {timeout:.0f} s waiting for {what}"
-                )
-            time.sleep(interval)
-
     def gtid_pos(self, node: MariaDBNode) -> str:
         """The primary's ``gtid_binlog_pos`` or a replica's ``gtid_slave_pos``."""
         var = "gtid_binlog_pos" if node is self.primary else "gtid_slave_pos"
@@ -293,7 +278,7 @@ class MariaDBCluster:
         """Wait until replica ``index`` applied ``target`` (default: the primary's)."""
         target = target or self.gtid_pos(self.primary)
         node = self.replicas[index]
-        self._poll(
+        poll(
             f"{node.name} to apply {target}",
             lambda: self.sql(node, f"SELECT MASTER_GTID_WAIT('{target}', 0)") == "0",
             timeout,

@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ __all__ = [
     "find_pg_bindir",
     "free_ports",
     "owner_alive",
+    "poll",
     "reap_orphans",
 ]
 
@@ -102,6 +105,20 @@ def reap_orphans(bindir: Path) -> list[Path]:
 def _version_key(path: str) -> tuple[int, ...]:
     digits = "".join(c if c.isdigit() else " " for c in path).split()
     return tuple(int(d) for d in digits)
+
+
+def poll(
+    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05
+) -> None:
+    """Call ``check`` until it is true (``ClusterError``: not yet) or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ClusterError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_ports(count: int) -> list[int]:
