@@ -65,7 +65,7 @@ unit: $(VENV)/.installed-dev
 		tests/test_decision.py tests/test_context.py tests/test_settings.py \
 		tests/test_session_args.py tests/test_health_state.py \
 		tests/test_policies.py tests/test_causal_tokens.py tests/test_retry_policy.py \
-		tests/test_time_window_sqlite.py
+		tests/test_sqlite.py
 
 clean:
 	rm -rf $(VENV) $(SA20) $(BENCH) .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,6 @@
 """RoutingSettings and Router construction: clear typed errors, no secrets shown."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,6 @@ def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
             lambda: Router.from_urls(WRITER, no_such_engine_option=1),
             "no_such_engine_option",
         ),
-        (lambda: Router.from_urls(f"mysql+asyncmy://u:{SECRET}@h/db"), "pip install"),
     ],
 )
 def test_bad_router_arguments(call: object, expect: str) -> None:
@@ -269,3 +269,25 @@ async def test_from_settings_uses_the_environment(
         assert router.default_role == "auto"
     finally:
         await router.dispose()
+
+
+async def test_pgbouncer_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", "postgresql+asyncpg://u:pw@h1/db")
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", "postgresql+psycopg://u:pw@h2/db")
+    monkeypatch.setenv("ROUTING_DB_PGBOUNCER", "true")
+    router = Router.from_settings()
+    try:
+        # asyncpg: SQLAlchemy's own statement cache off (a URL setting); the
+        # driver's settings are connect arguments, tested on a real PgBouncer.
+        assert router.writer.url.query["prepared_statement_cache_size"] == "0"
+        assert "prepared_statement_cache_size" not in router.replicas[0].url.query
+    finally:
+        await router.dispose()
+
+
+def test_a_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every accepted driver is installed here: hide one as if it were not.
+    monkeypatch.setitem(sys.modules, "asyncmy", None)
+    with pytest.raises(ConfigurationError, match="pip install asyncmy") as caught:
+        Router.from_urls(f"mysql+asyncmy://u:{SECRET}@h/db")
+    assert SECRET not in str(caught.value)
