@@ -92,9 +92,17 @@ def routed(scope: Any = None, *, replicas: bool = True, **options: Any) -> Varia
         router = Router.from_urls(cluster.writer_url, urls, **options)
         Session = routing_sessionmaker(router)
 
-        async def op(row_id: int) -> Any:
-            async with Session() as session, scope or contextlib.nullcontext():
-                return (await session.execute(orm_select(row_id))).scalar_one()
+        if scope is None:  # exactly what the plain variant does
+
+            async def op(row_id: int) -> Any:
+                async with Session() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        else:
+
+            async def op(row_id: int) -> Any:
+                async with Session() as session, scope:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
 
         try:
             yield op

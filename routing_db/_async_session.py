@@ -28,27 +28,26 @@ class RoutingSession(AsyncSession):
         *,
         router: Router | None = None,
         default_role: DefaultRole | None = None,
-        binds: Any = None,
-        sync_session_class: type[Session] | None = None,
         **kw: Any,
     ) -> None:
-        if router is not None:
-            sync_class = sync_session_class or self.sync_session_class
-            if sync_class is not RoutingSyncSession and not (
-                isinstance(sync_class, type)
-                and issubclass(sync_class, RoutingSyncSession)
-            ):
-                raise ConfigurationError(
-                    "with a router, sync_session_class must subclass RoutingSyncSession"
-                )
-            if bind is None:
-                bind = router.writer
-            kw["router"] = router
+        # Lean on purpose: one runs per request. The rest (binds...) goes to
+        # the sync session as AsyncSession sends it; RoutingSyncSession checks
+        # default_role.
+        if router is None:
             if default_role is not None:
-                kw["default_role"] = default_role
-        elif default_role is not None:
-            raise ConfigurationError("default_role needs a router")
-        super().__init__(bind, binds=binds, sync_session_class=sync_session_class, **kw)
+                raise ConfigurationError("default_role needs a router")
+            super().__init__(bind, **kw)
+            return
+        sync_class = kw.get("sync_session_class") or self.sync_session_class
+        if sync_class is not RoutingSyncSession and not (
+            isinstance(sync_class, type) and issubclass(sync_class, RoutingSyncSession)
+        ):
+            raise ConfigurationError(
+                "with a router, sync_session_class must subclass RoutingSyncSession"
+            )
+        if default_role is not None:
+            kw["default_role"] = default_role
+        super().__init__(router.writer if bind is None else bind, router=router, **kw)
 
     @property
     def router(self) -> Router | None:

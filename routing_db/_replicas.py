@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -17,7 +18,7 @@ from ._causal import CausalFloor
 from ._engines import pool_capacity
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
-from ._policies import BalancingPolicy, Candidate
+from ._policies import BalancingPolicy, Candidate, RoundRobin
 from ._positions import replay_position_now
 from ._retry import is_connection_error
 
@@ -98,6 +99,14 @@ class ReplicaSet:
         self._everyone = list(enumerate(self._members))
         self._fixed = [self._candidate(i, engine) for i, engine in self._everyone]
         self._all_well = True
+        # Round robin among members that are all well, as one C-level call:
+        # what a replica read with nothing to read back costs (get_bind).
+        self._cycle = (
+            itertools.cycle(self._members).__next__
+            if type(policy) is RoundRobin and self._members
+            else None
+        )
+        self.quick: Callable[[], Engine] | None = self._cycle
 
     def _measure_holds(self, engine: Engine) -> None:
         # A moving average of how long connections stay checked out, for
@@ -259,6 +268,7 @@ class ReplicaSet:
         self._all_well = not any(
             state.ejected or state.lagging for state in self.states.values()
         )
+        self.quick = self._cycle if self._all_well else None
 
     def failed(self, engine: Engine, error: BaseException) -> None:
         """A connection to ``engine`` failed (it may be ejected)."""

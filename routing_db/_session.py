@@ -67,6 +67,7 @@ class RoutingSyncSession(RecoveringSession):
         self._routing_default: DefaultRole = default_role or (
             router.default_role if router is not None else "writer"
         )
+        self._routing_writes_default = self._routing_default == "writer"
 
     def get_bind(
         self,
@@ -87,6 +88,35 @@ class RoutingSyncSession(RecoveringSession):
         if router is None or bind is not None or resolved is not router._sync_writer:
             return resolved
         option = getattr(clause, "_execution_options", EMPTY_DICT).get(_ROLE_OPTION)
+        scope = SCOPE.get()[0]
+        if option is None and not self._flushing and not router._listeners:
+            # The two everyday cases skip decide(); test_decision checks that
+            # it answers the same. No flag, default role "writer": the writer
+            # (a write is still remembered: its commit records a causal token).
+            if scope is Scope.NONE and self._routing_writes_default:
+                if not self._routing_wrote and classify(clause, flushing=False) is (
+                    Kind.WRITE
+                ):
+                    self._routing_wrote = True
+                self._routing_target = resolved
+                return resolved
+            # A read inside read_only, before this transaction wrote: a replica.
+            if (
+                scope is Scope.READ_ONLY
+                and not self._routing_wrote
+                and classify(clause, flushing=False) is not Kind.WRITE
+            ):
+                return self._routing_replica_for(router, resolved)
+        return self._routing_route(router, resolved, clause, option, scope)
+
+    def _routing_route(
+        self,
+        router: Router,
+        writer: Engine,
+        clause: ClauseElement | None,
+        option: Any,
+        scope: Scope,
+    ) -> Engine:
         if option not in _ROLE_OPTIONS:
             raise ConfigurationError(
                 f"execution option {_ROLE_OPTION} must be 'writer' or 'replica', "
@@ -95,7 +125,7 @@ class RoutingSyncSession(RecoveringSession):
         kind = classify(clause, flushing=self._flushing)
         route, reason = decide_why(
             kind,
-            scope=SCOPE.get()[0],
+            scope=scope,
             option=option,
             default_role=self._routing_default,
             wrote=self._routing_wrote,
@@ -106,32 +136,42 @@ class RoutingSyncSession(RecoveringSession):
             if self._flushing and self._routing_writer_connection is None:
                 # commit() flushes outside execute(): open (and retry) here.
                 self._routing_open_writer(router)
-            self._routing_target = resolved
+            self._routing_target = writer
             if router._listeners:
                 router._listeners.emit(
-                    "routed", router._sync_names[resolved], "writer", reason
+                    "routed", router._sync_names[writer], "writer", reason
                 )
-            return resolved
+            return writer
         if route is Route.REFUSE:
             raise ReadOnlyViolation(
                 f"{_describe(clause, self._flushing)} is a write inside read_only; "
                 "nothing was sent (use use_writer for work that writes)"
             )
-        # One replica per transaction: the one whose connection this
-        # transaction already holds (pinned in after_begin, so a replica whose
-        # connect failed is not pinned), else a fresh choice.
-        engine = self._routing_replica or self._routing_pick_replica(router, resolved)
-        self._routing_target = engine
+        engine = self._routing_replica_for(router, writer)
         if router._listeners:
-            if engine is resolved:
+            if engine is writer:
                 reason = "fallback" if self._routing_fallback else "causal"
-            on_writer = engine is resolved or engine is router._sync_writer_reader
+            on_writer = engine is writer or engine is router._sync_writer_reader
             router._listeners.emit(
                 "routed",
                 router._sync_names[engine],
                 "writer" if on_writer else "replica",
                 reason,
             )
+        return engine
+
+    def _routing_replica_for(self, router: Router, writer: Engine) -> Engine:
+        # One replica per transaction: the one whose connection this
+        # transaction already holds (pinned in after_begin, so a replica whose
+        # connect failed is not pinned), else a fresh choice.
+        engine = self._routing_replica
+        if engine is None:
+            quick = router._replica_set.quick
+            if quick is not None and not self._routing_excluded and FLOOR.get() is None:
+                engine = quick()  # every replica well, nothing to read back
+            else:
+                engine = self._routing_pick_replica(router, writer)
+        self._routing_target = engine
         return engine
 
     def _routing_pick_replica(self, router: Router, writer: Engine) -> Engine:

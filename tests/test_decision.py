@@ -102,6 +102,15 @@ def test_default_role_writer_without_flags_is_a_plain_session() -> None:
             )
 
 
+def test_a_read_inside_read_only_before_any_write_goes_to_a_replica() -> None:
+    # RoutingSyncSession.get_bind takes this case without calling decide().
+    for kind, default in itertools.product(KINDS, DEFAULTS):
+        route = decide(
+            kind, scope=Scope.READ_ONLY, option=None, default_role=default, wrote=False
+        )
+        assert route is (Route.REFUSE if kind is Kind.WRITE else Route.REPLICA)
+
+
 def test_unknown_connection_request_only_goes_to_a_replica_under_read_only() -> None:
     assert (
         decide(
