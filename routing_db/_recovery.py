@@ -197,13 +197,16 @@ class RecoveringSession(Session):
     def close(self) -> None:
         """Close; a replica connection that died is invalidated, not raised."""
         connection = self._routing_replica_connection
-        if connection is not None:
-            if self._routing_writer_connection is None:
-                # Nothing else to release: end the replica's read now.
-                self._routing_replica_connection = None
+        if connection is not None and self._routing_writer_connection is None:
+            # Nothing else to release: end the replica's read first, directly.
+            self._routing_replica_connection = None
+            try:
                 close_quietly(connection)
-            else:
-                self._routing_release_replica()
+            finally:
+                super().close()
+            return
+        if connection is not None:
+            self._routing_release_replica()
         super().close()
 
     def reset(self) -> None:
