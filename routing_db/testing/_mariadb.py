@@ -249,10 +249,13 @@ class MariaDBCluster:
         """Run ``query`` as root on ``node`` (its socket); return tab-separated rows."""
         cmd = [
             "mariadb", "--no-defaults", "-uroot", f"--socket={node.socket}",
-            "--batch", "--skip-column-names", "-e", query,
+            "--batch", "--skip-column-names",
         ]  # fmt: skip
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            # On stdin, not -e: ps would show a password inside the query.
+            done = subprocess.run(
+                cmd, input=query, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             raise ClusterError(f"mariadb on {node.name} timed out") from None
         if done.returncode != 0:
