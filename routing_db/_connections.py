@@ -1,5 +1,5 @@
-"""A session's connections: closing a dead replica quietly, and the two places
-where SQLAlchemy's ``Session`` has no public switch, kept here together.
+"""A session's connections: closing a dead replica quietly, and the places
+where SQLAlchemy's ``Session`` has no public way in, kept here together.
 
 ``SessionTransaction._connections`` maps both the ``Connection`` and its
 ``Engine`` to ``(connection, transaction, should_commit, autoclose)`` in
@@ -24,7 +24,8 @@ __all__ = [
     "close_quietly",
     "driver_says_closed",
     "forget",
-    "leave_out_of_commit",
+    "held",
+    "idle",
     "marked_for_rerun",
 ]
 
@@ -89,15 +90,19 @@ def _readable(fd: int) -> bool:
     return bool(readable)
 
 
-def leave_out_of_commit(
-    transaction: SessionTransaction, connection: Connection
-) -> None:
-    """Neither commit nor close ``connection`` with ``transaction``; we end it."""
-    entry = transaction._connections.get(connection)
-    if entry is not None and len(entry) == 4:
-        released = (entry[0], entry[1], False, False)
-        transaction._connections[connection] = released
-        transaction._connections[connection.engine] = released
+def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None:
+    """The connection ``transaction`` holds for ``bind`` (an engine), if any."""
+    if transaction is None:
+        return None
+    entry = transaction._connections.get(bind)
+    return entry[0] if entry else None
+
+
+def idle(transaction: SessionTransaction) -> bool:
+    """Has no connection begun in ``transaction``'s root transaction yet?"""
+    while transaction._parent is not None:
+        transaction = transaction._parent
+    return not transaction._connections
 
 
 def forget(transaction: SessionTransaction | None, connection: Connection) -> None:

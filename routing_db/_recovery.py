@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from ._connections import (
     checkout_failed,
     close_quietly,
-    driver_says_closed,
     forget,
-    leave_out_of_commit,
+    held,
+    idle,
     marked_for_rerun,
 )
 from ._retry import is_connection_error, is_recovery_conflict
@@ -31,7 +31,7 @@ from ._retry import is_connection_error, is_recovery_conflict
 if TYPE_CHECKING:
     from ._router import Router
 
-__all__ = ["FRESH_TRANSACTION", "RecoveringSession", "first_statement"]
+__all__ = ["RecoveringSession", "RoutedTransaction", "first_statement"]
 
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
@@ -41,16 +41,23 @@ def _now(error: BaseException) -> bool:
     return bool(getattr(error, "_routing_db_now", False))
 
 
-FRESH_TRANSACTION: dict[str, Any] = {
-    "_routing_fresh": True,
-    "_routing_replica": None,
-    "_routing_replica_connection": None,
-    "_routing_writer_connection": None,
-    "_routing_wrote": False,
-    "_routing_fallback": False,
-    "_routing_excluded": frozenset(),
-    "_routing_target": None,
-}
+class RoutedTransaction:
+    """What routing remembers about one root transaction of a session.
+
+    Created by the first statement that needs to remember something (most
+    writer-bound statements do not), dropped when the root transaction ends.
+    Class attributes are the defaults, so a new one costs no ``__init__``.
+    """
+
+    # The replica (or the writer as a reader) this transaction reads from.
+    replica: Engine | None = None
+    wrote = False
+    fallback = False  # counted against max_writer_fallbacks
+    excluded: frozenset[Engine] = frozenset()
+    # The engine get_bind last chose: if its connection cannot be had, that is
+    # the one to skip (and, for a replica, eject) on the next attempt. None
+    # means the writer.
+    target: Engine | None = None
 
 
 def first_statement(method: Callable[..., Any]) -> Any:
@@ -59,13 +66,16 @@ def first_statement(method: Callable[..., Any]) -> Any:
 
     @functools.wraps(method)
     def run(self: RecoveringSession, *args: Any, **kw: Any) -> Any:
-        # One frame on the hot path: "fresh" is read before the call, since
-        # the failed call itself may have begun a connection.
-        fresh = self._routing_fresh
+        # One frame on the hot path. "Fresh" (no connection in this root
+        # transaction yet) is read before the call, since the failed call
+        # itself may have begun a connection.
+        transaction = self._transaction
+        fresh = transaction is None or idle(transaction)
         try:
             return method(self, *args, **kw)
         except Exception as exc:
             if not (fresh and self._routing_recover(exc)):
+                self._routing_unpin()
                 raise
         return self._routing_again(functools.partial(method, self), *args, **kw)
 
@@ -76,27 +86,48 @@ class RecoveringSession(Session):
     """A ``Session`` whose first statements survive lost connections."""
 
     _routing_router: Router | None = None
-    # No connection has begun in this root transaction yet (set per instance
-    # for routed sessions; a session without a router never recovers).
-    _routing_fresh = False
-    # Per-transaction state; class-level defaults, reset at the end of each
-    # root transaction (FRESH_TRANSACTION).
-    _routing_replica: Engine | None = None
-    _routing_replica_connection: Connection | None = None
-    _routing_writer_connection: Connection | None = None
-    _routing_wrote = False
-    _routing_fallback = False  # counted against max_writer_fallbacks
-    _routing_excluded: frozenset[Engine] = frozenset()
-    # The engine get_bind last chose: if its connection cannot be had, that is
-    # the one to skip (and, for a replica, eject) on the next attempt.
-    _routing_target: Engine | None = None
+    # This root transaction's routing state (None until something is worth
+    # remembering; dropped in after_transaction_end).
+    _routing_tx: RoutedTransaction | None = None
 
-    def _routing_open_writer(self, router: Router) -> None:
-        # Nothing has been sent on this transaction's writer connection yet, so
-        # a failure to get one is always safe to retry (after a restart, say).
-        writer = router._sync_writer
+    def _routing_state(self) -> RoutedTransaction:
+        tx = self._routing_tx
+        if tx is None:
+            tx = self._routing_tx = RoutedTransaction()
+        return tx
+
+    def _routing_held(self, engine: Engine | None) -> Connection | None:
+        """The connection this root transaction holds for ``engine``, if any."""
+        if engine is None:
+            return None
+        return held(self.get_transaction(), engine)
+
+    def _routing_replica_connection(self) -> Connection | None:
+        tx = self._routing_tx
+        return None if tx is None else self._routing_held(tx.replica)
+
+    def _routing_writer_connection(self) -> Connection | None:
+        router = self._routing_router
+        return None if router is None else self._routing_held(router._sync_writer)
+
+    def _routing_unpin(self) -> None:
+        # A replica chosen by get_bind whose connection could not be had is
+        # not this transaction's replica: the next read chooses again.
+        tx = self._routing_tx
+        if (
+            tx is not None
+            and tx.replica is not None
+            and self._routing_held(tx.replica) is None
+        ):
+            tx.replica = None
+
+    def _routing_open(self, engine: Engine) -> None:
+        # Nothing has been sent on this connection yet, so a failure to get
+        # one is always safe to retry (after a restart, say).
+        router = self._routing_router
+        assert router is not None
         router.retry.call(
-            lambda: self._connection_for_bind(writer, None), retry_if=checkout_failed
+            lambda: self._connection_for_bind(engine, None), retry_if=checkout_failed
         )
 
     def _routing_recover(self, error: BaseException) -> bool:
@@ -106,20 +137,21 @@ class RecoveringSession(Session):
             return False
         if not self.is_active:
             return False  # a failed flush: the session must be rolled back first
-        if (
-            self._routing_replica_connection is None
-            and self._routing_writer_connection is None
-        ):
+        transaction = self._transaction
+        tx = self._routing_tx
+        if transaction is None or idle(transaction):
             # No connection could be had, so nothing was sent: run it again,
             # on another replica if it was one (not waiting), else the writer.
             if not checkout_failed(error):
                 return False
-            target = self._routing_target
-            if target is not None and target in router._replica_set:
+            target = None if tx is None else tx.target
+            if tx is not None and target is not None and target in router._replica_set:
                 if not isinstance(error, sa_exc.TimeoutError):
                     # A full pool is busy, not broken: skip it, don't eject it.
                     router._replica_set.failed(target, error)
-                self._routing_excluded = self._routing_excluded | {target}
+                tx.excluded = tx.excluded | {target}
+                if tx.replica is target:
+                    tx.replica = None
                 error._routing_db_now = True  # type: ignore[attr-defined]
             return True
         # The first statement failed on its replica because the connection was
@@ -157,10 +189,12 @@ class RecoveringSession(Session):
         return result
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
+        tx = self._routing_tx
         return (
-            self._routing_replica_connection is not None
-            and self._routing_writer_connection is None
-            and not self._routing_wrote
+            tx is not None
+            and not tx.wrote
+            and self._routing_held(tx.replica) is not None
+            and self._routing_writer_connection() is None
             and (is_connection_error(error) or is_recovery_conflict(error))
         )
 
@@ -168,74 +202,67 @@ class RecoveringSession(Session):
         # Forget the failed replica connection as if this transaction had never
         # opened it; the next attempt opens another. Session has no public way
         # to detach one connection from its transaction.
-        connection = self._routing_replica_connection
-        replica = self._routing_replica
-        transaction = self._transaction
+        tx = self._routing_state()
+        replica = tx.replica
+        connection = self._routing_held(replica)
         assert connection is not None and replica is not None
-        forget(transaction, connection)
-        self._routing_replica = None
-        self._routing_replica_connection = None
-        self._routing_excluded = self._routing_excluded | {replica}
+        self._routing_forget(connection)
+        tx.replica = None
+        tx.excluded = tx.excluded | {replica}
         if is_connection_error(error):
             self._routing_router._replica_set.failed(replica, error)  # type: ignore[union-attr]
         close_quietly(connection)
 
+    def _routing_forget(self, connection: Connection) -> None:
+        transaction = self._transaction
+        while transaction is not None:
+            forget(transaction, connection)
+            transaction = transaction._parent
+
+    def _routing_end_replica(self) -> None:
+        # End the replica's read-only transaction now, before the rest: a
+        # replica that died must not fail COMMIT, rollback or close(), nor keep
+        # the writer's connection from being released. Its transaction only
+        # read, so ending it early loses nothing. Session offers no public
+        # way to let go of one of its connections.
+        tx = self._routing_tx
+        if tx is None or tx.replica is None:
+            return
+        connection = self._routing_held(tx.replica)
+        tx.replica = None
+        if connection is not None:
+            self._routing_forget(connection)
+            close_quietly(connection)
+
     def rollback(self) -> None:
-        """Roll back; a replica connection that died is invalidated, not raised."""
-        replica = self._invalidate_dead_replica()
+        """Roll back; a replica connection that died is dropped, not raised."""
         try:
+            self._routing_end_replica()
+        finally:
             super().rollback()
-        except DBAPIError as exc:
-            # The driver had not noticed the loss yet. Session.rollback() has
-            # still ended the transaction and released every connection, so a
-            # disconnect on the (read-only) replica is not worth an error.
-            if not (exc.connection_invalidated and replica is not None):
-                raise
-            if not replica.invalidated:
-                raise
 
     def close(self) -> None:
-        """Close; a replica connection that died is invalidated, not raised."""
-        connection = self._routing_replica_connection
-        if connection is not None and self._routing_writer_connection is None:
-            # Nothing else to release: end the replica's read first, directly.
-            self._routing_replica_connection = None
-            try:
-                close_quietly(connection)
-            finally:
-                super().close()
+        """Close; a replica connection that died is dropped, not raised."""
+        if self._routing_tx is None:
+            super().close()
             return
-        if connection is not None:
-            self._routing_release_replica()
-        super().close()
+        try:
+            self._routing_end_replica()
+        finally:
+            super().close()
+            if self._routing_tx is not None:  # no transaction had begun
+                self._routing_finish()
+
+    def _routing_finish(self) -> None:
+        """Forget the root transaction that ended, and give back what it held."""
+        tx = self._routing_tx
+        self._routing_tx = None
+        if tx is not None and tx.fallback and self._routing_router is not None:
+            self._routing_router._fallbacks -= 1
 
     def reset(self) -> None:
-        """Reset; a replica connection that died is invalidated, not raised."""
-        if self._routing_replica_connection is not None:
-            self._routing_release_replica()
-        super().reset()
-
-    def _routing_release_replica(self) -> None:
-        # Take the replica's read-only transaction out of the session's hands:
-        # it is neither committed nor closed with the others, but ended
-        # (rolled back, quietly if the server is gone: close_quietly) once
-        # they are, in after_transaction_end. Otherwise one dead replica would
-        # raise from COMMIT or close() and keep the writer's connection from
-        # being released. Session offers no public switch for this.
-        connection = self._routing_replica_connection
-        transaction = self._transaction
-        if connection is None or transaction is None:
-            return
-        leave_out_of_commit(transaction, connection)
-
-    def _invalidate_dead_replica(self) -> Connection | None:
-        # Without this, ending the transaction sends ROLLBACK on a closed socket
-        # and raises; inside close() that error would also stop the writer's
-        # connection from being released. Invalidated, it is skipped (its
-        # read-only transaction ended on the server when the connection died).
-        connection = self._routing_replica_connection
-        if connection is None or connection.closed or connection.invalidated:
-            return connection
-        if driver_says_closed(connection.connection.driver_connection):
-            connection.invalidate()
-        return connection
+        """Reset; a replica connection that died is dropped, not raised."""
+        try:
+            self._routing_end_replica()
+        finally:
+            super().reset()

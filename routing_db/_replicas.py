@@ -265,8 +265,11 @@ class ReplicaSet:
         return None
 
     def _refresh(self) -> None:
+        # A replica that failed lately is left to pick(), whose caller opens
+        # its connection first to see whether it works again.
         self._all_well = not any(
-            state.ejected or state.lagging for state in self.states.values()
+            state.ejected or state.lagging or state.suspect
+            for state in self.states.values()
         )
         self.quick = self._cycle if self._all_well else None
 

@@ -3,9 +3,10 @@
 Routing happens in the sync ``Session.get_bind`` (SQLAlchemy's documented
 override point for asyncio sessions too); ``RoutingSession`` only installs the
 sync class. Per-transaction state (the chosen replica, "this transaction
-wrote") lives on the sync session and is cleared when the root transaction
-ends. ``get_bind`` only reads context state; the one write is the causal
-token, recorded after a COMMIT that wrote.
+wrote") is one ``RoutedTransaction`` on the sync session, dropped when the
+root transaction ends; the connections themselves are looked up in the
+session's transaction, never copied. ``get_bind`` only reads context state;
+the one write is the causal token, recorded after a COMMIT that wrote.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from sqlalchemy.util import EMPTY_DICT
 
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify
-from ._connections import close_quietly
 from ._context import SCOPE, Scope
 from ._decision import DefaultRole, Route, check_default_role, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_position_after_commit
-from ._recovery import FRESH_TRANSACTION, RecoveringSession, first_statement
+from ._recovery import RecoveringSession, RoutedTransaction, first_statement
 from ._replicas import Pick
 from ._router import Router
 
@@ -49,6 +49,10 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
 class RoutingSyncSession(RecoveringSession):
     """The sync ``Session`` behind ``RoutingSession``; routes in ``get_bind``."""
 
+    _routing_auto = False  # default_role "auto": reads go to replicas
+    # Without binds=, Session.get_bind resolves to self.bind: skip the call.
+    _routing_one_bind = True
+
     def __init__(
         self,
         bind: Any = None,
@@ -60,14 +64,14 @@ class RoutingSyncSession(RecoveringSession):
         super().__init__(bind=bind, **kw)
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
-        self._routing_router = router
-        self._routing_fresh = router is not None
-        # Without binds=, Session.get_bind resolves to self.bind: skip the call.
-        self._routing_one_bind = not kw.get("binds")
-        self._routing_default: DefaultRole = default_role or (
-            router.default_role if router is not None else "writer"
-        )
-        self._routing_writes_default = self._routing_default == "writer"
+        # Only what differs from the class defaults is stored: each instance
+        # attribute costs every request a little.
+        if router is not None:
+            self._routing_router = router
+            if (default_role or router.default_role) == "auto":
+                self._routing_auto = True
+        if kw.get("binds"):
+            self._routing_one_bind = False
 
     def get_bind(
         self,
@@ -89,24 +93,29 @@ class RoutingSyncSession(RecoveringSession):
             return resolved
         option = getattr(clause, "_execution_options", EMPTY_DICT).get(_ROLE_OPTION)
         scope = SCOPE.get()[0]
+        tx = self._routing_tx
         if option is None and not self._flushing and not router._listeners:
             # The two everyday cases skip decide(); test_decision checks that
             # it answers the same. No flag, default role "writer": the writer
             # (a write is still remembered: its commit records a causal token).
-            if scope is Scope.NONE and self._routing_writes_default:
-                if not self._routing_wrote and classify(clause, flushing=False) is (
-                    Kind.WRITE
-                ):
-                    self._routing_wrote = True
-                self._routing_target = resolved
+            if scope is Scope.NONE and not self._routing_auto:
+                if tx is None:
+                    if classify(clause, flushing=False) is Kind.WRITE:
+                        self._routing_state().wrote = True
+                else:
+                    if not tx.wrote and classify(clause, flushing=False) is (
+                        Kind.WRITE
+                    ):
+                        tx.wrote = True
+                    tx.target = None
                 return resolved
             # A read inside read_only, before this transaction wrote: a replica.
             if (
                 scope is Scope.READ_ONLY
-                and not self._routing_wrote
+                and (tx is None or not tx.wrote)
                 and classify(clause, flushing=False) is not Kind.WRITE
             ):
-                return self._routing_replica_for(router, resolved)
+                return self._routing_replica_for(router, resolved, tx)
         return self._routing_route(router, resolved, clause, option, scope)
 
     def _routing_route(
@@ -123,20 +132,22 @@ class RoutingSyncSession(RecoveringSession):
                 f"got {option!r}"
             )
         kind = classify(clause, flushing=self._flushing)
+        tx = self._routing_tx
         route, reason = decide_why(
             kind,
             scope=scope,
             option=option,
-            default_role=self._routing_default,
-            wrote=self._routing_wrote,
+            default_role="auto" if self._routing_auto else "writer",
+            wrote=tx is not None and tx.wrote,
         )
         if route is Route.WRITER:
             if kind is Kind.WRITE:
-                self._routing_wrote = True
-            if self._flushing and self._routing_writer_connection is None:
+                self._routing_state().wrote = True
+            if tx is not None:
+                tx.target = None
+            if self._flushing and self._routing_writer_connection() is None:
                 # commit() flushes outside execute(): open (and retry) here.
-                self._routing_open_writer(router)
-            self._routing_target = writer
+                self._routing_open(writer)
             if router._listeners:
                 router._listeners.emit(
                     "routed", router._sync_names[writer], "writer", reason
@@ -147,10 +158,11 @@ class RoutingSyncSession(RecoveringSession):
                 f"{_describe(clause, self._flushing)} is a write inside read_only; "
                 "nothing was sent (use use_writer for work that writes)"
             )
-        engine = self._routing_replica_for(router, writer)
+        engine = self._routing_replica_for(router, writer, tx)
         if router._listeners:
             if engine is writer:
-                reason = "fallback" if self._routing_fallback else "causal"
+                tx = self._routing_tx
+                reason = "fallback" if tx is not None and tx.fallback else "causal"
             on_writer = engine is writer or engine is router._sync_writer_reader
             router._listeners.emit(
                 "routed",
@@ -160,22 +172,46 @@ class RoutingSyncSession(RecoveringSession):
             )
         return engine
 
-    def _routing_replica_for(self, router: Router, writer: Engine) -> Engine:
-        # One replica per transaction: the one whose connection this
-        # transaction already holds (pinned in after_begin, so a replica whose
-        # connect failed is not pinned), else a fresh choice.
-        engine = self._routing_replica
-        if engine is None:
-            quick = router._replica_set.quick
-            if quick is not None and not self._routing_excluded and FLOOR.get() is None:
-                engine = quick()  # every replica well, nothing to read back
-            else:
-                engine = self._routing_pick_replica(router, writer)
-        self._routing_target = engine
+    def _routing_replica_for(
+        self, router: Router, writer: Engine, tx: RoutedTransaction | None
+    ) -> Engine:
+        # One replica per transaction: chosen by its first read and kept.
+        if tx is not None and tx.replica is not None:
+            tx.target = tx.replica
+            return tx.replica
+        replicas = router._replica_set
+        quick = replicas.quick
+        if (
+            quick is not None
+            and (tx is None or not tx.excluded)
+            and (FLOOR.get() is None)
+        ):
+            engine = quick()  # every replica well, nothing to read back
+        else:
+            engine = self._routing_pick_replica(router, writer, tx)
+            if engine is writer:
+                if tx is not None:
+                    tx.target = None
+                return writer
+            if replicas.states[engine].suspect:
+                # It failed lately: open its connection now, so that it is
+                # re-admitted only once that works. A failure here reruns
+                # the statement elsewhere (see _recovery).
+                state = self._routing_state()
+                state.replica = state.target = engine
+                self._connection_for_bind(engine, None)
+                replicas.succeeded(engine)
+                return engine
+        if tx is None:
+            tx = self._routing_tx = RoutedTransaction()
+        tx.replica = tx.target = engine
         return engine
 
-    def _routing_pick_replica(self, router: Router, writer: Engine) -> Engine:
-        pick, replica = router._replica_set.pick(FLOOR.get(), self._routing_excluded)
+    def _routing_pick_replica(
+        self, router: Router, writer: Engine, tx: RoutedTransaction | None
+    ) -> Engine:
+        excluded = frozenset() if tx is None else tx.excluded
+        pick, replica = router._replica_set.pick(FLOOR.get(), excluded)
         if replica is not None:
             return replica
         if pick is Pick.CAUSAL:
@@ -187,7 +223,8 @@ class RoutingSyncSession(RecoveringSession):
             raise NoReplicaAvailable(
                 "no replica is available for a read and fallback_to_writer is off"
             )
-        if not self._routing_fallback:
+        tx = self._routing_state()
+        if not tx.fallback:
             cap = router.max_writer_fallbacks
             if cap is not None and router._fallbacks >= cap:
                 raise NoReplicaAvailable(
@@ -196,7 +233,7 @@ class RoutingSyncSession(RecoveringSession):
                 )
             router._fallbacks += 1
             router.fallbacks_total += 1
-            self._routing_fallback = True
+            tx.fallback = True
             router._listeners.emit("fell_back", router._sync_names[writer])
             logger.info("routing_db: no replica available, read served by the writer")
         return writer
@@ -223,7 +260,7 @@ class RoutingSyncSession(RecoveringSession):
         if connection.engine is router._sync_writer:
             # Whatever runs on a raw writer connection is invisible to routing:
             # assume it wrote, so later reads in this transaction see it.
-            self._routing_wrote = True
+            self._routing_state().wrote = True
         return connection
 
     def _has_changes(self) -> bool:
@@ -251,39 +288,20 @@ def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> No
         )
 
 
-@event.listens_for(RoutingSyncSession, "after_begin")
-def _connection_begun(
-    session: RoutingSyncSession, transaction: SessionTransaction, connection: Connection
-) -> None:
-    session._routing_fresh = False
-    router = session._routing_router
-    if router is None:
-        return
-    if connection.engine in router._replica_set.states:
-        session._routing_replica = connection.engine
-        session._routing_replica_connection = connection
-        if router._replica_set.states[connection.engine].suspect:
-            router._replica_set.succeeded(connection.engine)
-    elif connection.engine is router._sync_writer:
-        session._routing_writer_connection = connection
-
-
 @event.listens_for(RoutingSyncSession, "before_commit")
 def _before_commit(session: RoutingSyncSession) -> None:
-    if (
-        session._routing_replica_connection is not None
-        and not session.in_nested_transaction()
-    ):
+    if not session.in_nested_transaction():
         # A replica that died must not fail, or come before, the writer's COMMIT.
-        session._routing_release_replica()
+        session._routing_end_replica()
 
 
 @event.listens_for(RoutingSyncSession, "after_commit")
 def _after_commit(session: RoutingSyncSession) -> None:
-    if session.in_nested_transaction() or not session._routing_wrote:
+    tx = session._routing_tx
+    if tx is None or not tx.wrote or session.in_nested_transaction():
         return
     router = session._routing_router
-    connection = session._routing_writer_connection
+    connection = session._routing_writer_connection()
     if router is None or not router.replicas or connection is None:
         return
     try:
@@ -304,10 +322,5 @@ def _end_of_transaction(
     session: RoutingSyncSession, transaction: SessionTransaction
 ) -> None:
     # Listeners on RoutingSyncSession only ever receive its instances.
-    if transaction.parent is not None:
-        return
-    if session._routing_replica_connection is not None:
-        close_quietly(session._routing_replica_connection)
-    if session._routing_fallback and session._routing_router is not None:
-        session._routing_router._fallbacks -= 1
-    session.__dict__.update(FRESH_TRANSACTION)
+    if session._routing_tx is not None and transaction.parent is None:
+        session._routing_finish()

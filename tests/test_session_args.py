@@ -37,9 +37,9 @@ def test_default_role_comes_from_the_router_unless_given(tmp_path: Path) -> None
     auto = Router.from_urls(
         f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", default_role="auto"
     )
-    assert routing_sessionmaker(auto)().sync_session._routing_default == "auto"  # type: ignore[attr-defined]
+    assert routing_sessionmaker(auto)().sync_session._routing_auto is True  # type: ignore[attr-defined]
     explicit = routing_sessionmaker(auto, default_role="writer")()
-    assert explicit.sync_session._routing_default == "writer"  # type: ignore[attr-defined]
+    assert explicit.sync_session._routing_auto is False  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
