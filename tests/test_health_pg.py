@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from routing_db import (
@@ -123,6 +124,30 @@ async def test_readmitted_without_a_monitor_too(
     while not await back():
         assert time.monotonic() < deadline, "ejected replica never tried again"
         await asyncio.sleep(0.1)
+
+
+async def test_a_replica_that_could_not_connect_is_not_kept_by_the_transaction(
+    router: Router, faults: PostgresCluster
+) -> None:
+    """Later in a transaction a failed connect is raised, and the next read of
+    that transaction chooses again instead of staying on the dead replica."""
+    Session = routing_sessionmaker(router)
+    survivor = (faults.replicas[1].port, True)
+    faults.stop_replica(0)
+    first_failed = 0
+    for _ in range(6):
+        async with Session() as session:
+            # The transaction holds a writer connection: no longer "first".
+            assert (await where(session))[1] is False
+            try:
+                async with read_only:
+                    assert await where(session) == survivor
+            except (DBAPIError, OSError):  # asyncpg: refused is an OSError
+                first_failed += 1
+            async with read_only:
+                assert await where(session) == survivor
+    # Round robin sent some transactions' first read to the stopped replica.
+    assert first_failed > 0
 
 
 async def test_all_replicas_down_fall_back_or_raise(
