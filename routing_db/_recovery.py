@@ -243,11 +243,18 @@ class RecoveringSession(Session):
 
     def close(self) -> None:
         """Close; a replica connection that died is dropped, not raised."""
-        if self._routing_tx is None:
+        tx = self._routing_tx
+        if tx is None:
             super().close()
             return
         try:
-            self._routing_end_replica()
+            if tx.replica is not None:
+                # Ended first and directly (see _routing_end_replica); the
+                # session's own close then skips the closed connection.
+                connection = held(self.get_transaction(), tx.replica)
+                tx.replica = None
+                if connection is not None:
+                    close_quietly(connection)
         finally:
             super().close()
             if self._routing_tx is not None:  # no transaction had begun
