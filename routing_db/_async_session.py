@@ -30,9 +30,9 @@ class RoutingSession(AsyncSession):
         default_role: DefaultRole | None = None,
         **kw: Any,
     ) -> None:
-        # Lean on purpose: one runs per request. The rest (binds...) goes to
-        # the sync session as AsyncSession sends it; RoutingSyncSession checks
-        # default_role.
+        # Lean on purpose: one runs per request. The sync session is a plain
+        # Session construction (binds... go to it as AsyncSession sends them);
+        # routing is configured on it afterwards.
         if router is None:
             if default_role is not None:
                 raise ConfigurationError("default_role needs a router")
@@ -45,9 +45,15 @@ class RoutingSession(AsyncSession):
             raise ConfigurationError(
                 "with a router, sync_session_class must subclass RoutingSyncSession"
             )
-        if default_role is not None:
-            kw["default_role"] = default_role
-        super().__init__(router.writer if bind is None else bind, router=router, **kw)
+        if default_role is not None and default_role not in ("writer", "auto"):
+            check_default_role(default_role)
+        super().__init__(router.writer if bind is None else bind, **kw)
+        sync: Any = self.sync_session
+        sync._routing_router = router
+        if (default_role or router.default_role) == "auto":
+            sync._routing_auto = True
+        if kw.get("binds"):
+            sync._routing_one_bind = False
 
     @property
     def router(self) -> Router | None:

@@ -264,7 +264,12 @@ class RecoveringSession(Session):
         """Forget the root transaction that ended, and give back what it held."""
         tx = self._routing_tx
         self._routing_tx = None
-        if tx is not None and tx.fallback and self._routing_router is not None:
+        if tx is not None and tx.fallback:
+            self._routing_give_back()
+
+    def _routing_give_back(self) -> None:
+        # This transaction's slot of max_writer_fallbacks.
+        if self._routing_router is not None:
             self._routing_router._fallbacks -= 1
 
     def reset(self) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.util import EMPTY_DICT
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify
 from ._context import SCOPE, Scope
-from ._decision import DefaultRole, Route, check_default_role, decide_why
+from ._decision import Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_position_after_commit
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
@@ -49,29 +49,11 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
 class RoutingSyncSession(RecoveringSession):
     """The sync ``Session`` behind ``RoutingSession``; routes in ``get_bind``."""
 
+    # Set by RoutingSession on the sessions it routes, and only where they
+    # differ from these defaults: each instance attribute costs every request.
     _routing_auto = False  # default_role "auto": reads go to replicas
     # Without binds=, Session.get_bind resolves to self.bind: skip the call.
     _routing_one_bind = True
-
-    def __init__(
-        self,
-        bind: Any = None,
-        *,
-        router: Router | None = None,
-        default_role: DefaultRole | None = None,
-        **kw: Any,
-    ) -> None:
-        super().__init__(bind=bind, **kw)
-        if default_role is not None and default_role not in ("writer", "auto"):
-            check_default_role(default_role)
-        # Only what differs from the class defaults is stored: each instance
-        # attribute costs every request a little.
-        if router is not None:
-            self._routing_router = router
-            if (default_role or router.default_role) == "auto":
-                self._routing_auto = True
-        if kw.get("binds"):
-            self._routing_one_bind = False
 
     def get_bind(
         self,
@@ -82,14 +64,16 @@ class RoutingSyncSession(RecoveringSession):
         **kw: Any,
     ) -> Engine | Connection:
         """Resolve the bind as ``Session`` does, then route writer-bound work."""
+        router = self._routing_router
+        if router is None:
+            return super().get_bind(mapper, clause=clause, bind=bind, **kw)
         if bind is None and self._routing_one_bind and self.bind is not None:
             resolved = self.bind
         else:
             resolved = super().get_bind(mapper, clause=clause, bind=bind, **kw)
-        router = self._routing_router
         # An explicit bind, and binds= entries for other databases, are honoured
         # as they are: only work that would run on the router's writer is routed.
-        if router is None or bind is not None or resolved is not router._sync_writer:
+        if bind is not None or resolved is not router._sync_writer:
             return resolved
         option = getattr(clause, "_execution_options", EMPTY_DICT).get(_ROLE_OPTION)
         scope = SCOPE.get()[0]
@@ -115,6 +99,13 @@ class RoutingSyncSession(RecoveringSession):
                 and (tx is None or not tx.wrote)
                 and classify(clause, flushing=False) is not Kind.WRITE
             ):
+                quick = router._replica_set.quick
+                if tx is None and quick is not None and FLOOR.get() is None:
+                    # A transaction's first read, every replica well, nothing
+                    # to read back: the next replica in turn, kept.
+                    tx = self._routing_tx = RoutedTransaction()
+                    tx.replica = tx.target = quick()
+                    return tx.replica
                 return self._routing_replica_for(router, resolved, tx)
         return self._routing_route(router, resolved, clause, option, scope)
 
@@ -322,5 +313,8 @@ def _end_of_transaction(
     session: RoutingSyncSession, transaction: SessionTransaction
 ) -> None:
     # Listeners on RoutingSyncSession only ever receive its instances.
-    if session._routing_tx is not None and transaction.parent is None:
-        session._routing_finish()
+    tx = session._routing_tx
+    if tx is not None and transaction.parent is None:
+        session._routing_tx = None
+        if tx.fallback:
+            session._routing_give_back()

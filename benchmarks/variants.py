@@ -1,0 +1,178 @@
+"""The variants compared by the overhead and checkout benchmarks.
+
+Each variant opens what it needs on a cluster and yields one operation: an ORM
+point select in a fresh session, as a request would run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from routing_db import Router, read_only, routing_sessionmaker
+from routing_db.testing import PostgresCluster
+
+from .conftest import ROWS, BenchRow
+
+__all__ = [
+    "CHECKOUT",
+    "OVERHEAD",
+    "PER_ROUND",
+    "POOL",
+    "Op",
+    "Variant",
+    "one_round",
+]
+
+PER_ROUND = 200
+# The same pool everywhere, without pre-ping: this measures routing, not the
+# checkout check (CHECKOUT compares those).
+POOL: dict[str, Any] = {"pool_size": 5, "max_overflow": 0, "pool_pre_ping": False}
+
+Op = Callable[[int], Awaitable[Any]]
+Variant = Callable[[PostgresCluster], contextlib.AbstractAsyncContextManager[Op]]
+
+
+def orm_select(row_id: int) -> Any:
+    return select(BenchRow).where(BenchRow.id == row_id)
+
+
+@contextlib.asynccontextmanager
+async def raw_asyncpg(cluster: PostgresCluster) -> AsyncIterator[Op]:
+    dsn = cluster.writer_url.replace("postgresql+asyncpg", "postgresql")
+    pool = await asyncpg.create_pool(dsn, min_size=5, max_size=5)
+
+    async def op(row_id: int) -> Any:
+        async with pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT id, counter FROM routing_db_bench WHERE id = $1", row_id
+            )
+
+    try:
+        yield op
+    finally:
+        await pool.close()
+
+
+def plain_async_session(*, replica: bool) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        # On the replicas: one engine each, taken in turn, as the routed
+        # variants and the peer spread their reads.
+        urls = cluster.replica_urls if replica else [cluster.writer_url]
+        engines = [create_async_engine(url, **POOL) for url in urls]
+        # As an application makes sessions: one sessionmaker per engine.
+        makers = [async_sessionmaker(engine) for engine in engines]
+        if len(makers) == 1:
+            Session = makers[0]
+
+            async def op(row_id: int) -> Any:
+                async with Session() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        else:
+            turn = itertools.cycle(makers).__next__
+
+            async def op(row_id: int) -> Any:
+                async with turn()() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        try:
+            yield op
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
+    return variant
+
+
+def routed(scope: Any = None, *, replicas: bool = True, **options: Any) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        urls = cluster.replica_urls if replicas else ()
+        router = Router.from_urls(cluster.writer_url, urls, **options)
+        Session = routing_sessionmaker(router)
+
+        if scope is None:  # exactly what the plain variant does
+
+            async def op(row_id: int) -> Any:
+                async with Session() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        else:
+
+            async def op(row_id: int) -> Any:
+                async with Session() as session, scope:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        try:
+            yield op
+        finally:
+            await router.dispose()
+
+    return variant
+
+
+def peer(*, writer: bool) -> Variant:
+    @contextlib.asynccontextmanager
+    async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
+        if tuple(map(int, sqlalchemy.__version__.split(".")[:2])) >= (2, 1):
+            # advanced-alchemy assigns AsyncSession.bind before __init__, which
+            # SQLAlchemy 2.1 turned into a property (sqlalchemy#13563).
+            pytest.skip("advanced-alchemy's RoutingAsyncSession needs SQLAlchemy 2.0")
+        from advanced_alchemy.config.routing import RoutingConfig
+        from advanced_alchemy.routing import RoutingAsyncSessionMaker, primary_context
+
+        maker = RoutingAsyncSessionMaker(
+            RoutingConfig(
+                primary_connection_string=cluster.writer_url,
+                read_replicas=list(cluster.replica_urls),
+            ),
+            engine_config=dict(POOL),
+        )
+
+        async def op(row_id: int) -> Any:
+            # Reads go to a replica by default; primary_context forces the writer.
+            with primary_context() if writer else contextlib.nullcontext():
+                async with maker() as session:
+                    return (await session.execute(orm_select(row_id))).scalar_one()
+
+        try:
+            yield op
+        finally:
+            await maker.close_all()
+
+    return variant
+
+
+OVERHEAD: dict[str, Variant] = {
+    "raw_asyncpg": raw_asyncpg,
+    "plain_async_session": plain_async_session(replica=False),
+    "plain_async_session_replica": plain_async_session(replica=True),
+    "routing_session_writer": routed(None, **POOL),
+    "routing_session_read_only_replica": routed(read_only, **POOL),
+    # Like for like with the peer's default read: no scope, reads to replicas.
+    "routing_session_auto_replica": routed(None, default_role="auto", **POOL),
+    "advanced_alchemy_writer": peer(writer=True),
+    "advanced_alchemy_replica": peer(writer=False),
+}
+_WRITER_POOL: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
+CHECKOUT: dict[str, Variant] = {
+    "pre_ping": routed(pool_pre_ping=True, **_WRITER_POOL),
+    "no_ping": routed(pool_pre_ping=False, **_WRITER_POOL),
+    "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_POOL),
+}
+
+
+async def one_round(op: Op, rng: random.Random) -> None:
+    for _ in range(PER_ROUND):
+        await op(rng.randint(1, ROWS))
