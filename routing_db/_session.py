@@ -93,21 +93,27 @@ class RoutingSyncSession(RecoveringSession):
                         tx.wrote = True
                     tx.target = None
                 return resolved
-            # A read inside read_only, before this transaction wrote: a replica.
-            if (
-                scope is Scope.READ_ONLY
-                and (tx is None or not tx.wrote)
-                and classify(clause, flushing=False) is not Kind.WRITE
-            ):
-                quick = router._replica_set.quick
-                if tx is None and quick is not None and FLOOR.get() is None:
-                    # A transaction's first read, every replica well, nothing
-                    # to read back: the next replica in turn, kept.
-                    tx = self._routing_tx = RoutedTransaction()
-                    tx.replica = tx.target = quick()
-                    return tx.replica
-                return self._routing_replica_for(router, resolved, tx)
+            # Before this transaction wrote, a replica takes a read inside
+            # read_only, and a known read with no flag and default role "auto".
+            if scope is not Scope.WRITER and (tx is None or not tx.wrote):
+                kind = classify(clause, flushing=False)
+                if kind is Kind.READ or (
+                    kind is Kind.CONNECTION and scope is Scope.READ_ONLY
+                ):
+                    return self._routing_replica_read(router, resolved, tx)
         return self._routing_route(router, resolved, clause, option, scope)
+
+    def _routing_replica_read(
+        self, router: Router, writer: Engine, tx: RoutedTransaction | None
+    ) -> Engine:
+        quick = router._replica_set.quick
+        if tx is None and quick is not None and FLOOR.get() is None:
+            # A transaction's first read, every replica well, nothing to read
+            # back: the next replica in turn, kept for the transaction.
+            tx = self._routing_tx = RoutedTransaction()
+            tx.replica = tx.target = quick()
+            return tx.replica
+        return self._routing_replica_for(router, writer, tx)
 
     def _routing_route(
         self,

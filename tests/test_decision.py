@@ -111,6 +111,15 @@ def test_a_read_inside_read_only_before_any_write_goes_to_a_replica() -> None:
         assert route is (Route.REFUSE if kind is Kind.WRITE else Route.REPLICA)
 
 
+def test_a_known_read_with_default_role_auto_goes_to_a_replica() -> None:
+    # RoutingSyncSession.get_bind takes this case without calling decide().
+    for kind in KINDS:
+        route = decide(
+            kind, scope=Scope.NONE, option=None, default_role="auto", wrote=False
+        )
+        assert route is (Route.REPLICA if kind is Kind.READ else Route.WRITER)
+
+
 def test_unknown_connection_request_only_goes_to_a_replica_under_read_only() -> None:
     assert (
         decide(
