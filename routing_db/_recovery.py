@@ -102,10 +102,6 @@ class RecoveringSession(Session):
             return None
         return held(self.get_transaction(), engine)
 
-    def _routing_replica_connection(self) -> Connection | None:
-        tx = self._routing_tx
-        return None if tx is None else self._routing_held(tx.replica)
-
     def _routing_writer_connection(self) -> Connection | None:
         router = self._routing_router
         return None if router is None else self._routing_held(router._sync_writer)
