@@ -63,6 +63,12 @@ async def raw_asyncpg(cluster: PostgresCluster) -> AsyncIterator[Op]:
         await pool.close()
 
 
+async def point_select(Session: Callable[[], Any], row_id: int) -> Any:
+    """One ORM point select in a fresh session, as a request runs it."""
+    async with Session() as session:
+        return (await session.execute(orm_select(row_id))).scalar_one()
+
+
 def plain_async_session(*, replica: bool) -> Variant:
     @contextlib.asynccontextmanager
     async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
@@ -76,15 +82,13 @@ def plain_async_session(*, replica: bool) -> Variant:
             Session = makers[0]
 
             async def op(row_id: int) -> Any:
-                async with Session() as session:
-                    return (await session.execute(orm_select(row_id))).scalar_one()
+                return await point_select(Session, row_id)
 
         else:
             turn = itertools.cycle(makers).__next__
 
             async def op(row_id: int) -> Any:
-                async with turn()() as session:
-                    return (await session.execute(orm_select(row_id))).scalar_one()
+                return await point_select(turn(), row_id)
 
         try:
             yield op
@@ -105,14 +109,13 @@ def routed(scope: Any = None, *, replicas: bool = True, **options: Any) -> Varia
         if scope is None:  # exactly what the plain variant does
 
             async def op(row_id: int) -> Any:
-                async with Session() as session:
-                    return (await session.execute(orm_select(row_id))).scalar_one()
+                return await point_select(Session, row_id)
 
         else:
 
             async def op(row_id: int) -> Any:
-                async with Session() as session, scope:
-                    return (await session.execute(orm_select(row_id))).scalar_one()
+                async with scope:
+                    return await point_select(Session, row_id)
 
         try:
             yield op
@@ -140,11 +143,17 @@ def peer(*, writer: bool) -> Variant:
             engine_config=dict(POOL),
         )
 
-        async def op(row_id: int) -> Any:
-            # Reads go to a replica by default; primary_context forces the writer.
-            with primary_context() if writer else contextlib.nullcontext():
-                async with maker() as session:
-                    return (await session.execute(orm_select(row_id))).scalar_one()
+        # Reads go to a replica by default; primary_context forces the writer.
+        if writer:
+
+            async def op(row_id: int) -> Any:
+                with primary_context():
+                    return await point_select(maker, row_id)
+
+        else:  # no scope to enter, as the plain variant
+
+            async def op(row_id: int) -> Any:
+                return await point_select(maker, row_id)
 
         try:
             yield op

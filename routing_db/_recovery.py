@@ -215,19 +215,21 @@ class RecoveringSession(Session):
             forget(transaction, connection)
             transaction = transaction._parent
 
-    def _routing_end_replica(self) -> None:
+    def _routing_end_replica(self, *, detach: bool = True) -> None:
         # End the replica's read-only transaction now, before the rest: a
         # replica that died must not fail COMMIT, rollback or close(), nor keep
         # the writer's connection from being released. Its transaction only
         # read, so ending it early loses nothing. Session offers no public
-        # way to let go of one of its connections.
+        # way to let go of one of its connections; close() needs none (it
+        # skips a connection already closed), COMMIT and rollback do.
         tx = self._routing_tx
         if tx is None or tx.replica is None:
             return
         connection = self._routing_held(tx.replica)
         tx.replica = None
         if connection is not None:
-            self._routing_forget(connection)
+            if detach:
+                self._routing_forget(connection)
             close_quietly(connection)
 
     def rollback(self) -> None:
@@ -244,13 +246,7 @@ class RecoveringSession(Session):
             super().close()
             return
         try:
-            if tx.replica is not None:
-                # Ended first and directly (see _routing_end_replica); the
-                # session's own close then skips the closed connection.
-                connection = held(self.get_transaction(), tx.replica)
-                tx.replica = None
-                if connection is not None:
-                    close_quietly(connection)
+            self._routing_end_replica(detach=False)
         finally:
             super().close()
             if self._routing_tx is not None:  # no transaction had begun
@@ -260,13 +256,8 @@ class RecoveringSession(Session):
         """Forget the root transaction that ended, and give back what it held."""
         tx = self._routing_tx
         self._routing_tx = None
-        if tx is not None and tx.fallback:
-            self._routing_give_back()
-
-    def _routing_give_back(self) -> None:
-        # This transaction's slot of max_writer_fallbacks.
-        if self._routing_router is not None:
-            self._routing_router._fallbacks -= 1
+        if tx is not None and tx.fallback and self._routing_router is not None:
+            self._routing_router._fallbacks -= 1  # its max_writer_fallbacks slot
 
     def reset(self) -> None:
         """Reset; a replica connection that died is dropped, not raised."""

@@ -83,15 +83,12 @@ class RoutingSyncSession(RecoveringSession):
             # it answers the same. No flag, default role "writer": the writer
             # (a write is still remembered: its commit records a causal token).
             if scope is Scope.NONE and not self._routing_auto:
-                if tx is None:
-                    if classify(clause, flushing=False) is Kind.WRITE:
-                        self._routing_state().wrote = True
-                else:
-                    if not tx.wrote and classify(clause, flushing=False) is (
-                        Kind.WRITE
-                    ):
-                        tx.wrote = True
+                if tx is not None:
                     tx.target = None
+                if (tx is None or not tx.wrote) and classify(
+                    clause, flushing=False
+                ) is Kind.WRITE:
+                    self._routing_state().wrote = True
                 return resolved
             # Before this transaction wrote, a replica takes a read inside
             # read_only, and a known read with no flag and default role "auto".
@@ -100,20 +97,8 @@ class RoutingSyncSession(RecoveringSession):
                 if kind is Kind.READ or (
                     kind is Kind.CONNECTION and scope is Scope.READ_ONLY
                 ):
-                    return self._routing_replica_read(router, resolved, tx)
+                    return self._routing_replica_for(router, resolved, tx)
         return self._routing_route(router, resolved, clause, option, scope)
-
-    def _routing_replica_read(
-        self, router: Router, writer: Engine, tx: RoutedTransaction | None
-    ) -> Engine:
-        quick = router._replica_set.quick
-        if tx is None and quick is not None and FLOOR.get() is None:
-            # A transaction's first read, every replica well, nothing to read
-            # back: the next replica in turn, kept for the transaction.
-            tx = self._routing_tx = RoutedTransaction()
-            tx.replica = tx.target = quick()
-            return tx.replica
-        return self._routing_replica_for(router, writer, tx)
 
     def _routing_route(
         self,
@@ -319,8 +304,5 @@ def _end_of_transaction(
     session: RoutingSyncSession, transaction: SessionTransaction
 ) -> None:
     # Listeners on RoutingSyncSession only ever receive its instances.
-    tx = session._routing_tx
-    if tx is not None and transaction.parent is None:
-        session._routing_tx = None
-        if tx.fallback:
-            session._routing_give_back()
+    if session._routing_tx is not None and transaction.parent is None:
+        session._routing_finish()
