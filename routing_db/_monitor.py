@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -59,8 +58,10 @@ class Monitor:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # asyncio.wait neither raises the task's CancelledError nor
+            # absorbs one sent to our caller (awaiting the task under
+            # suppress(CancelledError) would do both).
+            await asyncio.wait({task})
 
     async def poll_once(self) -> None:
         """One round: the writer's position, then every replica that is due."""
@@ -113,7 +114,10 @@ class Monitor:
         )
 
     async def _run(self) -> None:
-        while True:
+        # Also ends once stop() has let go of this task: on Python 3.11,
+        # asyncio.wait_for (in _bounded) can swallow the cancellation that
+        # stop() sends (cpython#86296), and stop() would then wait forever.
+        while asyncio.current_task() is self._task:
             try:
                 await self.poll_once()
                 detector = self._router._detector

@@ -9,6 +9,7 @@ the replica's connections).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -97,3 +98,32 @@ async def test_the_replica_connection_refuses_writes(router: Router) -> None:
             await connection.exec_driver_sql("INSERT INTO notes VALUES ('no')")
     async with router.writer.connect() as conn:
         assert (await conn.scalar(text("SELECT count(*) FROM notes"))) == 0
+
+
+async def test_stop_ends_the_monitor_even_if_a_poll_swallowed_the_cancel(
+    tmp_path: Path,
+) -> None:
+    # On Python 3.11 asyncio.wait_for can swallow a cancellation (cpython#86296);
+    # a poll that does so must not leave router.stop() waiting forever.
+    router = Router.from_urls(
+        f"sqlite+aiosqlite:///{tmp_path / 'm.db'}", monitor_interval=0.01
+    )
+    monitor = router._monitor
+    polled = asyncio.Event()
+
+    async def swallowing_poll() -> None:
+        polled.set()
+        if not swallowed:
+            swallowed.append(True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+
+    swallowed: list[bool] = []
+    monitor.poll_once = swallowing_poll  # type: ignore[method-assign]
+    monitor.start()
+    await polled.wait()
+    stopping = asyncio.ensure_future(monitor.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=2)
+    await router.dispose()
+    assert stopping in done, "router.stop() did not return"
+    assert swallowed and not monitor.running
