@@ -102,7 +102,7 @@ def routing_sessionmaker(
     class_ = kw.pop("class_", RoutingSession)
     if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
         raise ConfigurationError("class_ must be RoutingSession or a subclass")
+    if role != router.default_role:
+        kw["default_role"] = role  # else left out: one keyword less per session
     bind: AsyncEngine = router.writer
-    return async_sessionmaker(
-        bind, class_=class_, router=router, default_role=role, **kw
-    )
+    return async_sessionmaker(bind, class_=class_, router=router, **kw)

@@ -41,9 +41,7 @@ def marked_for_rerun(error: BaseException) -> bool:
 
 def close_quietly(connection: Connection) -> None:
     """End a replica connection's read-only transaction; a dead one is dropped."""
-    if connection.closed:
-        return
-    try:
+    try:  # (closing a closed Connection does nothing)
         connection.close()
     except DBAPIError as exc:
         # Its transaction only read, so a lost connection loses nothing: it is
@@ -91,9 +89,11 @@ def _readable(fd: int) -> bool:
 
 
 def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None:
-    """The connection ``transaction`` holds for ``bind`` (an engine), if any."""
+    """The connection ``transaction``'s root transaction holds for ``bind``."""
     if transaction is None:
         return None
+    while transaction._parent is not None:
+        transaction = transaction._parent
     entry = transaction._connections.get(bind)
     return entry[0] if entry else None
 

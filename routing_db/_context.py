@@ -40,6 +40,7 @@ class Scope(enum.Enum):
 # concurrent tasks entering the same marker never mix tokens. A list rather
 # than a class: entering a scope is on every request's path.
 _Frame = list[Any]
+_WRITER = Scope.WRITER  # a module constant: an enum member lookup costs ~100 ns
 _ROOT: _Frame = [Scope.NONE, None]
 SCOPE: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
 """The current frame; ``SCOPE.get()[0]`` is ``current_scope()`` without a call."""
@@ -125,7 +126,7 @@ class _ScopeMarker(ContextDecorator):
         # use_writer wins over read_only at any depth: a read_only nested
         # inside use_writer must not make the writer's statements fail.
         current = SCOPE.get()[0]
-        frame: _Frame = [Scope.WRITER if current is Scope.WRITER else self._scope, None]
+        frame: _Frame = [_WRITER if current is _WRITER else self._scope, None]
         frame[1] = SCOPE.set(frame)
 
     def _exit(self) -> None:
@@ -138,7 +139,7 @@ class _ScopeMarker(ContextDecorator):
     # _enter/_exit without the extra call.
     async def __aenter__(self) -> None:
         current = SCOPE.get()[0]
-        frame: _Frame = [Scope.WRITER if current is Scope.WRITER else self._scope, None]
+        frame: _Frame = [_WRITER if current is _WRITER else self._scope, None]
         frame[1] = SCOPE.set(frame)
 
     async def __aexit__(

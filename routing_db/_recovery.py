@@ -100,7 +100,7 @@ class RecoveringSession(Session):
         """The connection this root transaction holds for ``engine``, if any."""
         if engine is None:
             return None
-        return held(self.get_transaction(), engine)
+        return held(self._transaction, engine)
 
     def _routing_writer_connection(self) -> Connection | None:
         router = self._routing_router
@@ -225,7 +225,7 @@ class RecoveringSession(Session):
         tx = self._routing_tx
         if tx is None or tx.replica is None:
             return
-        connection = self._routing_held(tx.replica)
+        connection = held(self._transaction, tx.replica)
         tx.replica = None
         if connection is not None:
             if detach:
