@@ -125,17 +125,19 @@ def routed(scope: Any = None, *, replicas: bool = True, **options: Any) -> Varia
     return variant
 
 
-def peer(*, writer: bool) -> Variant:
+def peer(scope: str | None) -> Variant:
+    """advanced-alchemy's routing session; ``scope`` names its context manager."""
+
     @contextlib.asynccontextmanager
     async def variant(cluster: PostgresCluster) -> AsyncIterator[Op]:
         if tuple(map(int, sqlalchemy.__version__.split(".")[:2])) >= (2, 1):
             # advanced-alchemy assigns AsyncSession.bind before __init__, which
             # SQLAlchemy 2.1 turned into a property (sqlalchemy#13563).
             pytest.skip("advanced-alchemy's RoutingAsyncSession needs SQLAlchemy 2.0")
+        from advanced_alchemy import routing
         from advanced_alchemy.config.routing import RoutingConfig
-        from advanced_alchemy.routing import RoutingAsyncSessionMaker, primary_context
 
-        maker = RoutingAsyncSessionMaker(
+        maker = routing.RoutingAsyncSessionMaker(
             RoutingConfig(
                 primary_connection_string=cluster.writer_url,
                 read_replicas=list(cluster.replica_urls),
@@ -143,17 +145,19 @@ def peer(*, writer: bool) -> Variant:
             engine_config=dict(POOL),
         )
 
-        # Reads go to a replica by default; primary_context forces the writer.
-        if writer:
-
-            async def op(row_id: int) -> Any:
-                with primary_context():
-                    return await point_select(maker, row_id)
-
-        else:  # no scope to enter, as the plain variant
+        # Reads go to a replica by default: primary_context forces the writer,
+        # replica_context forces replicas (its read_only).
+        if scope is None:  # no scope to enter, as the plain variant
 
             async def op(row_id: int) -> Any:
                 return await point_select(maker, row_id)
+
+        else:
+            enter = getattr(routing, scope)
+
+            async def op(row_id: int) -> Any:
+                with enter():
+                    return await point_select(maker, row_id)
 
         try:
             yield op
@@ -171,8 +175,9 @@ OVERHEAD: dict[str, Variant] = {
     "routing_session_read_only_replica": routed(read_only, **POOL),
     # Like for like with the peer's default read: no scope, reads to replicas.
     "routing_session_auto_replica": routed(None, default_role="auto", **POOL),
-    "advanced_alchemy_writer": peer(writer=True),
-    "advanced_alchemy_replica": peer(writer=False),
+    "advanced_alchemy_writer": peer("primary_context"),
+    "advanced_alchemy_replica": peer(None),
+    "advanced_alchemy_replica_context": peer("replica_context"),
 }
 _WRITER_POOL: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
 CHECKOUT: dict[str, Variant] = {

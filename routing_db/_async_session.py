@@ -82,6 +82,17 @@ class RoutingSession(AsyncSession):
             return super().get_async_bind(mapper, clause, bind, **kw)
 
 
+class _RoutingSessionMaker(async_sessionmaker[RoutingSession]):
+    """``async_sessionmaker`` that makes a session without merging keywords
+    when the call passes none (one runs per request)."""
+
+    def __call__(self, **local_kw: Any) -> RoutingSession:
+        if local_kw:
+            return super().__call__(**local_kw)
+        # What the base class builds from an empty local_kw, without its loop.
+        return self.class_(**self.kw)
+
+
 def routing_sessionmaker(
     router: Router,
     *,
@@ -105,4 +116,4 @@ def routing_sessionmaker(
     if role != router.default_role:
         kw["default_role"] = role  # else left out: one keyword less per session
     bind: AsyncEngine = router.writer
-    return async_sessionmaker(bind, class_=class_, router=router, **kw)
+    return _RoutingSessionMaker(bind, class_=class_, router=router, **kw)

@@ -248,9 +248,10 @@ class RecoveringSession(Session):
         try:
             self._routing_end_replica(detach=False)
         finally:
+            # Done here rather than in after_transaction_end, which also
+            # covers sessions closed before any transaction began.
+            self._routing_finish()
             super().close()
-            if self._routing_tx is not None:  # no transaction had begun
-                self._routing_finish()
 
     def _routing_finish(self) -> None:
         """Forget the root transaction that ended, and give back what it held."""

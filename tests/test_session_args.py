@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session as SyncSession
 
 from routing_db import ConfigurationError, Router, RoutingSession, routing_sessionmaker
@@ -31,6 +31,21 @@ def test_sessionmaker_makes_routing_sessions_on_the_writer(router: Router) -> No
     assert session.router is router
     assert session.bind is router.writer
     assert session.sync_session.autoflush is False
+
+
+def test_sessionmaker_call_merges_keywords_as_async_sessionmaker_does(
+    router: Router,
+) -> None:
+    Session = routing_sessionmaker(router, info={"a": 1}, expire_on_commit=False)
+    assert isinstance(Session, async_sessionmaker)
+    plain = Session()
+    assert plain.info == {"a": 1} and plain.sync_session.expire_on_commit is False
+    merged = Session(info={"b": 2}, expire_on_commit=True)
+    assert merged.info == {"a": 1, "b": 2}
+    assert merged.sync_session.expire_on_commit is True
+    assert Session.kw["info"] == {"a": 1}  # the factory's own dict is untouched
+    Session.configure(autoflush=False)
+    assert Session().sync_session.autoflush is False
 
 
 def test_default_role_comes_from_the_router_unless_given(tmp_path: Path) -> None:
