@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    AsyncSessionTransaction,
+    async_sessionmaker,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._decision import DefaultRole, check_default_role
 from ._exceptions import ConfigurationError
+from ._recovery import RecoveringSession
 from ._router import Router
 from ._session import RoutingSyncSession
 
@@ -55,6 +61,14 @@ class RoutingSession(AsyncSession):
         if kw.get("binds"):
             sync._routing_one_bind = False
 
+    def begin(self) -> AsyncSessionTransaction:
+        """As ``AsyncSession.begin``; a dead replica never masks the block's error."""
+        return _RoutingSessionTransaction(self)
+
+    def begin_nested(self) -> AsyncSessionTransaction:
+        """As ``AsyncSession.begin_nested``, with ``begin()``'s replica handling."""
+        return _RoutingSessionTransaction(self, nested=True)
+
     @property
     def router(self) -> Router | None:
         """The ``Router`` this session routes with, or ``None``."""
@@ -80,6 +94,30 @@ class RoutingSession(AsyncSession):
                     if async_engine is not None:
                         return async_engine
             return super().get_async_bind(mapper, clause, bind, **kw)
+
+
+def _end_replica(session: Session) -> None:
+    if isinstance(session, RecoveringSession):
+        session._routing_end_replica()
+
+
+class _RoutingSessionTransaction(AsyncSessionTransaction):
+    """``AsyncSessionTransaction`` whose rollback ends a replica's read first."""
+
+    # A begin() block that fails, or rollback() called on its transaction,
+    # rolls back through SessionTransaction, not Session.rollback(): the
+    # replica is ended here first, so that a dead one cannot mask the
+    # application's error nor keep the writer's rollback from running.
+
+    async def rollback(self) -> None:
+        """Roll back; a replica connection that died is dropped, not raised."""
+        await self.session.run_sync(_end_replica)
+        await super().rollback()
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if type_ is not None:
+            await self.session.run_sync(_end_replica)
+        await super().__aexit__(type_, value, traceback)
 
 
 class _RoutingSessionMaker(async_sessionmaker[RoutingSession]):

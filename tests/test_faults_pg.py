@@ -30,6 +30,23 @@ def replica_index(cluster: PostgresCluster, port: int) -> int:
     return [node.port for node in cluster.replicas].index(port)
 
 
+async def read_both_then_kill_the_replica(
+    faults: PostgresCluster, session: RoutingSession, ports: dict[str, Any], fault: str
+) -> int:
+    """Read on a replica and the writer in one transaction; kill that replica."""
+    async with read_only:
+        port, standby = await where(session)
+    assert standby
+    async with use_writer:  # the same transaction also holds the writer
+        assert await where(session) == (ports["writer"], False)
+    index = replica_index(faults, port)
+    if fault == "crash":
+        await faults.acrash_replica(index)
+    else:
+        await faults.astop_replica(index)
+    return index
+
+
 @pytest.mark.parametrize("end", ["rollback", "close", "context exit"])
 @pytest.mark.parametrize("fault", ["crash", "stop"])
 async def test_ending_a_read_whose_replica_died_raises_nothing(
@@ -41,17 +58,7 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
     fault: str,
 ) -> None:
     session = Session()
-    async with read_only:
-        port, standby = await where(session)
-    assert standby
-    async with use_writer:  # the same transaction also holds the writer
-        assert await where(session) == (ports["writer"], False)
-    index = replica_index(faults, port)
-    if fault == "crash":
-        await faults.acrash_replica(index)
-    else:
-        await faults.astop_replica(index)
-
+    index = await read_both_then_kill_the_replica(faults, session, ports, fault)
     if end == "rollback":
         await session.rollback()
     elif end == "close":
@@ -72,6 +79,34 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
         async with Session() as s, read_only:
             served.add(await where(s))
     assert served == {(p, True) for p in ports["replicas"]}
+
+
+@pytest.mark.parametrize("how", ["block raises", "transaction.rollback()"])
+@pytest.mark.parametrize("fault", ["crash", "stop"])
+async def test_a_begin_transaction_whose_replica_died_rolls_back_cleanly(
+    faults: PostgresCluster,
+    Session: Maker,
+    router: Router,
+    ports: dict[str, Any],
+    fault: str,
+    how: str,
+) -> None:
+    # session.begin() rolls back through SessionTransaction, not through
+    # Session.rollback(): the application's own error must still come out.
+    session = Session()
+    if how == "block raises":
+        with pytest.raises(LookupError, match="the application's error"):
+            async with session.begin():
+                await read_both_then_kill_the_replica(faults, session, ports, fault)
+                raise LookupError("the application's error")
+    else:
+        transaction = await session.begin()
+        await read_both_then_kill_the_replica(faults, session, ports, fault)
+        await transaction.rollback()
+    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert await where(session) == (ports["writer"], False)
+    await session.close()
 
 
 async def fill_pool(maker: Maker, n: int) -> None:
