@@ -54,11 +54,6 @@ def _spread(ratio: tuple[float, ...]) -> str:
     return f"{ratio[0]:.3f}x (processes {ratio[1]:.3f} to {ratio[2]:.3f})"
 
 
-# The tolerance of "no slower than the peer": about the spread of one
-# variant against another between processes of the same run.
-PEER_TOLERANCE = 1.02
-
-
 def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
     runs = _runs(benches, "test_overhead_interleaved")
     rows = [
@@ -131,11 +126,18 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
     measured = [(label, ratio) for label, ratio in peer if ratio is not None]
     if measured:
         parts = "; ".join(f"{label} {_spread(ratio)}" for label, ratio in measured)
-        ok = all(ratio[0] <= PEER_TOLERANCE for _, ratio in measured)
+        # Slower only when every process measured it slower: a range that
+        # straddles 1 is a tie within the noise.
+        slower = [label for label, ratio in measured if ratio[1] > 1.0]
+        verdict = (
+            "met"
+            if not slower
+            else f"**not met** ({', '.join(slower)}: slower in every process)"
+        )
         lines.append(
-            f"Against the peer (≤ 1 means routing_db is not slower; met within "
-            f"{PEER_TOLERANCE - 1:.0%}, about the spread between processes): "
-            f"{parts} — {_check(ok)}."
+            "Against the peer (≤ 1 means routing_db is not slower; a pair counts "
+            f"as slower only when every process measured it slower): {parts} — "
+            f"{verdict}."
         )
     return lines
 
