@@ -134,8 +134,11 @@ def pool_capacity(pool: Any) -> int:
 
 
 def engine_name(engine: AsyncEngine) -> str:
-    """A label for an engine, ``host:port/database``, never with a password."""
-    return url_name(engine.url)
+    """An engine's label: its ``logging_name`` if given, else ``host:port/db``."""
+    # logging_name is SQLAlchemy's own name for an engine (create_engine's
+    # argument, also in its log lines), so a name is given where engines are.
+    given: str | None = engine.sync_engine.logging_name
+    return given if given else url_name(engine.url)
 
 
 def url_name(url: URL) -> str:

@@ -214,6 +214,13 @@ class Router:
         )
 
     def _engine_names(self) -> dict[AsyncEngine, str]:
+        given = [e.sync_engine.logging_name for e in (self.writer, *self.replicas)]
+        named = [name for name in given if name]
+        if len(set(named)) != len(named):
+            # Two engines under one name would share their metrics and logs.
+            raise ConfigurationError(
+                f"engine names (logging_name) must be unique, got {named}"
+            )
         names: dict[AsyncEngine, str] = {self.writer: engine_name(self.writer)}
         seen: dict[str, int] = {}
         for replica in self.replicas:
@@ -232,6 +239,8 @@ class Router:
         replica_kwargs: Mapping[str, Any] | None = None,
         router_options: Mapping[str, Any] | None = None,
         pgbouncer: bool = False,
+        writer_name: str | None = None,
+        replica_names: Sequence[str] | None = None,
         **engine_kwargs: Any,
     ) -> Router:
         """Create the engines; ``engine_kwargs`` go to every ``create_async_engine``.
@@ -240,11 +249,21 @@ class Router:
         be given here by name too, or collected in ``router_options``.
         ``pgbouncer=True``: the servers sit behind PgBouncer in transaction
         pooling mode (no prepared statement outlives its transaction).
+        ``writer_name`` / ``replica_names`` label the engines in metrics, logs
+        and ``status()`` (their ``logging_name``) instead of ``host:port/db``.
         """
         if not writer_url:
             raise ConfigurationError("writer_url is required")
         if isinstance(replica_urls, str | URL):
             raise ConfigurationError("replica_urls must be a list of URLs")
+        if isinstance(replica_names, str) or (
+            replica_names is not None and len(replica_names) != len(replica_urls)
+        ):
+            raise ConfigurationError("replica_names needs one name per replica URL")
+        names: list[str | None] = [writer_name, *(replica_names or ())]
+        names += [None] * (1 + len(replica_urls) - len(names))
+        if any(name is not None and not name.strip() for name in names):
+            raise ConfigurationError("an engine name cannot be empty")
         options = dict(router_options or {})
         for name in ROUTER_OPTIONS.intersection(engine_kwargs):
             options[name] = engine_kwargs.pop(name)
@@ -263,15 +282,19 @@ class Router:
             engine_kwargs["pool_pre_ping"] = False
             options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)
 
-        def engine(url: URL, field: str, role_kwargs: Any) -> AsyncEngine:
+        def engine(
+            url: URL, field: str, role_kwargs: Any, name: str | None
+        ) -> AsyncEngine:
             kwargs = {**engine_kwargs, **(role_kwargs or {})}
+            if name is not None:
+                kwargs["logging_name"] = name
             if pgbouncer:
                 url, kwargs = behind_pgbouncer(url, kwargs)
             return create_engine(url, field=field, **kwargs)
 
-        writer = engine(writer_u, "writer_url", writer_kwargs)
+        writer = engine(writer_u, "writer_url", writer_kwargs, names[0])
         replicas = [
-            engine(url, f"replica_urls[{i}]", replica_kwargs)
+            engine(url, f"replica_urls[{i}]", replica_kwargs, names[i + 1])
             for i, url in enumerate(replica_us)
         ]
         return cls(writer=writer, replicas=replicas, **options)

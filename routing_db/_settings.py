@@ -69,6 +69,9 @@ class RoutingSettings(BaseSettings):
 
     writer_url: SecretStr | None = None
     replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Labels in metrics, logs and status() instead of host:port/db.
+    writer_name: str | None = None
+    replica_names: Annotated[list[str], NoDecode] | None = None
 
     pool_size: PoolCount = 5
     max_overflow: PoolCount = 10
@@ -144,7 +147,7 @@ class RoutingSettings(BaseSettings):
             # ``from None``: the original error keeps the raw inputs.
             raise _without_inputs(error) from None
 
-    @field_validator("replica_urls", "replica_weights", mode="before")
+    @field_validator("replica_urls", "replica_weights", "replica_names", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -169,6 +172,10 @@ class RoutingSettings(BaseSettings):
     def _require_writer(self) -> RoutingSettings:
         if self.writer_url is None or not self.writer_url.get_secret_value():
             raise ValueError("writer_url is required (set ROUTING_DB_WRITER_URL)")
+        if self.replica_names is not None and len(self.replica_names) != len(
+            self.replica_urls
+        ):
+            raise ValueError("replica_names needs one name per replica URL")
         return self
 
     def _role_overrides(self, role: str) -> dict[str, Any]:
@@ -215,6 +222,8 @@ class RoutingSettings(BaseSettings):
             "pgbouncer": self.pgbouncer,
             "writer_url": self.writer_url.get_secret_value(),
             "replica_urls": [url.get_secret_value() for url in self.replica_urls],
+            "writer_name": self.writer_name,
+            "replica_names": self.replica_names,
             "writer_kwargs": self._role_overrides("writer"),
             "replica_kwargs": self._role_overrides("replica"),
             "router_options": {

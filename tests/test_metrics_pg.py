@@ -128,6 +128,33 @@ async def test_ejections_fallbacks_and_reruns_are_counted(
     )
 
 
+async def test_engines_are_labelled_by_their_given_names(
+    cluster: PostgresCluster,
+) -> None:
+    router = Router.from_urls(
+        with_password(cluster.writer_url),
+        [with_password(url) for url in cluster.replica_urls],
+        writer_name="primary",
+        replica_names=["eu-1", "eu-2"],
+    )
+    registry = CollectorRegistry()
+    metrics = register_metrics(router, registry)
+    try:
+        Session = routing_sessionmaker(router)
+        for _ in range(2):
+            async with Session() as session, read_only:
+                await where(session)
+        exposed = generate_latest(registry).decode()
+        for name in ("eu-1", "eu-2"):
+            labels = {"engine": name, "role": "replica", "reason": "read_only"}
+            assert value(registry, "routing_db_statements_total", **labels) == 1
+        assert 'engine="primary"' in exposed
+        assert "127.0.0.1" not in exposed and SECRET not in exposed
+    finally:
+        metrics.unregister()
+        await router.dispose()
+
+
 async def test_unregister_removes_everything(
     measured: tuple[Router, CollectorRegistry, RouterMetrics],
 ) -> None:

@@ -195,6 +195,21 @@ def test_bare_postgresql_url_is_accepted_when_it_means_psycopg3() -> None:
             lambda: Router.from_urls(WRITER, no_such_engine_option=1),
             "no_such_engine_option",
         ),
+        (lambda: Router.from_urls(WRITER, [REPLICA], replica_names=[]), "one name"),
+        (lambda: Router.from_urls(WRITER, [REPLICA], replica_names="r"), "one name"),
+        (lambda: Router.from_urls(WRITER, writer_name=" "), "cannot be empty"),
+        (
+            lambda: Router.from_urls(
+                WRITER, [REPLICA, REPLICA], replica_names=["eu", "eu"]
+            ),
+            "must be unique",
+        ),
+        (
+            lambda: Router.from_urls(
+                WRITER, [REPLICA], writer_name="db", replica_names=["db"]
+            ),
+            "must be unique",
+        ),
     ],
 )
 def test_bad_router_arguments(call: object, expect: str) -> None:
@@ -238,6 +253,41 @@ async def test_router_repr_and_status_hide_passwords() -> None:
         assert router.ping_after_idle == 1.0
     finally:
         await router.dispose()
+
+
+async def test_engines_named_by_the_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", f"{REPLICA},{REPLICA}")
+    monkeypatch.setenv("ROUTING_DB_WRITER_NAME", "primary")
+    monkeypatch.setenv("ROUTING_DB_REPLICA_NAMES", "eu-1, eu-2")
+    router = Router.from_settings()
+    try:
+        assert [row["name"] for row in router.status()] == ["primary", "eu-1", "eu-2"]
+        assert router.replicas[1].sync_engine.logging_name == "eu-2"
+    finally:
+        await router.dispose()
+    # Engines made by hand carry SQLAlchemy's own name, logging_name; unnamed
+    # ones keep host:port/db (the same URL twice gets a #2).
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    router = Router(
+        writer=create_async_engine(url, logging_name="main"),
+        replicas=[create_async_engine(url), create_async_engine(url)],
+        require_standby=False,
+    )
+    try:
+        names = [row["name"] for row in router.status()]
+        assert names == [
+            "main",
+            f"sqlite:{tmp_path / 'x.db'}",
+            f"sqlite:{tmp_path / 'x.db'}#2",
+        ]
+    finally:
+        await router.dispose()
+    monkeypatch.setenv("ROUTING_DB_REPLICA_NAMES", "eu-1")
+    with pytest.raises(ValidationError, match="one name per replica"):
+        RoutingSettings()
 
 
 async def test_per_role_engine_options() -> None:
