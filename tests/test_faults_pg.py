@@ -47,7 +47,10 @@ async def read_both_then_kill_the_replica(
     return index
 
 
-@pytest.mark.parametrize("end", ["rollback", "close", "context exit"])
+@pytest.mark.parametrize(
+    "end",
+    ["rollback", "close", "context exit", "begin() block raises", "begin().rollback()"],
+)
 @pytest.mark.parametrize("fault", ["crash", "stop"])
 async def test_ending_a_read_whose_replica_died_raises_nothing(
     faults: PostgresCluster,
@@ -58,14 +61,28 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
     fault: str,
 ) -> None:
     session = Session()
-    index = await read_both_then_kill_the_replica(faults, session, ports, fault)
-    if end == "rollback":
-        await session.rollback()
-    elif end == "close":
-        await session.close()
+    # session.begin()'s transaction rolls back through SessionTransaction, not
+    # Session.rollback(): the application's own error must still come out.
+    if end == "begin() block raises":
+        with pytest.raises(LookupError, match="the application's error"):
+            async with session.begin():
+                index = await read_both_then_kill_the_replica(
+                    faults, session, ports, fault
+                )
+                raise LookupError("the application's error")
+    elif end == "begin().rollback()":
+        transaction = await session.begin()
+        index = await read_both_then_kill_the_replica(faults, session, ports, fault)
+        await transaction.rollback()
     else:
-        async with session:
-            pass
+        index = await read_both_then_kill_the_replica(faults, session, ports, fault)
+        if end == "rollback":
+            await session.rollback()
+        elif end == "close":
+            await session.close()
+        else:
+            async with session:
+                pass
     # Nothing is left checked out, and the session is still usable.
     assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
@@ -79,34 +96,6 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
         async with Session() as s, read_only:
             served.add(await where(s))
     assert served == {(p, True) for p in ports["replicas"]}
-
-
-@pytest.mark.parametrize("how", ["block raises", "transaction.rollback()"])
-@pytest.mark.parametrize("fault", ["crash", "stop"])
-async def test_a_begin_transaction_whose_replica_died_rolls_back_cleanly(
-    faults: PostgresCluster,
-    Session: Maker,
-    router: Router,
-    ports: dict[str, Any],
-    fault: str,
-    how: str,
-) -> None:
-    # session.begin() rolls back through SessionTransaction, not through
-    # Session.rollback(): the application's own error must still come out.
-    session = Session()
-    if how == "block raises":
-        with pytest.raises(LookupError, match="the application's error"):
-            async with session.begin():
-                await read_both_then_kill_the_replica(faults, session, ports, fault)
-                raise LookupError("the application's error")
-    else:
-        transaction = await session.begin()
-        await read_both_then_kill_the_replica(faults, session, ports, fault)
-        await transaction.rollback()
-    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
-    assert await where(session) == (ports["writer"], False)
-    await session.close()
 
 
 async def fill_pool(maker: Maker, n: int) -> None:
