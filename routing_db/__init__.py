@@ -6,6 +6,7 @@ from ._context import read_only, use_writer
 from ._exceptions import (
     CommitOutcomeUnknown,
     ConfigurationError,
+    LoadProcessError,
     NoReplicaAvailable,
     ReadOnlyViolation,
     RoutingDBError,
@@ -35,6 +36,7 @@ __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "LeastBusy",
+    "LoadProcessError",
     "NoReplicaAvailable",
     "RandomChoice",
     "ReadOnlyViolation",

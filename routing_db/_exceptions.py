@@ -5,7 +5,8 @@
         ├── ConfigurationError        (also ValueError)
         ├── ReadOnlyViolation         (also sqlalchemy.exc.InvalidRequestError)
         ├── NoReplicaAvailable        (also ConnectionError)
-        └── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
+        ├── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
+        └── LoadProcessError          (also RuntimeError)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "LoadProcessError",
     "NoReplicaAvailable",
     "ReadOnlyViolation",
     "RoutingDBError",
@@ -45,3 +47,7 @@ class NoReplicaAvailable(RoutingDBError, ConnectionError):
 class CommitOutcomeUnknown(RoutingDBError, DBAPIError):
     """The connection was lost during COMMIT: the transaction may or may not be
     committed. It is never retried automatically; check before writing again."""
+
+
+class LoadProcessError(RoutingDBError, RuntimeError):
+    """A process of a multi-process load run failed; the message says how."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,14 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from routing_db import ConfigurationError, Router, routing_sessionmaker
+from routing_db import (
+    ConfigurationError,
+    LoadProcessError,
+    Router,
+    routing_sessionmaker,
+)
 from routing_db._cli import main
-from routing_db.loadtest import Workload, prepare, run_load
+from routing_db.loadtest import Workload, prepare, run_load, run_load_in_processes
 from routing_db.testing import PostgresCluster
 
 
@@ -120,6 +128,52 @@ async def test_custom_profile_and_bad_arguments(small_pool: AsyncEngine) -> None
         await run_load(async_sessionmaker(small_pool), duration=1, operations=1)
 
 
+@contextlib.asynccontextmanager
+async def routed_sessions(
+    writer: str, replicas: list[str], pids: Path
+) -> AsyncIterator[async_sessionmaker[Any]]:
+    """Opened in each load process (pickled by reference)."""
+    with pids.open("a") as file:
+        file.write(f"{os.getpid()}\n")
+    router = Router.from_urls(writer, replicas, pool_size=2, max_overflow=0)
+    try:
+        yield routing_sessionmaker(router)
+    finally:
+        await router.dispose()
+
+
+async def test_a_load_spread_over_processes(
+    pg_cluster: PostgresCluster, bench_table: None, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    make = functools.partial(
+        routed_sessions, pg_cluster.writer_url, pg_cluster.replica_urls, pids
+    )
+    summary = await run_load_in_processes(
+        make,
+        processes=2,
+        profile="point_read",
+        concurrency=6,
+        operations=400,
+        workload=Workload(rows=200),
+    )
+    ran_in = set(pids.read_text().split())
+    assert len(ran_in) == 2 and str(os.getpid()) not in ran_in
+    assert (summary.processes, summary.concurrency) == (2, 6)
+    assert summary.succeeded == summary.operations == summary.latency_ms.count == 400
+    replicas = [e for e in summary.engines if e.role == "replica"]
+    assert len(replicas) == 2 and sum(e.operations for e in replicas) == 400
+    assert sum(e.checkouts for e in replicas) == 400
+    # Each process has its own pool of 2 per engine: peaks add up to at most 4.
+    assert all(0 < e.peak_checked_out <= 4 for e in replicas)
+
+    broken = functools.partial(routed_sessions, "mysql+pymysql://u@h/db", [], pids)
+    with pytest.raises(LoadProcessError, match="load process 0: ConfigurationError"):
+        await run_load_in_processes(broken, processes=2, operations=10)
+    with pytest.raises(ConfigurationError, match="at least the process count"):
+        await run_load_in_processes(make, processes=3, concurrency=2, operations=1)
+
+
 def with_password(url: str, password: str) -> str:
     # The test cluster trusts loopback: any password is accepted, so the
     # command really connects while the URL carries a secret to leak.
@@ -159,6 +213,26 @@ def test_cli_bench_json_and_plot(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
     assert secret not in out + err
+
+
+def test_cli_bench_in_processes(
+    pg_cluster: PostgresCluster, bench_table: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "s3cret-pw"
+    code = main(
+        ["bench", "--writer-url", with_password(pg_cluster.writer_url, secret),
+         "--concurrency", "4", "--duration", "0.5", "--rows", "200",
+         "--processes", "2", "--no-prepare", "--json"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert (result["processes"], result["concurrency"]) == (2, 4)
+    assert result["succeeded"] > 0 and result["errors"] == {}
+    assert secret not in out + err
+    code = main(["bench", "--writer-url", pg_cluster.writer_url, "--processes", "0"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--processes must be at least 1" in err
 
 
 def test_cli_bench_table_and_errors(

@@ -6,6 +6,7 @@ the pools (checkout wait, timeouts, peak connections) to show pool starvation.
 """
 
 from ._plot import plot_summaries
+from ._processes import SessionFactoryMaker, run_load_in_processes
 from ._profiles import PROFILES, Profile, Workload, prepare
 from ._runner import run_load
 from ._summary import Distribution, EngineStats, LoadSummary
@@ -16,8 +17,10 @@ __all__ = [
     "EngineStats",
     "LoadSummary",
     "Profile",
+    "SessionFactoryMaker",
     "Workload",
     "plot_summaries",
     "prepare",
     "run_load",
+    "run_load_in_processes",
 ]

@@ -27,6 +27,7 @@ def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> Non
         ("latency p99 (ms)", lambda s: s.latency_ms.p99),
         ("checkout wait p99 (ms)", lambda s: s.checkout_wait_ms.p99),
     ]
+    levels = sorted({summary.concurrency for _, summary in results})
     for axis, (title, value) in zip(axes, panels, strict=True):
         for label in dict.fromkeys(label for label, _ in results):
             points = [(s.concurrency, value(s)) for lab, s in results if lab == label]
@@ -34,6 +35,9 @@ def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> Non
         axis.set_title(title)
         axis.set_xlabel("concurrent workers")
         axis.set_xscale("log")
+        # The levels run, as plain numbers (a log axis would print 2x10^1).
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.minorticks_off()
         axis.grid(True, alpha=0.3)
         axis.legend()
     profiles = ", ".join(dict.fromkeys(summary.profile for _, summary in results))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from .._observe import PoolObserver, observe
 from ._profiles import Profile, Workload, resolve_profile
 from ._summary import EngineStats, LoadSummary, distribution
 
-__all__ = ["engines_of", "run_load"]
+__all__ = ["Samples", "engines_of", "measure", "merge", "run_load", "summarize"]
 
 
 class _Operation:
@@ -61,6 +62,23 @@ def engines_of(factory: async_sessionmaker[Any]) -> dict[str, tuple[str, AsyncEn
     )
 
 
+@dataclasses.dataclass
+class Samples:
+    """What a load run measured, before summarising (mergeable across processes)."""
+
+    profile: str
+    concurrency: int
+    elapsed: float
+    cpu: float
+    latencies: list[float]
+    waits: list[float]
+    served: Counter[str]
+    errors: Counter[str]
+    timeouts: int
+    engines: list[EngineStats]  # their operations are filled in by summarize()
+    processes: int = 1
+
+
 async def run_load(
     factory: async_sessionmaker[Any],
     *,
@@ -72,6 +90,30 @@ async def run_load(
     progress: Callable[[int, float], None] | None = None,
 ) -> LoadSummary:
     """Run ``profile`` on ``concurrency`` workers for a duration or an op count."""
+    return summarize(
+        await measure(
+            factory,
+            profile=profile,
+            concurrency=concurrency,
+            duration=duration,
+            operations=operations,
+            workload=workload,
+            progress=progress,
+        )
+    )
+
+
+async def measure(
+    factory: async_sessionmaker[Any],
+    *,
+    profile: str | Profile,
+    concurrency: int,
+    duration: float | None,
+    operations: int | None,
+    workload: Workload | None,
+    progress: Callable[[int, float], None] | None,
+) -> Samples:
+    """``run_load``'s measurement, returned as raw samples."""
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1")
     if (duration is None) == (operations is None):
@@ -136,30 +178,85 @@ async def run_load(
             ticker.cancel()
         for observer in observers.values():
             observer.listeners.remove(recorder)
-    elapsed = time.monotonic() - started
-    cpu = time.process_time() - cpu_started
-    return LoadSummary(
+    return Samples(
         profile=name,
         concurrency=concurrency,
-        duration_s=elapsed,
-        operations=len(waits),
-        succeeded=len(latencies),
-        throughput=len(latencies) / elapsed if elapsed > 0 else 0.0,
-        latency_ms=distribution(latencies),
-        checkout_wait_ms=distribution(waits),
+        elapsed=time.monotonic() - started,
+        cpu=time.process_time() - cpu_started,
+        latencies=latencies,
+        waits=waits,
+        served=served,
+        errors=errors,
         timeouts=timeouts,
-        errors=dict(errors),
-        client_cpu=cpu / elapsed if elapsed > 0 else 0.0,
         engines=[
             EngineStats(
                 name=label,
                 role=role,
-                operations=served[label],
+                operations=0,
                 checkouts=observers[label].checkouts,
                 peak_checked_out=observers[label].peak_checked_out,
                 overflow_used=max(observers[label].peak_overflow, 0),
                 timeouts=observers[label].timeouts,
             )
             for label, (role, _) in engines.items()
+        ],
+    )
+
+
+def merge(parts: list[Samples]) -> Samples:
+    """One set of samples from runs side by side (peaks add up: one pool each)."""
+    engines: dict[str, EngineStats] = {}
+    for part in parts:
+        for stats in part.engines:
+            seen = engines.get(stats.name)
+            engines[stats.name] = (
+                stats
+                if seen is None
+                else seen.model_copy(
+                    update={
+                        field: getattr(seen, field) + getattr(stats, field)
+                        for field in (
+                            "checkouts",
+                            "peak_checked_out",
+                            "overflow_used",
+                            "timeouts",
+                        )
+                    }
+                )
+            )
+    return Samples(
+        profile=parts[0].profile,
+        concurrency=sum(part.concurrency for part in parts),
+        elapsed=max(part.elapsed for part in parts),
+        cpu=sum(part.cpu for part in parts),
+        latencies=[x for part in parts for x in part.latencies],
+        waits=[x for part in parts for x in part.waits],
+        served=sum((part.served for part in parts), Counter()),
+        errors=sum((part.errors for part in parts), Counter()),
+        timeouts=sum(part.timeouts for part in parts),
+        engines=list(engines.values()),
+        processes=sum(part.processes for part in parts),
+    )
+
+
+def summarize(samples: Samples) -> LoadSummary:
+    """The summary of what was measured."""
+    elapsed = samples.elapsed
+    return LoadSummary(
+        profile=samples.profile,
+        concurrency=samples.concurrency,
+        processes=samples.processes,
+        duration_s=elapsed,
+        operations=len(samples.waits),
+        succeeded=len(samples.latencies),
+        throughput=len(samples.latencies) / elapsed if elapsed > 0 else 0.0,
+        latency_ms=distribution(samples.latencies),
+        checkout_wait_ms=distribution(samples.waits),
+        timeouts=samples.timeouts,
+        errors=dict(samples.errors),
+        client_cpu=samples.cpu / elapsed if elapsed > 0 else 0.0,
+        engines=[
+            stats.model_copy(update={"operations": samples.served[stats.name]})
+            for stats in samples.engines
         ],
     )

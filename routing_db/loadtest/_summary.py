@@ -10,6 +10,9 @@ from pydantic import BaseModel
 __all__ = ["Distribution", "EngineStats", "LoadSummary", "distribution"]
 
 
+_CLIENT_BOUND = 0.9  # client_cpu per process above which the client was the limit
+
+
 class Distribution(BaseModel):
     """Percentiles of a list of durations, in milliseconds."""
 
@@ -69,13 +72,22 @@ class LoadSummary(BaseModel):
     timeouts: int
     errors: dict[str, int]
     engines: list[EngineStats]
-    # CPU seconds this process used per second of the run. Near 1.0 the
-    # client's one event loop was the bottleneck, not the database.
+    # CPU seconds the load generator used per second of the run, over all its
+    # processes. Near 1.0 per process, the client's event loops were the
+    # bottleneck, not the database.
     client_cpu: float = 0.0
+    processes: int = 1
+
+    @property
+    def client_bound(self) -> bool:
+        """Did the load generator use (nearly) a whole core in each process?"""
+        return self.client_cpu / self.processes >= _CLIENT_BOUND
 
     def row(self) -> dict[str, object]:
         """The headline numbers, for a table."""
+        spread = {"processes": self.processes} if self.processes > 1 else {}
         return {
+            **spread,
             "concurrency": self.concurrency,
             "ops/s": round(self.throughput, 1),
             "p50 ms": round(self.latency_ms.p50, 2),
