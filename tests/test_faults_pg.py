@@ -98,6 +98,23 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
     assert served == {(p, True) for p in ports["replicas"]}
 
 
+async def test_a_failing_begin_nested_block_whose_replica_died_keeps_the_outer(
+    faults: PostgresCluster, Session: Maker, router: Router, ports: dict[str, Any]
+) -> None:
+    async with Session() as session:
+        await where(session)  # the outer transaction holds the writer
+        with pytest.raises(LookupError, match="the application's error"):
+            async with session.begin_nested():
+                await read_both_then_kill_the_replica(faults, session, ports, "crash")
+                raise LookupError("the application's error")
+        # Back to the savepoint: the outer transaction goes on, the dead
+        # replica's connection is gone from it.
+        assert session.in_transaction()
+        assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+        assert await where(session) == (ports["writer"], False)
+        await session.commit()
+
+
 async def fill_pool(maker: Maker, n: int) -> None:
     """Leave ``n`` idle connections in the writer's pool."""
 
