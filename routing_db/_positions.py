@@ -46,13 +46,6 @@ _APPLIED_SQL = "SELECT @@global.gtid_slave_pos"
 _BINLOG_SQL = "SELECT @@global.gtid_domain_id, @@global.gtid_binlog_pos"
 
 
-def has_positions(dialect_name: str) -> bool:
-    """Does this backend have replication positions routing_db can compare?"""
-    # ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the
-    # MySQL dialect) use the time window instead.
-    return dialect_name in ("postgresql", "mariadb")
-
-
 def _gtid_position(gtid_list: str | None, domain: int) -> int | None:
     # "0-1-42,1-3-7": one GTID per domain.
     for gtid in (gtid_list or "").split(","):
@@ -92,37 +85,92 @@ async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
     return row[0] if row else None
 
 
-def writer_position_after_commit(
-    connection: Connection,
-) -> tuple[int, int | None] | None:
-    """(position, GTID server id), read on ``connection`` right after its COMMIT."""
-    name = connection.dialect.name
-    proxied = connection.connection
-    if name == "postgresql":
-        lsn = _scalar(
-            proxied.driver_connection, proxied.dbapi_connection, _PG_WRITER_SQL
-        )
+class _PostgreSQL:
+    """WAL positions: the LSN as a number of bytes."""
+
+    def after_commit(self, driver: Any, dbapi: Any) -> tuple[int, int | None] | None:
+        lsn = _scalar(driver, dbapi, _PG_WRITER_SQL)
         return None if lsn is None else (int(lsn), None)
-    if name == "mariadb":
-        gtid = _scalar(
-            proxied.driver_connection, proxied.dbapi_connection, _LAST_GTID_SQL
+
+    def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
+        lsn = _scalar(driver, dbapi, _PG_REPLAY_SQL)
+        return None if lsn is None else int(lsn)
+
+    async def writer(self, connection: AsyncConnection) -> int | None:
+        value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
+        return None if value is None else int(value)
+
+    async def replica(
+        self, connection: AsyncConnection, writer: int | None
+    ) -> tuple[int | None, int | None, float | None]:
+        row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
+        position = None if row[0] is None else int(row[0])
+        lag_bytes = (
+            None if writer is None or position is None else max(0, writer - position)
         )
+        return position, lag_bytes, float(row[1] or 0.0)
+
+
+class _MariaDB:
+    """GTIDs: a sequence number within its replication domain."""
+
+    def after_commit(self, driver: Any, dbapi: Any) -> tuple[int, int | None] | None:
+        gtid = _scalar(driver, dbapi, _LAST_GTID_SQL)
         if not gtid:
             return None
         domain, server, seq = (int(part) for part in str(gtid).split("-"))
         return encode_gtid(domain, seq), server
-    return None
+
+    def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
+        applied = _scalar(driver, dbapi, _APPLIED_SQL)
+        return _gtid_position(applied, floor >> DOMAIN_SHIFT)
+
+    async def writer(self, connection: AsyncConnection) -> int | None:
+        binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
+        return _gtid_position(binlog[1], int(binlog[0]))
+
+    async def replica(
+        self, connection: AsyncConnection, writer: int | None
+    ) -> tuple[int | None, int | None, float | None]:
+        applied = (await connection.exec_driver_sql(_APPLIED_SQL)).scalar()
+        behind = await _seconds_behind(connection)
+        domain = 0 if writer is None else writer >> DOMAIN_SHIFT
+        # GTIDs give no byte measure; the seconds are the replica's own
+        # (NULL while its SQL thread is stopped).
+        seconds = None if behind is None else float(behind)
+        return _gtid_position(applied, domain), None, seconds
+
+
+# ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the MySQL
+# dialect) have none: they use the time window instead.
+_BACKENDS: dict[str, _PostgreSQL | _MariaDB] = {
+    "postgresql": _PostgreSQL(),
+    "mariadb": _MariaDB(),
+}
+
+
+def has_positions(dialect_name: str) -> bool:
+    """Does this backend have replication positions routing_db can compare?"""
+    return dialect_name in _BACKENDS
+
+
+def writer_position_after_commit(
+    connection: Connection,
+) -> tuple[int, int | None] | None:
+    """(position, GTID server id), read on ``connection`` right after its COMMIT."""
+    backend = _BACKENDS.get(connection.dialect.name)
+    if backend is None:
+        return None
+    proxied = connection.connection
+    return backend.after_commit(proxied.driver_connection, proxied.dbapi_connection)
 
 
 def replay_position_now(engine: Engine, floor: int) -> int | None:
     """A replica's position now, in ``floor``'s domain, on a pooled connection."""
+    backend = _BACKENDS[engine.dialect.name]
     raw = engine.raw_connection()
     try:
-        if engine.dialect.name == "mariadb":
-            applied = _scalar(raw.driver_connection, raw.dbapi_connection, _APPLIED_SQL)
-            return _gtid_position(applied, floor >> DOMAIN_SHIFT)
-        lsn = _scalar(raw.driver_connection, raw.dbapi_connection, _PG_REPLAY_SQL)
-        return None if lsn is None else int(lsn)
+        return backend.replay_now(raw.driver_connection, raw.dbapi_connection, floor)
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()
@@ -131,11 +179,7 @@ def replay_position_now(engine: Engine, floor: int) -> int | None:
 async def writer_position(engine: AsyncEngine) -> int | None:
     """The writer's newest position (for lag), in its own GTID domain."""
     async with engine.connect() as connection:
-        if engine.dialect.name == "mariadb":
-            binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
-            return _gtid_position(binlog[1], int(binlog[0]))
-        value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
-    return None if value is None else int(value)
+        return await _BACKENDS[engine.dialect.name].writer(connection)
 
 
 async def _seconds_behind(connection: AsyncConnection) -> Any:
@@ -158,24 +202,9 @@ async def replica_status(
 ) -> tuple[int | None, int | None, float | None]:
     """(position, lag bytes, lag seconds) of a replica; ``writer`` as of now."""
     async with engine.connect() as connection:
-        if engine.dialect.name == "mariadb":
-            applied = (await connection.exec_driver_sql(_APPLIED_SQL)).scalar()
-            behind = await _seconds_behind(connection)
-            domain = 0 if writer is None else writer >> DOMAIN_SHIFT
-            position = _gtid_position(applied, domain)
-            # GTIDs give no byte measure; the seconds are the replica's own
-            # (NULL while its SQL thread is stopped).
-            lag_bytes = None
-            lag_seconds = None if behind is None else float(behind)
-        else:
-            row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
-            position = None if row[0] is None else int(row[0])
-            lag_bytes = (
-                None
-                if writer is None or position is None
-                else max(0, writer - position)
-            )
-            lag_seconds = float(row[1] or 0.0)
+        position, lag_bytes, lag_seconds = await _BACKENDS[engine.dialect.name].replica(
+            connection, writer
+        )
     if position is None or writer is None:
         return position, None, None
     if reached(position, writer):
