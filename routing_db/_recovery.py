@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,7 +53,10 @@ class RoutedTransaction:
     # The replica (or the writer as a reader) this transaction reads from.
     replica: Engine | None = None
     wrote = False
-    fallback = False  # counted against max_writer_fallbacks
+    # Set while this transaction holds a max_writer_fallbacks slot: gives it
+    # back once, when the transaction ends or, for a session dropped without
+    # close(), when this object is collected.
+    fallback: weakref.finalize[Any, Any] | None = None
     excluded: frozenset[Engine] = frozenset()
     # The engine get_bind last chose: if its connection cannot be had, that is
     # the one to skip (and, for a replica, eject) on the next attempt. None
@@ -257,8 +261,8 @@ class RecoveringSession(Session):
         """Forget the root transaction that ended, and give back what it held."""
         tx = self._routing_tx
         self._routing_tx = None
-        if tx is not None and tx.fallback and self._routing_router is not None:
-            self._routing_router._fallbacks -= 1  # its max_writer_fallbacks slot
+        if tx is not None and tx.fallback is not None:
+            tx.fallback()
 
     def reset(self) -> None:
         """Reset; a replica connection that died is dropped, not raised."""

@@ -192,7 +192,7 @@ class Router:
         }
         if self._sync_writer_reader is not None:
             self._sync_names[self._sync_writer_reader] = self._names[writer]
-        self._fallbacks = 0
+        self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
         self._monitor = Monitor(self, interval=monitor_interval)
         if slow_query_seconds is not None:
@@ -316,6 +316,9 @@ class Router:
     def remove_listener(self, listener: RoutingListener) -> None:
         """Stop reporting to ``listener``."""
         self._listeners.remove(listener)
+
+    def _fallback_ended(self) -> None:
+        self._fallbacks -= 1  # its max_writer_fallbacks slot is free again
 
     def _to_async(self, engine: Engine) -> AsyncEngine | None:
         return self._async_by_sync.get(engine)

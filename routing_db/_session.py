@@ -12,6 +12,7 @@ the one write is the causal token, recorded after a COMMIT that wrote.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -153,7 +154,11 @@ class RoutingSyncSession(RecoveringSession):
         if router._listeners:
             if engine is writer:
                 tx = self._routing_tx
-                reason = "fallback" if tx is not None and tx.fallback else "causal"
+                reason = (
+                    "fallback"
+                    if tx is not None and tx.fallback is not None
+                    else "causal"
+                )
             on_writer = engine is writer or engine is router._sync_writer_reader
             router._listeners.emit(
                 "routed",
@@ -215,7 +220,7 @@ class RoutingSyncSession(RecoveringSession):
                 "no replica is available for a read and fallback_to_writer is off"
             )
         tx = self._routing_state()
-        if not tx.fallback:
+        if tx.fallback is None:
             cap = router.max_writer_fallbacks
             if cap is not None and router._fallbacks >= cap:
                 raise NoReplicaAvailable(
@@ -224,7 +229,7 @@ class RoutingSyncSession(RecoveringSession):
                 )
             router._fallbacks += 1
             router.fallbacks_total += 1
-            tx.fallback = True
+            tx.fallback = weakref.finalize(tx, router._fallback_ended)
             router._listeners.emit("fell_back", router._sync_names[writer])
             logger.info("routing_db: no replica available, read served by the writer")
         return writer

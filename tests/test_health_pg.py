@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -192,6 +194,18 @@ async def test_writer_fallbacks_are_capped(
         # Ending those transactions gives the slots back.
         async with Session() as four, read_only:
             assert (await where(four))[1] is False
+        assert router._fallbacks == 0
+        # So does a session dropped without close(), once it is collected.
+        dropped = Session()
+        async with read_only:
+            assert (await where(dropped))[1] is False
+        assert router._fallbacks == 1
+        with warnings.catch_warnings():
+            # SQLAlchemy warns that the dropped session's connection was
+            # garbage collected: that is the point here.
+            warnings.simplefilter("ignore")
+            del dropped
+            gc.collect()
         assert router._fallbacks == 0
     finally:
         await router.dispose()
