@@ -111,13 +111,19 @@ class _RoutingSessionTransaction(AsyncSessionTransaction):
 
     async def rollback(self) -> None:
         """Roll back; a replica connection that died is dropped, not raised."""
-        await self.session.run_sync(_end_replica)
-        await super().rollback()
+        try:
+            await self.session.run_sync(_end_replica)
+        finally:
+            await super().rollback()
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if type_ is not None:
+        if type_ is None:
+            await super().__aexit__(type_, value, traceback)
+            return
+        try:
             await self.session.run_sync(_end_replica)
-        await super().__aexit__(type_, value, traceback)
+        finally:
+            await super().__aexit__(type_, value, traceback)
 
 
 class _RoutingSessionMaker(async_sessionmaker[RoutingSession]):
