@@ -252,8 +252,8 @@ class RecoveringSession(Session):
         try:
             self._routing_end_replica(detach=False)
         finally:
-            # Done here rather than in after_transaction_end, which also
-            # covers sessions closed before any transaction began.
+            # Here rather than in after_transaction_end: a session closed
+            # before its transaction began gets no such event.
             self._routing_finish()
             super().close()
 
