@@ -38,19 +38,15 @@ class RoutingSession(AsyncSession):
     ) -> None:
         # Lean on purpose: one runs per request. The sync session is a plain
         # Session construction (binds... go to it as AsyncSession sends them);
-        # routing is configured on it afterwards.
+        # routing is configured on it afterwards. The sync_session_class of a
+        # subclass is checked once, in __init_subclass__.
         if router is None:
             if default_role is not None:
                 raise ConfigurationError("default_role needs a router")
             super().__init__(bind, **kw)
             return
-        sync_class = kw.get("sync_session_class") or self.sync_session_class
-        if sync_class is not RoutingSyncSession and not (
-            isinstance(sync_class, type) and issubclass(sync_class, RoutingSyncSession)
-        ):
-            raise ConfigurationError(
-                "with a router, sync_session_class must subclass RoutingSyncSession"
-            )
+        if kw:
+            _check_sync_class(kw.get("sync_session_class"))
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         super().__init__(router.writer if bind is None else bind, **kw)
@@ -58,8 +54,12 @@ class RoutingSession(AsyncSession):
         sync._routing_router = router
         if (default_role or router.default_role) == "auto":
             sync._routing_auto = True
-        if kw.get("binds"):
+        if kw and kw.get("binds"):
             sync._routing_one_bind = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _check_sync_class(cls.sync_session_class)
 
     def begin(self) -> AsyncSessionTransaction:
         """As ``AsyncSession.begin``; a dead replica never masks the block's error."""
@@ -94,6 +94,15 @@ class RoutingSession(AsyncSession):
                     if async_engine is not None:
                         return async_engine
             return super().get_async_bind(mapper, clause, bind, **kw)
+
+
+def _check_sync_class(sync_class: Any) -> None:
+    if sync_class is not None and not (
+        isinstance(sync_class, type) and issubclass(sync_class, RoutingSyncSession)
+    ):
+        raise ConfigurationError(
+            "with a router, sync_session_class must subclass RoutingSyncSession"
+        )
 
 
 def _end_replica(session: Session) -> None:

@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session as SyncSession
 
-from routing_db import ConfigurationError, Router, RoutingSession, routing_sessionmaker
+from routing_db import (
+    ConfigurationError,
+    Router,
+    RoutingSession,
+    RoutingSyncSession,
+    routing_sessionmaker,
+)
 
 
 @pytest.fixture
@@ -74,3 +80,14 @@ def test_default_role_comes_from_the_router_unless_given(tmp_path: Path) -> None
 def test_argument_errors(router: Router, make: object, expect: str) -> None:
     with pytest.raises(ConfigurationError, match=expect):
         make(router)  # type: ignore[operator]
+
+
+def test_a_subclass_must_keep_a_routing_sync_session() -> None:
+    class Fine(RoutingSession):
+        pass
+
+    assert Fine.sync_session_class is RoutingSyncSession
+    with pytest.raises(ConfigurationError, match="RoutingSyncSession"):
+
+        class Broken(RoutingSession):
+            sync_session_class = SyncSession
