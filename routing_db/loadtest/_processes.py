@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +36,12 @@ def _child(
     barrier: Any,
     results: Any,
     done: Any,
+    clock: Any,
     index: int,
 ) -> None:
     def progress(count: int, elapsed: float) -> None:
         done[index] = count
+        clock[index] = elapsed
 
     async def run() -> Samples:
         async with make() as factory:
@@ -81,7 +82,9 @@ async def run_load_in_processes(
     context = multiprocessing.get_context("spawn")  # no forked event loops
     barrier = context.Barrier(processes)
     results = context.Queue()
+    # Each process's operations so far and seconds measuring, for progress.
     done = context.Array("q", processes)
+    clock = context.Array("d", processes)
     counts = _shares(operations, processes) if operations is not None else None
     children = [
         context.Process(
@@ -98,6 +101,7 @@ async def run_load_in_processes(
                 barrier,
                 results,
                 done,
+                clock,
                 i,
             ),
             daemon=True,
@@ -106,7 +110,6 @@ async def run_load_in_processes(
     ]
     for child in children:
         child.start()
-    started = time.monotonic()
     parts: dict[int, Samples] = {}
     failures: list[str] = []
     try:
@@ -114,8 +117,9 @@ async def run_load_in_processes(
             try:
                 index, samples, error = await asyncio.to_thread(results.get, True, 0.5)
             except queue.Empty:
-                if progress is not None:
-                    progress(sum(done[:]), time.monotonic() - started)
+                elapsed = max(clock[:])
+                if progress is not None and elapsed > 0:  # measuring has begun
+                    progress(sum(done[:]), elapsed)
                 if all(not child.is_alive() for child in children):
                     failures.append("a load process ended without a result")
                 continue
