@@ -88,21 +88,23 @@ def _readable(fd: int) -> bool:
     return bool(readable)
 
 
+def _root(transaction: SessionTransaction) -> SessionTransaction:
+    while transaction._parent is not None:
+        transaction = transaction._parent
+    return transaction
+
+
 def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None:
     """The connection ``transaction``'s root transaction holds for ``bind``."""
     if transaction is None:
         return None
-    while transaction._parent is not None:
-        transaction = transaction._parent
-    entry = transaction._connections.get(bind)
+    entry = _root(transaction)._connections.get(bind)
     return entry[0] if entry else None
 
 
 def idle(transaction: SessionTransaction) -> bool:
     """Has no connection begun in ``transaction``'s root transaction yet?"""
-    while transaction._parent is not None:
-        transaction = transaction._parent
-    return not transaction._connections
+    return not _root(transaction)._connections
 
 
 def forget(transaction: SessionTransaction | None, connection: Connection) -> None:

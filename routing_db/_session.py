@@ -102,7 +102,8 @@ class RoutingSyncSession(RecoveringSession):
                 if kind is _READ or (kind is _CONNECTION and scope is _READ_ONLY):
                     quick = router._replica_set.quick
                     if tx is None and quick is not None and FLOOR.get() is None:
-                        # Every replica well, nothing to read back: round robin.
+                        # _routing_replica_for's first case, inlined: every
+                        # replica well, nothing to read back: round robin.
                         engine = quick()
                         tx = self._routing_tx = RoutedTransaction()
                         tx.replica = tx.target = engine

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .._exceptions import ConfigurationError, LoadProcessError
 from ._profiles import Workload
-from ._runner import Samples, measure, merge, summarize
+from ._runner import Samples, check_stop, measure, merge, summarize
 from ._summary import LoadSummary
 
 __all__ = ["SessionFactoryMaker", "run_load_in_processes"]
@@ -77,8 +77,7 @@ async def run_load_in_processes(
         raise ConfigurationError("processes must be at least 1")
     if concurrency < processes:
         raise ConfigurationError("concurrency must be at least the process count")
-    if (duration is None) == (operations is None):
-        raise ConfigurationError("give exactly one of duration or operations")
+    check_stop(duration, operations)
     context = multiprocessing.get_context("spawn")  # no forked event loops
     barrier = context.Barrier(processes)
     results = context.Queue()

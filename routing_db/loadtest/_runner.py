@@ -19,7 +19,15 @@ from .._observe import PoolObserver, observe
 from ._profiles import Profile, Workload, resolve_profile
 from ._summary import EngineStats, LoadSummary, distribution
 
-__all__ = ["Samples", "engines_of", "measure", "merge", "run_load", "summarize"]
+__all__ = [
+    "Samples",
+    "check_stop",
+    "engines_of",
+    "measure",
+    "merge",
+    "run_load",
+    "summarize",
+]
 
 
 class _Operation:
@@ -60,6 +68,12 @@ def engines_of(factory: async_sessionmaker[Any]) -> dict[str, tuple[str, AsyncEn
     raise ConfigurationError(
         "run_load needs a session factory bound to an AsyncEngine or a Router"
     )
+
+
+def check_stop(duration: float | None, operations: int | None) -> None:
+    """A run ends after a duration or an operation count: exactly one is given."""
+    if (duration is None) == (operations is None):
+        raise ConfigurationError("give exactly one of duration or operations")
 
 
 @dataclasses.dataclass
@@ -116,8 +130,7 @@ async def measure(
     """``run_load``'s measurement, returned as raw samples."""
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1")
-    if (duration is None) == (operations is None):
-        raise ConfigurationError("give exactly one of duration or operations")
+    check_stop(duration, operations)
     name, op = resolve_profile(profile)
     work = workload or Workload()
     engines = engines_of(factory)
