@@ -45,8 +45,8 @@ class RoutingSession(AsyncSession):
                 raise ConfigurationError("default_role needs a router")
             super().__init__(bind, **kw)
             return
-        if kw:
-            _check_sync_class(kw.get("sync_session_class"))
+        if "sync_session_class" in kw:
+            _check_sync_class(kw["sync_session_class"])
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         super().__init__(router.writer if bind is None else bind, **kw)
