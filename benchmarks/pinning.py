@@ -63,12 +63,22 @@ def separate_cores(cluster: PostgresCluster) -> Iterator[str]:
         yield "Client and servers were not pinned (one core)"
         return
     client, servers = set(cpus[:-1]), {cpus[-1]}
-    pids = _server_pids(cluster)
-    _set(pids, servers)
-    os.sched_setaffinity(0, client)
+    try:
+        _set(_server_pids(cluster), servers)
+        os.sched_setaffinity(0, client)
+    except OSError as exc:  # a container may forbid it: measure unpinned
+        _unpin(cluster, cpus)
+        yield f"Client and servers were not pinned ({exc.strerror})"
+        return
     try:
         cores = ", ".join(map(str, sorted(client)))
         yield f"The client ran on core {cores} and the servers on core {cpus[-1]}"
     finally:
+        _unpin(cluster, cpus)
+
+
+def _unpin(cluster: PostgresCluster, cpus: list[int]) -> None:
+    with contextlib.suppress(OSError):
         os.sched_setaffinity(0, set(cpus))
+    with contextlib.suppress(OSError):
         _set(_server_pids(cluster), set(cpus))

@@ -195,9 +195,14 @@ def _capacity(benches: dict[str, dict[str, Any]]) -> list[str]:
         f"{len(found[0]['rounds'])} rounds; in each, every configuration runs "
         f"for {CAPACITY_RUN_S:g} s, in a new random order. A row is the "
         "configuration's median round; ratios are taken within each round, "
-        f"then the median over rounds (range in brackets). {found[0]['pinned']}"
-        " (`benchmarks/pinning.py`): a load generator runs apart from the "
-        "servers it measures, and one core each is the nearest to that here.",
+        "then the median over rounds (range in brackets). "
+        f"{found[0]['pinned']} (`benchmarks/pinning.py`)"
+        + (
+            ": a load generator runs apart from the servers it measures, and "
+            "one core each is the nearest to that here."
+            if found[0]["pinned"].startswith("The client ran")
+            else "."
+        ),
     ]
     for info in found:
         rounds = [
