@@ -1,8 +1,9 @@
 """2-4: pool starvation, replica capacity and skew, with the load harness.
 
-Each benchmark is one timed load run; its summary goes into ``extra_info``
-(throughput, latency and checkout-wait percentiles, timeouts), from which
-``report.py`` writes RESULTS.md.
+Each starvation and skew benchmark is one timed load run; capacity is rounds
+of runs (see there). Summaries go into ``extra_info`` (throughput, latency and
+checkout-wait percentiles, timeouts), from which ``report.py`` writes
+RESULTS.md.
 """
 
 from __future__ import annotations
