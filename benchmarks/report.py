@@ -47,13 +47,16 @@ def _runs(benches: dict[str, dict[str, Any]], name: str) -> list[dict[str, float
 def _ratio(runs: list[dict[str, float]], a: str, b: str) -> tuple[float, ...] | None:
     """a / b per process: (median, lowest, highest), or None if not measured."""
     values = [run[a] / run[b] for run in runs if a in run and b in run]
-    if not values:
-        return None
+    return _stats(values) if values else None
+
+
+def _stats(values: list[float]) -> tuple[float, ...]:
     return statistics.median(values), min(values), max(values)
 
 
-def _spread(ratio: tuple[float, ...]) -> str:
-    return f"{ratio[0]:.3f}x (processes {ratio[1]:.3f} to {ratio[2]:.3f})"
+def _spread(ratio: tuple[float, ...], over: str = "processes", digits: int = 3) -> str:
+    median, low, high = (f"{value:.{digits}f}" for value in ratio)
+    return f"{median}x ({over} {low} to {high})"
 
 
 def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
@@ -237,17 +240,11 @@ def _capacity(benches: dict[str, dict[str, Any]]) -> list[str]:
         out += [
             "",
             "Throughput x writer-only: two replicas (reads on replicas only) "
-            f"{_rounds(only)}; two replicas with the writer reading too "
-            f"{_rounds(shared)} — goal ≥ 2.7x: {verdict}.",
+            f"{_spread(_stats(only), 'rounds', 2)}; two replicas with the writer "
+            f"reading too {_spread(_stats(shared), 'rounds', 2)} — goal ≥ 2.7x: "
+            f"{verdict}.",
         ]
     return out
-
-
-def _rounds(values: list[float]) -> str:
-    return (
-        f"{statistics.median(values):.2f}x (rounds {min(values):.2f} to "
-        f"{max(values):.2f})"
-    )
 
 
 def _param(name: str) -> str:

@@ -98,7 +98,8 @@ def _progress(label: str) -> Any:
 async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
     if args.processes < 1:
         raise ConfigurationError("--processes must be at least 1")
-    router = Router.from_settings(_settings(args))
+    values = _setting_values(args)  # also what each load process builds from
+    router = Router.from_settings(RoutingSettings(**values))
     variants: list[tuple[str, async_sessionmaker[Any]]] = []
     if args.compare:
         variants.append(("plain", async_sessionmaker(router.writer)))
@@ -119,9 +120,7 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
                         "progress": _progress(f"{label} c={concurrency}"),
                     }
                     if args.processes > 1:
-                        make = functools.partial(
-                            _sessions, _setting_values(args), label
-                        )
+                        make = functools.partial(_sessions, values, label)
                         summary = await run_load_in_processes(
                             make, processes=args.processes, **options
                         )
