@@ -21,6 +21,7 @@ from ._retry import is_connection_error
 
 __all__ = [
     "checkout_failed",
+    "close_held",
     "close_quietly",
     "driver_says_closed",
     "forget",
@@ -100,6 +101,17 @@ def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None
         return None
     entry = _root(transaction)._connections.get(bind)
     return entry[0] if entry else None
+
+
+def close_held(transaction: SessionTransaction | None, bind: Any) -> None:
+    """Close (quietly) the connection ``transaction``'s root holds for ``bind``."""
+    if transaction is None:
+        return
+    while transaction._parent is not None:
+        transaction = transaction._parent
+    entry = transaction._connections.get(bind)
+    if entry:
+        close_quietly(entry[0])
 
 
 def idle(transaction: SessionTransaction) -> bool:

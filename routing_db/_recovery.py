@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from ._connections import (
     checkout_failed,
+    close_held,
     close_quietly,
     forget,
     held,
@@ -249,12 +250,17 @@ class RecoveringSession(Session):
         if tx is None:
             super().close()
             return
+        # _routing_end_replica and _routing_finish, inline (one close per
+        # request). The state is dropped here rather than in
+        # after_transaction_end: a session closed before its transaction
+        # began gets no such event.
+        self._routing_tx = None
         try:
-            self._routing_end_replica(detach=False)
+            if tx.replica is not None:
+                close_held(self._transaction, tx.replica)
         finally:
-            # Here rather than in after_transaction_end: a session closed
-            # before its transaction began gets no such event.
-            self._routing_finish()
+            if tx.fallback is not None:
+                tx.fallback()
             super().close()
 
     def _routing_finish(self) -> None:

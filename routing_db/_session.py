@@ -19,7 +19,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.util import EMPTY_DICT
 
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify
@@ -72,15 +71,16 @@ class RoutingSyncSession(RecoveringSession):
         router = self._routing_router
         if router is None:
             return super().get_bind(mapper, clause=clause, bind=bind, **kw)
-        if bind is None and self._routing_one_bind and self.bind is not None:
-            resolved = self.bind
-        else:
+        writer = router._sync_writer
+        if not (bind is None and self._routing_one_bind and self.bind is writer):
+            # An explicit bind, and binds= entries for other databases, are
+            # honoured as they are: only work that would run on the router's
+            # writer is routed.
             resolved = super().get_bind(mapper, clause=clause, bind=bind, **kw)
-        # An explicit bind, and binds= entries for other databases, are honoured
-        # as they are: only work that would run on the router's writer is routed.
-        if bind is not None or resolved is not router._sync_writer:
-            return resolved
-        option = getattr(clause, "_execution_options", EMPTY_DICT).get(_ROLE_OPTION)
+            if bind is not None or resolved is not writer:
+                return resolved
+        options = getattr(clause, "_execution_options", None)
+        option = options.get(_ROLE_OPTION) if options else None
         scope = SCOPE.get()[0]
         tx = self._routing_tx
         if option is None and not self._flushing and not router._listeners:
@@ -94,7 +94,7 @@ class RoutingSyncSession(RecoveringSession):
                     clause, flushing=False
                 ) is _WRITE:
                     self._routing_state().wrote = True
-                return resolved
+                return writer
             # Before this transaction wrote, a replica takes a read inside
             # read_only, and a known read with no flag and default role "auto".
             if scope is not _WRITER and (tx is None or not tx.wrote):
@@ -108,8 +108,8 @@ class RoutingSyncSession(RecoveringSession):
                         tx = self._routing_tx = RoutedTransaction()
                         tx.replica = tx.target = engine
                         return engine
-                    return self._routing_replica_for(router, resolved, tx)
-        return self._routing_route(router, resolved, clause, option, scope)
+                    return self._routing_replica_for(router, writer, tx)
+        return self._routing_route(router, writer, clause, option, scope)
 
     def _routing_route(
         self,
