@@ -104,12 +104,13 @@ def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None
 
 
 def close_held(transaction: SessionTransaction | None, bind: Any) -> None:
-    """Close (quietly) the connection ``transaction``'s root holds for ``bind``."""
+    """Close (quietly) the connection ``transaction``'s root holds for ``bind``.
+
+    It stays in the transaction: ``Session.close`` skips a closed connection.
+    """
     if transaction is None:
         return
-    while transaction._parent is not None:
-        transaction = transaction._parent
-    entry = transaction._connections.get(bind)
+    entry = _root(transaction)._connections.get(bind)
     if entry:
         close_quietly(entry[0])
 

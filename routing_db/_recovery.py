@@ -220,21 +220,20 @@ class RecoveringSession(Session):
             forget(transaction, connection)
             transaction = transaction._parent
 
-    def _routing_end_replica(self, *, detach: bool = True) -> None:
+    def _routing_end_replica(self) -> None:
         # End the replica's read-only transaction now, before the rest: a
         # replica that died must not fail COMMIT, rollback or close(), nor keep
         # the writer's connection from being released. Its transaction only
         # read, so ending it early loses nothing. Session offers no public
-        # way to let go of one of its connections; close() needs none (it
-        # skips a connection already closed), COMMIT and rollback do.
+        # way to let go of one of its connections; COMMIT and rollback need
+        # it detached (close() does not: see close_held).
         tx = self._routing_tx
         if tx is None or tx.replica is None:
             return
         connection = held(self._transaction, tx.replica)
         tx.replica = None
         if connection is not None:
-            if detach:
-                self._routing_forget(connection)
+            self._routing_forget(connection)
             close_quietly(connection)
 
     def rollback(self) -> None:
