@@ -15,19 +15,20 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 
 from ._retry import is_connection_error
 
 __all__ = [
     "checkout_failed",
-    "close_held",
     "close_quietly",
     "driver_says_closed",
+    "drop_if_dead",
     "forget",
     "held",
     "idle",
     "marked_for_rerun",
+    "rewind_close",
 ]
 
 
@@ -103,16 +104,29 @@ def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None
     return entry[0] if entry else None
 
 
-def close_held(transaction: SessionTransaction | None, bind: Any) -> None:
-    """Close (quietly) the connection ``transaction``'s root holds for ``bind``.
-
-    It stays in the transaction: ``Session.close`` skips a closed connection.
-    """
+def drop_if_dead(transaction: SessionTransaction | None, bind: Any) -> bool:
+    """After closing ``transaction`` failed: if the connection its root holds
+    for ``bind`` is dead, drop it and say so; else just close it."""
     if transaction is None:
-        return
+        return False
     entry = _root(transaction)._connections.get(bind)
-    if entry:
-        close_quietly(entry[0])
+    if not entry or entry[0].closed:
+        return False
+    connection: Connection = entry[0]
+    dead = connection.invalidated or driver_says_closed(
+        connection.connection.driver_connection
+    )
+    close_quietly(connection)
+    return dead
+
+
+def rewind_close(session: Session, transaction: SessionTransaction | None) -> None:
+    """After ``session.close()`` stopped part way through ``transaction`` and
+    its parents, point the session back at the innermost one left unclosed,
+    so that closing again finishes the rest."""
+    while transaction is not None and transaction._transaction_is_closed():
+        transaction = transaction._parent
+    session._transaction = transaction
 
 
 def idle(transaction: SessionTransaction) -> bool:

@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session
 
 from ._connections import (
     checkout_failed,
-    close_held,
     close_quietly,
+    drop_if_dead,
     forget,
     held,
     idle,
     marked_for_rerun,
+    rewind_close,
 )
 from ._retry import is_connection_error, is_recovery_conflict
 
@@ -226,7 +227,7 @@ class RecoveringSession(Session):
         # the writer's connection from being released. Its transaction only
         # read, so ending it early loses nothing. Session offers no public
         # way to let go of one of its connections; COMMIT and rollback need
-        # it detached (close() does not: see close_held).
+        # it detached; close() does without (see close()).
         tx = self._routing_tx
         if tx is None or tx.replica is None:
             return
@@ -249,18 +250,24 @@ class RecoveringSession(Session):
         if tx is None:
             super().close()
             return
-        # _routing_end_replica and _routing_finish, inline (one close per
-        # request). The state is dropped here rather than in
-        # after_transaction_end: a session closed before its transaction
-        # began gets no such event.
+        # The state is dropped here rather than in after_transaction_end: a
+        # session closed before its transaction began gets no such event.
         self._routing_tx = None
+        transaction = self._transaction
         try:
-            if tx.replica is not None:
-                close_held(self._transaction, tx.replica)
+            super().close()
+        except Exception:
+            # Looked at only once closing failed, so a close pays nothing for
+            # it. Closing stopped at a connection; if the replica's is dead,
+            # that was it: its transaction only read, so ending it loses
+            # nothing. It is dropped and the close finishes the rest.
+            if tx.replica is None or not drop_if_dead(transaction, tx.replica):
+                raise
+            rewind_close(self, transaction)
+            super().close()
         finally:
             if tx.fallback is not None:
                 tx.fallback()
-            super().close()
 
     def _routing_finish(self) -> None:
         """Forget the root transaction that ended, and give back what it held."""

@@ -154,3 +154,26 @@ async def test_without_pre_ping_a_restart_surfaces_as_an_error(
             await _where_writer(maker)
     finally:
         await router.dispose()
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["AsyncSession", "routing"])
+async def test_a_writer_lost_before_close_fails_close_as_for_a_plain_session(
+    faults: PostgresCluster,
+    Session: Maker,
+    router: Router,
+    ports: dict[str, Any],
+    routed: bool,
+) -> None:
+    # Only a dead replica is dropped quietly at close: the writer's own error
+    # comes out as it does from a plain AsyncSession (the control), and the
+    # replica, alive, is released all the same.
+    plain = async_sessionmaker(router.writer)
+    session = Session() if routed else plain()
+    if routed:
+        async with read_only:
+            assert (await where(session))[1]
+    assert await where(session) == (ports["writer"], False)
+    await faults.arestart_primary()
+    with pytest.raises(DBAPIError):
+        await session.close()
+    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
