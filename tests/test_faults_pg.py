@@ -177,3 +177,25 @@ async def test_a_writer_lost_before_close_fails_close_as_for_a_plain_session(
     with pytest.raises(DBAPIError):
         await session.close()
     assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["crash", "stop"])
+async def test_closing_inside_begin_nested_whose_replica_died_raises_nothing(
+    faults: PostgresCluster,
+    Session: Maker,
+    router: Router,
+    ports: dict[str, Any],
+    fault: str,
+) -> None:
+    # Closing first releases the savepoint's transaction, then the outer one:
+    # a dead replica inside the savepoint must not stop either.
+    session = Session()
+    await where(session)  # the outer transaction holds the writer
+    await session.begin_nested()
+    index = await read_both_then_kill_the_replica(faults, session, ports, fault)
+    await session.close()
+    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert await where(session) == (ports["writer"], False)
+    await session.close()
+    await faults.astart_replica(index)
