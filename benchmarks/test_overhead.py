@@ -4,8 +4,9 @@ AsyncSession and advanced-alchemy's RoutingAsyncSession (the closest peer);
 
 One round = 200 point selects, each in a fresh session, as a request would.
 Each variant is a pytest-benchmark test of its own; the ratios in RESULTS.md
-come from the ``interleaved`` benchmarks (see ``interleave.py``): every
-variant timed select by select in turn, in several fresh processes.
+come from the ``interleaved`` benchmarks (see ``interleave.py``): variants
+timed select by select in turn, in several fresh processes; every variant
+together for the table, and each pair a goal compares alone (``PAIRS``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from routing_db.testing import PostgresCluster
 
 from .interleave import in_processes
-from .variants import CHECKOUT, OVERHEAD, PER_ROUND, Op, Variant, one_round
+from .variants import CHECKOUT, OVERHEAD, PAIRS, PER_ROUND, Op, Variant, one_round
 
 ROUNDS = 15
 # Interleaved: selects per variant in each process, and how many processes.
@@ -86,6 +87,14 @@ def test_overhead(
 @pytest.mark.benchmark(group="overhead-interleaved")
 def test_overhead_interleaved(benchmark: Any, bench_cluster: PostgresCluster) -> None:
     bench_interleaved(benchmark, bench_cluster, "overhead")
+
+
+@pytest.mark.benchmark(group="overhead-pairs")
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_overhead_pair(
+    benchmark: Any, bench_cluster: PostgresCluster, pair: str
+) -> None:
+    bench_interleaved(benchmark, bench_cluster, f"pair_{pair}")
 
 
 @pytest.mark.benchmark(group="checkout")
