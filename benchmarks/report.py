@@ -60,6 +60,15 @@ def _spread(ratio: tuple[float, ...], over: str = "processes", digits: int = 3) 
     return f"{median}x ({over} {low} to {high})"
 
 
+# Like for like: each library's way to the writer, its explicit replica scope,
+# and its unscoped default read (labels, and their names in PAIRS).
+_PEER_PAIRS = (
+    ("writer", "writer_vs_peer"),
+    ("read_only vs replica_context", "read_only_vs_peer_replica_context"),
+    ("auto vs default read", "auto_vs_peer_default_read"),
+)
+
+
 def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
     runs = _runs(benches, "test_overhead_interleaved")
     rows = [
@@ -124,13 +133,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
             f"same replicas {_spread(replica)} — "
             f"{_check(writer[0] <= 1.03 and replica[0] <= 1.03)}."
         )
-    # Like for like: each library's way to the writer, its explicit replica
-    # scope, and its unscoped default read.
-    peer = [
-        ("writer", judged["writer_vs_peer"]),
-        ("read_only vs replica_context", judged["read_only_vs_peer_replica_context"]),
-        ("auto vs default read", judged["auto_vs_peer_default_read"]),
-    ]
+    peer = [(label, judged[name]) for label, name in _PEER_PAIRS]
     measured = [(label, ratio) for label, ratio in peer if ratio is not None]
     if measured:
         parts = "; ".join(f"{label} {_spread(ratio)}" for label, ratio in measured)
@@ -148,14 +151,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
             f"{verdict}."
         )
     if judged is pairs:
-        everyone = [
-            (label, _ratio(runs, *PAIRS[name]))
-            for label, name in (
-                ("writer", "writer_vs_peer"),
-                ("read_only vs replica_context", "read_only_vs_peer_replica_context"),
-                ("auto vs default read", "auto_vs_peer_default_read"),
-            )
-        ]
+        everyone = [(label, _ratio(runs, *PAIRS[name])) for label, name in _PEER_PAIRS]
         shown = "; ".join(
             f"{label} {_spread(ratio)}" for label, ratio in everyone if ratio
         )

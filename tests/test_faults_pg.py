@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from routing_db import (
     Router,
@@ -24,6 +25,11 @@ from .conftest import where
 pytestmark = pytest.mark.faults
 
 Maker = async_sessionmaker[RoutingSession]
+
+
+def checked_out(engines: Sequence[AsyncEngine]) -> int:
+    """Connections the pools of ``engines`` have checked out now."""
+    return sum(engine.sync_engine.pool.checkedout() for engine in engines)  # type: ignore[attr-defined]
 
 
 def replica_index(cluster: PostgresCluster, port: int) -> int:
@@ -84,8 +90,8 @@ async def test_ending_a_read_whose_replica_died_raises_nothing(
             async with session:
                 pass
     # Nothing is left checked out, and the session is still usable.
-    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert checked_out([router.writer]) == 0
+    assert checked_out(router.replicas) == 0
     assert await where(session) == (ports["writer"], False)
     await session.close()
     await faults.astart_replica(index)
@@ -110,7 +116,7 @@ async def test_a_failing_begin_nested_block_whose_replica_died_keeps_the_outer(
         # Back to the savepoint: the outer transaction goes on, the dead
         # replica's connection is gone from it.
         assert session.in_transaction()
-        assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+        assert checked_out(router.replicas) == 0
         assert await where(session) == (ports["writer"], False)
         await session.commit()
 
@@ -176,7 +182,7 @@ async def test_a_writer_lost_before_close_fails_close_as_for_a_plain_session(
     await faults.arestart_primary()
     with pytest.raises(DBAPIError):
         await session.close()
-    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert checked_out(router.replicas) == 0
 
 
 @pytest.mark.parametrize("fault", ["crash", "stop"])
@@ -194,8 +200,8 @@ async def test_closing_inside_begin_nested_whose_replica_died_raises_nothing(
     await session.begin_nested()
     index = await read_both_then_kill_the_replica(faults, session, ports, fault)
     await session.close()
-    assert router.writer.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert sum(r.sync_engine.pool.checkedout() for r in router.replicas) == 0  # type: ignore[attr-defined]
+    assert checked_out([router.writer]) == 0
+    assert checked_out(router.replicas) == 0
     assert await where(session) == (ports["writer"], False)
     await session.close()
     await faults.astart_replica(index)
