@@ -1,4 +1,4 @@
-"""``routing-db``: ``check`` (is the set-up sound?) and ``bench`` (load the pools)."""
+"""routing-db: check (is the set-up sound?) and bench (load the pools)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
         variants.append(("plain", async_sessionmaker(router.writer)))
     variants.append(("routed", routing_sessionmaker(router)))
     workload = Workload(rows=args.rows, hold_ms=args.hold_ms, io_ms=args.io_ms)
+    # A line rewritten in place is for a terminal; in a log it is noise.
+    show = sys.stderr.isatty() if args.progress is None else args.progress
     results: list[tuple[str, LoadSummary]] = []
     try:
         if args.prepare:
@@ -117,7 +119,9 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
                         "concurrency": concurrency,
                         "duration": args.duration,
                         "workload": workload,
-                        "progress": _progress(f"{label} c={concurrency}"),
+                        "progress": (
+                            _progress(f"{label} c={concurrency}") if show else None
+                        ),
                     }
                     if args.processes > 1:
                         make = functools.partial(_sessions, values, label)
@@ -126,7 +130,8 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
                         )
                     else:
                         summary = await run_load(factory, **options)
-                    print("\r\033[K", end="", file=sys.stderr)
+                    if show:
+                        print("\r\033[K", end="", file=sys.stderr)
                     results.append((label, summary))
     finally:
         await router.dispose()
@@ -148,8 +153,12 @@ def _connection_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--replica-url", action="append", help="repeatable; ROUTING_DB_REPLICA_URLS"
     )
-    command.add_argument("--pool-size", type=int)
-    command.add_argument("--max-overflow", type=int)
+    command.add_argument(
+        "--pool-size", type=int, help="per engine; ROUTING_DB_POOL_SIZE (5)"
+    )
+    command.add_argument(
+        "--max-overflow", type=int, help="per engine; ROUTING_DB_MAX_OVERFLOW (10)"
+    )
     command.add_argument(
         "--pgbouncer",
         action="store_true",
@@ -177,9 +186,22 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="load-test the pools: throughput, latency, checkout waits"
     )
     _connection_arguments(bench)
-    bench.add_argument("--concurrency", type=_concurrency, default=[10, 50, 200])
-    bench.add_argument("--profile", choices=sorted(PROFILES), default="point_read")
-    bench.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    bench.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=[10, 50, 200],
+        metavar="N[,N...]",
+        help="concurrent workers, one run per level (default: 10,50,200)",
+    )
+    bench.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="point_read",
+        help="what one operation does (default: point_read)",
+    )
+    bench.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per run (default: 5)"
+    )
     bench.add_argument(
         "--processes",
         type=int,
@@ -187,13 +209,34 @@ def _parser() -> argparse.ArgumentParser:
         help="load-generating processes, each with its own pools (one Python "
         "event loop uses one core); --concurrency is their total",
     )
-    bench.add_argument("--hold-ms", type=float, default=50.0)
-    bench.add_argument("--io-ms", type=float, default=5.0)
-    bench.add_argument("--rows", type=int, default=1000)
     bench.add_argument(
-        "--policy", choices=["round_robin", "random", "weighted", "least_busy"]
+        "--hold-ms",
+        type=float,
+        default=50.0,
+        help="hold: milliseconds the session stays open between reads (default: 50)",
     )
-    bench.add_argument("--pool-timeout", type=float)
+    bench.add_argument(
+        "--io-ms",
+        type=float,
+        default=5.0,
+        help="io_read: milliseconds each read sleeps on the server (default: 5)",
+    )
+    bench.add_argument(
+        "--rows",
+        type=int,
+        default=1000,
+        help="rows in the routing_db_bench table (default: 1000)",
+    )
+    bench.add_argument(
+        "--policy",
+        choices=["round_robin", "random", "weighted", "least_busy"],
+        help="how replicas are chosen; ROUTING_DB_POLICY (round_robin)",
+    )
+    bench.add_argument(
+        "--pool-timeout",
+        type=float,
+        help="seconds a checkout may wait; ROUTING_DB_POOL_TIMEOUT (30)",
+    )
     bench.add_argument(
         "--compare", action="store_true", help="also run a plain AsyncSession"
     )
@@ -205,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print JSON, not a table")
     bench.add_argument("--plot", metavar="PNG", help="draw the results (matplotlib)")
+    bench.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="a progress line on stderr (default: when stderr is a terminal)",
+    )
     return parser
 
 

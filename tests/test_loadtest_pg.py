@@ -128,6 +128,25 @@ async def test_custom_profile_and_bad_arguments(small_pool: AsyncEngine) -> None
         await run_load(async_sessionmaker(small_pool), duration=1, operations=1)
 
 
+async def test_progress_is_reported_while_a_load_runs(small_pool: AsyncEngine) -> None:
+    seen: list[tuple[int, float]] = []
+    summary = await run_load(
+        async_sessionmaker(small_pool),
+        profile="point_read",
+        concurrency=4,
+        duration=1.3,
+        workload=Workload(rows=200),
+        progress=lambda done, elapsed: seen.append((done, elapsed)),
+    )
+    # Every 0.5 s: operations finished so far, seconds since the start.
+    assert len(seen) >= 2
+    counts, times = [done for done, _ in seen], [elapsed for _, elapsed in seen]
+    assert counts[0] > 0 and counts == sorted(counts)
+    assert counts[-1] <= summary.operations
+    assert times[0] >= 0.45 and times == sorted(times)
+    assert times[-1] <= summary.duration_s
+
+
 @contextlib.asynccontextmanager
 async def routed_sessions(
     writer: str, replicas: list[str], pids: Path
@@ -166,6 +185,19 @@ async def test_a_load_spread_over_processes(
     assert sum(e.checkouts for e in replicas) == 400
     # Each process has its own pool of 2 per engine: peaks add up to at most 4.
     assert all(0 < e.peak_checked_out <= 4 for e in replicas)
+
+    seen: list[tuple[int, float]] = []
+    summary = await run_load_in_processes(
+        make,
+        processes=2,
+        concurrency=4,
+        duration=1.5,
+        workload=Workload(rows=200),
+        progress=lambda done, elapsed: seen.append((done, elapsed)),
+    )
+    # Both processes' operations so far, summed, while they run.
+    assert seen and 0 < seen[0][0] <= seen[-1][0] <= summary.operations
+    assert all(0 < elapsed <= 1.5 for _, elapsed in seen)
 
     broken = functools.partial(routed_sessions, "mysql+pymysql://u@h/db", [], pids)
     with pytest.raises(LoadProcessError, match="load process 0: ConfigurationError"):
@@ -259,3 +291,20 @@ def test_cli_bench_table_and_errors(
     )  # fmt: skip
     _, err = capsys.readouterr()
     assert code == 1 and "cannot reach" in err and secret not in err
+
+
+def test_cli_bench_progress_line(
+    pg_cluster: PostgresCluster, bench_table: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "--writer-url", pg_cluster.writer_url, "--concurrency", "3",
+            "--duration", "0.8", "--rows", "200", "--no-prepare"]  # fmt: skip
+    # Not a terminal (captured): no line rewritten in place, unless asked for.
+    assert main(args) == 0
+    _, err = capsys.readouterr()
+    assert "ops/s" not in err and "\r" not in err
+    assert main([*args, "--progress"]) == 0
+    _, err = capsys.readouterr()
+    assert "\rrouted c=3: " in err and " ops/s" in err
+    assert main([*args, "--no-progress"]) == 0
+    _, err = capsys.readouterr()
+    assert "ops/s" not in err
