@@ -12,25 +12,33 @@ __all__ = ["Listeners", "RoutingListener"]
 
 
 class RoutingListener(Protocol):
-    """What a router reports; implement the methods you need (others no-op)."""
+    """What a router reports; subclass it and implement the methods you need."""
+
+    # Bodies that return: the methods a subclass leaves out stay no-ops.
 
     def routed(self, engine: str, role: str, reason: str) -> None:
         """A statement was sent to ``engine`` (``role``) because of ``reason``."""
+        return None
 
     def fell_back(self, engine: str) -> None:
         """A replica read went to the writer because no replica was available."""
+        return None
 
     def ejected(self, engine: str) -> None:
         """A replica was taken out of service after connection failures."""
+        return None
 
     def readmitted(self, engine: str) -> None:
         """An ejected replica answered again and serves reads."""
+        return None
 
     def retried(self, kind: str, outcome: str) -> None:
         """A retry sequence of ``kind`` ended with ``outcome``."""
+        return None
 
     def starved(self, engine: str, kind: str) -> None:
         """The starvation detector warned (``hold`` or ``checkout_wait``)."""
+        return None
 
 
 class Listeners(list[Any]):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Identity, String
+from typing import Any
+
+from sqlalchemy import ForeignKey, Identity, String, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.schema import CreateSequence, CreateTable, Sequence
 
-__all__ = ["Base", "Child", "Item", "Parent", "ddl"]
+__all__ = ["Base", "Child", "Item", "Parent", "ddl", "refused_write"]
 
 
 class Base(AsyncAttrs, DeclarativeBase):
@@ -55,3 +57,13 @@ def ddl() -> str:
         "$$ INSERT INTO items (name) VALUES ('bumped') RETURNING id $$"
     )
     return ";\n".join(parts) + ";"
+
+
+def refused_write(form: str) -> Any:
+    """A statement that reads like a SELECT to routing_db but writes one item."""
+    if form == "function":
+        return select(func.bump())  # bump() inserts (see ddl())
+    if form == "text":
+        return text("SELECT bump()")
+    made = insert(Item).values(name="cte").returning(Item.id).cte("made")
+    return select(made.c.id)
