@@ -145,7 +145,10 @@ def _parse(token: str) -> CausalFloor:
                 raise ConfigurationError("malformed causal token: GTID out of range")
             floor.raise_to(encode_gtid(domain, seq), None, server)
         elif match := _TIME_PART.fullmatch(part):
-            floor.raise_to(None, float(match[1]))
+            # Tokens come back from clients: one from the future would keep
+            # their reads on the writer for ever. As of now, the time window
+            # (sticky_seconds) still covers a write made just now elsewhere.
+            floor.raise_to(None, min(float(match[1]), time.time()))
         else:
             # Never ignore it: a token we cannot read could hide a write the
             # caller expects to see, and a silent stale read is worse.

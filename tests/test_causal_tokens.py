@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,6 +48,17 @@ def test_time_tokens() -> None:
 
     token = run_fresh(body)
     assert token is not None and token.startswith("t:")
+
+
+def test_a_time_token_from_the_future_counts_from_now() -> None:
+    def body() -> float | None:
+        with causal_token("t:999999999999"):  # the year 33658
+            floor = current_floor()
+            return floor.wrote_at if floor else None
+
+    before = time.time()
+    wrote_at = run_fresh(body)
+    assert wrote_at is not None and before <= wrote_at <= time.time()
 
 
 @pytest.mark.parametrize(
