@@ -219,8 +219,7 @@ def classify(clause: ClauseElement | None, *, flushing: bool) -> Kind:
         if isinstance(clause, Select):
             # Only the select list is inspected (cheap, and where nextval()
             # is written in practice); a replica's read-only transaction
-            # refuses anything deeper: ReadOnlyViolation inside read_only,
-            # a rerun on the writer under default_role "auto" (_recovery).
+            # rejects anything deeper, which surfaces as ReadOnlyViolation.
             for column in clause._raw_columns:
                 # Entities and tables (select(Model)) cannot call nextval().
                 may = _may_write_by_type.get(type(column))

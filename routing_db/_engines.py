@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._connections import driver_says_closed
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
-from ._retry import is_connection_error, is_read_only_rejection
+from ._retry import is_connection_error
 
 __all__ = [
     "behind_pgbouncer",
@@ -184,11 +184,25 @@ _SETUP = {
 }
 
 
+def _is_read_only_rejection(error: BaseException) -> bool:
+    """True when a server refused a write because the transaction is read-only."""
+    if getattr(error, "sqlstate", None) == "25006":  # asyncpg, psycopg
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == 8  # SQLITE_READONLY and its extended codes
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    # MySQL: 1792 read-only transaction, 1290 server running with --read-only.
+    return bool(args) and args[0] in (1792, 1290)
+
+
 def _translate_read_only(context: Any) -> BaseException | None:
-    if is_read_only_rejection(context.original_exception):
+    if _is_read_only_rejection(context.original_exception):
         return ReadOnlyViolation(
-            "the server refused a write (read_only transactions are read-only); "
-            "nothing was written. Run writes outside read_only or in use_writer."
+            "a read-only transaction refused a write (a replica's, or the "
+            "writer's as a reader); nothing was written. Send writes to the "
+            "writer: outside read_only, in use_writer, or with "
+            "routing_db_role='writer' on the statement."
         )
     return None
 

@@ -1,11 +1,9 @@
 """What a routing session does when connections fail or die.
 
 The first statement of a transaction that could not get a connection, or lost
-its replica before returning anything, runs again elsewhere; under
-``default_role="auto"``, a statement a replica refused as a write runs on the
-writer; a replica's read-only transaction never makes COMMIT, rollback or
-close fail. Private session internals touched here are wrapped in
-``_connections``.
+its replica before returning anything, runs again elsewhere; a replica's
+read-only transaction never makes COMMIT, rollback or close fail. Private
+session internals touched here are wrapped in ``_connections``.
 """
 
 from __future__ import annotations
@@ -31,9 +29,7 @@ from ._connections import (
     marked_for_rerun,
     rewind_close,
 )
-from ._context import SCOPE, Scope
-from ._exceptions import ReadOnlyViolation
-from ._retry import is_connection_error, is_read_only_rejection, is_recovery_conflict
+from ._retry import is_connection_error, is_recovery_conflict
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -84,22 +80,10 @@ def first_statement(method: Callable[..., Any]) -> Any:
         try:
             return method(self, *args, **kw)
         except Exception as exc:
-            if fresh and self._routing_recover(exc):
-                elsewhere = True
-            elif self._routing_write_refused(exc, args, kw):
-                elsewhere = False
-            else:
+            if not (fresh and self._routing_recover(exc)):
                 self._routing_unpin()
                 raise
-        bound = functools.partial(method, self)
-        if elsewhere:
-            try:
-                return self._routing_again(bound, *args, **kw)
-            except ReadOnlyViolation as exc:
-                # The replica it ran on next refused it as a write.
-                if not self._routing_write_refused(exc, args, kw):
-                    raise
-        return self._routing_on_writer(bound, *args, **kw)
+        return self._routing_again(functools.partial(method, self), *args, **kw)
 
     return run
 
@@ -108,7 +92,6 @@ class RecoveringSession(Session):
     """A ``Session`` whose first statements survive lost connections."""
 
     _routing_router: Router | None = None
-    _routing_auto: bool  # RoutingSyncSession's default_role "auto"
     # This root transaction's routing state (None until something is worth
     # remembering; dropped in after_transaction_end).
     _routing_tx: RoutedTransaction | None = None
@@ -205,44 +188,6 @@ class RecoveringSession(Session):
             router._listeners.emit("retried", "first_statement", "failed")
             raise
         router._listeners.emit("retried", "first_statement", "succeeded")
-        return result
-
-    def _routing_write_refused(
-        self, error: BaseException, args: tuple[Any, ...], kw: dict[str, Any]
-    ) -> bool:
-        """Did a replica refuse, as a write, a read default_role="auto" sent it?"""
-        # A function that writes or a data-modifying CTE reads like a SELECT.
-        # The server refused it, so nothing ran: under "auto" it belongs on
-        # the writer. Inside read_only, or with routing_db_role="replica",
-        # the application asked for a replica: the error stands.
-        if not (
-            self._routing_auto
-            and isinstance(error, ReadOnlyViolation)
-            and error.__cause__ is not None
-            and is_read_only_rejection(error.__cause__)
-            and SCOPE.get()[0] is Scope.NONE
-        ):
-            return False
-        statement = args[0] if args else kw.get("statement")
-        options = getattr(statement, "_execution_options", None) or {}
-        return options.get("routing_db_role") != "replica"
-
-    def _routing_on_writer(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
-        router = self._routing_router
-        assert router is not None
-        # It writes: rule 3 sends it, and the rest of this transaction, to the
-        # writer, and its COMMIT records a causal token.
-        self._routing_state().wrote = True
-        try:
-            result = method(*args, **kw)
-        except Exception:
-            router._listeners.emit("retried", "refused_write", "failed")
-            raise
-        router._listeners.emit("retried", "refused_write", "succeeded")
-        logger.info(
-            "routing_db: a replica refused a statement as a write; it ran on the "
-            "writer (use_writer or routing_db_role='writer' skips the replica)"
-        )
         return result
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:

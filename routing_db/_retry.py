@@ -34,7 +34,6 @@ T = TypeVar("T")
 __all__ = [
     "RetryPolicy",
     "is_connection_error",
-    "is_read_only_rejection",
     "is_recovery_conflict",
     "is_transient_error",
 ]
@@ -112,17 +111,6 @@ def is_connection_error(error: BaseException) -> bool:
         if isinstance(item, OSError) or _driver_connection_lost(item):
             return True
     return False
-
-
-def is_read_only_rejection(error: BaseException) -> bool:
-    """True when a server refused a write because the transaction is read-only."""
-    if getattr(error, "sqlstate", None) == "25006":  # asyncpg, psycopg
-        return True
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return int(code) & 0xFF == 8  # SQLITE_READONLY and its extended codes
-    # MySQL: 1792 read-only transaction, 1290 server running with --read-only.
-    return _mysql_code(error) in (1792, 1290)
 
 
 def is_recovery_conflict(error: BaseException) -> bool:

@@ -10,7 +10,6 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from routing_db import Router, RoutingSession, routing_sessionmaker
-from routing_db._events import RoutingListener
 from routing_db.testing import PostgresCluster
 
 from .models import ddl
@@ -63,24 +62,6 @@ async def router(cluster: PostgresCluster) -> AsyncIterator[Router]:
         yield router
     finally:
         await router.dispose()
-
-
-class Retries(RoutingListener):
-    """The retry sequences a router reports, as (kind, outcome)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def retried(self, kind: str, outcome: str) -> None:
-        self.seen.append((kind, outcome))
-
-
-@pytest.fixture
-def retries(router: Router) -> Retries:
-    """Listen to ``router``'s retries (a listener puts it on the slower path)."""
-    listener = Retries()
-    router.add_listener(listener)
-    return listener
 
 
 @pytest.fixture

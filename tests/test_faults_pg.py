@@ -20,8 +20,7 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
-from .conftest import Retries, where
-from .models import refused_write
+from .conftest import where
 
 pytestmark = pytest.mark.faults
 
@@ -120,23 +119,6 @@ async def test_a_failing_begin_nested_block_whose_replica_died_keeps_the_outer(
         assert checked_out(router.replicas) == 0
         assert await where(session) == (ports["writer"], False)
         await session.commit()
-
-
-@pytest.mark.usefixtures("clean")
-async def test_a_refused_write_whose_first_replica_is_down_runs_on_the_writer(
-    faults: PostgresCluster, AutoSession: Maker, retries: Retries, ports: dict[str, Any]
-) -> None:
-    await faults.astop_replica(0)
-    # Round robin: one of two transactions starts on the stopped replica, is
-    # rerun on the other, which refuses it as a write; then the writer.
-    for _ in range(2):
-        async with AutoSession() as session:
-            assert isinstance(await session.scalar(refused_write("function")), int)
-            assert await where(session) == (ports["writer"], False)
-            await session.commit()
-    assert faults.sql(faults.primary, "SELECT count(*) FROM items") == "2"
-    assert retries.seen.count(("first_statement", "failed")) == 1
-    assert retries.seen.count(("refused_write", "succeeded")) == 2
 
 
 async def fill_pool(maker: Maker, n: int) -> None:
