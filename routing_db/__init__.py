@@ -3,6 +3,7 @@
 from ._async_session import RoutingSession, routing_sessionmaker
 from ._causal import causal_token, current_causal_token
 from ._context import read_only, use_writer
+from ._events import RoutingListener
 from ._exceptions import (
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -44,6 +45,7 @@ __all__ = [
     "RoundRobin",
     "Router",
     "RoutingDBError",
+    "RoutingListener",
     "RoutingSession",
     "RoutingSettings",
     "RoutingSyncSession",

@@ -13,12 +13,15 @@ from sqlalchemy import text
 from routing_db import (
     ConfigurationError,
     Router,
+    RoutingListener,
     RoutingSettings,
     read_only,
     routing_sessionmaker,
 )
 from routing_db.metrics import register_metrics
 from routing_db.testing import PostgresCluster
+
+from .conftest import where
 
 SECRET = "s3cret-pw"
 
@@ -80,6 +83,38 @@ async def test_slow_query_log_with_parameters(
         await router.dispose()
     (line,) = messages(caplog, "routing_db.slow")
     assert "shown" in line
+
+
+async def test_a_listener_implements_only_what_it_needs(
+    cluster: PostgresCluster, ports: dict[str, Any]
+) -> None:
+    class Routed(RoutingListener):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str, str]] = []
+
+        def routed(self, engine: str, role: str, reason: str) -> None:
+            self.seen.append((engine, role, reason))
+
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    listener = Routed()
+    router.add_listener(listener)  # the other events are no-ops
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session, read_only:
+            port, _ = await where(session)
+        async with Session() as session:
+            await where(session)
+        router.remove_listener(listener)
+        async with Session() as session:
+            await where(session)
+    finally:
+        await router.dispose()
+    writer = router.status()[0]["name"]
+    (replica,) = [s["name"] for s in router.status() if f":{port}/" in s["name"]]
+    assert listener.seen == [
+        (replica, "replica", "read_only"),
+        (writer, "writer", "default"),
+    ]
 
 
 async def test_session_settings_per_role(
