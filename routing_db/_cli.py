@@ -148,16 +148,25 @@ def _concurrency(value: str) -> list[int]:
     return levels
 
 
+def _default(setting: str) -> object:
+    """A setting's default, for help texts (RoutingSettings is the source)."""
+    return RoutingSettings.model_fields[setting].default
+
+
 def _connection_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--writer-url", help="default: ROUTING_DB_WRITER_URL")
     command.add_argument(
         "--replica-url", action="append", help="repeatable; ROUTING_DB_REPLICA_URLS"
     )
     command.add_argument(
-        "--pool-size", type=int, help="per engine; ROUTING_DB_POOL_SIZE (5)"
+        "--pool-size",
+        type=int,
+        help=f"per engine; ROUTING_DB_POOL_SIZE ({_default('pool_size')})",
     )
     command.add_argument(
-        "--max-overflow", type=int, help="per engine; ROUTING_DB_MAX_OVERFLOW (10)"
+        "--max-overflow",
+        type=int,
+        help=f"per engine; ROUTING_DB_MAX_OVERFLOW ({_default('max_overflow')})",
     )
     command.add_argument(
         "--pgbouncer",
@@ -197,10 +206,13 @@ def _parser() -> argparse.ArgumentParser:
         "--profile",
         choices=sorted(PROFILES),
         default="point_read",
-        help="what one operation does (default: point_read)",
+        help="what one operation does (default: %(default)s)",
     )
     bench.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per run (default: 5)"
+        "--duration",
+        type=float,
+        default=5.0,
+        help="seconds per run (default: %(default)s)",
     )
     bench.add_argument(
         "--processes",
@@ -213,29 +225,32 @@ def _parser() -> argparse.ArgumentParser:
         "--hold-ms",
         type=float,
         default=50.0,
-        help="hold: milliseconds the session stays open between reads (default: 50)",
+        help="hold: milliseconds the session stays open between reads "
+        "(default: %(default)s)",
     )
     bench.add_argument(
         "--io-ms",
         type=float,
         default=5.0,
-        help="io_read: milliseconds each read sleeps on the server (default: 5)",
+        help="io_read: milliseconds each read sleeps on the server "
+        "(default: %(default)s)",
     )
     bench.add_argument(
         "--rows",
         type=int,
         default=1000,
-        help="rows in the routing_db_bench table (default: 1000)",
+        help="rows in the routing_db_bench table (default: %(default)s)",
     )
     bench.add_argument(
         "--policy",
         choices=["round_robin", "random", "weighted", "least_busy"],
-        help="how replicas are chosen; ROUTING_DB_POLICY (round_robin)",
+        help=f"how replicas are chosen; ROUTING_DB_POLICY ({_default('policy')})",
     )
     bench.add_argument(
         "--pool-timeout",
         type=float,
-        help="seconds a checkout may wait; ROUTING_DB_POOL_TIMEOUT (30)",
+        help="seconds a checkout may wait; "
+        f"ROUTING_DB_POOL_TIMEOUT ({_default('pool_timeout')})",
     )
     bench.add_argument(
         "--compare", action="store_true", help="also run a plain AsyncSession"
