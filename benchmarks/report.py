@@ -99,17 +99,32 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
         "within each process, then the median over processes (range in "
         "brackets).",
         "",
-        "| variant | median per select (µs) | x plain AsyncSession | x raw asyncpg |",
-        "|---|---:|---:|---:|",
+        "| variant | median per select (µs) | x plain AsyncSession | x raw asyncpg "
+        "| bytecodes per select |",
+        "|---|---:|---:|---:|---:|",
     ]
+    work = _work(benches)
     for label, key in rows:
         plain = _ratio(runs, key, "plain_async_session")
         raw = _ratio(runs, key, "raw_asyncpg")
         if key not in median or plain is None or raw is None:
-            lines.append(f"| {label} | not run | | |")
+            lines.append(f"| {label} | not run | | | |")
             continue
-        lines.append(f"| {label} | {median[key]:.0f} | {plain[0]:.3f} | {raw[0]:.2f} |")
+        count = f"{work[key]:,.0f}" if key in work else "not counted"
+        lines.append(
+            f"| {label} | {median[key]:.0f} | {plain[0]:.3f} | {raw[0]:.2f} | {count} |"
+        )
     lines.append("")
+    if work:
+        lines += [
+            "Bytecodes per select: the Python bytecode instructions the "
+            "interpreter ran, counted over "
+            f"{benches['test_overhead_work']['extra_info']['selects']} selects "
+            "after a warm-up (`test_overhead_work`, `benchmarks/work.py`). "
+            "Unlike times, counts repeat from run to run; they leave out C code "
+            "and waiting on the server.",
+            "",
+        ]
     pairs = {name: _pair(benches, name, a, b) for name, (a, b) in PAIRS.items()}
     if any(ratio is not None for ratio in pairs.values()):
         pair_runs = _runs(benches, f"test_overhead_pair[{next(iter(PAIRS))}]")
@@ -157,7 +172,25 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
         )
         if shown:
             lines.append(f"The same pairs in the run of every variant: {shown}.")
+    counted = [
+        (label, work[PAIRS[name][0]], work[PAIRS[name][1]])
+        for label, name in _PEER_PAIRS
+        if PAIRS[name][0] in work and PAIRS[name][1] in work
+    ]
+    if counted:
+        shown = "; ".join(
+            f"{label} {ours:,.0f} vs {theirs:,.0f}" for label, ours, theirs in counted
+        )
+        lines.append(f"Bytecodes per select, routing_db vs the peer: {shown}.")
     return lines
+
+
+def _work(benches: dict[str, dict[str, Any]]) -> dict[str, float]:
+    bench = benches.get("test_overhead_work")
+    if bench is None:
+        return {}
+    counts = bench["extra_info"]["bytecodes_per_select"]
+    return {name: float(count) for name, count in counts.items()}
 
 
 def _pair(

@@ -7,6 +7,7 @@ Each variant is a pytest-benchmark test of its own; the ratios in RESULTS.md
 come from the ``interleaved`` benchmarks (see ``interleave.py``): variants
 timed select by select in turn, in several fresh processes; every variant
 together for the table, and each pair a goal compares alone (``PAIRS``).
+``test_overhead_work`` counts the Python work per select (``work.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from routing_db.testing import PostgresCluster
 
 from .interleave import in_processes
 from .variants import CHECKOUT, OVERHEAD, PAIRS, PER_ROUND, Op, Variant, one_round
+from .work import bytecodes_per_select
 
 ROUNDS = 15
 # Interleaved: selects per variant in each process, and how many processes.
 SELECTS = 1500
 PROCESSES = 5
+# Counted, not timed: the mean over this many selects varies by a few
+# instructions (how often the event loop polls before a reply has come).
+COUNTED_SELECTS = 200
 
 
 def bench_one(
@@ -95,6 +100,24 @@ def test_overhead_pair(
     benchmark: Any, bench_cluster: PostgresCluster, pair: str
 ) -> None:
     bench_interleaved(benchmark, bench_cluster, f"pair_{pair}")
+
+
+@pytest.mark.benchmark(group="overhead-work")
+def test_overhead_work(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
+) -> None:
+    counts: dict[str, float] = {}
+    benchmark.pedantic(
+        lambda: counts.update(
+            loop.run_until_complete(
+                bytecodes_per_select(bench_cluster, OVERHEAD, COUNTED_SELECTS)
+            )
+        ),
+        rounds=1,
+    )
+    assert counts["routing_session_writer"] > counts["plain_async_session"] > 0
+    benchmark.extra_info["selects"] = COUNTED_SELECTS
+    benchmark.extra_info["bytecodes_per_select"] = counts
 
 
 @pytest.mark.benchmark(group="checkout")
