@@ -103,7 +103,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
         "| bytecodes per select |",
         "|---|---:|---:|---:|---:|",
     ]
-    work = _work(benches)
+    work, counted_selects = _work(benches)
     for label, key in rows:
         plain = _ratio(runs, key, "plain_async_session")
         raw = _ratio(runs, key, "raw_asyncpg")
@@ -119,7 +119,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
         lines += [
             "Bytecodes per select: the Python bytecode instructions the "
             "interpreter ran, counted over "
-            f"{benches['test_overhead_work']['extra_info']['selects']} selects "
+            f"{counted_selects} selects "
             "after a warm-up (`test_overhead_work`, `benchmarks/work.py`). "
             "Unlike times, counts repeat from run to run; they leave out C code "
             "and waiting on the server.",
@@ -185,12 +185,14 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _work(benches: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _work(benches: dict[str, dict[str, Any]]) -> tuple[dict[str, float], int]:
+    """Bytecodes per select of each variant, and over how many selects."""
     bench = benches.get("test_overhead_work")
     if bench is None:
-        return {}
-    counts = bench["extra_info"]["bytecodes_per_select"]
-    return {name: float(count) for name, count in counts.items()}
+        return {}, 0
+    info = bench["extra_info"]
+    counts = info["bytecodes_per_select"]
+    return {name: float(count) for name, count in counts.items()}, info["selects"]
 
 
 def _pair(
