@@ -15,13 +15,14 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ._async_session import routing_sessionmaker
 from ._doctor import check_setup
+from ._engines import check_url, create_engine
 from ._exceptions import ConfigurationError, RoutingDBError
 from ._router import Router
-from ._settings import RoutingSettings
+from ._settings import POOL_FIELDS, RoutingSettings
 from .loadtest import (
     PROFILES,
     LoadSummary,
@@ -52,18 +53,38 @@ def _settings(args: argparse.Namespace) -> RoutingSettings:
     return RoutingSettings(**_setting_values(args))
 
 
+def _plain_writer(values: dict[str, Any]) -> AsyncEngine:
+    """The writer as an application without routing_db opens it: the same URL
+    and pool settings, none of the router's hooks (``bench --compare``)."""
+    kwargs = RoutingSettings(**values).router_kwargs()
+    engine_kwargs = {name: kwargs[name] for name in POOL_FIELDS if name in kwargs}
+    engine_kwargs.update(kwargs["writer_kwargs"])
+    if kwargs["writer_name"] is not None:
+        engine_kwargs["logging_name"] = kwargs["writer_name"]
+    return create_engine(
+        check_url(kwargs["writer_url"], field="writer_url"),
+        field="writer_url",
+        pgbouncer=kwargs["pgbouncer"],
+        **engine_kwargs,
+    )
+
+
 @contextlib.asynccontextmanager
 async def _sessions(
     values: dict[str, Any], variant: str
 ) -> AsyncIterator[async_sessionmaker[Any]]:
-    """One load process's own router (``bench --processes``)."""
+    """One load process's own pools (``bench --processes``)."""
+    if variant == "plain":
+        engine = _plain_writer(values)
+        try:
+            yield async_sessionmaker(engine)
+        finally:
+            await engine.dispose()
+        return
     router = Router.from_settings(RoutingSettings(**values))
     try:
         async with router:
-            if variant == "plain":
-                yield async_sessionmaker(router.writer)
-            else:
-                yield routing_sessionmaker(router)
+            yield routing_sessionmaker(router)
     finally:
         await router.dispose()
 
@@ -101,8 +122,9 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
     values = _setting_values(args)  # also what each load process builds from
     router = Router.from_settings(RoutingSettings(**values))
     variants: list[tuple[str, async_sessionmaker[Any]]] = []
-    if args.compare:
-        variants.append(("plain", async_sessionmaker(router.writer)))
+    plain = _plain_writer(values) if args.compare else None
+    if plain is not None:
+        variants.append(("plain", async_sessionmaker(plain)))
     variants.append(("routed", routing_sessionmaker(router)))
     workload = Workload(rows=args.rows, hold_ms=args.hold_ms, io_ms=args.io_ms)
     # A line rewritten in place is for a terminal; in a log it is noise.
@@ -135,6 +157,8 @@ async def _bench(args: argparse.Namespace) -> list[tuple[str, LoadSummary]]:
                     results.append((label, summary))
     finally:
         await router.dispose()
+        if plain is not None:
+            await plain.dispose()
     return results
 
 
@@ -253,7 +277,10 @@ def _parser() -> argparse.ArgumentParser:
         f"ROUTING_DB_POOL_TIMEOUT ({_default('pool_timeout')})",
     )
     bench.add_argument(
-        "--compare", action="store_true", help="also run a plain AsyncSession"
+        "--compare",
+        action="store_true",
+        help="also run a plain AsyncSession on the writer, with its own engine: "
+        "the same URL and pool settings, none of routing_db's hooks",
     )
     bench.add_argument(
         "--no-prepare",

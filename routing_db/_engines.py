@@ -81,8 +81,15 @@ def check_url(value: str | URL, *, field: str) -> URL:
     return url
 
 
-def create_engine(url: URL, *, field: str, **kwargs: Any) -> AsyncEngine:
-    """``create_async_engine`` with errors that name the setting, not the password."""
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = False, **kwargs: Any
+) -> AsyncEngine:
+    """``create_async_engine`` with errors that name the setting, not the password.
+
+    ``pgbouncer``: adjusted for PgBouncer's transaction pooling first.
+    """
+    if pgbouncer:
+        url, kwargs = behind_pgbouncer(url, kwargs)
     try:
         return create_async_engine(url, **kwargs)
     except ModuleNotFoundError as exc:

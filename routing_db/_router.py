@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._decision import DefaultRole, check_default_role
 from ._engines import (
-    behind_pgbouncer,
     check_url,
     create_engine,
     engine_name,
@@ -288,9 +287,7 @@ class Router:
             kwargs = {**engine_kwargs, **(role_kwargs or {})}
             if name is not None:
                 kwargs["logging_name"] = name
-            if pgbouncer:
-                url, kwargs = behind_pgbouncer(url, kwargs)
-            return create_engine(url, field=field, **kwargs)
+            return create_engine(url, field=field, pgbouncer=pgbouncer, **kwargs)
 
         writer = engine(writer_u, "writer_url", writer_kwargs, names[0])
         replicas = [

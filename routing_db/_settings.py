@@ -13,9 +13,9 @@ from ._exceptions import ConfigurationError
 from ._options import ROUTER_OPTIONS
 from ._retry import RetryPolicy
 
-__all__ = ["RoutingSettings"]
+__all__ = ["POOL_FIELDS", "RoutingSettings"]
 
-_POOL_FIELDS = (
+POOL_FIELDS = (
     "pool_size",
     "max_overflow",
     "pool_timeout",
@@ -181,7 +181,7 @@ class RoutingSettings(BaseSettings):
     def _role_overrides(self, role: str) -> dict[str, Any]:
         overrides = {
             name: value
-            for name in _POOL_FIELDS
+            for name in POOL_FIELDS
             if (value := getattr(self, f"{role}_{name}")) is not None
         }
         connect_args = self._connect_args(role)
@@ -240,7 +240,7 @@ class RoutingSettings(BaseSettings):
             },
             **{
                 name: value
-                for name in _POOL_FIELDS
+                for name in POOL_FIELDS
                 if (value := getattr(self, name)) is not None
             },
         }

@@ -22,9 +22,10 @@ from routing_db import (
     ConfigurationError,
     LoadProcessError,
     Router,
+    RoutingSettings,
     routing_sessionmaker,
 )
-from routing_db._cli import main
+from routing_db._cli import _plain_writer, main
 from routing_db.loadtest import Workload, prepare, run_load, run_load_in_processes
 from routing_db.testing import PostgresCluster
 
@@ -247,6 +248,33 @@ def test_cli_bench_json_and_plot(
     assert secret not in out + err
 
 
+async def test_cli_compare_plain_writer_has_no_router_hooks(
+    pg_cluster: PostgresCluster,
+) -> None:
+    values = {"writer_url": pg_cluster.writer_url, "pool_size": 3, "max_overflow": 1}
+    plain = _plain_writer(values)
+    router = Router.from_settings(RoutingSettings(**values))
+    try:
+        routed = router.writer.sync_engine
+        # What --compare's plain run would otherwise share: the idle check at
+        # checkout and the handle_error translations.
+        assert routed.pool.dispatch.checkout and routed.dialect.dispatch.handle_error
+        sync = plain.sync_engine
+        assert not sync.pool.dispatch.checkout
+        assert not sync.pool.dispatch.checkin
+        assert not sync.dialect.dispatch.handle_error
+        assert sync is not routed and sync.url == routed.url
+        assert (sync.pool.size(), sync.pool._max_overflow) == (3, 1)  # type: ignore[attr-defined]
+        async with plain.connect() as conn:
+            port = await conn.scalar(text("SELECT inet_server_port()"))
+        assert port == int(
+            pg_cluster.sql(pg_cluster.primary, "SELECT inet_server_port()")
+        )
+    finally:
+        await plain.dispose()
+        await router.dispose()
+
+
 def test_cli_bench_in_processes(
     pg_cluster: PostgresCluster, bench_table: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,13 +282,15 @@ def test_cli_bench_in_processes(
     code = main(
         ["bench", "--writer-url", with_password(pg_cluster.writer_url, secret),
          "--concurrency", "4", "--duration", "0.5", "--rows", "200",
-         "--processes", "2", "--no-prepare", "--json"]
+         "--processes", "2", "--no-prepare", "--compare", "--json"]
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
-    (result,) = json.loads(out)
-    assert (result["processes"], result["concurrency"]) == (2, 4)
-    assert result["succeeded"] > 0 and result["errors"] == {}
+    results = json.loads(out)
+    assert [r["variant"] for r in results] == ["plain", "routed"]
+    for result in results:
+        assert (result["processes"], result["concurrency"]) == (2, 4)
+        assert result["succeeded"] > 0 and result["errors"] == {}
     assert secret not in out + err
     code = main(["bench", "--writer-url", pg_cluster.writer_url, "--processes", "0"])
     _, err = capsys.readouterr()
