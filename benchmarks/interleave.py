@@ -27,17 +27,15 @@ import pytest
 
 from routing_db.testing import PostgresCluster
 
-from .variants import CHECKOUT, OVERHEAD, PAIRS, Op, Variant, one_round
+from .variants import CHECKOUT, OVERHEAD, PAIR_ONLY, PAIRS, Op, Variant, one_round
 
 __all__ = ["GROUPS", "in_processes", "interleave"]
 
+_ANY = {**OVERHEAD, **PAIR_ONLY}
 GROUPS: dict[str, dict[str, Variant]] = {
     "overhead": OVERHEAD,
     "checkout": CHECKOUT,
-    **{
-        f"pair_{name}": {a: OVERHEAD[a], b: OVERHEAD[b]}
-        for name, (a, b) in PAIRS.items()
-    },
+    **{f"pair_{name}": {a: _ANY[a], b: _ANY[b]} for name, (a, b) in PAIRS.items()},
 }
 _URLS = "ROUTING_DB_BENCH_URLS"
 

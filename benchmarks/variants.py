@@ -27,6 +27,7 @@ __all__ = [
     "CHECKOUT",
     "OVERHEAD",
     "PAIRS",
+    "PAIR_ONLY",
     "PER_ROUND",
     "POOL",
     "Op",
@@ -199,6 +200,17 @@ PAIRS: dict[str, tuple[str, str]] = {
         "routing_session_auto_replica",
         "advanced_alchemy_replica",
     ),
+    # A/A: one variant against a copy of itself (a router of its own). What
+    # identical code measures apart is the method's resolution: report.py
+    # counts a pair as slower only beyond it.
+    "control_a_a": (
+        "routing_session_read_only_replica",
+        "routing_session_read_only_replica_again",
+    ),
+}
+# Variants that run only in pairs, never in the run of every variant.
+PAIR_ONLY: dict[str, Variant] = {
+    "routing_session_read_only_replica_again": routed(read_only, **POOL),
 }
 _WRITER_POOL: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
 CHECKOUT: dict[str, Variant] = {
