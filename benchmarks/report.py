@@ -81,17 +81,16 @@ def _peer_lines(judged: dict[str, tuple[float, ...] | None]) -> list[str]:
     control = judged.get("control_a_a")
     resolution = 0.0 if control is None else _resolution(control)
     limit = 1.0 + resolution
-    tolerance = (
-        "not measured in this run"
-        if control is None
-        else f"{resolution * 100:.1f}% in this run"
-    )
     lines = []
-    if control is not None:
+    if control is None:
+        tolerance = "not measured in this run"
+    else:
+        percent = f"{resolution * 100:.1f}%"
+        tolerance = f"{percent} in this run"
         lines.append(
             "A/A control, read_only against a copy of itself (a router of its "
-            f"own): {_spread(control)}; identical code measured up to "
-            f"{tolerance} apart: what this method resolves."
+            f"own): {_spread(control)}; in this run identical code measured up "
+            f"to {percent} apart: what this method resolves."
         )
     goal = [(label, judged[name]) for label, name in _PEER_GOAL]
     measured = [(label, ratio) for label, ratio in goal if ratio is not None]
@@ -271,6 +270,13 @@ def _median_run(runs: list[LoadSummary]) -> LoadSummary:
     return sorted(runs, key=lambda s: s.throughput)[(len(runs) - 1) // 2]
 
 
+def _capacity_label(replicas: int, writer_reads: bool) -> str:
+    if replicas == 0:
+        return "writer only"
+    label = f"writer + {replicas} replica{'' if replicas == 1 else 's'}"
+    return label + (", writer reads too" if writer_reads else "")
+
+
 def _capacity(benches: dict[str, dict[str, Any]]) -> list[str]:
     found = sorted(
         (
@@ -307,8 +313,7 @@ def _capacity(benches: dict[str, dict[str, Any]]) -> list[str]:
         ]
         labelled = [
             (
-                f"writer + {replicas} replicas"
-                + (", writer reads too" if reads else ""),
+                _capacity_label(replicas, reads),
                 _median_run([r[capacity_key(replicas, reads)] for r in rounds]),
             )
             for replicas, reads in CAPACITY_CONFIGS
