@@ -196,9 +196,13 @@ async def test_close_drops_a_dead_replica_whichever_connection_it_ends_first(
     roles = {router.writer.sync_engine: "writer"}
     roles.update({e.sync_engine: "replica" for e in router.replicas})
     ended: list[str] = []
+    # Kept alive so that no later connection reuses an address, and so the
+    # hash the set orders by.
+    alive: list[Any] = []
 
     def on_rollback(connection: Any) -> None:
         ended.append(roles[connection.engine])
+        alive.append(connection)
 
     for engine in roles:
         event.listen(engine, "rollback", on_rollback)
