@@ -39,17 +39,23 @@ def replica_index(cluster: PostgresCluster, port: int) -> int:
 async def read_both_then_kill_the_replica(
     faults: PostgresCluster, session: RoutingSession, ports: dict[str, Any], fault: str
 ) -> int:
-    """Read on a replica and the writer in one transaction; kill that replica."""
+    """Read on a replica and the writer in one transaction; kill that replica
+    (``terminate``: only the session's backend on it, ended by the server)."""
     async with read_only:
         port, standby = await where(session)
+        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
     assert standby
     async with use_writer:  # the same transaction also holds the writer
         assert await where(session) == (ports["writer"], False)
     index = replica_index(faults, port)
     if fault == "crash":
         await faults.acrash_replica(index)
-    else:
+    elif fault == "stop":
         await faults.astop_replica(index)
+    else:
+        ended = f"SELECT pg_terminate_backend({int(pid)}, 10000)"
+        node = faults.replicas[index]
+        assert await asyncio.to_thread(faults.sql, node, ended) == "t"
     return index
 
 
@@ -210,16 +216,7 @@ async def test_close_drops_a_dead_replica_whichever_connection_it_ends_first(
     try:
         for _ in range(24):
             session = Session()
-            async with read_only:
-                port, standby = await where(session)
-                pid = (await session.execute(text("SELECT pg_backend_pid()"))).one()[0]
-            assert standby
-            async with use_writer:
-                assert await where(session) == (ports["writer"], False)
-            replica = next(e for e in router.replicas if e.url.port == port)
-            async with replica.connect() as other:  # the server ends the backend
-                ended_it = text("SELECT pg_terminate_backend(:pid, 10000)")
-                assert (await other.execute(ended_it, {"pid": pid})).scalar()
+            await read_both_then_kill_the_replica(faults, session, ports, "terminate")
             ended.clear()
             await session.close()
             seen.add(tuple(dict.fromkeys(ended)))
