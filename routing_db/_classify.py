@@ -17,8 +17,17 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement, Label, TextClause
 from sqlalchemy.sql.functions import FunctionElement, next_value
 from sqlalchemy.sql.selectable import GenerativeSelect, Select, TextualSelect
+from sqlalchemy.sql.visitors import iterate
 
-__all__ = ["Kind", "classify", "classify_sql"]
+__all__ = [
+    "WRITE_FUNCTIONS",
+    "WRITE_FUNCTION_PREFIXES",
+    "Kind",
+    "classify",
+    "classify_sql",
+    "is_write_function",
+    "write_function_named",
+]
 
 
 class Kind(enum.Enum):
@@ -41,10 +50,17 @@ _READ_STARTS = frozenset({"SELECT", "VALUES", "TABLE", "SHOW", "EXPLAIN", "WITH"
 # a hot standby refuses): data-modifying CTEs, SELECT INTO, sequence advances,
 # FOR UPDATE / FOR NO KEY UPDATE / FOR SHARE / FOR KEY SHARE, MySQL's
 # LOCK IN SHARE MODE and MariaDB's NEXT VALUE FOR.
+# Calls of the functions in WRITE_FUNCTIONS (below), as textual SQL writes them.
+_WRITE_CALL = (
+    r"\b(PG_(?:TRY_)?ADVISORY_\w+|SET_CONFIG|PG_NOTIFY|TXID_CURRENT|"
+    r"PG_CURRENT_XACT_ID|LO_\w+|GET_LOCK|RELEASE_(?:ALL_)?LOCKS?|IS_FREE_LOCK|"
+    r"IS_USED_LOCK)\s*\("
+)
 _WRITE_WORDS = re.compile(
     r"\b(INSERT|UPDATE|DELETE|MERGE|INTO|NEXTVAL|SETVAL|LOCK|"
-    r"FOR\s+(KEY\s+)?SHARE|NEXT\s+VALUE\s+FOR)\b",
+    r"FOR\s+(KEY\s+)?SHARE|NEXT\s+VALUE\s+FOR)\b|" + _WRITE_CALL
 )
+_WRITE_CALL_RE = re.compile(_WRITE_CALL)
 _ANALYZE = re.compile(r"\bANALY[SZ]E\b")
 _FIRST_WORD = re.compile(r"[\s(]*([A-Z]+)")
 _SPECIAL = re.compile(r"""[-/'"`#$]""")
@@ -182,7 +198,35 @@ def _fragment_kind(sql: str) -> Kind:
     return _READ
 
 
-_SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+# Functions that count as writes although a SELECT calls them: they advance a
+# sequence, or take a lock or change state that exists only on the server
+# that ran them. An advisory lock taken on a standby excludes nobody on the
+# primary, so code that relies on it must reach the writer.
+WRITE_FUNCTIONS = frozenset(
+    {
+        "nextval",
+        "setval",
+        "set_config",
+        "pg_notify",
+        "txid_current",
+        "pg_current_xact_id",
+        "get_lock",
+        "release_lock",
+        "release_all_locks",
+        "is_free_lock",
+        "is_used_lock",
+    }
+)
+# And every function whose name starts with one of these.
+WRITE_FUNCTION_PREFIXES = ("pg_advisory_", "pg_try_advisory_", "lo_")
+
+
+def is_write_function(name: str) -> bool:
+    """Does calling the SQL function ``name`` count as a write for routing?"""
+    name = name.lower()
+    return name in WRITE_FUNCTIONS or name.startswith(WRITE_FUNCTION_PREFIXES)
+
+
 # What a select list holds that could call a function; the rest is tables and
 # entities.
 _MAY_WRITE = (ColumnElement, TextClause)
@@ -197,13 +241,36 @@ def _column_kind(column: Any) -> Kind:
     if isinstance(column, next_value):
         return _WRITE
     if isinstance(column, FunctionElement):
-        name = getattr(column, "name", "")
-        return _WRITE if name.lower() in _SEQUENCE_FUNCTIONS else _READ
+        if is_write_function(getattr(column, "name", "")):
+            return _WRITE
+        # A lock function may sit inside another call: coalesce(pg_try_...).
+        for argument in column.clauses:
+            if _column_kind(argument) is _WRITE:
+                return _WRITE
+        return _READ
     if isinstance(column, TextClause):
         return _fragment_kind(column.text)
     if getattr(column, "is_literal", False):  # literal_column("nextval('s')")
         return _fragment_kind(str(column.name))
     return _READ
+
+
+def write_function_named(clause: ClauseElement | None) -> str | None:
+    """The lock or state function that makes ``clause`` a write, for messages."""
+    if clause is None:
+        return None
+    for element in iterate(clause):
+        if isinstance(element, FunctionElement):
+            name = getattr(element, "name", "")
+            if is_write_function(name):
+                return str(name)
+        text = getattr(element, "text", None)
+        if isinstance(text, str):
+            code = _code_only(text, mysql=False)
+            found = _WRITE_CALL_RE.search((code or text).upper())
+            if found is not None:
+                return found.group(1).lower()
+    return None
 
 
 def classify(clause: ClauseElement | None, *, flushing: bool) -> Kind:

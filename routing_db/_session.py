@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._causal import FLOOR, record_write
-from ._classify import Kind, classify
+from ._classify import Kind, classify, write_function_named
 from ._context import SCOPE, Scope
 from ._decision import Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
@@ -47,6 +47,10 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
         return "flush"
     if clause is None:
         return "connection request"
+    function = write_function_named(clause)
+    if function is not None:
+        # Locks and session state live on the server that runs the call.
+        return f"{type(clause).__name__} statement calling {function}()"
     return f"{type(clause).__name__} statement"
 
 

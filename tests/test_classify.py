@@ -22,7 +22,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.schema import CreateTable, DropTable
 
-from routing_db._classify import Kind, classify, classify_sql
+from routing_db._classify import (
+    Kind,
+    classify,
+    classify_sql,
+    is_write_function,
+    write_function_named,
+)
 
 metadata = MetaData()
 t = Table("t", metadata, Column("id", Integer, primary_key=True), Column("s", String))
@@ -62,6 +68,39 @@ READS = [
     "SELECT 1 -- ; DELETE FROM t",
     "SELECT pg_last_wal_replay_lsn()",
     "SELECT * FROM t WHERE s = $1",
+    # Look-alikes of the lock and state functions (names, literals, reads).
+    "SELECT 'pg_advisory_lock(1)'",
+    "SELECT halo_x(1), set_configuration FROM t",
+    "SELECT txid_current_snapshot(), pg_current_xact_id_if_assigned()",
+    "SELECT * FROM pg_locks WHERE locktype = 'advisory'",
+]
+
+# Functions whose effect is a lock or session state on the server that runs
+# them: a replica would take the lock where nobody else looks for it.
+LOCK_AND_STATE_CALLS = [
+    "pg_advisory_lock(1)",
+    "pg_advisory_lock_shared(1)",
+    "pg_try_advisory_lock(1, 2)",
+    "pg_try_advisory_lock_shared(1)",
+    "pg_advisory_xact_lock(1)",
+    "pg_advisory_xact_lock_shared(1)",
+    "pg_try_advisory_xact_lock(1)",
+    "pg_try_advisory_xact_lock_shared(1)",
+    "pg_advisory_unlock(1)",
+    "pg_advisory_unlock_shared(1)",
+    "pg_advisory_unlock_all()",
+    "set_config('search_path', 'x', false)",
+    "pg_notify('c', 'x')",
+    "txid_current()",
+    "pg_current_xact_id()",
+    "lo_create(0)",
+    "lo_unlink(42)",
+    "lo_import('/tmp/x')",
+    "GET_LOCK('name', 10)",
+    "RELEASE_LOCK('name')",
+    "RELEASE_ALL_LOCKS()",
+    "IS_FREE_LOCK('name')",
+    "IS_USED_LOCK('name')",
 ]
 
 WRITES = [
@@ -184,7 +223,38 @@ def test_no_statement_is_a_connection_request() -> None:
     assert classify(None, flushing=False) is Kind.CONNECTION
 
 
+@pytest.mark.parametrize("call", LOCK_AND_STATE_CALLS)
+def test_lock_and_state_functions_are_writes_in_every_form(call: str) -> None:
+    name = call.split("(")[0]
+    args = [int(a) if a.strip().isdigit() else a for a in _args(call)]
+    assert is_write_function(name)
+    for sql in (f"SELECT {call}", f"select {call.lower()} AS x", f"SELECT 1, {call}"):
+        assert classify_sql(sql) is Kind.WRITE, sql
+        assert write_function_named(text(sql)) == name.lower()
+    function = getattr(func, name)(*args)
+    for statement in (
+        select(function),
+        select(function.label("x")),
+        select(func.coalesce(function, None)),  # nested in another call
+        function,
+    ):
+        assert classify(statement, flushing=False) is Kind.WRITE, statement
+        assert write_function_named(statement) == name
+
+
+def _args(call: str) -> list[str]:
+    inside = call[call.index("(") + 1 : -1]
+    return [a.strip().strip("'") for a in inside.split(",") if a.strip()]
+
+
+def test_an_ordinary_function_is_named_by_nobody() -> None:
+    assert write_function_named(select(func.now())) is None
+    assert write_function_named(text("SELECT 'pg_advisory_lock(1)'")) is None
+    assert write_function_named(None) is None
+
+
 _WRITE_STATEMENTS = [w for w in WRITES if w.strip() and not w.strip().startswith("--")]
+_WRITE_STATEMENTS += [f"SELECT {call}" for call in LOCK_AND_STATE_CALLS]
 _NOISE = st.lists(
     st.sampled_from(
         [" ", "\n", "\t", "/* SELECT */", "-- SELECT\n", "/* x */", "(", "--\n"]

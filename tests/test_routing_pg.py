@@ -504,3 +504,58 @@ async def test_status_reports_pool_use(Session: Maker, router: Router) -> None:
             sum(e["pool"]["checked_out"] for e in status if e["role"] == "replica") == 1
         )
         assert status[0]["pool"]["checked_out"] == 0
+
+
+# -- lock and session-state functions are writes (rule 2)
+
+
+def _advisory_holders(cluster: PostgresCluster, node: Any, key: int) -> set[int]:
+    held = cluster.sql(
+        node,
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        f" AND objid = {key}",
+    )
+    return {int(pid) for pid in held.split()}
+
+
+@pytest.mark.parametrize("form", ["text", "core"])
+async def test_an_advisory_lock_under_auto_is_held_on_the_primary(
+    AutoSession: Maker, cluster: PostgresCluster, form: str
+) -> None:
+    key = 4242
+    statement = (
+        text(f"SELECT pg_advisory_lock({key})")
+        if form == "text"
+        else select(func.pg_advisory_lock(key))
+    )
+    async with AutoSession() as session:
+        await session.execute(statement)
+        pid = await session.scalar(text("SELECT pg_backend_pid()"))
+        # Checked on the servers: the primary holds it for this session's
+        # backend (the later read stayed there: the transaction "wrote"), and
+        # no replica holds it for anyone.
+        assert _advisory_holders(cluster, cluster.primary, key) == {pid}
+        for node in cluster.replicas:
+            assert _advisory_holders(cluster, node, key) == set()
+        await session.execute(text(f"SELECT pg_advisory_unlock({key})"))
+        await session.commit()
+    assert _advisory_holders(cluster, cluster.primary, key) == set()
+
+
+@pytest.mark.parametrize(
+    ("statement", "name"),
+    [
+        (text("SELECT pg_try_advisory_xact_lock(7)"), "pg_try_advisory_xact_lock"),
+        (select(func.pg_advisory_lock(7)), "pg_advisory_lock"),
+        (text("SELECT set_config('search_path', 'public', false)"), "set_config"),
+        (select(func.pg_notify("c", "x")), "pg_notify"),
+    ],
+)
+async def test_a_lock_function_inside_read_only_is_refused_naming_it(
+    Session: Maker, statements: StatementLog, statement: Any, name: str
+) -> None:
+    async with Session() as session, read_only:
+        statements.clear()
+        with pytest.raises(ReadOnlyViolation, match=rf"{name}\(\)"):
+            await session.execute(statement)
+        assert statements.sent == []
