@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from ._engines import behind_pgbouncer, url_name
+from ._engines import create_engine, url_name
 
 __all__ = ["EngineReport", "check_setup"]
 
@@ -85,12 +84,8 @@ def _describe(error: BaseException, secrets: list[str]) -> str:
 
 
 async def _inspect(
-    report: EngineReport, url: URL, secrets: list[str], pgbouncer: bool
+    report: EngineReport, engine: AsyncEngine, secrets: list[str]
 ) -> None:
-    kwargs: dict[str, Any] = {"poolclass": NullPool}
-    if pgbouncer:
-        url, kwargs = behind_pgbouncer(url, kwargs)
-    engine = create_async_engine(url, **kwargs)
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(_ABOUT)).one()
@@ -107,8 +102,6 @@ async def _inspect(
                 report.system_identifier = None
     except Exception as exc:
         report.problems.append(_describe(exc, secrets))
-    finally:
-        await engine.dispose()
 
 
 def _judge(writer: EngineReport, replicas: list[EngineReport]) -> None:
@@ -180,12 +173,23 @@ async def check_setup(
         )
         for i, url in enumerate(urls)
     ]
-    await asyncio.gather(
-        *(
-            _inspect(r, u, secrets, pgbouncer)
-            for r, u in zip(reports, urls, strict=True)
+    # Every engine is made before any connects: a missing driver is one
+    # ConfigurationError, not a traceback beside half-open connections.
+    engines: list[AsyncEngine] = []
+    try:
+        for i, url in enumerate(urls):
+            field = "writer_url" if i == 0 else f"replica_urls[{i - 1}]"
+            engines.append(
+                create_engine(url, field=field, pgbouncer=pgbouncer, poolclass=NullPool)
+            )
+        await asyncio.gather(
+            *(
+                _inspect(report, engine, secrets)
+                for report, engine in zip(reports, engines, strict=True)
+            )
         )
-    )
+    finally:
+        await asyncio.gather(*(engine.dispose() for engine in engines))
     _judge(reports[0], reports[1:])
     if not pgbouncer:
         for report, url in zip(reports, urls, strict=True):

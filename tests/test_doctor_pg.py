@@ -158,3 +158,33 @@ def test_the_command_is_installed(cluster: PostgresCluster) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "all good" in done.stderr
+
+
+def test_a_missing_driver_is_a_clean_configuration_error(
+    asyncpg_cluster: PostgresCluster,
+) -> None:
+    import subprocess
+    import sys
+
+    # psycopg made unimportable in a fresh interpreter, as on a machine
+    # without it; the replicas are reachable over asyncpg meanwhile.
+    writer = asyncpg_cluster.with_driver("psycopg").writer_url
+    argv = ["check", "--writer-url", writer]
+    for url in asyncpg_cluster.replica_urls:
+        argv += ["--replica-url", url]
+    program = (
+        "import sys; sys.modules['psycopg'] = None; "
+        "from routing_db._cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("routing-db: writer_url needs the driver 'psycopg'")
+    assert "pip install psycopg[binary]" in lines[0]
