@@ -38,15 +38,14 @@ class RoutingSession(AsyncSession):
     ) -> None:
         # Lean on purpose: one runs per request. The sync session is a plain
         # Session construction (binds... go to it as AsyncSession sends them);
-        # routing is configured on it afterwards. The sync_session_class of a
-        # subclass is checked once, in __init_subclass__.
+        # routing is configured on it afterwards. Without a router this is an
+        # AsyncSession in every respect, whatever sync_session_class it has.
         if router is None:
             if default_role is not None:
                 raise ConfigurationError("default_role needs a router")
             super().__init__(bind, **kw)
             return
-        if "sync_session_class" in kw:
-            _check_sync_class(kw["sync_session_class"])
+        _check_sync_class(kw.get("sync_session_class") or self.sync_session_class)
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         super().__init__(router.writer if bind is None else bind, **kw)
@@ -56,10 +55,6 @@ class RoutingSession(AsyncSession):
             sync._routing_auto = True
         if kw and kw.get("binds"):
             sync._routing_one_bind = False
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        _check_sync_class(cls.sync_session_class)
 
     def begin(self) -> AsyncSessionTransaction:
         """As ``AsyncSession.begin``; a dead replica never masks the block's error."""
@@ -97,11 +92,13 @@ class RoutingSession(AsyncSession):
 
 
 def _check_sync_class(sync_class: Any) -> None:
-    if sync_class is not None and not (
+    # Refused only where it meets a router: routing lives in the sync class.
+    if not (
         isinstance(sync_class, type) and issubclass(sync_class, RoutingSyncSession)
     ):
         raise ConfigurationError(
-            "with a router, sync_session_class must subclass RoutingSyncSession"
+            "with a router, sync_session_class must subclass RoutingSyncSession, "
+            f"got {getattr(sync_class, '__name__', sync_class)!r}"
         )
 
 
@@ -166,6 +163,7 @@ def routing_sessionmaker(
     class_ = kw.pop("class_", RoutingSession)
     if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
         raise ConfigurationError("class_ must be RoutingSession or a subclass")
+    _check_sync_class(kw.get("sync_session_class") or class_.sync_session_class)
     if role != router.default_role:
         kw["default_role"] = role  # else left out: one keyword less per session
     bind: AsyncEngine = router.writer

@@ -82,12 +82,29 @@ def test_argument_errors(router: Router, make: object, expect: str) -> None:
         make(router)  # type: ignore[operator]
 
 
-def test_a_subclass_must_keep_a_routing_sync_session() -> None:
+def test_a_subclass_with_another_sync_session_is_refused_only_with_a_router(
+    router: Router,
+) -> None:
     class Fine(RoutingSession):
         pass
 
-    assert Fine.sync_session_class is RoutingSyncSession
-    with pytest.raises(ConfigurationError, match="RoutingSyncSession"):
+    # As in SQLAlchemy's own tests of AsyncSession subclasses: defining one,
+    # and using it without a router, is exactly AsyncSession's behaviour.
+    class Plain(RoutingSession):
+        sync_session_class = SyncSession
 
-        class Broken(RoutingSession):
-            sync_session_class = SyncSession
+    assert Fine.sync_session_class is RoutingSyncSession
+    session = Plain(router.writer)
+    assert type(session.sync_session) is SyncSession
+    assert session.router is None
+    for make in (
+        lambda: Plain(router=router),
+        lambda: routing_sessionmaker(router, class_=Plain),
+        lambda: routing_sessionmaker(router, sync_session_class=SyncSession),
+        lambda: Fine(router=router, sync_session_class=SyncSession),
+    ):
+        with pytest.raises(
+            ConfigurationError, match="must subclass RoutingSyncSession"
+        ):
+            make()
+    assert type(Fine(router=router).sync_session) is RoutingSyncSession
