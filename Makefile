@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-api test test-sqlalchemy20 bench lint typecheck unit clean
+.PHONY: demo demo-api test test-sqlalchemy20 test-sqlalchemy-suite bench lint \
+	typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -48,6 +49,12 @@ $(eval $(call extra_venv,$(SA20),$(SA20_PACKAGES)))
 test-sqlalchemy20: $(SA20)/.installed
 	$(SA20)/bin/python -m pytest -p no:cacheprovider
 
+# SQLAlchemy's own test/ext/asyncio suite (from its sdist, on a throwaway
+# PostgreSQL), plain and with AsyncSession swapped for RoutingSession: only
+# the tests that assert the exact class may differ (tests/sqlalchemy_suite).
+test-sqlalchemy-suite: $(VENV)/.installed-dev
+	$(PY) -m tests.sqlalchemy_suite
+
 # Benchmarks on a throwaway cluster, written to benchmarks/RESULTS.md (+ PNG).
 # SQLAlchemy 2.0 here: the peer compared with (advanced-alchemy) needs it.
 BENCH := .venv-bench
@@ -68,4 +75,5 @@ unit: $(VENV)/.installed-dev
 		tests/test_sqlite.py
 
 clean:
-	rm -rf $(VENV) $(SA20) $(BENCH) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SA20) $(BENCH) .pytest_cache .mypy_cache .ruff_cache \
+		.sqlalchemy-suite

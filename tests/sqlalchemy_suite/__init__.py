@@ -1,0 +1,1 @@
+"""SQLAlchemy's own ``test/ext/asyncio`` suite, run with ``RoutingSession``."""
