@@ -60,11 +60,9 @@ def _sdist() -> Path:
     if (unpacked / "test" / "ext" / "asyncio").is_dir():
         return unpacked
     CACHE.mkdir(exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-         "--no-binary", ":all:", f"sqlalchemy=={version}", "-d", str(CACHE)],  # fmt: skip
-        check=True,
-    )
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    wanted = ["--no-binary", ":all:", f"sqlalchemy=={version}", "-d", str(CACHE)]
+    subprocess.run([*pip, *wanted], check=True)
     archive = CACHE / f"sqlalchemy-{version}.tar.gz"
     with tarfile.open(archive) as tar:
         tar.extractall(CACHE, filter="data")
