@@ -62,7 +62,15 @@ def driver_says_closed(driver_connection: Any) -> bool:
     """What the driver already knows about its socket, without any I/O."""
     is_closed = getattr(driver_connection, "is_closed", None)  # asyncpg
     if callable(is_closed):
-        return bool(is_closed())
+        if is_closed():
+            return True
+        # The server's FATAL may be read already (asyncpg then refuses every
+        # query) while the end of the stream waits for the event loop, and
+        # is_closed() is still false: as for psycopg below, anything to read
+        # on an idle connection means the server is ending it.
+        transport = getattr(driver_connection, "_transport", None)
+        sock = None if transport is None else transport.get_extra_info("socket")
+        return sock is not None and sock.fileno() >= 0 and _readable(sock.fileno())
     for flag in ("broken", "closed"):  # psycopg 3, aiomysql/asyncmy
         value = getattr(driver_connection, flag, None)
         if isinstance(value, bool) and value:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._connections import driver_says_closed
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
-from ._retry import is_connection_error
+from ._retry import is_connection_error, never_sent
 
 __all__ = [
     "behind_pgbouncer",
@@ -246,6 +246,15 @@ def install_replica_setup(
 
     event.listen(engine.sync_engine, "connect", on_connect)
     event.listen(engine.sync_engine, "handle_error", _translate_read_only)
+    event.listen(engine.sync_engine, "handle_error", _unsent_is_a_disconnect)
+
+
+def _unsent_is_a_disconnect(context: Any) -> None:
+    # asyncpg refuses every statement on a connection whose server has said
+    # goodbye (FATAL) before the end of the stream is seen; SQLAlchemy would
+    # not count that as a disconnect and would pool the connection again.
+    if never_sent(context.original_exception):
+        context.is_disconnect = True
 
 
 def _during_commit(error: BaseException) -> bool:
@@ -285,6 +294,7 @@ def install_writer_hooks(engine: AsyncEngine, *, reads: bool = False) -> None:
     # event-dispatching path; it costs each statement one empty loop over
     # the dialect's do_execute hooks (about 0.1 µs, measured).
     event.listen(engine.sync_engine, "handle_error", _translate_lost_commit)
+    event.listen(engine.sync_engine, "handle_error", _unsent_is_a_disconnect)
     if reads:
         event.listen(engine.sync_engine, "handle_error", _translate_read_only)
 

@@ -171,6 +171,11 @@ def replay_position_now(engine: Engine, floor: int) -> int | None:
     raw = engine.raw_connection()
     try:
         return backend.replay_now(raw.driver_connection, raw.dbapi_connection, floor)
+    except BaseException as exc:
+        # Whatever went wrong, this connection is not to be trusted again.
+        with contextlib.suppress(Exception):
+            raw.invalidate(exc if isinstance(exc, Exception) else None)
+        raise
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()

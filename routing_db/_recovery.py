@@ -29,7 +29,7 @@ from ._connections import (
     marked_for_rerun,
     rewind_close,
 )
-from ._retry import is_connection_error, is_recovery_conflict
+from ._retry import is_connection_error, is_recovery_conflict, never_sent
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -163,7 +163,32 @@ class RecoveringSession(Session):
             self._routing_drop_replica(error)
             error._routing_db_now = True  # type: ignore[attr-defined]
             return True
-        return False
+        # The driver refused it before sending anything (its connection died
+        # idle in the pool, unnoticed until now): on the writer too, nothing
+        # of it reached the server, so it runs again on a new connection,
+        # after the policy's backoff (the server may be restarting).
+        return never_sent(error) and self._routing_drop_unsent(error)
+
+    def _routing_drop_unsent(self, error: BaseException) -> bool:
+        router = self._routing_router
+        assert router is not None
+        tx = self._routing_tx
+        target = None if tx is None else tx.target
+        engine = router._sync_writer if target is None else target
+        connection = self._routing_held(engine)
+        if connection is None:
+            return False
+        self._routing_forget(connection)
+        if not connection.invalidated:
+            connection.invalidate(error if isinstance(error, Exception) else None)
+        close_quietly(connection)
+        if tx is not None and target is not None and target in router._replica_set:
+            router._replica_set.failed(target, error)
+            tx.excluded = tx.excluded | {target}
+            if tx.replica is target:
+                tx.replica = None
+            error._routing_db_now = True  # type: ignore[attr-defined]
+        return True
 
     def _routing_again(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
         router = self._routing_router

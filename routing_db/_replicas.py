@@ -184,10 +184,13 @@ class ReplicaSet:
             return Pick.NONE, None
         if floor is None:  # nothing of this context's to read back
             return Pick.CAUGHT_UP, self._choose(available)
+        if self._within_sticky_window(floor):
+            # A recent commit whose position is unknown (it could not be read
+            # after COMMIT, or the backend has none): a replica that reached
+            # an older position of this context says nothing about it.
+            return Pick.CAUSAL, None
         need = self._lsn_needed(floor)
         if need is None:
-            if self._within_sticky_window(floor):
-                return Pick.CAUSAL, None
             return Pick.CAUGHT_UP, self._choose(available)
         # The policy picks among all available replicas, so balancing does not
         # depend on which positions happen to be cached.
@@ -237,9 +240,17 @@ class ReplicaSet:
         try:
             lsn = replay_position_now(engine, need)
         except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            self.failed(engine, exc)
+            # Never the application's problem: a replica whose position cannot
+            # be read counts as not caught up (and, if its connection broke,
+            # as failed); the read goes to another replica or the writer.
+            if is_connection_error(exc):
+                self.failed(engine, exc)
+            else:
+                logger.info(
+                    "routing_db: replay position of %s unknown (%s)",
+                    self._names[engine],
+                    type(exc).__name__,
+                )
             return False
         if lsn is not None:
             state.raise_replay_lsn(lsn)

@@ -36,6 +36,7 @@ __all__ = [
     "is_connection_error",
     "is_recovery_conflict",
     "is_transient_error",
+    "never_sent",
 ]
 
 # 08: connection exception; 57P01/02/03: admin shutdown, crash shutdown,
@@ -74,11 +75,22 @@ def _mysql_code(error: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _refused_unsent(error: BaseException) -> bool:
+    # asyncpg checks its protocol state before it writes a message, and says
+    # "cannot switch to state ..." (or "not connected") when the connection
+    # cannot take one: after the server's FATAL on an idle connection, while
+    # the end of the stream is still on its way. Nothing was sent.
+    if type(error).__name__ != "InternalClientError":
+        return False
+    message = str(error)
+    return message.startswith("cannot switch to state") or message == "not connected"
+
+
 def _driver_connection_lost(error: BaseException) -> bool:
     # Names, not imports: each driver is optional. These are raised when the
     # client finds the socket gone, before or instead of a SQLSTATE.
     name = type(error).__name__
-    if name == "ConnectionDoesNotExistError":  # asyncpg
+    if name == "ConnectionDoesNotExistError" or _refused_unsent(error):  # asyncpg
         return True
     if (
         name == "OperationalError"
@@ -111,6 +123,11 @@ def is_connection_error(error: BaseException) -> bool:
         if isinstance(item, OSError) or _driver_connection_lost(item):
             return True
     return False
+
+
+def never_sent(error: BaseException) -> bool:
+    """True when the driver refused the statement before sending anything."""
+    return any(_refused_unsent(item) for item in _chain(error))
 
 
 def is_recovery_conflict(error: BaseException) -> bool:

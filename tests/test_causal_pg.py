@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from routing_db import (
@@ -249,5 +250,53 @@ async def test_a_router_without_positions_uses_the_time_window(
             assert (await where(session))[1] is False
         async with causal_token("t:1.0"), Session() as session, read_only:
             assert (await where(session))[1] is True
+    finally:
+        await router.dispose()
+
+
+@pytest.fixture
+def writer_without_positions(faults: PostgresCluster) -> Iterator[str]:
+    """A writer URL whose user may not read the WAL position (after COMMIT too)."""
+    faults.sql(
+        faults.primary,
+        "CREATE ROLE nolsn LOGIN;"
+        " GRANT ALL ON ALL TABLES IN SCHEMA public TO nolsn;"
+        " GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO nolsn;"
+        " REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC",
+    )
+    try:
+        yield (
+            make_url(faults.writer_url)
+            .set(username="nolsn")
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        faults.sql(
+            faults.primary,
+            "GRANT EXECUTE ON FUNCTION pg_current_wal_lsn() TO PUBLIC;"
+            " DROP OWNED BY nolsn; DROP ROLE nolsn",
+        )
+
+
+async def test_a_commit_of_unknown_position_is_not_served_by_an_older_one(
+    faults: PostgresCluster, writer_without_positions: str, ports: dict[str, Any]
+) -> None:
+    """An older position reached says nothing of a newer commit's."""
+    older = await faults.await_replicated()
+    for index in range(len(faults.replicas)):
+        await faults.apause_replay(index)
+    router = Router.from_urls(
+        writer_without_positions, faults.replica_urls, sticky_seconds=60
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with causal_token(f"pg:{older}"):  # every replica has reached it
+            async with Session() as session:
+                session.add(Item(name="newer"))
+                await session.commit()  # its position cannot be read
+            assert current_causal_token() is not None
+            async with Session() as session, read_only:
+                assert await where(session) == (ports["writer"], False)
+                assert list(await session.scalars(select(Item.name))) == ["newer"]
     finally:
         await router.dispose()
