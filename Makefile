@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-api test test-sqlalchemy20 test-sqlalchemy-suite bench lint \
+.PHONY: demo demo-api test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
 	typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
@@ -48,6 +48,14 @@ $(eval $(call extra_venv,$(SA20),$(SA20_PACKAGES)))
 
 test-sqlalchemy20: $(SA20)/.installed
 	$(SA20)/bin/python -m pytest -p no:cacheprovider
+
+# The seeded chaos soak for longer: make soak SECONDS=600 SEED=1234 (make test
+# runs it for 40 s per driver; the seed is printed either way).
+SECONDS ?= 600
+SEED ?=
+soak: $(VENV)/.installed-dev
+	ROUTING_DB_SOAK_SECONDS=$(SECONDS) ROUTING_DB_SOAK_SEED=$(SEED) \
+		$(PY) -m pytest tests/test_soak_pg.py -s -p no:cacheprovider
 
 # SQLAlchemy's own test/ext/asyncio suite (from its sdist, on a throwaway
 # PostgreSQL), plain and with AsyncSession swapped for RoutingSession: only

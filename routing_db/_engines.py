@@ -272,6 +272,8 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
     error = context.original_exception
     if context.statement is not None or not _during_commit(error):
         return None
+    if never_sent(error):
+        return None  # the COMMIT never left: the server rolls it back
     if not (context.is_disconnect or is_connection_error(error)):
         return None
     lost = CommitOutcomeUnknown(None, None, error, connection_invalidated=True)
