@@ -81,6 +81,8 @@ def driver_says_closed(driver_connection: Any) -> bool:
         # connection goes unnoticed until the next query fails. Idle, with no
         # query in flight, anything to read (EOF, or the FATAL sent before it)
         # means the server is ending this connection.
+        if pgconn.status != 0:  # libpq's CONNECTION_OK: it knows it is broken
+            return True
         try:
             fd = pgconn.socket
         except Exception:  # psycopg raises once the connection is gone
