@@ -140,21 +140,15 @@ class RecoveringSession(Session):
         if not self.is_active:
             return False  # a failed flush: the session must be rolled back first
         transaction = self._transaction
-        tx = self._routing_tx
         if transaction is None or idle(transaction):
             # No connection could be had, so nothing was sent: run it again,
             # on another replica if it was one (not waiting), else the writer.
             if not checkout_failed(error):
                 return False
-            target = None if tx is None else tx.target
-            if tx is not None and target is not None and target in router._replica_set:
-                if not isinstance(error, sa_exc.TimeoutError):
-                    # A full pool is busy, not broken: skip it, don't eject it.
-                    router._replica_set.failed(target, error)
-                tx.excluded = tx.excluded | {target}
-                if tx.replica is target:
-                    tx.replica = None
-                error._routing_db_now = True  # type: ignore[attr-defined]
+            # A full pool is busy, not broken: skip it, don't eject it.
+            self._routing_skip_target(
+                error, eject=not isinstance(error, sa_exc.TimeoutError)
+            )
             return True
         # The first statement failed on its replica because the connection was
         # lost or the standby cancelled it for a recovery conflict: no result
@@ -182,13 +176,24 @@ class RecoveringSession(Session):
         if not connection.invalidated:
             connection.invalidate(error if isinstance(error, Exception) else None)
         close_quietly(connection)
-        if tx is not None and target is not None and target in router._replica_set:
-            router._replica_set.failed(target, error)
-            tx.excluded = tx.excluded | {target}
-            if tx.replica is target:
-                tx.replica = None
-            error._routing_db_now = True  # type: ignore[attr-defined]
+        self._routing_skip_target(error, eject=True)
         return True
+
+    def _routing_skip_target(self, error: BaseException, *, eject: bool) -> None:
+        # If the statement was bound for a replica, the next attempt goes to
+        # another one at once (no backoff); the writer is simply tried again.
+        router = self._routing_router
+        tx = self._routing_tx
+        target = None if tx is None else tx.target
+        if router is None or tx is None or target not in router._replica_set:
+            return
+        assert target is not None
+        if eject:
+            router._replica_set.failed(target, error)
+        tx.excluded = tx.excluded | {target}
+        if tx.replica is target:
+            tx.replica = None
+        error._routing_db_now = True  # type: ignore[attr-defined]
 
     def _routing_again(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
         router = self._routing_router
