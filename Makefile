@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-api test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
+.PHONY: demo demo-api servers test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
 	typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
@@ -27,9 +27,13 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
-# The full suite starts its own PostgreSQL primary + 2 streaming replicas.
-test: lint typecheck
+# The full suite starts its own throwaway servers; tools/install-servers
+# installs the missing ones as root (else their tests are skipped, saying why).
+test: servers lint typecheck
 	$(PY) -m pytest
+
+servers:
+	@tools/install-servers
 
 # An extra virtualenv: $(1) its folder, $(2) what pip installs into it.
 define extra_venv
