@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .waiting import backend_waits_for_a_lock, until
+
 __all__ = ["capture", "deadlock"]
 
 
@@ -27,8 +29,9 @@ async def deadlock(engine: AsyncEngine, first: int, second: int) -> BaseExceptio
     async with engine.connect() as a, engine.connect() as b:
         await a.execute(a_row, {"id": first})
         await b.execute(b_row, {"id": second})
+        a_pid = int(await a.scalar(text("SELECT pg_backend_pid()")))
         blocked = asyncio.create_task(a.execute(a_row, {"id": second}))
-        await asyncio.sleep(0.2)  # let a block on b's lock first
+        await until(lambda: backend_waits_for_a_lock(engine, a_pid))  # a first
         results = await asyncio.gather(
             blocked, b.execute(b_row, {"id": first}), return_exceptions=True
         )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -25,6 +25,7 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import where
 from .models import Item
+from .waiting import until
 
 pytestmark = pytest.mark.usefixtures("clean")
 T = TypeVar("T")
@@ -229,8 +230,15 @@ async def test_causal_wait_timeout_waits_for_a_replica(
             names = set(await session.scalars(select(Item.name)))
             return "awaited" in names, (await where(session))[0]
 
+    # The read is waiting once it has asked the replicas for their replay
+    # position more than once each (every ask checks out a connection).
+    asked = Counter[str]()
+    for replica in waiting_router.replicas:
+        event.listen(
+            replica.sync_engine, "checkout", lambda *_: asked.update(["replica"])
+        )
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.3)  # let the read start waiting (not replication)
+    await until(lambda: asked["replica"] > 2 * len(waiting_router.replicas))
     assert not reader.done()
     paused.resume_replay(1)
     seen, port = await reader

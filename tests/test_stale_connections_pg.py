@@ -10,8 +10,7 @@ counts the replica as failed: the application sees neither.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,15 +25,9 @@ from routing_db.testing import PostgresCluster
 from .conftest import where
 from .models import Item
 from .proxy import HoldCloseProxy, unread_bytes
+from .waiting import until
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean")]
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
