@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .waiting import backend_waits_for_a_lock, until
+from .waiting import BACKEND_ID, backend_waits_for_a_lock, until
 
 __all__ = ["capture", "deadlock"]
 
@@ -29,7 +29,8 @@ async def deadlock(engine: AsyncEngine, first: int, second: int) -> BaseExceptio
     async with engine.connect() as a, engine.connect() as b:
         await a.execute(a_row, {"id": first})
         await b.execute(b_row, {"id": second})
-        a_pid = int(await a.scalar(text("SELECT pg_backend_pid()")))
+        dialect = "mysql" if engine.dialect.name == "mariadb" else engine.dialect.name
+        a_pid = int(await a.scalar(BACKEND_ID[dialect]))
         blocked = asyncio.create_task(a.execute(a_row, {"id": second}))
         await until(lambda: backend_waits_for_a_lock(engine, a_pid))  # a first
         results = await asyncio.gather(

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["backend_waits_for_a_lock", "until"]
+__all__ = ["BACKEND_ID", "backend_waits_for_a_lock", "until"]
 
 
 async def until(
@@ -27,14 +27,30 @@ async def until(
         await asyncio.sleep(0.005)
 
 
+BACKEND_ID = {
+    "postgresql": text("SELECT pg_backend_pid()"),
+    "mysql": text("SELECT CONNECTION_ID()"),
+}
+_WAITS = {
+    "postgresql": text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE pid = :pid AND wait_event_type = 'Lock'"
+    ),
+    # Without the PROCESS privilege an account sees only its own threads,
+    # and not InnoDB's lock waits: a statement still running is the signal.
+    "mysql": text(
+        "SELECT count(*) FROM information_schema.PROCESSLIST"
+        " WHERE ID = :pid AND COMMAND = 'Query'"
+    ),
+}
+
+
 async def backend_waits_for_a_lock(engine: AsyncEngine, pid: int) -> bool:
-    """Is server backend ``pid`` blocked on a lock (seen in pg_stat_activity)?"""
+    """Is server backend ``pid`` (see ``BACKEND_ID``) blocked on a lock?
+
+    (MariaDB: still running a statement.)
+    """
+    dialect = "mysql" if engine.dialect.name == "mariadb" else engine.dialect.name
     async with engine.connect() as connection:
-        waiting = await connection.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE pid = :pid AND wait_event_type = 'Lock'"
-            ),
-            {"pid": pid},
-        )
+        waiting = await connection.scalar(_WAITS[dialect], {"pid": pid})
     return bool(waiting)
