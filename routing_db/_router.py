@@ -274,9 +274,9 @@ class Router:
         # A pooled connection left dead by a server restart must be replaced at
         # checkout, not fail a statement. Unless pool_pre_ping is given, that
         # is done by the idle check: free when the driver saw the socket
-        # close, a ping only after an idle second; measured at 1.00x the cost
-        # of no ping, where SQLAlchemy's pre-ping (BEGIN; SELECT; ROLLBACK on
-        # asyncpg) costs 1.48x (benchmarks/RESULTS.md).
+        # close, a ping only after an idle second, where SQLAlchemy's pre-ping
+        # (BEGIN; SELECT; ROLLBACK on asyncpg) costs three round trips on every
+        # checkout (benchmarks/RESULTS.md compares them).
         if engine_kwargs.get("pool_pre_ping") is None:
             engine_kwargs["pool_pre_ping"] = False
             options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)

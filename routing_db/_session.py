@@ -36,10 +36,6 @@ logger = logging.getLogger("routing_db")
 
 _ROLE_OPTION = "routing_db_role"
 _ROLE_OPTIONS = (None, "writer", "replica")
-# Module constants: an enum member lookup costs ~100 ns on Python 3.11, and
-# get_bind runs for every statement.
-_NONE, _READ_ONLY, _WRITER = Scope.NONE, Scope.READ_ONLY, Scope.WRITER
-_READ, _WRITE, _CONNECTION = Kind.READ, Kind.WRITE, Kind.CONNECTION
 
 
 def _describe(clause: ClauseElement | None, flushing: bool) -> str:
@@ -85,35 +81,7 @@ class RoutingSyncSession(RecoveringSession):
                 return resolved
         options = getattr(clause, "_execution_options", None)
         option = options.get(_ROLE_OPTION) if options else None
-        scope = SCOPE.get()[0]
-        tx = self._routing_tx
-        if option is None and not self._flushing and not router._listeners:
-            # The two everyday cases skip decide(); test_decision checks that
-            # it answers the same. No flag, default role "writer": the writer
-            # (a write is still remembered: its commit records a causal token).
-            if scope is _NONE and not self._routing_auto:
-                if tx is not None:
-                    tx.target = None
-                if (tx is None or not tx.wrote) and classify(
-                    clause, flushing=False
-                ) is _WRITE:
-                    self._routing_state().wrote = True
-                return writer
-            # Before this transaction wrote, a replica takes a read inside
-            # read_only, and a known read with no flag and default role "auto".
-            if scope is not _WRITER and (tx is None or not tx.wrote):
-                kind = classify(clause, flushing=False)
-                if kind is _READ or (kind is _CONNECTION and scope is _READ_ONLY):
-                    quick = router._replica_set.quick
-                    if tx is None and quick is not None and FLOOR.get() is None:
-                        # _routing_replica_for's first case, inlined: every
-                        # replica well, nothing to read back: round robin.
-                        engine = quick()
-                        tx = self._routing_tx = RoutedTransaction()
-                        tx.replica = tx.target = engine
-                        return engine
-                    return self._routing_replica_for(router, writer, tx)
-        return self._routing_route(router, writer, clause, option, scope)
+        return self._routing_route(router, writer, clause, option, SCOPE.get()[0])
 
     def _routing_route(
         self,
@@ -138,7 +106,7 @@ class RoutingSyncSession(RecoveringSession):
             wrote=tx is not None and tx.wrote,
         )
         if route is Route.WRITER:
-            if kind is _WRITE:
+            if kind is Kind.WRITE:
                 self._routing_state().wrote = True
             if tx is not None:
                 tx.target = None
@@ -280,7 +248,7 @@ def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> No
     # this far, so reads pay nothing for the check.)
     if (
         session._routing_router is not None
-        and SCOPE.get()[0] is _READ_ONLY
+        and SCOPE.get()[0] is Scope.READ_ONLY
         and session._has_changes()
     ):
         raise ReadOnlyViolation(

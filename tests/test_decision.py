@@ -103,7 +103,6 @@ def test_default_role_writer_without_flags_is_a_plain_session() -> None:
 
 
 def test_a_read_inside_read_only_before_any_write_goes_to_a_replica() -> None:
-    # RoutingSyncSession.get_bind takes this case without calling decide().
     for kind, default in itertools.product(KINDS, DEFAULTS):
         route = decide(
             kind, scope=Scope.READ_ONLY, option=None, default_role=default, wrote=False
@@ -112,7 +111,6 @@ def test_a_read_inside_read_only_before_any_write_goes_to_a_replica() -> None:
 
 
 def test_a_known_read_with_default_role_auto_goes_to_a_replica() -> None:
-    # RoutingSyncSession.get_bind takes this case without calling decide().
     for kind in KINDS:
         route = decide(
             kind, scope=Scope.NONE, option=None, default_role="auto", wrote=False
