@@ -41,6 +41,13 @@ class Route(enum.Enum):
     REFUSE = "refuse"  # a write inside read_only: raise, send nothing
 
 
+# Enum members as module names: reading one through its class goes through
+# the enum metaclass, and the decision runs for every statement.
+_WRITER, _REPLICA, _REFUSE = Route.WRITER, Route.REPLICA, Route.REFUSE
+_USE_WRITER, _READ_ONLY = Scope.WRITER, Scope.READ_ONLY
+_READ, _WRITE = Kind.READ, Kind.WRITE
+
+
 def decide(
     kind: Kind,
     *,
@@ -65,24 +72,24 @@ def decide_why(
 ) -> tuple[Route, str]:
     """``decide``, with the reason (a metric label) for the route."""
     # 1. An explicit request for the writer always wins.
-    if scope is Scope.WRITER:
-        return Route.WRITER, "use_writer"
+    if scope is _USE_WRITER:
+        return _WRITER, "use_writer"
     if option == "writer":
-        return Route.WRITER, "option"
+        return _WRITER, "option"
     # 2. Writes go to the writer, or are refused before anything is sent.
-    if kind is Kind.WRITE:
-        return (Route.REFUSE if scope is Scope.READ_ONLY else Route.WRITER), "write"
+    if kind is _WRITE:
+        return (_REFUSE if scope is _READ_ONLY else _WRITER), "write"
     # 3. Once this transaction wrote, its reads must see its uncommitted rows.
     if wrote:
-        return Route.WRITER, "wrote"
+        return _WRITER, "wrote"
     # 4. Replica reads. A bare connection request is unknown work, so it only
     # goes to a replica when the caller declared read_only (the replica's
     # read-only transaction then rejects any write made on it).
-    if scope is Scope.READ_ONLY:
-        return Route.REPLICA, "read_only"
-    if kind is Kind.READ and option == "replica":
-        return Route.REPLICA, "option"
-    if kind is Kind.READ and default_role == "auto":
-        return Route.REPLICA, "auto"
+    if scope is _READ_ONLY:
+        return _REPLICA, "read_only"
+    if kind is _READ and option == "replica":
+        return _REPLICA, "option"
+    if kind is _READ and default_role == "auto":
+        return _REPLICA, "auto"
     # 5. Otherwise a RoutingSession is a plain session on the writer.
-    return Route.WRITER, "default"
+    return _WRITER, "default"

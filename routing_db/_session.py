@@ -36,6 +36,8 @@ logger = logging.getLogger("routing_db")
 
 _ROLE_OPTION = "routing_db_role"
 _ROLE_OPTIONS = (None, "writer", "replica")
+# Enum members as module names (see _decision): get_bind runs per statement.
+_TO_WRITER, _REFUSE, _WRITE = Route.WRITER, Route.REFUSE, Kind.WRITE
 
 
 def _describe(clause: ClauseElement | None, flushing: bool) -> str:
@@ -105,8 +107,8 @@ class RoutingSyncSession(RecoveringSession):
             default_role="auto" if self._routing_auto else "writer",
             wrote=tx is not None and tx.wrote,
         )
-        if route is Route.WRITER:
-            if kind is Kind.WRITE:
+        if route is _TO_WRITER:
+            if kind is _WRITE:
                 self._routing_state().wrote = True
             if tx is not None:
                 tx.target = None
@@ -118,7 +120,7 @@ class RoutingSyncSession(RecoveringSession):
                     "routed", router._sync_names[writer], "writer", reason
                 )
             return writer
-        if route is Route.REFUSE:
+        if route is _REFUSE:
             raise ReadOnlyViolation(
                 f"{_describe(clause, self._flushing)} is a write inside read_only; "
                 "nothing was sent (use use_writer for work that writes)"
