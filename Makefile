@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-api servers test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
+.PHONY: demo demo-api docs servers test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
 	typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
@@ -50,7 +50,7 @@ SA20 := .venv-sqlalchemy20
 SA20_PACKAGES := -e ".[dev]" "sqlalchemy>=2.0.30,<2.1"
 $(eval $(call extra_venv,$(SA20),$(SA20_PACKAGES)))
 
-test-sqlalchemy20: $(SA20)/.installed
+test-sqlalchemy20: servers $(SA20)/.installed
 	$(SA20)/bin/python -m pytest -p no:cacheprovider
 
 # The seeded chaos soak for longer: make soak SECONDS=600 SEED=1234 (make test
@@ -77,6 +77,11 @@ bench: $(BENCH)/.installed
 	$(BENCH)/bin/python -m pytest benchmarks -p no:cacheprovider \
 		--benchmark-json=benchmarks/results.json --benchmark-columns=min,median,rounds
 	$(BENCH)/bin/python -m benchmarks.report benchmarks/results.json
+
+# The documentation site (mkdocs-material, API reference from docstrings)
+# into site/; --strict: a broken link or reference fails the build.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
 
 # Only the tests that need no PostgreSQL cluster.
 unit: $(VENV)/.installed-dev

@@ -112,7 +112,7 @@ def _peer_lines(judged: dict[str, tuple[float, ...] | None]) -> list[str]:
             continue
         judgement = (
             f"slower by {(ratio[0] - 1) * 100:.1f}%, beyond the A/A resolution: "
-            "the price of guarantees the peer does not give (README, Design notes)"
+            "the price of guarantees the peer does not give (docs, design decisions)"
             if ratio[0] > limit
             else "within the A/A resolution"
         )
@@ -187,8 +187,7 @@ def _overhead(benches: dict[str, dict[str, Any]]) -> list[str]:
             f"alone, in {len(pair_runs)} more processes of its own "
             "(`test_overhead_pair`). In a run of every variant, the library "
             "whose code runs in more of them stays warmer in the CPU's caches, "
-            'which moves a ratio by about 0.5% either way (README, "Load '
-            'harness and benchmarks").',
+            "which moves a ratio by about 0.5% either way (benchmarks/README.md).",
             "",
         ]
         judged = pairs

@@ -1,0 +1,59 @@
+"""mkdocs hook: the configuration page's table is made from ``RoutingSettings``.
+
+So the documented settings, their environment variables and defaults can
+never disagree with the code.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from routing_db import RoutingSettings
+
+MARKER = "<!-- settings-table -->"
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return " or ".join(repr(arg) for arg in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(arg) for arg in args)
+        return f"{origin.__name__}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        return f"`{field.default_factory()!r}`"
+    if field.default is None:
+        return "unset"
+    return f"`{field.default!r}`"
+
+
+def settings_table() -> str:
+    """One row per field: name, environment variable, type, default."""
+    prefix = RoutingSettings.model_config.get("env_prefix", "")
+    rows = [
+        "| setting | environment variable | type | default |",
+        "|---|---|---|---|",
+    ]
+    for name, field in RoutingSettings.model_fields.items():
+        rows.append(
+            f"| `{name}` | `{prefix}{name.upper()}` | "
+            f"`{_type_name(field.annotation)}` | {_default(field)} |"
+        )
+    return "\n".join(rows)
+
+
+def on_page_markdown(markdown: str, **_: Any) -> str:
+    """Replace the marker with the table."""
+    return markdown.replace(MARKER, settings_table())
