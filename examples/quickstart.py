@@ -80,7 +80,11 @@ async def main(workdir: str) -> None:
         # so a replica serves only once it has replayed the commit.
         async with Session() as session, read_only:
             notes = (await session.scalars(newest)).all()
-            print(f"read_only, same    -> {await served_by(session)}: {notes}")
+            print(
+                f"read_only, same    -> {await served_by(session)}: {notes}"
+                "  (read-your-writes: this context just wrote, so only a replica"
+                " that has replayed that write may serve it, else the writer)"
+            )
 
         async def another_request() -> None:
             async with Session() as session, read_only:

@@ -7,6 +7,7 @@ package beyond routing_db.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -115,12 +116,15 @@ class RoutingMiddleware:
 
 
 async def _bad_token(send: Send, header: str) -> None:
-    body = f"malformed {header} (expected a token from a previous response)\n"
+    # JSON, in the shape FastAPI gives its own errors: APIs answer in JSON.
+    detail = f"malformed {header} (expected a token from a previous response)"
     await send(
         {
             "type": "http.response.start",
             "status": 400,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            "headers": [(b"content-type", b"application/json")],
         }
     )
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send(
+        {"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()}
+    )

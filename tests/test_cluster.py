@@ -127,3 +127,11 @@ def test_clusters_of_killed_processes_are_reaped() -> None:
     assert not Path(basedir).exists()
     assert not any(accepts(port) for port in ports)
     assert server_processes(Path(basedir)) == []
+
+
+def test_a_cluster_started_outside_pytest_stops_with_its_block() -> None:
+    with PostgresCluster.start(replicas=1) as cluster:
+        assert cluster.sql(cluster.replicas[0], "SELECT pg_is_in_recovery()") == "t"
+        assert cluster.writer_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
+    assert not cluster.is_running(cluster.primary)
+    assert cluster._basedir is not None and not cluster._basedir.exists()

@@ -368,6 +368,12 @@ class PostgresCluster:
     await_replicated = _async_form(wait_replicated)
     aheal = _async_form(heal)
 
+    def __enter__(self) -> PostgresCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def __repr__(self) -> str:
         nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
         return f"<PostgresCluster {nodes}>"
