@@ -20,6 +20,7 @@ from ._engines import (
     install_idle_ping,
     install_replica_setup,
     install_writer_hooks,
+    pool_capacity,
     safe_url,
 )
 from ._events import Listeners, RoutingListener
@@ -53,10 +54,15 @@ def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
         method = getattr(pool, name, None)
         return int(method()) if callable(method) else None
 
+    overflow = stat("overflow")
+    capacity = pool_capacity(pool)
     return {
         "size": stat("size"),
+        "capacity": capacity or None,  # pool_size + max_overflow
         "checked_out": stat("checkedout"),
-        "overflow": stat("overflow"),
+        # Connections open beyond pool_size (SQLAlchemy's own count is
+        # negative while the pool has not opened all of pool_size yet).
+        "overflow": None if overflow is None else max(0, overflow),
         "checked_in": stat("checkedin"),
     }
 

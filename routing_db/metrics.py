@@ -48,8 +48,9 @@ class _StatusCollector(Collector):
             key: GaugeMetricFamily(f"{ns}_pool_{key}", help_, labels=["engine", "role"])
             for key, help_ in (
                 ("size", "Pool size (persistent connections)."),
+                ("capacity", "Connections the pool may open: size + max_overflow."),
                 ("checked_out", "Connections checked out now."),
-                ("overflow", "Overflow connections in use (negative: spare)."),
+                ("overflow", "Connections open beyond the pool size."),
                 ("checked_in", "Idle connections in the pool."),
             )
         }

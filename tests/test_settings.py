@@ -248,6 +248,10 @@ async def test_router_repr_and_status_hide_passwords() -> None:
         assert status[0]["name"] == "db.example:5432/app"
         assert status[0]["pool"]["size"] == 2
         assert status[0]["pool"]["checked_out"] == 0
+        # An idle pool has no overflow (SQLAlchemy counts it as -2 here).
+        assert router.writer.sync_engine.pool.overflow() == -2  # type: ignore[attr-defined]
+        assert status[0]["pool"]["overflow"] == 0
+        assert status[0]["pool"]["capacity"] == 2 + 10  # SQLAlchemy's max_overflow
         # Pooled connections are checked by the idle check, not pre-ping.
         assert router.writer.pool._pre_ping is False
         assert router.ping_after_idle == 1.0
