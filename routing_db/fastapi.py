@@ -26,27 +26,35 @@ def routing_lifespan(
     settings: RoutingSettings | None = None,
     *,
     router: Router | None = None,
+    lifespan: Lifespan | None = None,
     **session_options: Any,
 ) -> Lifespan:
     """A lifespan that puts a router and its sessionmaker on ``app.state``.
 
     The router comes from ``router`` or ``settings`` (``None``: the
     ``ROUTING_DB_*`` environment); its monitor runs while the app does, and
-    its engines are disposed at shutdown. ``session_options`` go to
-    ``routing_sessionmaker`` (``expire_on_commit``, ``default_role``...).
+    its engines are disposed at shutdown. ``lifespan`` is the application's
+    own (create tables, warm caches...): it runs inside, once the router is
+    on ``app.state``, and ends before the engines are disposed.
+    ``session_options`` go to ``routing_sessionmaker`` (``expire_on_commit``,
+    ``default_role``...).
     """
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
+    async def routed(app: Any) -> AsyncIterator[None]:
         routing = router if router is not None else Router.from_settings(settings)
         app.state.routing_router = routing
         app.state.routing_sessionmaker = routing_sessionmaker(
             routing, **session_options
         )
         async with routing:
-            yield
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
 
-    return lifespan
+    return routed
 
 
 async def get_db(request: Request) -> AsyncIterator[RoutingSession]:

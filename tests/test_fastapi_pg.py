@@ -3,6 +3,7 @@ get_db, roles by method and the causal token across requests."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
@@ -174,3 +175,28 @@ async def test_the_example_app_runs(
     assert listed.json() == {"notes": ["hello"], "served_by_port": faults.primary.port}
     assert stale.json()["notes"] == []
     assert stale.json()["served_by_port"] in {n.port for n in faults.replicas}
+
+
+async def test_the_applications_own_lifespan_runs_inside(
+    cluster: PostgresCluster,
+) -> None:
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def startup(app: FastAPI) -> AsyncIterator[None]:
+        # The router is there already: the application's startup work can
+        # use it (here: a query on the writer).
+        router: Router = app.state.routing_router
+        async with router.writer.connect() as connection:
+            seen.append(f"up {await connection.scalar(text('SELECT 1'))}")
+        yield
+        seen.append("down")
+        # Its engines are still open while the application shuts down.
+        async with router.writer.connect() as connection:
+            seen.append(f"still {await connection.scalar(text('SELECT 2'))}")
+
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    app = FastAPI(lifespan=routing_lifespan(router=router, lifespan=startup))
+    async with app.router.lifespan_context(app):
+        assert seen == ["up 1"]
+    assert seen == ["up 1", "down", "still 2"]
