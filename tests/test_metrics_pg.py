@@ -164,3 +164,26 @@ async def test_unregister_removes_everything(
     again = register_metrics(router, registry)  # the names are free again
     again.unregister()
     again.unregister()  # idempotent, like the fixture's own call
+
+
+async def test_metrics_served_by_a_fastapi_app_at_exactly_metrics(
+    measured: tuple[Router, CollectorRegistry, RouterMetrics],
+) -> None:
+    """The documented way: a route, not a mount (a mount redirects /metrics)."""
+    import httpx
+    from fastapi import FastAPI, Response
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    _, registry, _ = measured
+    app = FastAPI()
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert "routing_db_pool_checked_out" in response.text
+    assert SECRET not in response.text
