@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +48,20 @@ def ports(cluster: PostgresCluster) -> dict[str, Any]:
             for node in cluster.replicas
         },
     }
+
+
+@pytest.fixture
+async def sqlite_router(tmp_path: Path) -> AsyncIterator[Router]:
+    """A router over one SQLite file (its replica: the file opened read-only)."""
+    path = tmp_path / "x.db"
+    router = Router.from_urls(
+        f"sqlite+aiosqlite:///{path}",
+        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
+    )
+    try:
+        yield router
+    finally:
+        await router.dispose()
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,16 +48,8 @@ def statement(kind: Kind, option: RoleOption) -> Any:
 
 
 @pytest.fixture
-async def router(tmp_path: Path) -> AsyncIterator[Router]:
-    path = tmp_path / "bind.db"
-    router = Router.from_urls(
-        f"sqlite+aiosqlite:///{path}",
-        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
-    )
-    try:
-        yield router
-    finally:
-        await router.dispose()
+def router(sqlite_router: Router) -> Router:
+    return sqlite_router
 
 
 @pytest.mark.parametrize(("kind", "scope", "option", "default", "wrote"), CASES)

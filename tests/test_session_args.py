@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,8 @@ from routing_db import (
 
 
 @pytest.fixture
-async def router(tmp_path: Path) -> AsyncIterator[Router]:
-    path = tmp_path / "x.db"
-    router = Router.from_urls(
-        f"sqlite+aiosqlite:///{path}",
-        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
-    )
-    try:
-        yield router
-    finally:
-        await router.dispose()
+def router(sqlite_router: Router) -> Router:
+    return sqlite_router
 
 
 def test_sessionmaker_makes_routing_sessions_on_the_writer(router: Router) -> None:
