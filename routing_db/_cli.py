@@ -286,7 +286,9 @@ def _parser() -> argparse.ArgumentParser:
         "--no-prepare",
         dest="prepare",
         action="store_false",
-        help="do not create/fill the routing_db_bench table",
+        help="do not create and fill the routing_db_bench table (by default bench "
+        "creates it in the writer's database, fills it with --rows rows, and "
+        "leaves it there)",
     )
     bench.add_argument("--json", action="store_true", help="print JSON, not a table")
     bench.add_argument("--plot", metavar="PNG", help="draw the results (matplotlib)")

@@ -308,8 +308,9 @@ def test_cli_bench_table_and_errors(
     out, _ = capsys.readouterr()
     assert code == 0
     header, row = out.strip().splitlines()
-    assert "ops/s" in header and "wait p99 ms" in header
+    assert "ops/s" in header and "wait p99 ms" in header and "served by" in header
     assert row.split()[0] == "routed"
+    assert row.endswith("writer 100%")  # no replica given: the writer serves
 
     secret = "s3cret-pw"
     code = main(["bench", "--writer-url", f"postgresql+psycopg2://u:{secret}@h/db"])

@@ -96,4 +96,17 @@ class LoadSummary(BaseModel):
             "timeouts": self.timeouts,
             "errors": sum(self.errors.values()),
             "client cpu": round(self.client_cpu, 2),
+            "served by": self.served_by(),
         }
+
+    def served_by(self) -> str:
+        """Which role served the operations, as shares: ``writer 20%/replica 80%``."""
+        by_role: dict[str, int] = {}
+        for engine in self.engines:
+            by_role[engine.role] = by_role.get(engine.role, 0) + engine.operations
+        total = sum(by_role.values())
+        if not total:
+            return "-"
+        return "/".join(
+            f"{role} {round(100 * count / total)}%" for role, count in by_role.items()
+        )
