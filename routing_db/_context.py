@@ -40,7 +40,7 @@ class Scope(enum.Enum):
 # concurrent tasks entering the same marker never mix tokens. A list rather
 # than a class: entering a scope is on every request's path.
 _Frame = list[Any]
-_WRITER = Scope.WRITER  # a module constant: an enum member lookup costs ~100 ns
+_WRITER = Scope.WRITER  # a module name: an enum member read goes through its class
 _ROOT: _Frame = [Scope.NONE, None]
 SCOPE: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
 """The current frame; ``SCOPE.get()[0]`` is ``current_scope()`` without a call."""
