@@ -244,6 +244,11 @@ def test_cli_bench_json_and_plot(
         ("routed", 8),
     ]
     assert all(r["succeeded"] > 0 and r["timeouts"] == 0 for r in results)
+    for r in results:  # what the plot's last panel shows
+        on_replicas = sum(
+            e["operations"] for e in r["engines"] if e["role"] == "replica"
+        )
+        assert (on_replicas > 0) is (r["variant"] == "routed"), r["engines"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
     assert secret not in out + err

@@ -11,7 +11,8 @@ __all__ = ["plot_summaries"]
 
 
 def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> None:
-    """Throughput, p99 latency and checkout-wait p99 against concurrency, as PNG."""
+    """Throughput, p99 latency, checkout-wait p99 and the replicas' share of the
+    operations against concurrency, as PNG."""
     try:
         import matplotlib
 
@@ -21,11 +22,12 @@ def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> Non
         raise ConfigurationError(
             "plotting needs matplotlib: pip install 'routing_db[plot]'"
         ) from None
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    figure, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     panels: list[tuple[str, Callable[[LoadSummary], float]]] = [
         ("throughput (ops/s)", lambda s: s.throughput),
         ("latency p99 (ms)", lambda s: s.latency_ms.p99),
         ("checkout wait p99 (ms)", lambda s: s.checkout_wait_ms.p99),
+        ("served by replicas (% of operations)", lambda s: s.replica_share()),
     ]
     levels = sorted({summary.concurrency for _, summary in results})
     for axis, (title, value) in zip(axes, panels, strict=True):

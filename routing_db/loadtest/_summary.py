@@ -99,6 +99,12 @@ class LoadSummary(BaseModel):
             "served by": self.served_by(),
         }
 
+    def replica_share(self) -> float:
+        """Percent of the operations served by replicas (0 when none ran)."""
+        total = sum(engine.operations for engine in self.engines)
+        replicas = sum(e.operations for e in self.engines if e.role == "replica")
+        return 100.0 * replicas / total if total else 0.0
+
     def served_by(self) -> str:
         """Which role served the operations, as shares: ``writer 20%/replica 80%``."""
         by_role: dict[str, int] = {}
