@@ -1,7 +1,8 @@
-"""mkdocs hook: the configuration page's table is made from ``RoutingSettings``.
+"""mkdocs hook: pages' generated parts, made from the code when the site is built.
 
-So the documented settings, their environment variables and defaults can
-never disagree with the code.
+The configuration page's table comes from ``RoutingSettings`` and the design
+decisions' list of SQLAlchemy internals from ``_sa_compat.INTERNALS``, so
+neither can disagree with the code.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import typing
 from typing import Any
 
 from routing_db import RoutingSettings
+from routing_db._sa_compat import INTERNALS
 
 MARKER = "<!-- settings-table -->"
+INTERNALS_MARKER = "<!-- sqlalchemy-internals -->"
 
 
 def _type_name(annotation: Any) -> str:
@@ -54,6 +57,12 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def internals_list() -> str:
+    """One bullet per private attribute ``_sa_compat`` uses, with its reason."""
+    return "\n".join(f"- `{name}`: {why}." for name, why in INTERNALS.items())
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
-    """Replace the marker with the table."""
-    return markdown.replace(MARKER, settings_table())
+    """Replace the markers with the generated table and list."""
+    markdown = markdown.replace(MARKER, settings_table())
+    return markdown.replace(INTERNALS_MARKER, internals_list())

@@ -12,6 +12,7 @@ from ._exceptions import (
     ReadOnlyViolation,
     RoutingDBError,
 )
+from ._options import ConsistencyOptions, HealthOptions, ObservabilityOptions
 from ._policies import (
     BalancingPolicy,
     Candidate,
@@ -36,9 +37,12 @@ __all__ = [
     "Candidate",
     "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConsistencyOptions",
+    "HealthOptions",
     "LeastBusy",
     "LoadProcessError",
     "NoReplicaAvailable",
+    "ObservabilityOptions",
     "RandomChoice",
     "ReadOnlyViolation",
     "RetryPolicy",

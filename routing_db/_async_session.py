@@ -85,7 +85,7 @@ class RoutingSession(AsyncSession):
                 # the base class can translate back to an AsyncEngine.
                 resolved = self.sync_session.get_bind(mapper, clause=clause, **kw)
                 if isinstance(resolved, Engine):
-                    async_engine = router._to_async(resolved)
+                    async_engine = router.topology.to_async(resolved)
                     if async_engine is not None:
                         return async_engine
             return super().get_async_bind(mapper, clause, bind, **kw)

@@ -19,6 +19,8 @@ from sqlalchemy.sql.functions import FunctionElement, next_value
 from sqlalchemy.sql.selectable import GenerativeSelect, Select, TextualSelect
 from sqlalchemy.sql.visitors import iterate
 
+from ._sa_compat import for_update, select_list
+
 __all__ = [
     "WRITE_FUNCTIONS",
     "WRITE_FUNCTION_PREFIXES",
@@ -279,13 +281,13 @@ def classify(clause: ClauseElement | None, *, flushing: bool) -> Kind:
         return _CONNECTION
     if isinstance(clause, GenerativeSelect):
         # Row locks need the primary: a standby refuses FOR UPDATE/SHARE.
-        if clause._for_update_arg is not None:
+        if for_update(clause):
             return _WRITE
         if isinstance(clause, Select):
             # Only the select list is inspected (cheap, and where nextval()
             # is written in practice); a replica's read-only transaction
             # rejects anything deeper, which surfaces as ReadOnlyViolation.
-            for column in clause._raw_columns:
+            for column in select_list(clause):
                 # Entities and tables (select(Model)) cannot call nextval().
                 may = _may_write_by_type.get(type(column))
                 if may is None:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._connections import driver_says_closed
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
+from ._hooks import Hooks
 from ._retry import is_connection_error, never_sent
+from ._sa_compat import max_overflow
 
 __all__ = [
     "behind_pgbouncer",
@@ -137,7 +139,7 @@ def pool_capacity(pool: Any) -> int:
     size = getattr(pool, "size", None)
     if not callable(size):
         return 0
-    return int(size()) + max(getattr(pool, "_max_overflow", 0), 0)
+    return int(size()) + max(max_overflow(pool), 0)
 
 
 def engine_name(engine: AsyncEngine) -> str:
@@ -215,7 +217,7 @@ def _translate_read_only(context: Any) -> BaseException | None:
 
 
 def install_replica_setup(
-    engine: AsyncEngine, *, name: str, require_standby: bool
+    engine: AsyncEngine, hooks: Hooks, *, name: str, require_standby: bool
 ) -> None:
     """Make every new connection of ``engine`` read-only and check it is a standby."""
     dialect = engine.dialect.name
@@ -244,9 +246,10 @@ def install_replica_setup(
                 "require_standby=False if this is deliberate."
             )
 
-    event.listen(engine.sync_engine, "connect", on_connect)
-    event.listen(engine.sync_engine, "handle_error", _translate_read_only)
-    event.listen(engine.sync_engine, "handle_error", _unsent_is_a_disconnect)
+    sync = engine.sync_engine
+    hooks.listen(sync, "connect", on_connect)
+    hooks.listen(sync, "handle_error", lambda context: _translate_read_only(context))
+    hooks.listen(sync, "handle_error", lambda context: _unsent_is_a_disconnect(context))
 
 
 def _unsent_is_a_disconnect(context: Any) -> None:
@@ -257,21 +260,8 @@ def _unsent_is_a_disconnect(context: Any) -> None:
         context.is_disconnect = True
 
 
-def _during_commit(error: BaseException) -> bool:
-    # Raised from inside the connection's COMMIT (and not a ROLLBACK or a
-    # statement): the traceback runs through Connection._commit_impl.
-    tb = error.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name in ("_commit_impl", "do_commit"):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def _translate_lost_commit(context: Any) -> BaseException | None:
     error = context.original_exception
-    if context.statement is not None or not _during_commit(error):
-        return None
     if never_sent(error):
         return None  # the COMMIT never left: the server rolls it back
     if not (context.is_disconnect or is_connection_error(error)):
@@ -285,25 +275,48 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
     return lost
 
 
-def install_writer_hooks(engine: AsyncEngine, *, reads: bool = False) -> None:
+def install_writer_hooks(engine: AsyncEngine, hooks: Hooks, *, reads: bool) -> None:
     """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``.
 
     With ``reads`` (the writer takes a share of replica reads in READ ONLY
     transactions), a write refused there becomes ``ReadOnlyViolation`` too.
     """
-    # handle_error is a dialect event: unlike connection events (begin,
-    # commit...), it does not put every statement on SQLAlchemy's slower
-    # event-dispatching path (benchmarks/ measures what it costs).
-    event.listen(engine.sync_engine, "handle_error", _translate_lost_commit)
-    event.listen(engine.sync_engine, "handle_error", _unsent_is_a_disconnect)
+    sync = engine.sync_engine
+    # A Connection is in here from its commit event (just before the DBAPI
+    # COMMIT) to its next begin or rollback: the failure that handle_error
+    # sees in between, without a statement, is the COMMIT's.
+    committing: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def commit_begins(connection: Connection) -> None:
+        committing.add(connection)
+
+    def commit_over(connection: Connection) -> None:
+        committing.discard(connection)
+
+    def lost_commit(context: Any) -> BaseException | None:
+        connection = context.connection
+        if context.statement is not None or connection not in committing:
+            return None
+        committing.discard(connection)
+        return _translate_lost_commit(context)
+
+    hooks.listen(sync, "commit", commit_begins)
+    hooks.listen(sync, "begin", commit_over)
+    hooks.listen(sync, "rollback", commit_over)
+    hooks.listen(sync, "handle_error", lost_commit)
+    hooks.listen(sync, "handle_error", lambda context: _unsent_is_a_disconnect(context))
     if reads:
-        event.listen(engine.sync_engine, "handle_error", _translate_read_only)
+        hooks.listen(
+            sync, "handle_error", lambda context: _translate_read_only(context)
+        )
 
 
 _CHECKED_IN = "routing_db.checked_in"
 
 
-def install_idle_ping(engine: AsyncEngine, *, idle_seconds: float) -> None:
+def install_idle_ping(
+    engine: AsyncEngine, hooks: Hooks, *, idle_seconds: float
+) -> None:
     """Check a pooled connection at checkout only when it may be dead.
 
     Free when the driver already knows its socket closed (a server restart);
@@ -331,5 +344,5 @@ def install_idle_ping(engine: AsyncEngine, *, idle_seconds: float) -> None:
         except Exception as exc:
             raise DisconnectionError("an idle pooled connection was dead") from exc
 
-    event.listen(sync, "checkin", checked_in)
-    event.listen(sync, "checkout", checked_out)
+    hooks.listen(sync, "checkin", checked_in)
+    hooks.listen(sync, "checkout", checked_out)

@@ -6,40 +6,16 @@ Pure bookkeeping: no I/O, the clock is passed in. The router asks
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
 from ._causal import reached
-from ._exceptions import ConfigurationError
+from ._options import HealthOptions
 
 __all__ = ["HealthOptions", "ReplicaState"]
 
 # A replica over a lag limit serves again only once it is back under this
 # fraction of the limit, so one that hovers at the limit does not flap.
 _READMIT_FRACTION = 0.5
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class HealthOptions:
-    """When a replica is ejected and how it comes back."""
-
-    eject_after: int = 1
-    eject_window: float = 10.0
-    probe_initial: float = 0.25
-    probe_max: float = 2.0
-    max_lag_bytes: int | None = None
-    max_lag_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.eject_after < 1:
-            raise ConfigurationError("eject_after must be at least 1")
-        for field in ("eject_window", "probe_initial", "probe_max"):
-            if getattr(self, field) <= 0:
-                raise ConfigurationError(f"{field} must be > 0")
-        for field in ("max_lag_bytes", "max_lag_seconds"):
-            value = getattr(self, field)
-            if value is not None and value < 0:
-                raise ConfigurationError(f"{field} must be >= 0 or None (off)")
 
 
 class ReplicaState:

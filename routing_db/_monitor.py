@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._engines import pool_capacity
 from ._positions import has_positions, replica_status, writer_position
-
-if TYPE_CHECKING:
-    from ._router import Router
+from ._topology import Topology
 
 __all__ = ["Monitor"]
 
@@ -35,11 +34,18 @@ async def _select_one(engine: AsyncEngine) -> None:
 class Monitor:
     """Polls every replica each ``interval`` seconds while it runs."""
 
-    def __init__(self, router: Router, *, interval: float) -> None:
-        self._router = router
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        interval: float,
+        after_round: Callable[[], None] | None = None,
+    ) -> None:
+        self._topology = topology
         self._interval = interval
+        self._after_round = after_round
         self._task: asyncio.Task[None] | None = None
-        self._positions = has_positions(router.writer.dialect.name)
+        self._positions = has_positions(topology.async_writer.dialect.name)
 
     @property
     def running(self) -> bool:
@@ -68,14 +74,16 @@ class Monitor:
         writer_lsn: int | None = None
         if self._positions:
             try:
-                writer_lsn = await self._bounded(writer_position(self._router.writer))
+                writer_lsn = await self._bounded(
+                    writer_position(self._topology.async_writer)
+                )
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("routing_db monitor: writer position unavailable: %r", exc)
         now = time.monotonic()
-        replicas = self._router._replica_set
+        replicas = self._topology.replica_set
         due = [
             replica
-            for replica in self._router.replicas
+            for replica in self._topology.async_replicas
             if not replicas.state(replica.sync_engine).ejected
             or now >= replicas.state(replica.sync_engine).probe_at
         ]
@@ -86,7 +94,7 @@ class Monitor:
         return await asyncio.wait_for(awaitable, timeout=max(2 * self._interval, 2.0))
 
     async def _poll(self, replica: AsyncEngine, writer_lsn: int | None) -> None:
-        router = self._router
+        replicas = self._topology.replica_set
         try:
             if self._positions:
                 replay, lag_bytes, lag_seconds = await self._bounded(
@@ -101,12 +109,12 @@ class Monitor:
                 # is busy, not that it is broken: no verdict this round.
                 logger.debug("routing_db monitor: %s pool is full", replica.url.host)
                 return
-            router._replica_set.failed(replica.sync_engine, exc)
+            replicas.failed(replica.sync_engine, exc)
             return
-        router._replica_set.succeeded(replica.sync_engine)
+        replicas.succeeded(replica.sync_engine)
         if replay is None:
             return
-        router._replica_set.record_lag(
+        replicas.record_lag(
             replica.sync_engine,
             replay_lsn=replay,
             lag_bytes=lag_bytes,
@@ -120,9 +128,8 @@ class Monitor:
         while asyncio.current_task() is self._task:
             try:
                 await self.poll_once()
-                detector = self._router._detector
-                if detector is not None:
-                    detector.scan()
+                if self._after_round is not None:
+                    self._after_round()
             except Exception:  # pragma: no cover - a bug must not end the loop
                 logger.exception("routing_db monitor: poll failed")
             await asyncio.sleep(self._interval)

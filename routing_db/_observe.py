@@ -1,10 +1,12 @@
 """What an engine's pool does: checkout waits, hold times, peaks, timeouts.
 
 Measured at the pool itself: ``Pool.connect`` (the one way SQLAlchemy obtains a
-connection, pre-ping included) is wrapped per pool instance to time the wait,
+connection, pre-ping included) is wrapped per pool instance (``_sa_compat``)
+to time the wait,
 and the pool's ``checkout``/``checkin`` events time how long each connection
 is held. Listeners (the load harness, metrics, the starvation detector)
-subscribe to one ``PoolObserver`` per engine.
+subscribe to one ``PoolObserver`` per engine; once the last one leaves, the
+observer takes its hooks off the engine.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._hooks import Hooks
+from ._sa_compat import unwrap_pool_connect, wrap_pool_connect
 
 __all__ = ["PoolListener", "PoolObserver", "observe"]
 
@@ -51,32 +55,50 @@ class PoolObserver:
         self._pool: Any = None
         self._attach()
         sync = engine.sync_engine
-        event.listen(sync, "checkout", self._checked_out)
-        event.listen(sync, "checkin", self._checked_in)
+        self._hooks = Hooks()
+        self._hooks.listen(sync, "checkout", self._checked_out)
+        self._hooks.listen(sync, "checkin", self._checked_in)
         # dispose() replaces the pool object: follow it.
-        event.listen(sync, "engine_disposed", lambda *_: self._attach())
+        self._hooks.listen(sync, "engine_disposed", self._disposed)
+
+    def subscribe(self, listener: PoolListener) -> None:
+        """Send what this observer measures to ``listener`` too."""
+        self.listeners.append(listener)
+
+    def unsubscribe(self, listener: PoolListener) -> None:
+        """Stop sending to ``listener``; the last one to go detaches the observer."""
+        self.listeners.remove(listener)
+        if not self.listeners:
+            self._hooks.remove()
+            if self._pool is not None:
+                unwrap_pool_connect(self._pool)
+            if _observers.get(self.engine.sync_engine) is self:
+                del _observers[self.engine.sync_engine]
+
+    def _disposed(self, connection: Any) -> None:
+        self._attach()
 
     def _attach(self) -> None:
         pool: Any = self.engine.sync_engine.pool
         if pool is self._pool:
             return
         self._pool = pool
-        connect = type(pool).connect.__get__(pool)
 
-        def timed_connect() -> Any:
-            start = time.perf_counter()
-            try:
-                connection = connect()
-            except sa_exc.TimeoutError:
-                self.timeouts += 1
-                self._waited(time.perf_counter() - start, timed_out=True)
-                raise
-            self._waited(time.perf_counter() - start, timed_out=False)
-            return connection
+        def timed(connect: Callable[[], Any]) -> Callable[[], Any]:
+            def timed_connect() -> Any:
+                start = time.perf_counter()
+                try:
+                    connection = connect()
+                except sa_exc.TimeoutError:
+                    self.timeouts += 1
+                    self._waited(time.perf_counter() - start, timed_out=True)
+                    raise
+                self._waited(time.perf_counter() - start, timed_out=False)
+                return connection
 
-        # Per instance, on purpose: engines made by the caller keep their own
-        # pool class; this only adds a clock around the public connect().
-        pool.connect = timed_connect
+            return timed_connect
+
+        wrap_pool_connect(pool, timed)
 
     def _waited(self, seconds: float, *, timed_out: bool) -> None:
         for listener in self.listeners:

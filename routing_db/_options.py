@@ -1,51 +1,122 @@
-"""The router's option names and their range checks (no engines, no I/O)."""
+"""The router's option groups and their range checks (no engines, no I/O).
+
+Each group is one frozen object, checked when it is made, as httpx has
+``Timeout`` and ``Limits``; ``Router`` also takes every field of a group by
+name, and a test ties those keyword defaults to the fields' defaults.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["ROUTER_OPTIONS", "check_router_options"]
+__all__ = [
+    "ConsistencyOptions",
+    "HealthOptions",
+    "ObservabilityOptions",
+    "check_balancing",
+    "options_group",
+]
 
-ROUTER_OPTIONS = frozenset(
-    {
-        "default_role",
-        "fallback_to_writer",
-        "require_standby",
-        "policy",
-        "weights",
-        "max_lag_bytes",
-        "max_lag_seconds",
-        "monitor_interval",
-        "eject_after",
-        "eject_window",
-        "max_writer_fallbacks",
-        "sticky_seconds",
-        "causal_wait_timeout",
-        "retry",
-        "ping_after_idle",
-        "slow_query_seconds",
-        "log_slow_parameters",
-        "hold_warning_seconds",
-        "checkout_wait_warning",
-        "writer_read_weight",
-    }
-)
+G = TypeVar("G")
 
 
-def check_router_options(
+def _seconds_or_none(owner: object, *fields: str) -> None:
+    for field in fields:
+        value = getattr(owner, field)
+        if value is not None and value < 0:
+            raise ConfigurationError(f"{field} must be >= 0 seconds or None (off)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HealthOptions:
+    """How replicas are checked, when one is ejected, and how it comes back."""
+
+    require_standby: bool = True
+    max_lag_bytes: int | None = None
+    max_lag_seconds: float | None = None
+    monitor_interval: float = 0.5
+    eject_after: int = 1
+    eject_window: float = 10.0
+    probe_initial: float = 0.25
+    probe_max: float = 2.0
+    ping_after_idle: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.eject_after < 1:
+            raise ConfigurationError("eject_after must be at least 1")
+        for field in ("monitor_interval", "eject_window", "probe_initial", "probe_max"):
+            if getattr(self, field) <= 0:
+                raise ConfigurationError(f"{field} must be > 0 seconds")
+        if self.max_lag_bytes is not None and self.max_lag_bytes < 0:
+            raise ConfigurationError("max_lag_bytes must be >= 0 or None (off)")
+        _seconds_or_none(self, "max_lag_seconds", "ping_after_idle")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsistencyOptions:
+    """How long reads stay on the writer after a write, and how long they wait."""
+
+    sticky_seconds: float = 2.0
+    causal_wait_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sticky_seconds < 0:
+            raise ConfigurationError("sticky_seconds must be >= 0")
+        _seconds_or_none(self, "causal_wait_timeout")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObservabilityOptions:
+    """The slow-query log and the starvation detector's thresholds."""
+
+    slow_query_seconds: float | None = None
+    log_slow_parameters: bool = False
+    hold_warning_seconds: float | None = None
+    checkout_wait_warning: float | None = None
+
+    def __post_init__(self) -> None:
+        _seconds_or_none(self, "slow_query_seconds", "hold_warning_seconds")
+        fraction = self.checkout_wait_warning
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ConfigurationError(
+                "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
+            )
+
+
+def options_group(cls: type[G], given: G | None, **by_name: Any) -> G:
+    """The group ``cls``: ``given``, or made from the keywords given by name.
+
+    A keyword that differs from its default while the group object is given
+    too is an error: one of the two would be silently ignored.
+    """
+    if given is None:
+        return cls(**by_name)
+    if not isinstance(given, cls):
+        raise ConfigurationError(
+            f"expected a {cls.__name__}, got {type(given).__name__}"
+        )
+    defaults = {field.name: field.default for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    both = sorted(name for name, value in by_name.items() if value != defaults[name])
+    if both:
+        raise ConfigurationError(
+            f"{', '.join(both)} given both by name and in {cls.__name__}: "
+            "give each option once"
+        )
+    return given
+
+
+def check_balancing(
     *,
     weights: Sequence[float] | None,
     replicas: int,
-    monitor_interval: float,
     max_writer_fallbacks: int | None,
-    sticky_seconds: float,
-    optional_seconds: Mapping[str, float | None],
-    checkout_wait_warning: float | None,
     writer_read_weight: float,
 ) -> None:
-    """Raise ``ConfigurationError`` for a router option out of range."""
+    """Raise ``ConfigurationError`` for a balancing option out of range."""
     if weights is not None and (
         len(weights) != replicas or any(w < 0 for w in weights)
     ):
@@ -53,18 +124,7 @@ def check_router_options(
             f"weights needs one number >= 0 per replica ({replicas}), "
             f"got {len(weights)}"
         )
-    if monitor_interval <= 0:
-        raise ConfigurationError("monitor_interval must be > 0 seconds")
     if max_writer_fallbacks is not None and max_writer_fallbacks < 0:
         raise ConfigurationError("max_writer_fallbacks must be >= 0 or None")
-    if sticky_seconds < 0:
-        raise ConfigurationError("sticky_seconds must be >= 0")
-    for field, value in optional_seconds.items():
-        if value is not None and value < 0:
-            raise ConfigurationError(f"{field} must be >= 0 seconds or None")
-    if checkout_wait_warning is not None and not 0 < checkout_wait_warning <= 1:
-        raise ConfigurationError(
-            "checkout_wait_warning is a fraction of pool_timeout in (0, 1]"
-        )
     if not 0 <= writer_read_weight < float("inf"):
         raise ConfigurationError("writer_read_weight must be a number >= 0")

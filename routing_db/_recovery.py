@@ -3,11 +3,12 @@
 The first statement of a transaction that could not get a connection, or lost
 its replica before returning anything, runs again elsewhere; a replica's
 read-only transaction never makes COMMIT, rollback or close fail. Private
-session internals touched here are wrapped in ``_connections``.
+session internals touched here are wrapped in ``_sa_compat``.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import weakref
@@ -19,17 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ._connections import (
-    checkout_failed,
-    close_quietly,
-    drop_if_dead,
-    forget,
-    held,
-    idle,
-    marked_for_rerun,
-    rewind_close,
-)
+from ._connections import checkout_failed, close_quietly, drop_if_dead
 from ._retry import is_connection_error, is_recovery_conflict, never_sent
+from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -40,8 +33,28 @@ logger = logging.getLogger("routing_db")
 T = TypeVar("T")
 
 
-def _now(error: BaseException) -> bool:
-    return bool(getattr(error, "_routing_db_now", False))
+class Rerun(enum.Enum):
+    """How a failed first statement may run again."""
+
+    AT_ONCE = "at once"  # elsewhere: another replica, or a fresh connection
+    AFTER_BACKOFF = "after backoff"  # the same server, which may be restarting
+
+
+class _Rerun(Exception):
+    """Raised inside the retry loop for a failure that may run again."""
+
+    def __init__(self, error: Exception, how: Rerun) -> None:
+        super().__init__(error)
+        self.error = error
+        self.at_once = how is Rerun.AT_ONCE
+
+
+def _is_rerun(error: BaseException) -> bool:
+    return isinstance(error, _Rerun)
+
+
+def _at_once(error: BaseException) -> bool:
+    return isinstance(error, _Rerun) and error.at_once
 
 
 class RoutedTransaction:
@@ -75,12 +88,12 @@ def first_statement(method: Callable[..., Any]) -> Any:
         # One frame on the hot path. "Fresh" (no connection in this root
         # transaction yet) is read before the call, since the failed call
         # itself may have begun a connection.
-        transaction = self._transaction
-        fresh = transaction is None or idle(transaction)
+        fresh = idle(innermost_transaction(self))
         try:
             return method(self, *args, **kw)
         except Exception as exc:
-            if not (fresh and self._routing_recover(exc)):
+            how = self._routing_recover(exc) if fresh else None
+            if how is None:
                 self._routing_unpin()
                 raise
         return self._routing_again(functools.partial(method, self), *args, **kw)
@@ -106,11 +119,11 @@ class RecoveringSession(Session):
         """The connection this root transaction holds for ``engine``, if any."""
         if engine is None:
             return None
-        return held(self._transaction, engine)
+        return held(innermost_transaction(self), engine)
 
     def _routing_writer_connection(self) -> Connection | None:
         router = self._routing_router
-        return None if router is None else self._routing_held(router._sync_writer)
+        return None if router is None else self._routing_held(router.topology.writer)
 
     def _routing_unpin(self) -> None:
         # A replica chosen by get_bind whose connection could not be had is
@@ -129,71 +142,72 @@ class RecoveringSession(Session):
         router = self._routing_router
         assert router is not None
         router.retry.call(
-            lambda: self._connection_for_bind(engine, None), retry_if=checkout_failed
+            lambda: Session.connection(self, bind_arguments={"bind": engine}),
+            retry_if=checkout_failed,
         )
 
-    def _routing_recover(self, error: BaseException) -> bool:
+    def _routing_recover(self, error: BaseException) -> Rerun | None:
         """After this transaction's first statement failed: may it run again?"""
         router = self._routing_router
         if router is None:
-            return False
+            return None
         if not self.is_active:
-            return False  # a failed flush: the session must be rolled back first
-        transaction = self._transaction
-        if transaction is None or idle(transaction):
+            return None  # a failed flush: the session must be rolled back first
+        if idle(innermost_transaction(self)):
             # No connection could be had, so nothing was sent: run it again,
             # on another replica if it was one (not waiting), else the writer.
             if not checkout_failed(error):
-                return False
+                return None
             # A full pool is busy, not broken: skip it, don't eject it.
-            self._routing_skip_target(
+            return self._routing_skip_target(
                 error, eject=not isinstance(error, sa_exc.TimeoutError)
             )
-            return True
         # The first statement failed on its replica because the connection was
         # lost or the standby cancelled it for a recovery conflict: no result
         # was returned and nothing was written, so it can run elsewhere.
         if isinstance(error, DBAPIError) and self._routing_rerunnable(error):
             self._routing_drop_replica(error)
-            error._routing_db_now = True  # type: ignore[attr-defined]
-            return True
+            return Rerun.AT_ONCE
         # The driver refused it before sending anything (its connection died
         # idle in the pool, unnoticed until now): on the writer too, nothing
         # of it reached the server, so it runs again on a new connection,
         # after the policy's backoff (the server may be restarting).
-        return never_sent(error) and self._routing_drop_unsent(error)
+        if never_sent(error):
+            return self._routing_drop_unsent(error)
+        return None
 
-    def _routing_drop_unsent(self, error: BaseException) -> bool:
+    def _routing_drop_unsent(self, error: BaseException) -> Rerun | None:
         router = self._routing_router
         assert router is not None
         tx = self._routing_tx
         target = None if tx is None else tx.target
-        engine = router._sync_writer if target is None else target
+        engine = router.topology.writer if target is None else target
         connection = self._routing_held(engine)
         if connection is None:
-            return False
-        self._routing_forget(connection)
+            return None
+        detach(self, connection)
         if not connection.invalidated:
             connection.invalidate(error if isinstance(error, Exception) else None)
         close_quietly(connection)
-        self._routing_skip_target(error, eject=True)
-        return True
+        return self._routing_skip_target(error, eject=True)
 
-    def _routing_skip_target(self, error: BaseException, *, eject: bool) -> None:
+    def _routing_skip_target(self, error: BaseException, *, eject: bool) -> Rerun:
         # If the statement was bound for a replica, the next attempt goes to
         # another one at once (no backoff); the writer is simply tried again.
         router = self._routing_router
         tx = self._routing_tx
         target = None if tx is None else tx.target
-        if router is None or tx is None or target not in router._replica_set:
-            return
-        assert target is not None
+        if router is None or tx is None or target is None:
+            return Rerun.AFTER_BACKOFF
+        replicas = router.topology.replica_set
+        if target not in replicas:
+            return Rerun.AFTER_BACKOFF
         if eject:
-            router._replica_set.failed(target, error)
+            replicas.failed(target, error)
         tx.excluded = tx.excluded | {target}
         if tx.replica is target:
             tx.replica = None
-        error._routing_db_now = True  # type: ignore[attr-defined]
+        return Rerun.AT_ONCE
 
     def _routing_again(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
         router = self._routing_router
@@ -203,22 +217,31 @@ class RecoveringSession(Session):
             try:
                 return method(*args, **kw)
             except Exception as exc:
-                if self._routing_recover(exc):
-                    exc._routing_db_rerun = True  # type: ignore[attr-defined]
-                raise
+                how = self._routing_recover(exc)
+                if how is None:
+                    raise
+                raise _Rerun(exc, how) from exc
 
         # Skipping a replica does not use up an attempt: every replica may be
         # tried, then the writer as the policy allows.
+        topology = router.topology
         retrying = router.retry.again(
-            marked_for_rerun, extra_attempts=len(router.replicas), no_wait_if=_now
+            _is_rerun, extra_attempts=len(router.replicas), no_wait_if=_at_once
         )
         try:
             result = retrying(attempt)
+        except _Rerun as gave_up:
+            error = gave_up.error
         except Exception:
-            router._listeners.emit("retried", "first_statement", "failed")
+            topology.listeners.emit("retried", "first_statement", "failed")
             raise
-        router._listeners.emit("retried", "first_statement", "succeeded")
-        return result
+        else:
+            topology.listeners.emit("retried", "first_statement", "succeeded")
+            return result
+        topology.listeners.emit("retried", "first_statement", "failed")
+        # Raised outside the except block: the user sees the driver's error
+        # and its own chain, not our marker.
+        raise error
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:
         tx = self._routing_tx
@@ -238,18 +261,13 @@ class RecoveringSession(Session):
         replica = tx.replica
         connection = self._routing_held(replica)
         assert connection is not None and replica is not None
-        self._routing_forget(connection)
+        detach(self, connection)
         tx.replica = None
         tx.excluded = tx.excluded | {replica}
-        if is_connection_error(error):
-            self._routing_router._replica_set.failed(replica, error)  # type: ignore[union-attr]
+        router = self._routing_router
+        if router is not None and is_connection_error(error):
+            router.topology.replica_set.failed(replica, error)
         close_quietly(connection)
-
-    def _routing_forget(self, connection: Connection) -> None:
-        transaction = self._transaction
-        while transaction is not None:
-            forget(transaction, connection)
-            transaction = transaction._parent
 
     def _routing_end_replica(self) -> None:
         # End the replica's read-only transaction now, before the rest: a
@@ -261,10 +279,10 @@ class RecoveringSession(Session):
         tx = self._routing_tx
         if tx is None or tx.replica is None:
             return
-        connection = held(self._transaction, tx.replica)
+        connection = self._routing_held(tx.replica)
         tx.replica = None
         if connection is not None:
-            self._routing_forget(connection)
+            detach(self, connection)
             close_quietly(connection)
 
     def rollback(self) -> None:
@@ -283,7 +301,7 @@ class RecoveringSession(Session):
         # The state is dropped here rather than in after_transaction_end: a
         # session closed before its transaction began gets no such event.
         self._routing_tx = None
-        transaction = self._transaction
+        transaction = innermost_transaction(self)
         try:
             super().close()
         except Exception:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._decision import DefaultRole, check_default_role
@@ -23,17 +24,24 @@ from ._engines import (
     pool_capacity,
     safe_url,
 )
-from ._events import Listeners, RoutingListener
+from ._events import RoutingListener
 from ._exceptions import ConfigurationError
-from ._health import HealthOptions
+from ._hooks import Hooks
 from ._monitor import Monitor
-from ._options import ROUTER_OPTIONS, check_router_options
+from ._options import (
+    ConsistencyOptions,
+    HealthOptions,
+    ObservabilityOptions,
+    check_balancing,
+    options_group,
+)
 from ._policies import BalancingPolicy, make_policy
 from ._positions import has_positions
 from ._replicas import ReplicaSet
 from ._retry import RetryPolicy
 from ._slowlog import install_slow_query_log
 from ._starvation import StarvationDetector
+from ._topology import Topology
 
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
@@ -94,24 +102,28 @@ class Router:
         replicas: Sequence[AsyncEngine] = (),
         default_role: DefaultRole = "writer",
         fallback_to_writer: bool = True,
-        require_standby: bool = True,
         policy: str | BalancingPolicy = "round_robin",
         weights: Sequence[float] | None = None,
+        max_writer_fallbacks: int | None = None,
+        writer_read_weight: float = 0.0,
+        retry: RetryPolicy | None = None,
+        health: HealthOptions | None = None,
+        consistency: ConsistencyOptions | None = None,
+        observability: ObservabilityOptions | None = None,
+        # Each field of the three groups may be given by name instead:
+        require_standby: bool = True,
         max_lag_bytes: int | None = None,
         max_lag_seconds: float | None = None,
         monitor_interval: float = 0.5,
         eject_after: int = 1,
         eject_window: float = 10.0,
-        max_writer_fallbacks: int | None = None,
+        ping_after_idle: float | None = None,
         sticky_seconds: float = 2.0,
         causal_wait_timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        ping_after_idle: float | None = None,
         slow_query_seconds: float | None = None,
         log_slow_parameters: bool = False,
         hold_warning_seconds: float | None = None,
         checkout_wait_warning: float | None = None,
-        writer_read_weight: float = 0.0,
     ) -> None:
         if writer is None:
             raise ConfigurationError("Router needs a writer engine")
@@ -127,96 +139,116 @@ class Router:
         if len({id(replica) for replica in replicas}) != len(replicas):
             raise ConfigurationError("the same replica engine is listed twice")
         check_default_role(default_role)
-        check_router_options(
+        check_balancing(
             weights=weights,
             replicas=len(replicas),
-            monitor_interval=monitor_interval,
             max_writer_fallbacks=max_writer_fallbacks,
-            sticky_seconds=sticky_seconds,
-            optional_seconds={
-                "causal_wait_timeout": causal_wait_timeout,
-                "ping_after_idle": ping_after_idle,
-                "slow_query_seconds": slow_query_seconds,
-                "hold_warning_seconds": hold_warning_seconds,
-            },
-            checkout_wait_warning=checkout_wait_warning,
             writer_read_weight=writer_read_weight,
         )
-        reader = _writer_reader(writer, writer_read_weight)
+        self.health = options_group(
+            HealthOptions,
+            health,
+            require_standby=require_standby,
+            max_lag_bytes=max_lag_bytes,
+            max_lag_seconds=max_lag_seconds,
+            monitor_interval=monitor_interval,
+            eject_after=eject_after,
+            eject_window=eject_window,
+            ping_after_idle=ping_after_idle,
+        )
+        self.consistency = options_group(
+            ConsistencyOptions,
+            consistency,
+            sticky_seconds=sticky_seconds,
+            causal_wait_timeout=causal_wait_timeout,
+        )
+        self.observability = options_group(
+            ObservabilityOptions,
+            observability,
+            slow_query_seconds=slow_query_seconds,
+            log_slow_parameters=log_slow_parameters,
+            hold_warning_seconds=hold_warning_seconds,
+            checkout_wait_warning=checkout_wait_warning,
+        )
         self.writer = writer
         self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
         self.default_role: DefaultRole = default_role
         self.fallback_to_writer = fallback_to_writer
         self.max_writer_fallbacks = max_writer_fallbacks
-        self.retry = retry or RetryPolicy()
-        health = HealthOptions(
-            eject_after=eject_after,
-            eject_window=eject_window,
-            max_lag_bytes=max_lag_bytes,
-            max_lag_seconds=max_lag_seconds,
-        )
-        self._names = self._engine_names()
-        for replica in self.replicas:
-            install_replica_setup(
-                replica, name=self._names[replica], require_standby=require_standby
-            )
-        install_writer_hooks(writer, reads=writer_read_weight > 0)
-        self.ping_after_idle = ping_after_idle
-        if ping_after_idle is not None:
-            for engine in (writer, *self.replicas):
-                install_idle_ping(engine, idle_seconds=ping_after_idle)
-        self._sync_writer: Engine = writer.sync_engine
-        self._sync_replicas: tuple[Engine, ...] = tuple(
-            replica.sync_engine for replica in self.replicas
-        )
-        self._async_by_sync: dict[Engine, AsyncEngine] = {
-            engine.sync_engine: engine for engine in (writer, *self.replicas)
-        }
         self.writer_read_weight = writer_read_weight
-        self._sync_writer_reader = reader.sync_engine if reader else None
-        if reader is not None:
-            self._async_by_sync[reader.sync_engine] = reader
-        self._replica_set = ReplicaSet(
-            self._sync_replicas,
-            writer_reader=self._sync_writer_reader,
+        self.retry = retry or RetryPolicy()
+        names = self._engine_names()
+        reader = _writer_reader(writer, writer_read_weight)
+        replica_set = ReplicaSet(
+            [replica.sync_engine for replica in self.replicas],
+            writer_reader=reader.sync_engine if reader else None,
             writer_weight=writer_read_weight,
-            writer_name=self._names[writer],
-            names=[self._names[replica] for replica in self.replicas],
+            writer_name=names[writer],
+            names=[names[replica] for replica in self.replicas],
             weights=weights or [1.0] * len(self.replicas),
             policy=make_policy(policy),
-            health=health,
+            health=self.health,
             positions=has_positions(writer.dialect.name)
             and all(has_positions(replica.dialect.name) for replica in self.replicas),
-            sticky_seconds=sticky_seconds,
-            causal_wait_timeout=causal_wait_timeout,
+            sticky_seconds=self.consistency.sticky_seconds,
+            causal_wait_timeout=self.consistency.causal_wait_timeout,
         )
-        self._listeners = Listeners()
-        self._replica_set.listeners = self._listeners
-        self._sync_names: dict[Engine, str] = {
-            engine.sync_engine: name for engine, name in self._names.items()
-        }
-        if self._sync_writer_reader is not None:
-            self._sync_names[self._sync_writer_reader] = self._names[writer]
-        self._fallbacks = 0  # transactions reading on the writer now
-        self.fallbacks_total = 0
-        self._monitor = Monitor(self, interval=monitor_interval)
-        if slow_query_seconds is not None:
-            for engine in (writer, *self.replicas):
-                install_slow_query_log(
-                    engine,
-                    name=self._names[engine],
-                    threshold=slow_query_seconds,
-                    log_parameters=log_slow_parameters,
-                )
+        self.topology = Topology(
+            writer=writer,
+            replicas=self.replicas,
+            names=names,
+            writer_reader=reader,
+            replica_set=replica_set,
+            max_writer_fallbacks=max_writer_fallbacks,
+        )
+        self._hooks = Hooks()
+        self._install_hooks()
+        watch = self.observability
         self._detector = (
             StarvationDetector(
-                self,
-                hold_warning_seconds=hold_warning_seconds,
-                wait_warning_fraction=checkout_wait_warning,
+                self.topology,
+                hold_warning_seconds=watch.hold_warning_seconds,
+                wait_warning_fraction=watch.checkout_wait_warning,
             )
-            if hold_warning_seconds is not None or checkout_wait_warning is not None
+            if watch.hold_warning_seconds is not None
+            or watch.checkout_wait_warning is not None
             else None
         )
+        self._monitor = Monitor(
+            self.topology,
+            interval=self.health.monitor_interval,
+            after_round=self._detector.scan if self._detector is not None else None,
+        )
+
+    def _install_hooks(self) -> None:
+        hooks, health, watch = self._hooks, self.health, self.observability
+        for name, replica in self.topology.engines():
+            if replica is not self.writer:
+                install_replica_setup(
+                    replica, hooks, name=name, require_standby=health.require_standby
+                )
+        install_writer_hooks(self.writer, hooks, reads=self.writer_read_weight > 0)
+        for name, engine in self.topology.engines():
+            if health.ping_after_idle is not None:
+                install_idle_ping(engine, hooks, idle_seconds=health.ping_after_idle)
+            if watch.slow_query_seconds is not None:
+                install_slow_query_log(
+                    engine,
+                    hooks,
+                    name=name,
+                    threshold=watch.slow_query_seconds,
+                    log_parameters=watch.log_slow_parameters,
+                )
+
+    @property
+    def ping_after_idle(self) -> float | None:
+        """Seconds idle after which a pooled connection is pinged at checkout."""
+        return self.health.ping_after_idle
+
+    @property
+    def fallbacks_total(self) -> int:
+        """Reads served by the writer for want of a replica, since creation."""
+        return self.topology.fallbacks_total
 
     def _engine_names(self) -> dict[AsyncEngine, str]:
         given = [e.sync_engine.logging_name for e in (self.writer, *self.replicas)]
@@ -314,24 +346,18 @@ class Router:
 
     def add_listener(self, listener: RoutingListener) -> None:
         """Report routing events (statements routed, ejections...) to ``listener``."""
-        self._listeners.append(listener)
+        self.topology.listeners.append(listener)
 
     def remove_listener(self, listener: RoutingListener) -> None:
         """Stop reporting to ``listener``."""
-        self._listeners.remove(listener)
-
-    def _fallback_ended(self) -> None:
-        self._fallbacks -= 1  # its max_writer_fallbacks slot is free again
-
-    def _to_async(self, engine: Engine) -> AsyncEngine | None:
-        return self._async_by_sync.get(engine)
+        self.topology.listeners.remove(listener)
 
     def status(self) -> list[dict[str, Any]]:
         """Per engine: name, role, health, lag and pool stats; JSON-safe, no secrets."""
         now = time.monotonic()
         rows: list[dict[str, Any]] = [
             {
-                "name": self._names[self.writer],
+                "name": self.topology.name(self.writer),
                 "role": "writer",
                 "url": safe_url(self.writer.url),
                 "healthy": None,  # the writer is never ejected
@@ -341,10 +367,10 @@ class Router:
             }
         ]
         for replica in self.replicas:
-            state = self._replica_set.state(replica.sync_engine)
+            state = self.topology.replica_set.state(replica.sync_engine)
             rows.append(
                 {
-                    "name": self._names[replica],
+                    "name": self.topology.name(replica),
                     "role": "replica",
                     "url": safe_url(replica.url),
                     "healthy": not state.ejected,
@@ -366,16 +392,25 @@ class Router:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
 
+    async def poll(self) -> None:
+        """Check every replica's health and lag now, as the monitor does each round."""
+        await self._monitor.poll_once()
+
     async def stop(self) -> None:
         """Stop the monitor; the engines stay usable."""
         await self._monitor.stop()
 
     async def dispose(self) -> None:
-        """Stop the monitor and close every pool of every engine."""
+        """Stop the monitor, close every pool, remove the hooks this router added."""
         await self.stop()
-        await asyncio.gather(
-            *(engine.dispose() for engine in (self.writer, *self.replicas))
-        )
+        if self._detector is not None:
+            self._detector.close()
+        try:
+            await asyncio.gather(
+                *(engine.dispose() for engine in (self.writer, *self.replicas))
+            )
+        finally:
+            self._hooks.remove()
 
     async def __aenter__(self) -> Router:
         await self.start()
@@ -394,3 +429,11 @@ class Router:
         return f"Router(writer={safe_url(self.writer.url)!r}, replicas=[{replicas}])"
 
     __str__ = __repr__
+
+
+# Everything Router() takes besides its engines, read from its signature.
+ROUTER_OPTIONS = frozenset(
+    name
+    for name, parameter in inspect.signature(Router.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+) - {"writer", "replicas"}

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._causal import FLOOR, record_write
@@ -28,7 +29,7 @@ from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolati
 from ._positions import writer_position_after_commit
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
 from ._replicas import Pick
-from ._router import Router
+from ._topology import Topology
 
 __all__ = ["RoutingSyncSession"]
 
@@ -60,6 +61,7 @@ class RoutingSyncSession(RecoveringSession):
     _routing_auto = False  # default_role "auto": reads go to replicas
     # Without binds=, Session.get_bind resolves to self.bind: skip the call.
     _routing_one_bind = True
+    _routing_flushing = False  # inside flush(): every statement writes
 
     def get_bind(
         self,
@@ -73,7 +75,8 @@ class RoutingSyncSession(RecoveringSession):
         router = self._routing_router
         if router is None:
             return super().get_bind(mapper, clause=clause, bind=bind, **kw)
-        writer = router._sync_writer
+        topology = router.topology
+        writer = topology.writer
         if not (bind is None and self._routing_one_bind and self.bind is writer):
             # An explicit bind, and binds= entries for other databases, are
             # honoured as they are: only work that would run on the router's
@@ -81,13 +84,16 @@ class RoutingSyncSession(RecoveringSession):
             resolved = super().get_bind(mapper, clause=clause, bind=bind, **kw)
             if bind is not None or resolved is not writer:
                 return resolved
-        options = getattr(clause, "_execution_options", None)
-        option = options.get(_ROLE_OPTION) if options else None
-        return self._routing_route(router, writer, clause, option, SCOPE.get()[0])
+        option = (
+            clause.get_execution_options().get(_ROLE_OPTION)
+            if isinstance(clause, Executable)
+            else None
+        )
+        return self._routing_route(topology, writer, clause, option, SCOPE.get()[0])
 
     def _routing_route(
         self,
-        router: Router,
+        topology: Topology,
         writer: Engine,
         clause: ClauseElement | None,
         option: Any,
@@ -98,7 +104,7 @@ class RoutingSyncSession(RecoveringSession):
                 f"execution option {_ROLE_OPTION} must be 'writer' or 'replica', "
                 f"got {option!r}"
             )
-        kind = classify(clause, flushing=self._flushing)
+        kind = classify(clause, flushing=self._routing_flushing)
         tx = self._routing_tx
         route, reason = decide_why(
             kind,
@@ -112,21 +118,22 @@ class RoutingSyncSession(RecoveringSession):
                 self._routing_state().wrote = True
             if tx is not None:
                 tx.target = None
-            if self._flushing and self._routing_writer_connection() is None:
+            if self._routing_flushing and self._routing_writer_connection() is None:
                 # commit() flushes outside execute(): open (and retry) here.
                 self._routing_open(writer)
-            if router._listeners:
-                router._listeners.emit(
-                    "routed", router._sync_names[writer], "writer", reason
+            if topology.listeners:
+                topology.listeners.emit(
+                    "routed", topology.name(writer), "writer", reason
                 )
             return writer
         if route is _REFUSE:
             raise ReadOnlyViolation(
-                f"{_describe(clause, self._flushing)} is a write inside read_only; "
+                f"{_describe(clause, self._routing_flushing)} is a write inside "
+                "read_only; "
                 "nothing was sent (use use_writer for work that writes)"
             )
-        engine = self._routing_replica_for(router, writer, tx)
-        if router._listeners:
+        engine = self._routing_replica_for(topology, writer, tx)
+        if topology.listeners:
             if engine is writer:
                 tx = self._routing_tx
                 reason = (
@@ -134,23 +141,22 @@ class RoutingSyncSession(RecoveringSession):
                     if tx is not None and tx.fallback is not None
                     else "causal"
                 )
-            on_writer = engine is writer or engine is router._sync_writer_reader
-            router._listeners.emit(
+            topology.listeners.emit(
                 "routed",
-                router._sync_names[engine],
-                "writer" if on_writer else "replica",
+                topology.name(engine),
+                "writer" if topology.is_writer(engine) else "replica",
                 reason,
             )
         return engine
 
     def _routing_replica_for(
-        self, router: Router, writer: Engine, tx: RoutedTransaction | None
+        self, topology: Topology, writer: Engine, tx: RoutedTransaction | None
     ) -> Engine:
         # One replica per transaction: chosen by its first read and kept.
         if tx is not None and tx.replica is not None:
             tx.target = tx.replica
             return tx.replica
-        replicas = router._replica_set
+        replicas = topology.replica_set
         quick = replicas.quick
         if (
             quick is not None
@@ -159,7 +165,7 @@ class RoutingSyncSession(RecoveringSession):
         ):
             engine = quick()  # every replica well, nothing to read back
         else:
-            engine = self._routing_pick_replica(router, writer, tx)
+            engine = self._routing_pick_replica(topology, writer, tx)
             if engine is writer:
                 if tx is not None:
                     tx.target = None
@@ -170,7 +176,7 @@ class RoutingSyncSession(RecoveringSession):
                 # the statement elsewhere (see _recovery).
                 state = self._routing_state()
                 state.replica = state.target = engine
-                self._connection_for_bind(engine, None)
+                Session.connection(self, bind_arguments={"bind": engine})
                 replicas.succeeded(engine)
                 return engine
         if tx is None:
@@ -179,33 +185,32 @@ class RoutingSyncSession(RecoveringSession):
         return engine
 
     def _routing_pick_replica(
-        self, router: Router, writer: Engine, tx: RoutedTransaction | None
+        self, topology: Topology, writer: Engine, tx: RoutedTransaction | None
     ) -> Engine:
         excluded = frozenset() if tx is None else tx.excluded
-        pick, replica = router._replica_set.pick(FLOOR.get(), excluded)
+        pick, replica = topology.replica_set.pick(FLOOR.get(), excluded)
         if replica is not None:
             return replica
         if pick is Pick.CAUSAL:
             return writer  # read-your-writes: no replica has replayed them yet
-        return self._routing_fall_back(router, writer)
+        return self._routing_fall_back(topology, writer)
 
-    def _routing_fall_back(self, router: Router, writer: Engine) -> Engine:
+    def _routing_fall_back(self, topology: Topology, writer: Engine) -> Engine:
+        router = self._routing_router
+        assert router is not None
         if not router.fallback_to_writer:
             raise NoReplicaAvailable(
                 "no replica is available for a read and fallback_to_writer is off"
             )
         tx = self._routing_state()
         if tx.fallback is None:
-            cap = router.max_writer_fallbacks
-            if cap is not None and router._fallbacks >= cap:
+            if not topology.acquire_fallback():
                 raise NoReplicaAvailable(
-                    f"no replica is available and {cap} reads already fall back "
-                    "to the writer (max_writer_fallbacks)"
+                    f"no replica is available and {router.max_writer_fallbacks} "
+                    "reads already fall back to the writer (max_writer_fallbacks)"
                 )
-            router._fallbacks += 1
-            router.fallbacks_total += 1
-            tx.fallback = weakref.finalize(tx, router._fallback_ended)
-            router._listeners.emit("fell_back", router._sync_names[writer])
+            tx.fallback = weakref.finalize(tx, topology.release_fallback)
+            topology.listeners.emit("fell_back", topology.name(writer))
             logger.info("routing_db: no replica available, read served by the writer")
         return writer
 
@@ -228,15 +233,21 @@ class RoutingSyncSession(RecoveringSession):
         connection: Connection = self._routing_connection(
             bind_arguments, execution_options
         )
-        if connection.engine is router._sync_writer:
+        if connection.engine is router.topology.writer:
             # Whatever runs on a raw writer connection is invisible to routing:
             # assume it wrote, so later reads in this transaction see it.
             self._routing_state().wrote = True
         return connection
 
+    def flush(self, objects: Any = None) -> None:
+        """As ``Session.flush``; routing sends what it writes to the writer."""
+        flushing, self._routing_flushing = self._routing_flushing, True
+        try:
+            super().flush(objects)
+        finally:
+            self._routing_flushing = flushing
+
     def _has_changes(self) -> bool:
-        if self._is_clean():
-            return False
         return bool(
             self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty)
         )

@@ -10,8 +10,8 @@ from sqlalchemy.engine import make_url
 
 from ._engines import check_url
 from ._exceptions import ConfigurationError
-from ._options import ROUTER_OPTIONS
 from ._retry import RetryPolicy
+from ._router import ROUTER_OPTIONS
 
 __all__ = ["POOL_FIELDS", "RoutingSettings"]
 
@@ -32,7 +32,12 @@ _SESSION_SETTINGS = {
 }
 
 # The router's own options that map one to one onto settings fields.
-_ROUTER_FIELDS = tuple(sorted(ROUTER_OPTIONS - {"weights", "retry"}))
+# Settings are flat: the option groups' fields are settings of their own.
+_ROUTER_FIELDS = tuple(
+    sorted(
+        ROUTER_OPTIONS - {"weights", "retry", "health", "consistency", "observability"}
+    )
+)
 
 PoolCount = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]

@@ -11,30 +11,38 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._hooks import Hooks
 
 __all__ = ["install_slow_query_log"]
 
 logger = logging.getLogger("routing_db.slow")
 
 _MAX_SQL = 500
-_START = "_routing_db_started"
+_START = "routing_db.statement_started"
 
 
 def install_slow_query_log(
-    engine: AsyncEngine, *, name: str, threshold: float, log_parameters: bool = False
+    engine: AsyncEngine,
+    hooks: Hooks,
+    *,
+    name: str,
+    threshold: float,
+    log_parameters: bool = False,
 ) -> None:
     """Log statements on ``engine`` that take at least ``threshold`` seconds."""
     sync = engine.sync_engine
 
     def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
                executemany: bool) -> None:  # fmt: skip
-        setattr(context, _START, time.perf_counter())
+        # One statement at a time runs on a connection: its info holds the
+        # start of the current one (SQLAlchemy's documented timing recipe).
+        conn.info[_START] = time.perf_counter()
 
     def after(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
               executemany: bool) -> None:  # fmt: skip
-        started = getattr(context, _START, None)
+        started = conn.info.pop(_START, None)
         if started is None:
             return
         seconds = time.perf_counter() - started
@@ -56,5 +64,5 @@ def install_slow_query_log(
                 name, seconds, sql, extra={"routing_db": extra},
             )  # fmt: skip
 
-    event.listen(sync, "before_cursor_execute", before)
-    event.listen(sync, "after_cursor_execute", after)
+    hooks.listen(sync, "before_cursor_execute", before)
+    hooks.listen(sync, "after_cursor_execute", after)

@@ -9,13 +9,10 @@ checked such a connection out, while it is still held (the monitor scans every
 from __future__ import annotations
 
 import logging
-import sys
-from typing import TYPE_CHECKING, Any
 
 from ._observe import PoolObserver, observe
-
-if TYPE_CHECKING:
-    from ._router import Router
+from ._sa_compat import caller_frames
+from ._topology import Topology
 
 __all__ = ["StarvationDetector", "locate_caller"]
 
@@ -35,25 +32,12 @@ _PLUMBING = (
 
 def locate_caller() -> str | None:
     """``file:line in function`` of the first frame outside SQLAlchemy and us."""
-    frame: Any = sys._getframe(1)
-    try:
-        import greenlet
-
-        parent = greenlet.getcurrent().parent
-    except ImportError:  # pragma: no cover - SQLAlchemy asyncio needs greenlet
-        parent = None
-    while True:
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            generated = filename.startswith("<")  # SQLAlchemy's generated wrappers
-            if not generated and not any(part in filename for part in _PLUMBING):
-                return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-            frame = frame.f_back
-        # The application's coroutine frames are on the greenlet that
-        # started SQLAlchemy's (the event loop's), not on this one.
-        if parent is None or parent.gr_frame is None:
-            return None
-        frame, parent = parent.gr_frame, parent.parent
+    for frame in caller_frames():
+        filename = frame.f_code.co_filename
+        generated = filename.startswith("<")  # SQLAlchemy's generated wrappers
+        if not generated and not any(part in filename for part in _PLUMBING):
+            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    return None
 
 
 class StarvationDetector:
@@ -61,23 +45,22 @@ class StarvationDetector:
 
     def __init__(
         self,
-        router: Router,
+        topology: Topology,
         *,
         hold_warning_seconds: float | None,
         wait_warning_fraction: float | None,
     ) -> None:
-        self._router = router
+        self._listeners = topology.listeners
         self.hold_warning_seconds = hold_warning_seconds
         self.wait_warning_fraction = wait_warning_fraction
         self._warned: set[tuple[str, int]] = set()
         self.observers: list[PoolObserver] = []
         self._timeouts: dict[str, float] = {}
-        for engine in (router.writer, *router.replicas):
-            name = router._names[engine]
+        for name, engine in topology.engines():
             observer = observe(engine, name)
             if hold_warning_seconds is not None:
                 observer.locate = locate_caller
-            observer.listeners.append(self)
+            observer.subscribe(self)
             self.observers.append(observer)
             timeout = getattr(engine.sync_engine.pool, "timeout", None)
             self._timeouts[name] = float(timeout()) if callable(timeout) else 30.0
@@ -95,7 +78,7 @@ class StarvationDetector:
             self._timeouts[name],
             " and timed out" if timed_out else "",
         )
-        self._router._listeners.emit("starved", name, "checkout_wait")
+        self._listeners.emit("starved", name, "checkout_wait")
 
     def held(self, name: str, seconds: float, where: str | None) -> None:
         """Warn when a connection comes back after more than the threshold."""
@@ -130,10 +113,10 @@ class StarvationDetector:
             self.hold_warning_seconds,
             where or "an unknown place",
         )
-        self._router._listeners.emit("starved", name, "hold")
+        self._listeners.emit("starved", name, "hold")
 
     def close(self) -> None:
         """Stop listening."""
         for observer in self.observers:
-            observer.listeners.remove(self)
+            observer.unsubscribe(self)
             observer.locate = None

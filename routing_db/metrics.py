@@ -150,11 +150,10 @@ class RouterMetrics:
         self._status = _StatusCollector(router, ns)
         registry.register(self._status)
         self._observers = [
-            observe(engine, router._names[engine])
-            for engine in (router.writer, *router.replicas)
+            observe(engine, name) for name, engine in router.topology.engines()
         ]
         for observer in self._observers:
-            observer.listeners.append(self)
+            observer.subscribe(self)
         router.add_listener(self)
 
     # routing events
@@ -200,7 +199,7 @@ class RouterMetrics:
         self._unregistered = True
         self._router.remove_listener(self)
         for observer in self._observers:
-            observer.listeners.remove(self)
+            observer.unsubscribe(self)
         for collector in (
             self.statements,
             self.fallbacks,

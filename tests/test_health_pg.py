@@ -77,7 +77,7 @@ async def test_status_after_start_shows_health_and_lag(
         "replicas caught up",
     )
     for _ in range(3):
-        await monitored._monitor.poll_once()
+        await monitored.poll()
         for row in monitored.status()[1:]:
             assert row["healthy"] is True
             assert row["eligible"] is True
@@ -194,19 +194,19 @@ async def test_writer_fallbacks_are_capped(
         # Ending those transactions gives the slots back.
         async with Session() as four, read_only:
             assert (await where(four))[1] is False
-        assert router._fallbacks == 0
+        assert router.topology.fallbacks == 0
         # So does a session dropped without close(), once it is collected.
         dropped = Session()
         async with read_only:
             assert (await where(dropped))[1] is False
-        assert router._fallbacks == 1
+        assert router.topology.fallbacks == 1
         with warnings.catch_warnings():
             # SQLAlchemy warns that the dropped session's connection was
             # garbage collected: that is the point here.
             warnings.simplefilter("ignore")
             del dropped
             gc.collect()
-        assert router._fallbacks == 0
+        assert router.topology.fallbacks == 0
     finally:
         await router.dispose()
 
@@ -256,7 +256,7 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(
                         "FROM generate_series(1, 500)"
                     )
                 )
-            await router._monitor.poll_once()
+            await router.poll()
         assert replica_state(router, 0)["lag_bytes"] > 256 * 1024
         served, failed = await reads(Session, 30)
         assert failed == 0
@@ -285,7 +285,7 @@ async def test_a_full_pool_is_skipped_not_ejected(cluster: PostgresCluster) -> N
             served, failed = await reads(Session, 4)
             assert failed == 0
             assert set(served) == {(cluster.replicas[1].port, True)}
-            await router._monitor.poll_once()
+            await router.poll()
             assert replica_state(router, 0)["ejected"] is False
         served, _ = await reads(Session, 4)
         assert (cluster.replicas[0].port, True) in served

@@ -92,7 +92,7 @@ async def test_statements_waits_holds_and_gauges(
 
     await router.start()
     await cluster.await_replicated()
-    await router._monitor.poll_once()
+    await router.poll()
     for row in router.status()[1:]:
         assert value(registry, "routing_db_replica_eligible", engine=row["name"]) == 1
         assert value(registry, "routing_db_replica_lag_bytes", engine=row["name"]) == 0

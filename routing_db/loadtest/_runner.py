@@ -58,10 +58,10 @@ def engines_of(factory: async_sessionmaker[Any]) -> dict[str, tuple[str, AsyncEn
     """The engines behind a session factory: name -> (role, engine)."""
     router = factory.kw.get("router")
     if router is not None:
-        found = {router._names[router.writer]: ("writer", router.writer)}
-        for replica in router.replicas:
-            found[router._names[replica]] = ("replica", replica)
-        return found
+        return {
+            name: ("writer" if engine is router.writer else "replica", engine)
+            for name, engine in router.topology.engines()
+        }
     bind = factory.kw.get("bind")
     if isinstance(bind, AsyncEngine):
         return {engine_name(bind): ("writer", bind)}
@@ -140,7 +140,7 @@ async def measure(
     recorder = _Recorder()
     for observer in observers.values():
         observer.reset_peaks()
-        observer.listeners.append(recorder)
+        observer.subscribe(recorder)
 
     latencies: list[float] = []
     waits: list[float] = []
@@ -190,7 +190,7 @@ async def measure(
         if ticker is not None:
             ticker.cancel()
         for observer in observers.values():
-            observer.listeners.remove(recorder)
+            observer.unsubscribe(recorder)
     return Samples(
         profile=name,
         concurrency=concurrency,

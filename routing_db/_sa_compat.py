@@ -1,0 +1,189 @@
+"""Every private attribute of SQLAlchemy, greenlet and the drivers that we use.
+
+Nothing else in routing_db reaches past a public API. ``INTERNALS`` lists each
+access with the reason it is needed; ``tests/test_sa_compat.py`` probes the
+shape of every one on the installed versions (CI runs SQLAlchemy 2.0 and 2.1),
+so an upgrade that changes one fails there, by name, and the docs' list is
+generated from ``INTERNALS``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.sql.selectable import GenerativeSelect, Select
+
+__all__ = [
+    "INTERNALS",
+    "asyncpg_socket",
+    "caller_frames",
+    "detach",
+    "for_update",
+    "held",
+    "idle",
+    "innermost_transaction",
+    "max_overflow",
+    "rewind_close",
+    "select_list",
+    "unwrap_pool_connect",
+    "wrap_pool_connect",
+]
+
+INTERNALS: Mapping[str, str] = {
+    "SessionTransaction._connections": (
+        "the connections a session's transaction holds: which replica and "
+        "writer connections it has, and whether a statement is its first; "
+        "one replica connection is detached from it when its read-only "
+        "transaction ends before the writer's COMMIT, or failed on the first "
+        "statement and is replaced (Session has no public way to let go of "
+        "one connection)"
+    ),
+    "SessionTransaction._parent": (
+        "walked with _connections, from a subtransaction to its root"
+    ),
+    "Session._transaction": (
+        "read to find the innermost transaction; written once, after close() "
+        "stopped part way at a dead replica, so that closing again finishes"
+    ),
+    "SessionTransaction._transaction_is_closed()": (
+        "which transactions close() already closed before it stopped"
+    ),
+    "GenerativeSelect._for_update_arg": (
+        "FOR UPDATE/SHARE sends a SELECT to the writer (a standby refuses it)"
+    ),
+    "Select._raw_columns": (
+        "the select list, searched for nextval() and lock functions"
+    ),
+    "QueuePool._max_overflow": (
+        "a pool's capacity (pool_size + max_overflow) in status() and metrics, "
+        "and whether the monitor's check waits only for a full pool"
+    ),
+    "Pool.connect, replaced per pool instance": (
+        "a clock around checkout, for waits and timeouts (no pool event "
+        "fires before a checkout waits)"
+    ),
+    "greenlet.gr_frame and sys._getframe": (
+        "the application's frame that checked a connection out: it is on "
+        "the greenlet that started SQLAlchemy's, not on SQLAlchemy's own"
+    ),
+    "asyncpg Connection._transport": (
+        "the socket of an idle pooled connection, checked for the server's "
+        "goodbye that asyncpg has not acted on yet"
+    ),
+}
+
+
+# -- a session's transactions and connections ------------------------------
+
+
+def innermost_transaction(session: Session) -> SessionTransaction | None:
+    """The session's current transaction, a subtransaction or savepoint too."""
+    return session._transaction
+
+
+def _root(transaction: SessionTransaction) -> SessionTransaction:
+    while transaction._parent is not None:
+        transaction = transaction._parent
+    return transaction
+
+
+def held(transaction: SessionTransaction | None, bind: Any) -> Connection | None:
+    """The connection ``transaction``'s root transaction holds for ``bind``."""
+    if transaction is None or bind is None:
+        return None
+    entry = _root(transaction)._connections.get(bind)
+    return entry[0] if entry else None
+
+
+def idle(transaction: SessionTransaction | None) -> bool:
+    """Has no connection begun in ``transaction``'s root transaction yet?"""
+    return transaction is None or not _root(transaction)._connections
+
+
+def detach(session: Session, connection: Connection) -> None:
+    """Detach ``connection`` from every transaction of the session, as if it
+    had never been opened there (it stays open: the caller closes it)."""
+    transaction = session._transaction
+    while transaction is not None:
+        transaction._connections.pop(connection, None)
+        transaction._connections.pop(connection.engine, None)
+        transaction = transaction._parent
+
+
+def rewind_close(session: Session, transaction: SessionTransaction | None) -> None:
+    """After ``session.close()`` stopped part way through ``transaction`` and
+    its parents, point the session back at the innermost one left unclosed,
+    so that closing again finishes the rest."""
+    while transaction is not None and transaction._transaction_is_closed():
+        transaction = transaction._parent
+    session._transaction = transaction
+
+
+# -- statements --------------------------------------------------------------
+
+
+def for_update(select: GenerativeSelect) -> bool:
+    """Does ``select`` lock rows (FOR UPDATE / FOR SHARE)?"""
+    return select._for_update_arg is not None
+
+
+def select_list(select: Select[Any]) -> Any:
+    """The column expressions ``select`` was made with, as given."""
+    return select._raw_columns
+
+
+# -- pools -------------------------------------------------------------------
+
+
+def max_overflow(pool: Any) -> int:
+    """A queue pool's ``max_overflow`` (0 for pools without one)."""
+    return int(getattr(pool, "_max_overflow", 0))
+
+
+def wrap_pool_connect(pool: Any, wrap: Callable[[Callable[[], Any]], Any]) -> None:
+    """Replace ``pool.connect`` on this instance only by ``wrap(connect)``."""
+    # Per instance, on purpose: engines made by the caller keep their own
+    # pool class; the wrapper only adds a clock around connect().
+    pool.connect = wrap(type(pool).connect.__get__(pool))
+
+
+def unwrap_pool_connect(pool: Any) -> None:
+    """Undo ``wrap_pool_connect``: the pool's class's ``connect`` again."""
+    pool.__dict__.pop("connect", None)
+
+
+# -- frames and sockets ------------------------------------------------------
+
+
+def caller_frames() -> Iterator[FrameType]:
+    """The frames below the caller, then those of each parent greenlet."""
+    frame: FrameType | None = sys._getframe(2)
+    try:
+        import greenlet
+
+        parent = greenlet.getcurrent().parent
+    except ImportError:  # pragma: no cover - SQLAlchemy asyncio needs greenlet
+        parent = None
+    while True:
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+        # The application's coroutine frames are on the greenlet that
+        # started SQLAlchemy's (the event loop's), not on this one.
+        if parent is None or parent.gr_frame is None:
+            return
+        frame, parent = parent.gr_frame, parent.parent
+
+
+def asyncpg_socket(driver_connection: Any) -> int | None:
+    """The file descriptor of an asyncpg connection's socket, if it has one."""
+    transport = getattr(driver_connection, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return None
+    return int(sock.fileno())

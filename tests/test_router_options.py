@@ -1,0 +1,158 @@
+"""Router options: the groups, the keywords that mirror them, and the hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from routing_db import (
+    ConfigurationError,
+    ConsistencyOptions,
+    HealthOptions,
+    ObservabilityOptions,
+    Router,
+)
+from routing_db._router import ROUTER_OPTIONS
+
+GROUPS = {
+    "health": HealthOptions,
+    "consistency": ConsistencyOptions,
+    "observability": ObservabilityOptions,
+}
+
+
+def _keywords() -> dict[str, inspect.Parameter]:
+    parameters = inspect.signature(Router.__init__).parameters
+    return {name: p for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def test_the_option_list_is_the_signature() -> None:
+    assert set(_keywords()) - {"writer", "replicas"} == ROUTER_OPTIONS
+    assert set(GROUPS) <= ROUTER_OPTIONS
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_each_keyword_of_a_group_has_the_fields_default(group: str) -> None:
+    keywords = _keywords()
+    mirrored = [f for f in dataclasses.fields(GROUPS[group]) if f.name in keywords]
+    assert mirrored, group
+    for field in mirrored:
+        assert keywords[field.name].default == field.default, field.name
+
+
+def test_the_keywords_belong_to_one_group_each() -> None:
+    fields = [f.name for cls in GROUPS.values() for f in dataclasses.fields(cls)]
+    assert len(fields) == len(set(fields))
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> tuple[AsyncEngine, AsyncEngine]:
+    return (
+        create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"),
+        create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"),
+    )
+
+
+async def test_a_group_or_its_keywords_configure_the_same_router(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    writer, replica = engines
+    grouped = Router(
+        writer=writer,
+        replicas=[replica],
+        health=HealthOptions(eject_after=3, monitor_interval=0.1),
+        consistency=ConsistencyOptions(sticky_seconds=0),
+    )
+    named = Router(
+        writer=writer,
+        replicas=[replica],
+        eject_after=3,
+        monitor_interval=0.1,
+        sticky_seconds=0,
+    )
+    assert grouped.health == named.health
+    assert (
+        grouped.consistency == named.consistency == ConsistencyOptions(sticky_seconds=0)
+    )
+    assert named.observability == ObservabilityOptions()
+    for router in (grouped, named):
+        await router.dispose()
+
+
+def test_an_option_given_twice_is_refused(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    writer, _ = engines
+    with pytest.raises(ConfigurationError, match="eject_after given both"):
+        Router(writer=writer, health=HealthOptions(eject_after=2), eject_after=3)
+    with pytest.raises(ConfigurationError, match="expected a HealthOptions"):
+        Router(writer=writer, health=ConsistencyOptions())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("group", "kwargs", "message"),
+    [
+        (HealthOptions, {"monitor_interval": 0}, "monitor_interval"),
+        (HealthOptions, {"eject_after": 0}, "eject_after"),
+        (HealthOptions, {"ping_after_idle": -1}, "ping_after_idle"),
+        (ConsistencyOptions, {"sticky_seconds": -1}, "sticky_seconds"),
+        (ConsistencyOptions, {"causal_wait_timeout": -1}, "causal_wait_timeout"),
+        (ObservabilityOptions, {"checkout_wait_warning": 2}, "checkout_wait"),
+        (ObservabilityOptions, {"hold_warning_seconds": -1}, "hold_warning"),
+    ],
+)
+def test_a_group_checks_its_range_when_made(
+    group: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        group(**kwargs)
+
+
+async def test_from_urls_takes_groups_by_name(tmp_path: Path) -> None:
+    router = Router.from_urls(
+        f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+        observability=ObservabilityOptions(slow_query_seconds=1.5),
+    )
+    try:
+        assert router.observability.slow_query_seconds == 1.5
+    finally:
+        await router.dispose()
+
+
+def _listeners(engine: AsyncEngine) -> tuple[int, ...]:
+    sync = engine.sync_engine
+    return (
+        len(sync.pool.dispatch.connect),
+        len(sync.pool.dispatch.checkout),
+        len(sync.pool.dispatch.checkin),
+        len(sync.dialect.dispatch.handle_error),
+        len(sync.dispatch.commit),
+        len(sync.dispatch.before_cursor_execute),
+    )
+
+
+async def test_dispose_removes_every_hook_the_router_installed(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    writer, replica = engines
+    before = (_listeners(writer), _listeners(replica))
+    routers = [
+        Router(
+            writer=writer,
+            replicas=[replica],
+            ping_after_idle=1.0,
+            slow_query_seconds=1.0,
+            hold_warning_seconds=1.0,
+        )
+        for _ in range(3)
+    ]
+    during = (_listeners(writer), _listeners(replica))
+    assert during != before
+    for router in routers:
+        await router.dispose()
+    assert (_listeners(writer), _listeners(replica)) == before

@@ -1,0 +1,163 @@
+"""Each private attribute routing_db uses still has the shape it relies on.
+
+Runs on whichever SQLAlchemy is installed (CI: 2.0 and 2.1): an upgrade that
+renames or reshapes one fails here, by name, rather than somewhere in routing.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.util import greenlet_spawn
+
+import routing_db
+from routing_db import _sa_compat
+from routing_db._sa_compat import (
+    INTERNALS,
+    asyncpg_socket,
+    caller_frames,
+    detach,
+    for_update,
+    held,
+    idle,
+    innermost_transaction,
+    max_overflow,
+    rewind_close,
+    select_list,
+    wrap_pool_connect,
+)
+
+PACKAGE = Path(routing_db.__file__).parent
+items = Table("items", MetaData(), Column("id", Integer, primary_key=True))
+
+
+@pytest.fixture
+def session() -> Any:
+    engine = create_engine("sqlite://")
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
+
+
+def test_a_session_transaction_maps_its_binds_to_its_connections(
+    session: Session,
+) -> None:
+    engine = session.get_bind()
+    assert idle(innermost_transaction(session))
+    session.execute(select(1))
+    transaction = innermost_transaction(session)
+    connection = held(transaction, engine)
+    assert connection is not None and connection is session.connection()
+    assert not idle(transaction)
+    with session.begin_nested():
+        # From a savepoint, the root's connection is found through _parent.
+        assert held(innermost_transaction(session), engine) is connection
+    detach(session, connection)
+    assert held(innermost_transaction(session), engine) is None
+    assert idle(innermost_transaction(session))
+    connection.close()
+
+
+def test_rewind_close_points_the_session_at_what_is_left(session: Session) -> None:
+    session.execute(select(1))
+    root = innermost_transaction(session)
+    session.begin_nested()
+    nested = innermost_transaction(session)
+    assert nested is not None and nested is not root
+    nested.close()
+    rewind_close(session, nested)
+    assert innermost_transaction(session) is root
+    session.close()
+    assert innermost_transaction(session) is None
+
+
+def test_selects_say_whether_they_lock_and_what_they_list() -> None:
+    plain = select(items.c.id, func.nextval("s"))
+    assert not for_update(plain)
+    assert for_update(plain.with_for_update())
+    assert for_update(plain.with_for_update(read=True))
+    listed = list(select_list(plain))
+    assert listed[0] is items.c.id
+    assert getattr(listed[1], "name", None) == "nextval"
+
+
+def test_a_queue_pool_has_a_max_overflow_and_a_replaceable_connect() -> None:
+    def creator() -> Any:
+        raise AssertionError("the wrapper stops before a connection is made")
+
+    pool = QueuePool(creator, pool_size=2, max_overflow=3)
+    assert max_overflow(pool) == 3
+    calls: list[str] = []
+
+    def wrap(connect: Any) -> Any:
+        assert callable(connect)
+
+        def counted() -> Any:
+            calls.append("connect")
+            raise LookupError  # stop before a DBAPI connection is needed
+
+        return counted
+
+    wrap_pool_connect(pool, wrap)
+    with pytest.raises(LookupError):
+        pool.connect()
+    assert calls == ["connect"]
+    assert type(pool).connect is QueuePool.connect  # the class is untouched
+
+
+async def test_the_callers_frames_include_those_of_the_awaiting_coroutine() -> None:
+    def sync_side() -> list[str]:
+        return [frame.f_code.co_name for frame in caller_frames()]
+
+    names = await greenlet_spawn(sync_side)
+    # This coroutine's frame is on the greenlet that started SQLAlchemy's.
+    assert inspect.currentframe().f_code.co_name in names  # type: ignore[union-attr]
+
+
+async def test_an_asyncpg_connection_has_a_socket_transport() -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    slots = asyncpg.connection.Connection.__slots__
+    assert "_transport" in slots
+    assert asyncpg_socket(object()) is None  # and anything else has none
+
+
+def _private_names(path: Path) -> set[str]:
+    """Private attribute names a module reads, writes or passes to getattr."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr")
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            found.add(str(node.args[1].value))
+    return {name for name in found if re.fullmatch(r"_[a-z]\w*", name)}
+
+
+def _listed() -> set[str]:
+    return {name for key in INTERNALS for name in re.findall(r"\b_[a-z]\w*", key)}
+
+
+def test_the_listed_internals_are_exactly_the_ones_used() -> None:
+    own = {"_root"}  # this module's own helper
+    used = _private_names(Path(_sa_compat.__file__)) - own
+    assert used == _listed()
+
+
+def test_no_other_module_reaches_into_those_internals() -> None:
+    listed = _listed() | {"_flushing", "_is_clean", "_connection_for_bind",
+                          "_execution_options"}  # fmt: skip
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "_sa_compat.py":
+            assert not _private_names(path) & listed, path
