@@ -46,6 +46,7 @@ class RoutingSession(AsyncSession):
             super().__init__(bind, **kw)
             return
         _check_sync_class(kw.get("sync_session_class") or self.sync_session_class)
+        _check_open(router)
         if default_role is not None and default_role not in ("writer", "auto"):
             check_default_role(default_role)
         super().__init__(router.writer if bind is None else bind, **kw)
@@ -99,6 +100,15 @@ def _check_sync_class(sync_class: Any) -> None:
         raise ConfigurationError(
             "with a router, sync_session_class must subclass RoutingSyncSession, "
             f"got {getattr(sync_class, '__name__', sync_class)!r}"
+        )
+
+
+def _check_open(router: Router) -> None:
+    if router.topology.closed:
+        # Its engines no longer have the hooks that make replica connections
+        # read-only: routing with it could write where it must not.
+        raise ConfigurationError(
+            "this router was disposed; make a new Router to route sessions again"
         )
 
 
@@ -158,6 +168,7 @@ def routing_sessionmaker(
         raise ConfigurationError(
             "routing_sessionmaker takes no bind: the router's writer is the bind"
         )
+    _check_open(router)
     role = default_role if default_role is not None else router.default_role
     check_default_role(role)
     class_ = kw.pop("class_", RoutingSession)

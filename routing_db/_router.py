@@ -402,6 +402,7 @@ class Router:
 
     async def dispose(self) -> None:
         """Stop the monitor, close every pool, remove the hooks this router added."""
+        self.topology.closed = True
         await self.stop()
         if self._detector is not None:
             self._detector.close()

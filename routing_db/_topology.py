@@ -50,6 +50,7 @@ class Topology:
         if writer_reader is not None:
             self._by_sync[writer_reader.sync_engine] = writer_reader
             self._sync_names[writer_reader.sync_engine] = names[writer]
+        self.closed = False  # the router was disposed: no new sessions
         self._max_fallbacks = max_writer_fallbacks
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0

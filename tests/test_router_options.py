@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from routing_db import (
@@ -16,6 +17,7 @@ from routing_db import (
     HealthOptions,
     ObservabilityOptions,
     Router,
+    routing_sessionmaker,
 )
 from routing_db._router import ROUTER_OPTIONS
 
@@ -156,3 +158,18 @@ async def test_dispose_removes_every_hook_the_router_installed(
     for router in routers:
         await router.dispose()
     assert (_listeners(writer), _listeners(replica)) == before
+
+
+async def test_a_disposed_router_makes_no_sessions(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    writer, replica = engines
+    router = Router(writer=writer, replicas=[replica])
+    Session = routing_sessionmaker(router)
+    async with Session() as session:
+        assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+    await router.dispose()
+    with pytest.raises(ConfigurationError, match="disposed"):
+        Session()
+    with pytest.raises(ConfigurationError, match="disposed"):
+        routing_sessionmaker(router)
