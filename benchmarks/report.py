@@ -167,12 +167,14 @@ def _capacity(bench: dict[str, Any] | None) -> list[str]:
         for r in info["rounds"]
     ]
     rows = [
-        (label, _median_run([r[key] for r in rounds]))
-        for key, label in info["configs"].items()
+        (label, _median_run([r[label] for r in rounds])) for label in info["configs"]
     ]
-    shared = _stats([r["2+writer"].throughput / r["0"].throughput for r in rounds])
-    only = _stats([r["2"].throughput / r["0"].throughput for r in rounds])
-    client = _median_run([r["2+writer"] for r in rounds]).client_cpu
+    base, only, shared = info["baseline"], info["replicas_only"], info["shared"]
+
+    def times(label: str) -> Ratio:
+        return _stats([r[label].throughput / r[base].throughput for r in rounds])
+
+    client = _median_run([r[shared] for r in rounds]).client_cpu
     return [
         f"{info['io_ms']} ms on the server per read. {len(rounds)} rounds; in "
         f"each, every configuration runs {info['run_seconds']:g} s, in a new "
@@ -182,10 +184,10 @@ def _capacity(bench: dict[str, Any] | None) -> list[str]:
         "",
         *_load_table(rows),
         "",
-        f"Throughput x writer only: two replicas {_spread(only, 'rounds', 2)}; "
-        f"two replicas and the writer {_spread(shared, 'rounds', 2)} — goal "
-        f"≥ {goals.CAPACITY}x: {_met(shared[0] >= goals.CAPACITY)} (the client "
-        f"used {client:.2f} of a core).",
+        f"Throughput x {base}: {only} {_spread(times(only), 'rounds', 2)}; "
+        f"{shared} {_spread(times(shared), 'rounds', 2)} — goal "
+        f"≥ {goals.CAPACITY}x: {_met(times(shared)[0] >= goals.CAPACITY)} (the "
+        f"client used {client:.2f} of a core).",
     ]
 
 

@@ -71,23 +71,15 @@ def test_pool_starvation(
 # machine hits all configurations of a round alike).
 CAPACITY_ROUNDS = 5
 CAPACITY_RUN_S = 2.0
-# (replicas, writer_reads): writer_reads gives the writer an equal share of
-# the reads (writer_read_weight=1); otherwise only replicas serve them.
-CAPACITY_CONFIGS = [(0, False), (1, False), (2, False), (2, True)]
+# label -> (replicas, writer_read_weight): with weight 1 the writer takes an
+# equal share of the reads; with 0 only replicas serve them.
+CAPACITY_CONFIGS = {
+    "writer only": (0, 0.0),
+    "writer + 1 replica": (1, 0.0),
+    "writer + 2 replicas": (2, 0.0),
+    "writer + 2 replicas, writer reads too": (2, 1.0),
+}
 CAPACITY_IO_MS = 20
-
-
-def capacity_key(replicas: int, writer_reads: bool) -> str:
-    """How a configuration's runs are named in the results."""
-    return f"{replicas}+writer" if writer_reads else str(replicas)
-
-
-def capacity_label(replicas: int, writer_reads: bool) -> str:
-    """How RESULTS.md names a configuration."""
-    if replicas == 0:
-        return "writer only"
-    label = f"writer + {replicas} replica{'' if replicas == 1 else 's'}"
-    return label + (", writer reads too" if writer_reads else "")
 
 
 @pytest.mark.benchmark(group="capacity")
@@ -104,14 +96,14 @@ def test_replica_capacity(
 
     async def load() -> list[dict[str, Any]]:
         routers = {
-            capacity_key(replicas, reads): Router.from_urls(
+            label: Router.from_urls(
                 bench_cluster.writer_url,
                 bench_cluster.replica_urls[:replicas],
                 pool_size=5,
                 max_overflow=0,
-                writer_read_weight=1.0 if reads else 0.0,
+                writer_read_weight=weight,
             )
-            for replicas, reads in CAPACITY_CONFIGS
+            for label, (replicas, weight) in CAPACITY_CONFIGS.items()
         }
         makers = {key: routing_sessionmaker(r) for key, r in routers.items()}
         try:
@@ -151,10 +143,10 @@ def test_replica_capacity(
         rounds=result[0],
         io_ms=CAPACITY_IO_MS,
         run_seconds=CAPACITY_RUN_S,
-        configs={
-            capacity_key(replicas, reads): capacity_label(replicas, reads)
-            for replicas, reads in CAPACITY_CONFIGS
-        },
+        configs=list(CAPACITY_CONFIGS),
+        baseline="writer only",
+        replicas_only="writer + 2 replicas",
+        shared="writer + 2 replicas, writer reads too",
     )
 
 

@@ -108,7 +108,8 @@ def _check_open(router: Router) -> None:
         # Its engines no longer have the hooks that make replica connections
         # read-only: routing with it could write where it must not.
         raise ConfigurationError(
-            "this router was disposed; make a new Router to route sessions again"
+            "this router was disposed: start it again (await router.start(), or "
+            "async with router) before making sessions"
         )
 
 
@@ -168,7 +169,6 @@ def routing_sessionmaker(
         raise ConfigurationError(
             "routing_sessionmaker takes no bind: the router's writer is the bind"
         )
-    _check_open(router)
     role = default_role if default_role is not None else router.default_role
     check_default_role(role)
     class_ = kw.pop("class_", RoutingSession)

@@ -203,7 +203,18 @@ class Router:
         )
         self._hooks = Hooks()
         self._install_hooks()
-        watch = self.observability
+        self._monitor = Monitor(
+            self.topology,
+            interval=self.health.monitor_interval,
+            after_round=self._after_round,
+        )
+
+    def _after_round(self) -> None:
+        if self._detector is not None:
+            self._detector.scan()
+
+    def _install_hooks(self) -> None:
+        hooks, health, watch = self._hooks, self.health, self.observability
         self._detector = (
             StarvationDetector(
                 self.topology,
@@ -214,14 +225,6 @@ class Router:
             or watch.checkout_wait_warning is not None
             else None
         )
-        self._monitor = Monitor(
-            self.topology,
-            interval=self.health.monitor_interval,
-            after_round=self._detector.scan if self._detector is not None else None,
-        )
-
-    def _install_hooks(self) -> None:
-        hooks, health, watch = self._hooks, self.health, self.observability
         for name, replica in self.topology.engines():
             if replica is not self.writer:
                 install_replica_setup(
@@ -387,7 +390,13 @@ class Router:
         return rows
 
     async def start(self) -> None:
-        """Start the background health and lag monitor (idempotent)."""
+        """Start the background health and lag monitor (idempotent).
+
+        After ``dispose()``, this makes the router usable again.
+        """
+        if self.topology.closed:
+            self._install_hooks()
+            self.topology.closed = False
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
@@ -406,6 +415,7 @@ class Router:
         await self.stop()
         if self._detector is not None:
             self._detector.close()
+            self._detector = None
         try:
             await asyncio.gather(
                 *(engine.dispose() for engine in (self.writer, *self.replicas))

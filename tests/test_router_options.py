@@ -17,6 +17,7 @@ from routing_db import (
     HealthOptions,
     ObservabilityOptions,
     Router,
+    read_only,
     routing_sessionmaker,
 )
 from routing_db._router import ROUTER_OPTIONS
@@ -160,16 +161,18 @@ async def test_dispose_removes_every_hook_the_router_installed(
     assert (_listeners(writer), _listeners(replica)) == before
 
 
-async def test_a_disposed_router_makes_no_sessions(
+async def test_a_disposed_router_makes_no_sessions_until_started_again(
     engines: tuple[AsyncEngine, AsyncEngine],
 ) -> None:
     writer, replica = engines
     router = Router(writer=writer, replicas=[replica])
+    hooked = _listeners(replica)
     Session = routing_sessionmaker(router)
-    async with Session() as session:
-        assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
     await router.dispose()
     with pytest.raises(ConfigurationError, match="disposed"):
         Session()
-    with pytest.raises(ConfigurationError, match="disposed"):
-        routing_sessionmaker(router)
+    # As an application's lifespan does when it runs again.
+    async with router:
+        assert _listeners(replica) == hooked
+        async with Session() as session, read_only:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
