@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
+from ._context import committing
 from ._decision import DefaultRole, check_default_role
 from ._exceptions import ConfigurationError
 from ._recovery import RecoveringSession
@@ -56,6 +57,11 @@ class RoutingSession(AsyncSession):
             sync._routing_auto = True
         if kw and kw.get("binds"):
             sync._routing_one_bind = False
+
+    async def commit(self) -> None:
+        """As ``AsyncSession.commit``; a lost COMMIT is ``CommitOutcomeUnknown``."""
+        with committing():
+            await super().commit()
 
     def begin(self) -> AsyncSessionTransaction:
         """As ``AsyncSession.begin``; a dead replica never masks the block's error."""
@@ -126,6 +132,11 @@ class _RoutingSessionTransaction(AsyncSessionTransaction):
     # replica is ended here first, so that a dead one cannot mask the
     # application's error nor keep the writer's rollback from running.
 
+    async def commit(self) -> None:
+        """Commit; a lost COMMIT is ``CommitOutcomeUnknown``."""
+        with committing():
+            await super().commit()
+
     async def rollback(self) -> None:
         """Roll back; a replica connection that died is dropped, not raised."""
         try:
@@ -135,7 +146,8 @@ class _RoutingSessionTransaction(AsyncSessionTransaction):
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         if type_ is None:
-            await super().__aexit__(type_, value, traceback)
+            with committing():  # the block ended well: this commits
+                await super().__aexit__(type_, value, traceback)
             return
         try:
             await self.session.run_sync(_end_replica)

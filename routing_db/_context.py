@@ -6,18 +6,21 @@ to tasks created inside it (they copy the context), never to anything outside.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 __all__ = [
+    "COMMITTING",
     "SCOPE",
     "ContextDecorator",
     "Scope",
+    "committing",
     "current_scope",
     "read_only",
     "use_writer",
@@ -43,6 +46,21 @@ _Frame = list[Any]
 _WRITER = Scope.WRITER  # a module name: an enum member read goes through its class
 _ROOT: _Frame = [Scope.NONE, None]
 SCOPE: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
+# True while a routing session commits: a connection lost then with no
+# statement in flight was lost during its COMMIT (see _engines).
+COMMITTING: ContextVar[bool] = ContextVar("routing_db_committing", default=False)
+
+
+@contextlib.contextmanager
+def committing() -> Iterator[None]:
+    """Mark this context as committing, for as long as the block runs."""
+    token = COMMITTING.set(True)
+    try:
+        yield
+    finally:
+        COMMITTING.reset(token)
+
+
 """The current frame; ``SCOPE.get()[0]`` is ``current_scope()`` without a call."""
 
 

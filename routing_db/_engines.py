@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._connections import driver_says_closed
+from ._context import COMMITTING
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
 from ._hooks import Hooks
 from ._retry import is_connection_error, never_sent
@@ -282,27 +282,18 @@ def install_writer_hooks(engine: AsyncEngine, hooks: Hooks, *, reads: bool) -> N
     transactions), a write refused there becomes ``ReadOnlyViolation`` too.
     """
     sync = engine.sync_engine
-    # A Connection is in here from its commit event (just before the DBAPI
-    # COMMIT) to its next begin or rollback: the failure that handle_error
-    # sees in between, without a statement, is the COMMIT's.
-    committing: weakref.WeakSet[Connection] = weakref.WeakSet()
-
-    def commit_begins(connection: Connection) -> None:
-        committing.add(connection)
-
-    def commit_over(connection: Connection) -> None:
-        committing.discard(connection)
 
     def lost_commit(context: Any) -> BaseException | None:
-        connection = context.connection
-        if context.statement is not None or connection not in committing:
+        # While a routing session commits, the one failure without a
+        # statement is the COMMIT's (flush statements have theirs). The
+        # session's commit path marks it: Connection's own commit event
+        # would put every statement on the engine on SQLAlchemy's slower
+        # event-dispatching path.
+        if context.statement is not None or not COMMITTING.get():
             return None
-        committing.discard(connection)
         return _translate_lost_commit(context)
 
-    hooks.listen(sync, "commit", commit_begins)
-    hooks.listen(sync, "begin", commit_over)
-    hooks.listen(sync, "rollback", commit_over)
+    # handle_error is a dialect event: it costs nothing until an error.
     hooks.listen(sync, "handle_error", lost_commit)
     hooks.listen(sync, "handle_error", lambda context: _unsent_is_a_disconnect(context))
     if reads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -320,7 +321,13 @@ class Router:
         # checkout (benchmarks/RESULTS.md compares them).
         if engine_kwargs.get("pool_pre_ping") is None:
             engine_kwargs["pool_pre_ping"] = False
-            options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)
+            health = options.get("health")
+            if health is None:
+                options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)
+            elif isinstance(health, HealthOptions) and health.ping_after_idle is None:
+                options["health"] = dataclasses.replace(
+                    health, ping_after_idle=DEFAULT_PING_AFTER_IDLE
+                )
 
         def engine(
             url: URL, field: str, role_kwargs: Any, name: str | None

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify, write_function_named
-from ._context import SCOPE, Scope
+from ._context import SCOPE, Scope, committing
 from ._decision import Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_position_after_commit
@@ -129,8 +129,7 @@ class RoutingSyncSession(RecoveringSession):
         if route is _REFUSE:
             raise ReadOnlyViolation(
                 f"{_describe(clause, self._routing_flushing)} is a write inside "
-                "read_only; "
-                "nothing was sent (use use_writer for work that writes)"
+                "read_only; nothing was sent (use use_writer for work that writes)"
             )
         engine = self._routing_replica_for(topology, writer, tx)
         if topology.listeners:
@@ -238,6 +237,11 @@ class RoutingSyncSession(RecoveringSession):
             # assume it wrote, so later reads in this transaction see it.
             self._routing_state().wrote = True
         return connection
+
+    def commit(self) -> None:
+        """As ``Session.commit``; a lost COMMIT is ``CommitOutcomeUnknown``."""
+        with committing():
+            super().commit()
 
     def flush(self, objects: Any = None) -> None:
         """As ``Session.flush``; routing sends what it writes to the writer."""

@@ -236,9 +236,25 @@ async def test_a_statement_after_a_write_is_never_resent(
     assert faults.sql(faults.primary, "SELECT count(*) FROM items") == "0"
 
 
+async def _commit_through(path: str, Session: Any, write: Any) -> None:
+    """Commit ``write``'s work the way ``path`` names."""
+    if path == "unit_of_work":  # a begin() block, rerun on transient errors
+        await run_unit_of_work(Session, write)
+    elif path == "commit":
+        async with Session() as session:
+            await write(session)
+            await session.commit()
+    else:  # the begin() block's transaction, committed explicitly
+        async with Session() as session:
+            transaction = await session.begin()
+            await write(session)
+            await transaction.commit()
+
+
 @pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("path", ["unit_of_work", "commit", "transaction_commit"])
 async def test_a_lost_commit_is_outcome_unknown_and_not_rerun(
-    router: Router, faults: PostgresCluster
+    router: Router, faults: PostgresCluster, path: str
 ) -> None:
     Session = routing_sessionmaker(router, expire_on_commit=False)
     calls = 0
@@ -259,7 +275,7 @@ async def test_a_lost_commit_is_outcome_unknown_and_not_rerun(
     event.listen(router.writer.sync_engine, "commit", kill_before_commit)
     try:
         with pytest.raises(CommitOutcomeUnknown) as caught:
-            await run_unit_of_work(Session, write)
+            await _commit_through(path, Session, write)
     finally:
         event.remove(router.writer.sync_engine, "commit", kill_before_commit)
     assert calls == 1
@@ -267,6 +283,28 @@ async def test_a_lost_commit_is_outcome_unknown_and_not_rerun(
     assert "may or may not" in str(caught.value)
     # Killed before COMMIT reached it: nothing was committed this time.
     assert faults.sql(faults.primary, "SELECT count(*) FROM items") == "0"
+
+
+@pytest.mark.usefixtures("clean")
+async def test_a_connection_lost_outside_commit_is_not_outcome_unknown(
+    router: Router, faults: PostgresCluster
+) -> None:
+    Session = routing_sessionmaker(router)
+    async with Session() as session:
+        session.add(Item(name="never"))
+        await session.flush()
+        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        terminate(faults, faults.primary, [pid])
+        # The rollback finds the connection gone: nothing was committed, and
+        # nothing says it might have been.
+        try:
+            await session.rollback()
+        except DBAPIError as exc:
+            assert not isinstance(exc, CommitOutcomeUnknown)
+    async with Session() as session:
+        session.add(Item(name="next"))
+        await session.commit()
+    assert faults.sql(faults.primary, "SELECT count(*) FROM items") == "1"
 
 
 @pytest.mark.usefixtures("clean")

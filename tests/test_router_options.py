@@ -20,7 +20,7 @@ from routing_db import (
     read_only,
     routing_sessionmaker,
 )
-from routing_db._router import ROUTER_OPTIONS
+from routing_db._router import DEFAULT_PING_AFTER_IDLE, ROUTER_OPTIONS
 
 GROUPS = {
     "health": HealthOptions,
@@ -120,9 +120,13 @@ async def test_from_urls_takes_groups_by_name(tmp_path: Path) -> None:
     router = Router.from_urls(
         f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
         observability=ObservabilityOptions(slow_query_seconds=1.5),
+        health=HealthOptions(eject_after=2),
     )
     try:
         assert router.observability.slow_query_seconds == 1.5
+        assert router.health.eject_after == 2
+        # As with the keywords: without pool_pre_ping, the idle check is on.
+        assert router.health.ping_after_idle == DEFAULT_PING_AFTER_IDLE
     finally:
         await router.dispose()
 
