@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -20,6 +20,7 @@ from ._retry import is_connection_error, never_sent
 from ._sa_compat import max_overflow
 
 __all__ = [
+    "NotAStandby",
     "behind_pgbouncer",
     "check_url",
     "create_engine",
@@ -216,10 +217,28 @@ def _translate_read_only(context: Any) -> BaseException | None:
     return None
 
 
+class NotAStandby(ConfigurationError):
+    """A replica's new connection found a server that is not a standby."""
+
+    def __init__(self, message: str, *, promoted: bool) -> None:
+        super().__init__(message)
+        # Seen as a standby before: promoted since, not misconfigured.
+        self.promoted = promoted
+
+
 def install_replica_setup(
-    engine: AsyncEngine, hooks: Hooks, *, name: str, require_standby: bool
+    engine: AsyncEngine,
+    hooks: Hooks,
+    *,
+    name: str,
+    require_standby: bool,
+    seen: Callable[[bool], bool],
 ) -> None:
-    """Make every new connection of ``engine`` read-only and check it is a standby."""
+    """Make every new connection of ``engine`` read-only and check it is a standby.
+
+    ``seen(standby)`` records what a new connection found and says whether
+    the server was seen as a standby before.
+    """
     dialect = engine.dialect.name
     setup = _SETUP.get(dialect)
     if setup is None:
@@ -238,12 +257,20 @@ def install_replica_setup(
         except BaseException:
             _close_quietly(dbapi_connection)
             raise
+        was_standby = seen(standby)
         if require_standby and not standby:
             _close_quietly(dbapi_connection)
-            raise ConfigurationError(
+            if was_standby:
+                raise NotAStandby(
+                    f"replica {name} is not a standby any more (promoted?): it "
+                    "no longer serves reads",
+                    promoted=True,
+                )
+            raise NotAStandby(
                 f"replica {name} is not a standby (it accepts writes): it looks "
                 "like a primary. Point replica URLs at read-only standbys, or pass "
-                "require_standby=False if this is deliberate."
+                "require_standby=False if this is deliberate.",
+                promoted=False,
             )
 
     sync = engine.sync_engine

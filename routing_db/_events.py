@@ -40,6 +40,10 @@ class RoutingListener(Protocol):
         """The starvation detector warned (``hold`` or ``checkout_wait``)."""
         return None
 
+    def role_changed(self, engine: str, old: str, new: str) -> None:
+        """``engine`` was found in another role (``writer``/``replica``/``unknown``)."""
+        return None
+
 
 class Listeners(list[Any]):
     """The listeners of one router."""

@@ -32,6 +32,7 @@ class ReplicaState:
         "lagging",
         "probe_at",
         "replay_lsn",
+        "standby",
         "suspect",
     )
 
@@ -49,10 +50,13 @@ class ReplicaState:
         # Failed lately (ejected, or failures counted in the window): a plain
         # attribute, read on every replica transaction.
         self.suspect = False
+        # Last seen as a standby (True), as a server taking writes (False:
+        # promoted, it no longer replays the writer's changes), not yet (None).
+        self.standby: bool | None = None
 
     def available(self, now: float) -> bool:
         """May this replica serve a new transaction at ``now``?"""
-        if self.lagging:
+        if self.lagging or self.standby is False:
             return False
         # An ejected replica is offered again once its probe time has come
         # (half-open): that keeps it recoverable even with no monitor running.

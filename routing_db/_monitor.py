@@ -95,30 +95,31 @@ class Monitor:
 
     async def _poll(self, replica: AsyncEngine, writer_lsn: int | None) -> None:
         replicas = self._topology.replica_set
+        engine = replica.sync_engine
         try:
             if self._positions:
-                replay, lag_bytes, lag_seconds = await self._bounded(
+                replay, lag_bytes, lag_seconds, standby = await self._bounded(
                     replica_status(replica, writer_lsn)
                 )
             else:
                 await self._bounded(_select_one(replica))
-                replay = None
+                replay, lag_bytes, lag_seconds, standby = None, None, None, True
         except Exception as exc:
             if _saturated(replica):
                 # Waiting for a connection from a full pool says the replica
                 # is busy, not that it is broken: no verdict this round.
                 logger.debug("routing_db monitor: %s pool is full", replica.url.host)
                 return
-            replicas.failed(replica.sync_engine, exc)
+            replicas.failed(engine, exc)
             return
-        replicas.succeeded(replica.sync_engine)
+        replicas.record_role(engine, standby=standby)
+        if not standby:
+            return  # it answers, but its replay position means nothing now
+        replicas.succeeded(engine)
         if replay is None:
             return
         replicas.record_lag(
-            replica.sync_engine,
-            replay_lsn=replay,
-            lag_bytes=lag_bytes,
-            lag_seconds=lag_seconds,
+            engine, replay_lsn=replay, lag_bytes=lag_bytes, lag_seconds=lag_seconds
         )
 
     async def _run(self) -> None:

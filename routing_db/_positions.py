@@ -31,18 +31,24 @@ __all__ = [
 
 logger = logging.getLogger("routing_db")
 
+# What the monitor learns of a replica: replay position, lag in bytes and in
+# seconds, and whether it is (still) a standby.
+_Status = tuple[int | None, int | None, float | None, bool]
+
 _PG_WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
 _PG_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
 # Replay position, and the age of the last replayed transaction (the lag in
 # seconds while the replica is behind; meaningless once it has caught up).
 _PG_REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
-    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+    "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), "
+    "pg_is_in_recovery()"
 )
 # MariaDB: the GTID of this session's last commit; what a replica has applied
 # (gtid_slave_pos moves only when the SQL thread applies a transaction).
 _LAST_GTID_SQL = "SELECT @@last_gtid"
 _APPLIED_SQL = "SELECT @@global.gtid_slave_pos"
+_APPLIED_ROLE_SQL = "SELECT @@global.gtid_slave_pos, @@global.read_only"
 _BINLOG_SQL = "SELECT @@global.gtid_domain_id, @@global.gtid_binlog_pos"
 
 
@@ -100,15 +106,13 @@ class _PostgreSQL:
         value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
         return None if value is None else int(value)
 
-    async def replica(
-        self, connection: AsyncConnection, writer: int | None
-    ) -> tuple[int | None, int | None, float | None]:
+    async def replica(self, connection: AsyncConnection, writer: int | None) -> _Status:
         row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
         position = None if row[0] is None else int(row[0])
         lag_bytes = (
             None if writer is None or position is None else max(0, writer - position)
         )
-        return position, lag_bytes, float(row[1] or 0.0)
+        return position, lag_bytes, float(row[1] or 0.0), bool(row[2])
 
 
 class _MariaDB:
@@ -129,16 +133,14 @@ class _MariaDB:
         binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
         return _gtid_position(binlog[1], int(binlog[0]))
 
-    async def replica(
-        self, connection: AsyncConnection, writer: int | None
-    ) -> tuple[int | None, int | None, float | None]:
-        applied = (await connection.exec_driver_sql(_APPLIED_SQL)).scalar()
+    async def replica(self, connection: AsyncConnection, writer: int | None) -> _Status:
+        row: Any = (await connection.exec_driver_sql(_APPLIED_ROLE_SQL)).one()
         behind = await _seconds_behind(connection)
         domain = 0 if writer is None else writer >> DOMAIN_SHIFT
         # GTIDs give no byte measure; the seconds are the replica's own
-        # (NULL while its SQL thread is stopped).
+        # (NULL while its SQL thread is stopped). A replica is read_only.
         seconds = None if behind is None else float(behind)
-        return _gtid_position(applied, domain), None, seconds
+        return _gtid_position(row[0], domain), None, seconds, bool(row[1])
 
 
 # ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the MySQL
@@ -202,18 +204,20 @@ async def _seconds_behind(connection: AsyncConnection) -> Any:
     return None if slave is None else slave.get("Seconds_Behind_Master")
 
 
-async def replica_status(
-    engine: AsyncEngine, writer: int | None
-) -> tuple[int | None, int | None, float | None]:
-    """(position, lag bytes, lag seconds) of a replica; ``writer`` as of now."""
+async def replica_status(engine: AsyncEngine, writer: int | None) -> _Status:
+    """(position, lag bytes, lag seconds, is a standby) of a replica.
+
+    ``writer`` is the writer's position as of now.
+    """
+    backend = _BACKENDS[engine.dialect.name]
     async with engine.connect() as connection:
-        position, lag_bytes, lag_seconds = await _BACKENDS[engine.dialect.name].replica(
+        position, lag_bytes, lag_seconds, standby = await backend.replica(
             connection, writer
         )
     if position is None or writer is None:
-        return position, None, None
+        return position, None, None, standby
     if reached(position, writer):
         # Caught up means no lag, however old the last applied transaction
         # is: an idle primary must not look like a lagging one.
-        return position, None if lag_bytes is None else 0, 0.0
-    return position, lag_bytes, lag_seconds
+        return position, None if lag_bytes is None else 0, 0.0, standby
+    return position, lag_bytes, lag_seconds, standby

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ._connections import checkout_failed, close_quietly, drop_if_dead
+from ._engines import NotAStandby
 from ._retry import is_connection_error, is_recovery_conflict, never_sent
 from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
 
@@ -156,6 +157,10 @@ class RecoveringSession(Session):
         if idle(innermost_transaction(self)):
             # No connection could be had, so nothing was sent: run it again,
             # on another replica if it was one (not waiting), else the writer.
+            if isinstance(error, NotAStandby) and error.promoted:
+                # Its new connection found it promoted (the monitor has not
+                # polled it since): it left the read set; not a failure.
+                return self._routing_skip_target(error, eject=False)
             if not checkout_failed(error):
                 return None
             # A full pool is busy, not broken: skip it, don't eject it.

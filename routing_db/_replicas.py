@@ -279,7 +279,7 @@ class ReplicaSet:
         # A replica that failed lately is left to pick(), whose caller opens
         # its connection first to see whether it works again.
         self._all_well = not any(
-            state.ejected or state.lagging or state.suspect
+            state.ejected or state.lagging or state.suspect or state.standby is False
             for state in self.states.values()
         )
         self.quick = self._cycle if self._all_well else None
@@ -312,6 +312,31 @@ class ReplicaSet:
                 "routing_db: replica %s re-admitted",
                 self._names[engine],
             )
+
+    def record_role(self, engine: Engine, standby: bool) -> bool:
+        """What ``engine`` was found to be; return whether it was a standby before.
+
+        A replica that takes writes (promoted) leaves the read set until it is
+        found to be a standby again.
+        """
+        state = self.states.get(engine)
+        if state is None:
+            return False
+        before = state.standby
+        state.standby = standby
+        if before is not None and before != standby:
+            self._refresh()
+            name = self._names[engine]
+            old, new = ("replica", "unknown") if before else ("unknown", "replica")
+            self.listeners.emit("role_changed", name, old, new)
+            logger.warning(
+                "routing_db: replica %s %s",
+                name,
+                "is a standby again: it serves reads"
+                if standby
+                else "is not a standby any more (promoted?): it no longer serves reads",
+            )
+        return before is True
 
     def record_lag(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -27,6 +28,7 @@ from ._engines import (
 )
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
+from ._health import ReplicaState
 from ._hooks import Hooks
 from ._monitor import Monitor
 from ._options import (
@@ -74,6 +76,12 @@ def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
         "overflow": None if overflow is None else max(0, overflow),
         "checked_in": stat("checkedin"),
     }
+
+
+def _state(replica: ReplicaState) -> str:
+    if replica.ejected or replica.standby is False:
+        return "ejected"  # not answering, or not a standby of ours any more
+    return "lagging" if replica.lagging else "serving"
 
 
 def _writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
@@ -226,10 +234,17 @@ class Router:
             or watch.checkout_wait_warning is not None
             else None
         )
+        replica_set = self.topology.replica_set
         for name, replica in self.topology.engines():
             if replica is not self.writer:
                 install_replica_setup(
-                    replica, hooks, name=name, require_standby=health.require_standby
+                    replica,
+                    hooks,
+                    name=name,
+                    require_standby=health.require_standby,
+                    seen=functools.partial(
+                        replica_set.record_role, replica.sync_engine
+                    ),
                 )
         install_writer_hooks(self.writer, hooks, reads=self.writer_read_weight > 0)
         for name, engine in self.topology.engines():
@@ -369,6 +384,7 @@ class Router:
             {
                 "name": self.topology.name(self.writer),
                 "role": "writer",
+                "state": "serving",
                 "url": safe_url(self.writer.url),
                 "healthy": None,  # the writer is never ejected
                 "lag_bytes": None,
@@ -381,7 +397,8 @@ class Router:
             rows.append(
                 {
                     "name": self.topology.name(replica),
-                    "role": "replica",
+                    "role": "unknown" if state.standby is False else "replica",
+                    "state": _state(state),
                     "url": safe_url(replica.url),
                     "healthy": not state.ejected,
                     "ejected": state.ejected,

@@ -72,7 +72,7 @@ class _StatusCollector(Collector):
                 value = row["pool"].get(key)
                 if value is not None:
                     family.add_metric([row["name"], row["role"]], value)
-            if row["role"] != "replica":
+            if row["role"] == "writer":
                 continue
             healthy.add_metric([row["name"]], 1.0 if row["eligible"] else 0.0)
             if row["lag_bytes"] is not None:
@@ -107,6 +107,12 @@ class RouterMetrics:
             f"{ns}_replica_ejections",
             "Replicas ejected.",
             ["engine"],
+            registry=registry,
+        )
+        self.role_changes = Counter(
+            f"{ns}_role_changes",
+            "Nodes found in another role, by engine and the role found.",
+            ["engine", "role"],
             registry=registry,
         )
         self.readmissions = Counter(
@@ -173,6 +179,10 @@ class RouterMetrics:
         """Count a re-admission."""
         self.readmissions.labels(engine).inc()
 
+    def role_changed(self, engine: str, old: str, new: str) -> None:
+        """Count a role change."""
+        self.role_changes.labels(engine, new).inc()
+
     def retried(self, kind: str, outcome: str) -> None:
         """Count a retry sequence."""
         self.retries.labels(kind, outcome).inc()
@@ -205,6 +215,7 @@ class RouterMetrics:
             self.fallbacks,
             self.ejections,
             self.readmissions,
+            self.role_changes,
             self.retries,
             self.starvation,
             self.checkout_wait,

@@ -34,8 +34,10 @@ def _imports(path: Path, *, typing: bool = False) -> set[str]:
     for node in _top_level(tree, typing):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-            target = f"{base}.{node.module}" if node.module else base
-            found.add(target)
+            if node.module:
+                found.add(f"{base}.{node.module}")
+            else:  # from . import _module
+                found.update(f"{base}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
             "routing_db"
         ):

@@ -16,6 +16,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import make_url
 
+from . import _pg_failover as failover
 from ._servers import (
     INSTALL_HINT,
     OWNER,
@@ -65,6 +66,7 @@ class PostgresCluster:
     ) -> None:
         self.primary = primary
         self.replicas = list(replicas)
+        self._shape = len(self.replicas)  # replicas beyond it came from add_standby
         self._bindir = bindir
         self._basedir = basedir
         self._stopped = False
@@ -157,6 +159,19 @@ class PostgresCluster:
         """SQLAlchemy URLs of the replicas (for ``self.driver``)."""
         return [node.url_for(self.driver) for node in self.replicas]
 
+    @property
+    def urls(self) -> list[str]:
+        """SQLAlchemy URLs of every node, the primary first (for ``from_cluster``)."""
+        return [self.writer_url, *self.replica_urls]
+
+    @property
+    def current_primary(self) -> PgNode:
+        """The node that takes writes now: the primary, or a promoted replica."""
+        for node in (self.primary, *self.replicas):
+            if self.is_running(node) and not failover.in_recovery(self, node):
+                return node
+        raise ClusterError("no node of the cluster accepts writes")
+
     def _run(self, *args: str, timeout: float = 120) -> str:
         assert self._bindir is not None
         cmd = [str(self._bindir / args[0]), *args[1:]]
@@ -199,21 +214,33 @@ class PostgresCluster:
             max_replication_slots=10,
             wal_keep_size="256MB",
             hot_standby="on",
+            wal_log_hints="on",  # pg_rewind can turn an old primary into a standby
             fsync="off",
             full_page_writes="off",
             max_connections=300,
             shared_buffers="32MB",
         )
 
-    def _clone_replica(self, node: PgNode) -> None:
+    def _clone_replica(self, node: PgNode, source: PgNode | None = None) -> None:
         assert node.datadir is not None
+        source = source or self.primary
         self._run(
-            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port),
+            "pg_basebackup", "-h", source.host, "-p", str(source.port),
             "-U", "postgres", "-D", str(node.datadir), "-R", "-X", "stream",
             "-c", "fast", "--no-sync",
         )  # fmt: skip
-        # Reconnect quickly after a primary restart (the default is 5 s).
-        self._conf(node, port=node.port, wal_retrieve_retry_interval="200ms")
+        self._standby_conf(node)
+
+    def _standby_conf(self, node: PgNode) -> None:
+        # Its own port and name (the copied configuration has the source's):
+        # the name is what pg_stat_replication shows. It reconnects quickly
+        # after its primary restarts (the default is 5 s).
+        self._conf(
+            node,
+            port=node.port,
+            cluster_name=node.name,
+            wal_retrieve_retry_interval="200ms",
+        )
 
     def _pg_ctl(self, node: PgNode, action: str, *extra: str) -> None:
         if node.datadir is None:
@@ -291,8 +318,13 @@ class PostgresCluster:
     def wait_replicated(
         self, replicas: Sequence[PgNode] | None = None, timeout: float = 30
     ) -> str:
-        """Wait until ``replicas`` (default all) replayed the primary's WAL position."""
-        lsn = self.sql(self.primary, "SELECT pg_current_wal_lsn()")
+        """Wait until ``replicas`` (default all) replayed the primary's WAL position.
+
+        After a failover, give the standbys to wait for: they are compared
+        with the node that takes writes now.
+        """
+        writer = self.primary if replicas is None else self.current_primary
+        lsn = self.sql(writer, "SELECT pg_current_wal_lsn()")
         query = f"SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{lsn}') >= 0"
         for node in self.replicas if replicas is None else replicas:
             poll(
@@ -323,6 +355,35 @@ class PostgresCluster:
         """Restart the primary (``pg_ctl restart -m fast``)."""
         self._pg_ctl(self.primary, "restart", "-m", "fast")
 
+    def crash_primary(self) -> None:
+        """Crash the primary (``pg_ctl stop -m immediate``), as a failover starts."""
+        self._pg_ctl(self.primary, "stop", "-m", "immediate")
+
+    def promote(self, index: int) -> None:
+        """Promote replica ``index`` (``pg_ctl promote``); wait until it writes."""
+        failover.promote(self, self.replicas[index])
+
+    def follow(self, index: int, *, new_primary: int) -> None:
+        """Make replica ``index`` a standby of replica ``new_primary`` (promoted).
+
+        Its ``primary_conninfo`` is changed and reloaded; if it replayed past
+        the point where the new primary forked off, it is rewound instead.
+        """
+        failover.repoint(self, self.replicas[index], self.replicas[new_primary])
+
+    def rebuild_as_standby(self, node: PgNode, *, of: int) -> None:
+        """Make ``node`` (an old primary, say) a standby of replica ``of``.
+
+        ``pg_rewind`` when it can, a fresh ``pg_basebackup`` otherwise.
+        """
+        failover.rebuild(self, node, self.replicas[of])
+
+    def add_standby(self) -> PgNode:
+        """A new standby of the node taking writes, from a base backup; streaming."""
+        node = failover.add_standby(self)
+        self.replicas.append(node)
+        return node
+
     def pause_replay(self, index: int) -> None:
         """Pause WAL replay on a replica (it keeps receiving WAL)."""
         node = self.replicas[index]
@@ -349,13 +410,15 @@ class PostgresCluster:
         return True
 
     def heal(self) -> None:
-        """Undo faults: start stopped servers, resume replay, wait for streaming."""
-        if self.owned and not self.is_running(self.primary):
-            self._start_node(self.primary)
-        for index, node in enumerate(self.replicas):
-            if self.owned and not self.is_running(node):
-                self._start_node(node)
-            self.resume_replay(index)
+        """Return to the shape the cluster started with.
+
+        Stopped servers start, replay resumes; after a failover the primary
+        takes writes again (the promoted node's data is kept: it is rewound
+        back to a standby after a clean switchover); standbys added since are
+        removed.
+        """
+        failover.heal(self, original_replicas=self._shape)
+        del self.replicas[self._shape :]
         self.wait_streaming()
         self.wait_replicated()
 
@@ -363,6 +426,11 @@ class PostgresCluster:
     acrash_replica = _async_form(crash_replica)
     astart_replica = _async_form(start_replica)
     arestart_primary = _async_form(restart_primary)
+    acrash_primary = _async_form(crash_primary)
+    apromote = _async_form(promote)
+    afollow = _async_form(follow)
+    arebuild_as_standby = _async_form(rebuild_as_standby)
+    aadd_standby = _async_form(add_standby)
     apause_replay = _async_form(pause_replay)
     aresume_replay = _async_form(resume_replay)
     await_replicated = _async_form(wait_replicated)
