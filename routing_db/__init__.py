@@ -9,6 +9,7 @@ from ._exceptions import (
     ConfigurationError,
     LoadProcessError,
     NoReplicaAvailable,
+    NoWriterAvailable,
     ReadOnlyViolation,
     RoutingDBError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "LeastBusy",
     "LoadProcessError",
     "NoReplicaAvailable",
+    "NoWriterAvailable",
     "ObservabilityOptions",
     "RandomChoice",
     "ReadOnlyViolation",

@@ -16,7 +16,7 @@ from ._connections import driver_says_closed
 from ._context import COMMITTING
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
 from ._hooks import Hooks
-from ._retry import is_connection_error, never_sent
+from ._retry import is_connection_error, is_read_only_rejection, never_sent
 from ._sa_compat import max_overflow
 
 __all__ = [
@@ -194,20 +194,8 @@ _SETUP = {
 }
 
 
-def _is_read_only_rejection(error: BaseException) -> bool:
-    """True when a server refused a write because the transaction is read-only."""
-    if getattr(error, "sqlstate", None) == "25006":  # asyncpg, psycopg
-        return True
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return int(code) & 0xFF == 8  # SQLITE_READONLY and its extended codes
-    args: tuple[Any, ...] = getattr(error, "args", ())
-    # MySQL: 1792 read-only transaction, 1290 server running with --read-only.
-    return bool(args) and args[0] in (1792, 1290)
-
-
 def _translate_read_only(context: Any) -> BaseException | None:
-    if _is_read_only_rejection(context.original_exception):
+    if is_read_only_rejection(context.original_exception):
         return ReadOnlyViolation(
             "a read-only transaction refused a write (a replica's, or the "
             "writer's as a reader); nothing was written. Send writes to the "
@@ -302,13 +290,18 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
     return lost
 
 
-def install_writer_hooks(engine: AsyncEngine, hooks: Hooks, *, reads: bool) -> None:
+def install_writer_hooks(
+    engine: AsyncEngine, hooks: Hooks, *, reader: AsyncEngine | None
+) -> None:
     """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``.
 
-    With ``reads`` (the writer takes a share of replica reads in READ ONLY
-    transactions), a write refused there becomes ``ReadOnlyViolation`` too.
+    ``reader``: the writer's engine for a share of replica reads (READ ONLY
+    transactions), where a refused write is a ``ReadOnlyViolation``. On the
+    writer itself such a refusal is left to the session: it may mean that
+    the server is not the primary any more.
     """
     sync = engine.sync_engine
+    reads = None if reader is None else reader.sync_engine
 
     def lost_commit(context: Any) -> BaseException | None:
         # While a routing session commits, the one failure without a
@@ -320,13 +313,15 @@ def install_writer_hooks(engine: AsyncEngine, hooks: Hooks, *, reads: bool) -> N
             return None
         return _translate_lost_commit(context)
 
+    def refused_on_reader(context: Any) -> BaseException | None:
+        if reads is None or context.engine is not reads:
+            return None
+        return _translate_read_only(context)
+
     # handle_error is a dialect event: it costs nothing until an error.
     hooks.listen(sync, "handle_error", lost_commit)
     hooks.listen(sync, "handle_error", lambda context: _unsent_is_a_disconnect(context))
-    if reads:
-        hooks.listen(
-            sync, "handle_error", lambda context: _translate_read_only(context)
-        )
+    hooks.listen(sync, "handle_error", refused_on_reader)
 
 
 _CHECKED_IN = "routing_db.checked_in"

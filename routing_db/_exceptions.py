@@ -5,13 +5,15 @@
         ├── ConfigurationError        (also ValueError)
         ├── ReadOnlyViolation         (also sqlalchemy.exc.InvalidRequestError)
         ├── NoReplicaAvailable        (also ConnectionError)
+        ├── NoWriterAvailable         (also ConnectionError)
         ├── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
         └── LoadProcessError          (also RuntimeError)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
-``ReadOnlyViolation``, chained to the driver error; a COMMIT on the writer
-that loses its connection becomes ``CommitOutcomeUnknown``).
+``ReadOnlyViolation``, chained to the driver error; the writer rejecting one
+so, because it is not the primary any more, ``NoWriterAvailable``; a COMMIT
+on the writer that loses its connection becomes ``CommitOutcomeUnknown``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "ConfigurationError",
     "LoadProcessError",
     "NoReplicaAvailable",
+    "NoWriterAvailable",
     "ReadOnlyViolation",
     "RoutingDBError",
 ]
@@ -42,6 +45,11 @@ class ReadOnlyViolation(RoutingDBError, InvalidRequestError):
 
 class NoReplicaAvailable(RoutingDBError, ConnectionError):
     """A replica read found no eligible replica and writer fallback is off."""
+
+
+class NoWriterAvailable(RoutingDBError, ConnectionError):
+    """No writer took the work within ``writer_wait_timeout`` (a failover is
+    under way, or the writer's server is not the primary any more)."""
 
 
 class CommitOutcomeUnknown(RoutingDBError, DBAPIError):

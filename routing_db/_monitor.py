@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._engines import pool_capacity
-from ._positions import has_positions, replica_status, writer_position
+from ._positions import has_positions, replica_status, takes_writes, writer_position
 from ._topology import Topology
 
 __all__ = ["Monitor"]
@@ -70,9 +70,9 @@ class Monitor:
             await asyncio.wait({task})
 
     async def poll_once(self) -> None:
-        """One round: the writer's position, then every replica that is due."""
+        """One round: the writer's role and position, then every replica due."""
         writer_lsn: int | None = None
-        if self._positions:
+        if self._positions and await self._writer_takes_writes():
             try:
                 writer_lsn = await self._bounded(
                     writer_position(self._topology.async_writer)
@@ -88,6 +88,21 @@ class Monitor:
             or now >= replicas.state(replica.sync_engine).probe_at
         ]
         await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
+
+    async def _writer_takes_writes(self) -> bool:
+        topology = self._topology
+        try:
+            takes = await self._bounded(takes_writes(topology.async_writer))
+        except Exception as exc:  # down or restarting: no verdict on its role
+            logger.debug("routing_db monitor: writer role unknown: %r", exc)
+            return False
+        if takes:
+            topology.writer_found()
+        elif topology.writer_ok:
+            topology.writer_lost()
+            # Its pooled connections go to a server that is not the primary.
+            await topology.async_writer.dispose()
+        return bool(takes)
 
     async def _bounded(self, awaitable: Any) -> Any:
         # A replica that stopped answering must not stall the other polls.

@@ -44,6 +44,7 @@ class HealthOptions:
     probe_initial: float = 0.25
     probe_max: float = 2.0
     ping_after_idle: float | None = None
+    writer_wait_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.eject_after < 1:
@@ -54,6 +55,8 @@ class HealthOptions:
         if self.max_lag_bytes is not None and self.max_lag_bytes < 0:
             raise ConfigurationError("max_lag_bytes must be >= 0 or None (off)")
         _seconds_or_none(self, "max_lag_seconds", "ping_after_idle")
+        if self.writer_wait_timeout < 0:
+            raise ConfigurationError("writer_wait_timeout must be >= 0 seconds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

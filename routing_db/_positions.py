@@ -24,6 +24,8 @@ __all__ = [
     "has_positions",
     "replay_position_now",
     "replica_status",
+    "takes_writes",
+    "takes_writes_now",
     "writer_position",
     "writer_position_after_commit",
 ]
@@ -181,6 +183,32 @@ def replay_position_now(engine: Engine, floor: int) -> int | None:
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()
+
+
+# Does the server take writes (a primary, not a standby or a read_only replica)?
+_TAKES_WRITES_SQL = {
+    "postgresql": "SELECT NOT pg_is_in_recovery()",
+    "mysql": "SELECT @@global.read_only = 0",
+    "mariadb": "SELECT @@global.read_only = 0",
+}
+
+
+def takes_writes_now(engine: Engine) -> bool:
+    """Does ``engine``'s server take writes now? (SQLAlchemy's sync layer.)"""
+    raw = engine.raw_connection()
+    try:
+        sql = _TAKES_WRITES_SQL[engine.dialect.name]
+        return bool(_scalar(raw.driver_connection, raw.dbapi_connection, sql))
+    finally:
+        with contextlib.suppress(Exception):  # returning it to the pool
+            raw.close()
+
+
+async def takes_writes(engine: AsyncEngine) -> bool:
+    """Does ``engine``'s server take writes now? (The monitor's check.)"""
+    async with engine.connect() as connection:
+        sql = _TAKES_WRITES_SQL[engine.dialect.name]
+        return bool((await connection.exec_driver_sql(sql)).scalar())
 
 
 async def writer_position(engine: AsyncEngine) -> int | None:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_only
 
@@ -18,6 +17,7 @@ from ._causal import CausalFloor
 from ._engines import pool_capacity
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
+from ._hooks import Hooks
 from ._policies import BalancingPolicy, Candidate, RoundRobin
 from ._positions import replay_position_now
 from ._retry import is_connection_error
@@ -91,9 +91,7 @@ class ReplicaSet:
         self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
         # Only pool-aware policies get pool numbers (they cost calls per choice).
         self._pool_stats = getattr(policy, "uses_pool_stats", True)
-        if getattr(policy, "uses_latency", False):
-            for engine in self._members:
-                self._measure_holds(engine)
+        self._uses_latency = bool(getattr(policy, "uses_latency", False))
         # The common case, precomputed: every member well, no pool numbers
         # wanted, so a choice costs no list or Candidate building.
         self._everyone = list(enumerate(self._members))
@@ -108,7 +106,13 @@ class ReplicaSet:
         )
         self.quick: Callable[[], Engine] | None = self._cycle
 
-    def _measure_holds(self, engine: Engine) -> None:
+    def install_hooks(self, hooks: Hooks) -> None:
+        """Time how long connections are held, for policies that weigh by it."""
+        if self._uses_latency:
+            for engine in self._members:
+                self._measure_holds(engine, hooks)
+
+    def _measure_holds(self, engine: Engine, hooks: Hooks) -> None:
         # A moving average of how long connections stay checked out, for
         # policies that weigh replicas by it (least_busy).
         def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -126,8 +130,8 @@ class ReplicaSet:
             )
             self._latency[engine] = (average, now)
 
-        event.listen(engine, "checkout", checked_out)
-        event.listen(engine, "checkin", checked_in)
+        hooks.listen(engine, "checkout", checked_out)
+        hooks.listen(engine, "checkin", checked_in)
 
     def __contains__(self, engine: object) -> bool:
         return engine in self.states

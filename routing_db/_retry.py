@@ -34,6 +34,7 @@ T = TypeVar("T")
 __all__ = [
     "RetryPolicy",
     "is_connection_error",
+    "is_read_only_rejection",
     "is_recovery_conflict",
     "is_transient_error",
     "never_sent",
@@ -128,6 +129,21 @@ def is_connection_error(error: BaseException) -> bool:
 def never_sent(error: BaseException) -> bool:
     """True when the driver refused the statement before sending anything."""
     return any(_refused_unsent(item) for item in _chain(error))
+
+
+def _refused_as_read_only(error: BaseException) -> bool:
+    if _sqlstate(error) == "25006":  # asyncpg, psycopg
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == 8  # SQLITE_READONLY and its extended codes
+    # MySQL: 1792 read-only transaction, 1290 server running with --read-only.
+    return _mysql_code(error) in (1792, 1290)
+
+
+def is_read_only_rejection(error: BaseException) -> bool:
+    """True when a server refused a write because the transaction is read-only."""
+    return any(_refused_as_read_only(item) for item in _chain(error))
 
 
 def is_recovery_conflict(error: BaseException) -> bool:

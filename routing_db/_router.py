@@ -127,6 +127,7 @@ class Router:
         eject_after: int = 1,
         eject_window: float = 10.0,
         ping_after_idle: float | None = None,
+        writer_wait_timeout: float = 10.0,
         sticky_seconds: float = 2.0,
         causal_wait_timeout: float | None = None,
         slow_query_seconds: float | None = None,
@@ -164,6 +165,7 @@ class Router:
             eject_after=eject_after,
             eject_window=eject_window,
             ping_after_idle=ping_after_idle,
+            writer_wait_timeout=writer_wait_timeout,
         )
         self.consistency = options_group(
             ConsistencyOptions,
@@ -187,7 +189,7 @@ class Router:
         self.writer_read_weight = writer_read_weight
         self.retry = retry or RetryPolicy()
         names = self._engine_names()
-        reader = _writer_reader(writer, writer_read_weight)
+        reader = self._reader = _writer_reader(writer, writer_read_weight)
         replica_set = ReplicaSet(
             [replica.sync_engine for replica in self.replicas],
             writer_reader=reader.sync_engine if reader else None,
@@ -235,6 +237,7 @@ class Router:
             else None
         )
         replica_set = self.topology.replica_set
+        replica_set.install_hooks(hooks)
         for name, replica in self.topology.engines():
             if replica is not self.writer:
                 install_replica_setup(
@@ -246,7 +249,7 @@ class Router:
                         replica_set.record_role, replica.sync_engine
                     ),
                 )
-        install_writer_hooks(self.writer, hooks, reads=self.writer_read_weight > 0)
+        install_writer_hooks(self.writer, hooks, reader=self._reader)
         for name, engine in self.topology.engines():
             if health.ping_after_idle is not None:
                 install_idle_ping(engine, hooks, idle_seconds=health.ping_after_idle)
@@ -383,8 +386,8 @@ class Router:
         rows: list[dict[str, Any]] = [
             {
                 "name": self.topology.name(self.writer),
-                "role": "writer",
-                "state": "serving",
+                "role": "writer" if self.topology.writer_ok else "unknown",
+                "state": "serving" if self.topology.writer_ok else "ejected",
                 "url": safe_url(self.writer.url),
                 "healthy": None,  # the writer is never ejected
                 "lag_bytes": None,

@@ -114,6 +114,8 @@ class RoutingSyncSession(RecoveringSession):
             wrote=tx is not None and tx.wrote,
         )
         if route is _TO_WRITER:
+            if not topology.writer_ok:
+                self._routing_wait_for_writer()  # a failover is under way
             if kind is _WRITE:
                 self._routing_state().wrote = True
             if tx is not None:
@@ -248,6 +250,14 @@ class RoutingSyncSession(RecoveringSession):
         flushing, self._routing_flushing = self._routing_flushing, True
         try:
             super().flush(objects)
+        except Exception as exc:
+            # A flush is not run again, but the writer's refusal is named for
+            # what it is when the writer is not the primary any more.
+            if self._routing_writer_refused(exc):
+                raise self._routing_no_writer(
+                    "it refused a write as read-only"
+                ) from exc
+            raise
         finally:
             self._routing_flushing = flushing
 

@@ -111,6 +111,8 @@ class RoutingSettings(BaseSettings):
     eject_after: AtLeastOne = 1
     eject_window: Seconds = 10.0
     max_writer_fallbacks: PoolCount | None = None
+    # How long writes wait for the writer to take writes again (failover).
+    writer_wait_timeout: Limit = 10.0
     # The writer's share of replica reads (0: replicas only).
     writer_read_weight: Limit = 0.0
 

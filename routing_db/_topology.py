@@ -8,6 +8,7 @@ read it. Only ``Router`` builds it. Engines are held both as the caller's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
@@ -17,6 +18,8 @@ from ._events import Listeners
 from ._replicas import ReplicaSet
 
 __all__ = ["Topology"]
+
+logger = logging.getLogger("routing_db")
 
 
 class Topology:
@@ -51,6 +54,10 @@ class Topology:
             self._by_sync[writer_reader.sync_engine] = writer_reader
             self._sync_names[writer_reader.sync_engine] = names[writer]
         self.closed = False  # the router was disposed: no new sessions
+        # The writer's server was last seen taking writes. False once it
+        # refused a write as read-only and was found not to be the primary
+        # (or the monitor found it so): writes wait for it to be one again.
+        self.writer_ok = True
         self._max_fallbacks = max_writer_fallbacks
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
@@ -73,6 +80,26 @@ class Topology:
     def is_writer(self, engine: Engine) -> bool:
         """Does ``engine`` run on the writer (as itself or as a reader)?"""
         return engine is self.writer or engine is self.writer_reader
+
+    def writer_lost(self) -> None:
+        """The writer's server was found not taking writes (not the primary)."""
+        if self.writer_ok:
+            self.writer_ok = False
+            name = self._names[self.async_writer]
+            self.listeners.emit("role_changed", name, "writer", "unknown")
+            logger.error(
+                "routing_db: the writer %s is not the primary any more: writes "
+                "wait for it to take writes again (writer_wait_timeout)",
+                name,
+            )
+
+    def writer_found(self) -> None:
+        """The writer's server takes writes (again)."""
+        if not self.writer_ok:
+            self.writer_ok = True
+            name = self._names[self.async_writer]
+            self.listeners.emit("role_changed", name, "unknown", "writer")
+            logger.warning("routing_db: the writer %s takes writes again", name)
 
     def acquire_fallback(self) -> bool:
         """Take a ``max_writer_fallbacks`` slot for a read; False if none is free."""

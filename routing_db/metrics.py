@@ -67,20 +67,29 @@ class _StatusCollector(Collector):
             "1 when the replica may serve reads (healthy and under lag limits).",
             labels=["engine"],
         )
-        for row in self._router.status():
+        writer = GaugeMetricFamily(
+            f"{ns}_writer_available",
+            "1 while the writer takes writes (0 during a failover).",
+            labels=["engine"],
+        )
+        rows = self._router.status()
+        writer.add_metric(
+            [rows[0]["name"]], 1.0 if rows[0]["role"] == "writer" else 0.0
+        )
+        for row in rows:
             for key, family in pool.items():
                 value = row["pool"].get(key)
                 if value is not None:
                     family.add_metric([row["name"], row["role"]], value)
-            if row["role"] == "writer":
-                continue
+            if row is rows[0]:
+                continue  # the writer has no lag
             healthy.add_metric([row["name"]], 1.0 if row["eligible"] else 0.0)
             if row["lag_bytes"] is not None:
                 lag_bytes.add_metric([row["name"]], row["lag_bytes"])
             if row["lag_seconds"] is not None:
                 lag_seconds.add_metric([row["name"]], row["lag_seconds"])
         yield from pool.values()
-        yield from (lag_bytes, lag_seconds, healthy)
+        yield from (lag_bytes, lag_seconds, healthy, writer)
 
 
 class RouterMetrics:

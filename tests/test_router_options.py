@@ -155,6 +155,7 @@ async def test_dispose_removes_every_hook_the_router_installed(
             ping_after_idle=1.0,
             slow_query_seconds=1.0,
             hold_warning_seconds=1.0,
+            policy="least_busy",
         )
         for _ in range(3)
     ]

@@ -359,9 +359,12 @@ class PostgresCluster:
         """Crash the primary (``pg_ctl stop -m immediate``), as a failover starts."""
         self._pg_ctl(self.primary, "stop", "-m", "immediate")
 
-    def promote(self, index: int) -> None:
-        """Promote replica ``index`` (``pg_ctl promote``); wait until it writes."""
-        failover.promote(self, self.replicas[index])
+    def promote(self, node: int | PgNode) -> None:
+        """Promote a standby (``pg_ctl promote``): replica ``node``, or that node.
+
+        Returns once it takes writes.
+        """
+        failover.promote(self, self._node(node))
 
     def follow(self, index: int, *, new_primary: int) -> None:
         """Make replica ``index`` a standby of replica ``new_primary`` (promoted).
@@ -371,12 +374,15 @@ class PostgresCluster:
         """
         failover.repoint(self, self.replicas[index], self.replicas[new_primary])
 
-    def rebuild_as_standby(self, node: PgNode, *, of: int) -> None:
+    def rebuild_as_standby(self, node: PgNode, *, of: int | PgNode) -> None:
         """Make ``node`` (an old primary, say) a standby of replica ``of``.
 
         ``pg_rewind`` when it can, a fresh ``pg_basebackup`` otherwise.
         """
-        failover.rebuild(self, node, self.replicas[of])
+        failover.rebuild(self, node, self._node(of))
+
+    def _node(self, node: int | PgNode) -> PgNode:
+        return self.replicas[node] if isinstance(node, int) else node
 
     def add_standby(self) -> PgNode:
         """A new standby of the node taking writes, from a base backup; streaming."""
