@@ -25,8 +25,10 @@ class ReplicaState:
         "_failures",
         "_options",
         "backoff",
+        "draining",
         "ejected",
         "ejections",
+        "joining",
         "lag_bytes",
         "lag_seconds",
         "lagging",
@@ -53,10 +55,13 @@ class ReplicaState:
         # Last seen as a standby (True), as a server taking writes (False:
         # promoted, it no longer replays the writer's changes), not yet (None).
         self.standby: bool | None = None
+        # Added at runtime and not yet found a standby; being removed.
+        self.joining = False
+        self.draining = False
 
     def available(self, now: float) -> bool:
         """May this replica serve a new transaction at ``now``?"""
-        if self.lagging or self.standby is False:
+        if self.lagging or self.joining or self.draining or self.standby is False:
             return False
         # An ejected replica is offered again once its probe time has come
         # (half-open): that keeps it recoverable even with no monitor running.

@@ -84,8 +84,8 @@ class Monitor:
         due = [
             replica
             for replica in self._topology.async_replicas
-            if not replicas.state(replica.sync_engine).ejected
-            or now >= replicas.state(replica.sync_engine).probe_at
+            if (state := replicas.state(replica.sync_engine)).draining is False
+            and (not state.ejected or now >= state.probe_at)
         ]
         await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
 

@@ -7,7 +7,7 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -72,17 +72,16 @@ class ReplicaSet:
     ) -> None:
         self.engines = tuple(engines)
         self._names = dict(zip(self.engines, names, strict=True))
-        self._weights = tuple(weights)
+        self._weight = dict(zip(self.engines, weights, strict=True))
         self._policy = policy
+        self._health = health
         self.states = {engine: ReplicaState(health) for engine in self.engines}
         # The writer may take a share of replica reads (writer_read_weight):
         # it is then one more member of the choice, after the replicas.
-        self._members = self.engines
         self._writer_reader = writer_reader
         if writer_reader is not None:
-            self._members = (*self.engines, writer_reader)
             self._names[writer_reader] = writer_name
-            self._weights = (*self._weights, writer_weight)
+            self._weight[writer_reader] = writer_weight
             self.states[writer_reader] = _WriterState(health)
         self._positions = positions
         self.sticky_seconds = sticky_seconds
@@ -92,19 +91,48 @@ class ReplicaSet:
         # Only pool-aware policies get pool numbers (they cost calls per choice).
         self._pool_stats = getattr(policy, "uses_pool_stats", True)
         self._uses_latency = bool(getattr(policy, "uses_latency", False))
+        self._arrange()
+
+    def _arrange(self) -> None:
+        # What a choice needs, computed again whenever the members change.
+        reader = self._writer_reader
+        self._members = self.engines if reader is None else (*self.engines, reader)
+        self._weights = tuple(self._weight[engine] for engine in self._members)
         # The common case, precomputed: every member well, no pool numbers
         # wanted, so a choice costs no list or Candidate building.
         self._everyone = list(enumerate(self._members))
         self._fixed = [self._candidate(i, engine) for i, engine in self._everyone]
-        self._all_well = True
         # Round robin among members that are all well, as one C-level call:
         # what a replica read with nothing to read back costs (get_bind).
         self._cycle = (
             itertools.cycle(self._members).__next__
-            if type(policy) is RoundRobin and self._members
+            if type(self._policy) is RoundRobin and self._members
             else None
         )
-        self.quick: Callable[[], Engine] | None = self._cycle
+        self._refresh()
+
+    def add(self, engine: Engine, *, name: str, weight: float, hooks: Hooks) -> None:
+        """A new member; it serves once it is found to be a standby."""
+        state = ReplicaState(self._health)
+        state.joining = True
+        self.states[engine] = state
+        self._names[engine] = name
+        self._weight[engine] = weight
+        self.engines = (*self.engines, engine)
+        if self._uses_latency:
+            self._measure_holds(engine, hooks)
+        self._arrange()
+
+    def drain(self, engine: Engine) -> None:
+        """Take ``engine`` out of the choice; transactions on it carry on."""
+        self.states[engine].draining = True
+        self.engines = tuple(e for e in self.engines if e is not engine)
+        self._arrange()
+
+    def forget(self, engine: Engine) -> None:
+        """Forget a drained member altogether."""
+        self.states.pop(engine, None)
+        self._latency.pop(engine, None)
 
     def install_hooks(self, hooks: Hooks) -> None:
         """Time how long connections are held, for policies that weigh by it."""
@@ -283,8 +311,13 @@ class ReplicaSet:
         # A replica that failed lately is left to pick(), whose caller opens
         # its connection first to see whether it works again.
         self._all_well = not any(
-            state.ejected or state.lagging or state.suspect or state.standby is False
-            for state in self.states.values()
+            state.ejected
+            or state.lagging
+            or state.suspect
+            or state.joining
+            or state.standby is False
+            for engine, state in self.states.items()
+            if engine in self._members
         )
         self.quick = self._cycle if self._all_well else None
 
@@ -328,6 +361,10 @@ class ReplicaSet:
             return False
         before = state.standby
         state.standby = standby
+        if standby and state.joining:
+            state.joining = False  # a new member: it serves from now on
+            self._refresh()
+            logger.warning("routing_db: replica %s joins", self._names[engine])
         if before is not None and before != standby:
             self._refresh()
             name = self._names[engine]
@@ -351,7 +388,9 @@ class ReplicaSet:
         lag_seconds: float | None,
     ) -> None:
         """Store the monitor's lag measurement for ``engine``."""
-        state = self.states[engine]
+        state = self.states.get(engine)
+        if state is None:
+            return  # removed while the monitor polled it
         was = state.lagging
         state.record_lag(
             replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import inspect
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +18,13 @@ from ._engines import (
     check_url,
     create_engine,
     engine_name,
-    install_idle_ping,
-    install_replica_setup,
     install_writer_hooks,
-    pool_capacity,
     safe_url,
 )
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
-from ._health import ReplicaState
 from ._hooks import Hooks
+from ._membership import drain, join
 from ._monitor import Monitor
 from ._options import (
     ConsistencyOptions,
@@ -42,9 +37,10 @@ from ._policies import BalancingPolicy, make_policy
 from ._positions import has_positions
 from ._replicas import ReplicaSet
 from ._retry import RetryPolicy
-from ._slowlog import install_slow_query_log
 from ._starvation import StarvationDetector
+from ._status import status_rows
 from ._topology import Topology
+from ._wiring import hook_engine, hook_replica
 
 if TYPE_CHECKING:
     from ._settings import RoutingSettings
@@ -58,30 +54,10 @@ logger = logging.getLogger("routing_db")
 _READ_ONLY = "postgresql_readonly"
 
 
-def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
-    pool: Any = engine.sync_engine.pool
-
-    def stat(name: str) -> int | None:
-        method = getattr(pool, name, None)
-        return int(method()) if callable(method) else None
-
-    overflow = stat("overflow")
-    capacity = pool_capacity(pool)
-    return {
-        "size": stat("size"),
-        "capacity": capacity or None,  # pool_size + max_overflow
-        "checked_out": stat("checkedout"),
-        # Connections open beyond pool_size (SQLAlchemy's own count is
-        # negative while the pool has not opened all of pool_size yet).
-        "overflow": None if overflow is None else max(0, overflow),
-        "checked_in": stat("checkedin"),
-    }
-
-
-def _state(replica: ReplicaState) -> str:
-    if replica.ejected or replica.standby is False:
-        return "ejected"  # not answering, or not a standby of ours any more
-    return "lagging" if replica.lagging else "serving"
+def _plain_engine(url: URL, name: str | None) -> AsyncEngine:
+    """An engine for a replica added by URL to a router made from engines."""
+    kwargs: dict[str, Any] = {} if name is None else {"logging_name": name}
+    return create_engine(url, field="add_replica", **kwargs)
 
 
 def _writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
@@ -182,31 +158,31 @@ class Router:
             checkout_wait_warning=checkout_wait_warning,
         )
         self.writer = writer
-        self.replicas: tuple[AsyncEngine, ...] = tuple(replicas)
+        replicas = tuple(replicas)
         self.default_role: DefaultRole = default_role
         self.fallback_to_writer = fallback_to_writer
         self.max_writer_fallbacks = max_writer_fallbacks
         self.writer_read_weight = writer_read_weight
         self.retry = retry or RetryPolicy()
-        names = self._engine_names()
+        names = self._engine_names(replicas)
         reader = self._reader = _writer_reader(writer, writer_read_weight)
         replica_set = ReplicaSet(
-            [replica.sync_engine for replica in self.replicas],
+            [replica.sync_engine for replica in replicas],
             writer_reader=reader.sync_engine if reader else None,
             writer_weight=writer_read_weight,
             writer_name=names[writer],
-            names=[names[replica] for replica in self.replicas],
-            weights=weights or [1.0] * len(self.replicas),
+            names=[names[replica] for replica in replicas],
+            weights=weights or [1.0] * len(replicas),
             policy=make_policy(policy),
             health=self.health,
             positions=has_positions(writer.dialect.name)
-            and all(has_positions(replica.dialect.name) for replica in self.replicas),
+            and all(has_positions(replica.dialect.name) for replica in replicas),
             sticky_seconds=self.consistency.sticky_seconds,
             causal_wait_timeout=self.consistency.causal_wait_timeout,
         )
         self.topology = Topology(
             writer=writer,
-            replicas=self.replicas,
+            replicas=replicas,
             names=names,
             writer_reader=reader,
             replica_set=replica_set,
@@ -214,6 +190,8 @@ class Router:
         )
         self._hooks = Hooks()
         self._install_hooks()
+        self._started = False
+        self._new_replica: Callable[[URL, str | None], AsyncEngine] = _plain_engine
         self._monitor = Monitor(
             self.topology,
             interval=self.health.monitor_interval,
@@ -238,29 +216,17 @@ class Router:
         )
         replica_set = self.topology.replica_set
         replica_set.install_hooks(hooks)
+        install_writer_hooks(self.writer, hooks, reader=self._reader)
+        hook_engine(
+            self.writer, hooks, name=self.topology.name(self.writer), health=health,
+            observability=watch,
+        )  # fmt: skip
         for name, replica in self.topology.engines():
             if replica is not self.writer:
-                install_replica_setup(
-                    replica,
-                    hooks,
-                    name=name,
-                    require_standby=health.require_standby,
-                    seen=functools.partial(
-                        replica_set.record_role, replica.sync_engine
-                    ),
-                )
-        install_writer_hooks(self.writer, hooks, reader=self._reader)
-        for name, engine in self.topology.engines():
-            if health.ping_after_idle is not None:
-                install_idle_ping(engine, hooks, idle_seconds=health.ping_after_idle)
-            if watch.slow_query_seconds is not None:
-                install_slow_query_log(
-                    engine,
-                    hooks,
-                    name=name,
-                    threshold=watch.slow_query_seconds,
-                    log_parameters=watch.log_slow_parameters,
-                )
+                hook_replica(
+                    replica, hooks, name=name, health=health, observability=watch,
+                    replica_set=replica_set,
+                )  # fmt: skip
 
     @property
     def ping_after_idle(self) -> float | None:
@@ -272,8 +238,15 @@ class Router:
         """Reads served by the writer for want of a replica, since creation."""
         return self.topology.fallbacks_total
 
-    def _engine_names(self) -> dict[AsyncEngine, str]:
-        given = [e.sync_engine.logging_name for e in (self.writer, *self.replicas)]
+    @property
+    def replicas(self) -> tuple[AsyncEngine, ...]:
+        """The replica engines, in order (those being removed too)."""
+        return self.topology.async_replicas
+
+    def _engine_names(
+        self, replicas: tuple[AsyncEngine, ...]
+    ) -> dict[AsyncEngine, str]:
+        given = [e.sync_engine.logging_name for e in (self.writer, *replicas)]
         named = [name for name in given if name]
         if len(set(named)) != len(named):
             # Two engines under one name would share their metrics and logs.
@@ -282,7 +255,7 @@ class Router:
             )
         names: dict[AsyncEngine, str] = {self.writer: engine_name(self.writer)}
         seen: dict[str, int] = {}
-        for replica in self.replicas:
+        for replica in replicas:
             base = engine_name(replica)
             seen[base] = seen.get(base, 0) + 1
             names[replica] = base if seen[base] == 1 else f"{base}#{seen[base]}"
@@ -360,7 +333,11 @@ class Router:
             engine(url, f"replica_urls[{i}]", replica_kwargs, names[i + 1])
             for i, url in enumerate(replica_us)
         ]
-        return cls(writer=writer, replicas=replicas, **options)
+        router = cls(writer=writer, replicas=replicas, **options)
+        router._new_replica = lambda url, name: engine(
+            url, "add_replica", replica_kwargs, name
+        )
+        return router
 
     @classmethod
     def from_settings(cls, settings: RoutingSettings | None = None) -> Router:
@@ -381,40 +358,49 @@ class Router:
         self.topology.listeners.remove(listener)
 
     def status(self) -> list[dict[str, Any]]:
-        """Per engine: name, role, health, lag and pool stats; JSON-safe, no secrets."""
-        now = time.monotonic()
-        rows: list[dict[str, Any]] = [
-            {
-                "name": self.topology.name(self.writer),
-                "role": "writer" if self.topology.writer_ok else "unknown",
-                "state": "serving" if self.topology.writer_ok else "ejected",
-                "url": safe_url(self.writer.url),
-                "healthy": None,  # the writer is never ejected
-                "lag_bytes": None,
-                "lag_seconds": None,
-                "pool": _pool_stats(self.writer),
-            }
-        ]
-        for replica in self.replicas:
-            state = self.topology.replica_set.state(replica.sync_engine)
-            rows.append(
-                {
-                    "name": self.topology.name(replica),
-                    "role": "unknown" if state.standby is False else "replica",
-                    "state": _state(state),
-                    "url": safe_url(replica.url),
-                    "healthy": not state.ejected,
-                    "ejected": state.ejected,
-                    "lagging": state.lagging,
-                    "eligible": state.available(now),
-                    "ejections": state.ejections,
-                    "lag_bytes": state.lag_bytes,
-                    "lag_seconds": state.lag_seconds,
-                    "replay_lsn": state.replay_lsn,
-                    "pool": _pool_stats(replica),
-                }
-            )
-        return rows
+        """Per engine: name, role, state, health, lag and pool stats; no secrets."""
+        return status_rows(self.topology)
+
+    def add_replica(
+        self,
+        replica: str | URL | AsyncEngine,
+        *,
+        name: str | None = None,
+        weight: float = 1.0,
+    ) -> str:
+        """Add a replica at runtime; return its name.
+
+        It serves once the monitor has found it a standby (within one
+        ``monitor_interval`` of the router's running monitor). A URL gets an
+        engine made as ``from_urls`` made the others.
+        """
+        if isinstance(replica, AsyncEngine):
+            engine = replica
+        else:
+            engine = self._new_replica(check_url(replica, field="add_replica"), name)
+        name = name or engine_name(engine)
+        if name in {self.topology.name(e) for e in (self.writer, *self.replicas)}:
+            raise ConfigurationError(f"the router already has an engine named {name}")
+        if not 0 <= weight < float("inf"):
+            raise ConfigurationError("a replica's weight must be a number >= 0")
+        join(
+            self.topology, engine, self._hooks, name=name, weight=weight,
+            health=self.health, observability=self.observability,
+        )  # fmt: skip
+        if self._started and not self._monitor.running:
+            self._monitor.start()
+        return name
+
+    async def remove_replica(self, name: str, *, drain_timeout: float = 30.0) -> None:
+        """Remove a replica: no new transactions, open ones finish, pool disposed.
+
+        Transactions still on it after ``drain_timeout`` seconds keep their
+        connections until they end; the pool closes them as they come back.
+        """
+        engine = self.topology.named(name)
+        if engine is None:
+            raise ConfigurationError(f"the router has no replica named {name!r}")
+        await drain(self.topology, engine, seconds=drain_timeout)
 
     async def start(self) -> None:
         """Start the background health and lag monitor (idempotent).
@@ -424,6 +410,7 @@ class Router:
         if self.topology.closed:
             self._install_hooks()
             self.topology.closed = False
+        self._started = True
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
@@ -434,6 +421,7 @@ class Router:
 
     async def stop(self) -> None:
         """Stop the monitor; the engines stay usable."""
+        self._started = False
         await self._monitor.stop()
 
     async def dispose(self) -> None:

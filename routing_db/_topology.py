@@ -62,6 +62,27 @@ class Topology:
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
 
+    def add_replica(self, engine: AsyncEngine, name: str) -> None:
+        """Know ``engine`` as one more replica, called ``name``."""
+        self.async_replicas = (*self.async_replicas, engine)
+        self._names[engine] = name
+        self._by_sync[engine.sync_engine] = engine
+        self._sync_names[engine.sync_engine] = name
+
+    def remove_replica(self, engine: AsyncEngine) -> None:
+        """No longer list a replica that was drained.
+
+        Its name is kept: a transaction still on it reports under that name.
+        """
+        self.async_replicas = tuple(e for e in self.async_replicas if e is not engine)
+
+    def named(self, name: str) -> AsyncEngine | None:
+        """The replica listed under ``name``, if any."""
+        for engine in self.async_replicas:
+            if self._names[engine] == name:
+                return engine
+        return None
+
     def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
         """``(name, engine)`` of the writer, then of each replica."""
         for engine in (self.async_writer, *self.async_replicas):

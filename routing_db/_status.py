@@ -1,0 +1,80 @@
+"""``Router.status()``: one JSON-safe row per engine, from the topology."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._engines import pool_capacity, safe_url
+from ._health import ReplicaState
+from ._topology import Topology
+
+__all__ = ["status_rows"]
+
+
+def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
+    pool: Any = engine.sync_engine.pool
+
+    def stat(name: str) -> int | None:
+        method = getattr(pool, name, None)
+        return int(method()) if callable(method) else None
+
+    overflow = stat("overflow")
+    capacity = pool_capacity(pool)
+    return {
+        "size": stat("size"),
+        "capacity": capacity or None,  # pool_size + max_overflow
+        "checked_out": stat("checkedout"),
+        # Connections open beyond pool_size (SQLAlchemy's own count is
+        # negative while the pool has not opened all of pool_size yet).
+        "overflow": None if overflow is None else max(0, overflow),
+        "checked_in": stat("checkedin"),
+    }
+
+
+def _state(replica: ReplicaState) -> str:
+    if replica.draining:
+        return "draining"
+    if replica.ejected or replica.joining or replica.standby is False:
+        return "ejected"  # not answering, not yet, or not a standby of ours
+    return "lagging" if replica.lagging else "serving"
+
+
+def status_rows(topology: Topology) -> list[dict[str, Any]]:
+    """Per engine: name, role, state, health, lag and pool stats; no secrets."""
+    now = time.monotonic()
+    writer = topology.async_writer
+    rows: list[dict[str, Any]] = [
+        {
+            "name": topology.name(writer),
+            "role": "writer" if topology.writer_ok else "unknown",
+            "state": "serving" if topology.writer_ok else "ejected",
+            "url": safe_url(writer.url),
+            "healthy": None,  # the writer is never ejected
+            "lag_bytes": None,
+            "lag_seconds": None,
+            "pool": _pool_stats(writer),
+        }
+    ]
+    for replica in topology.async_replicas:
+        state = topology.replica_set.state(replica.sync_engine)
+        rows.append(
+            {
+                "name": topology.name(replica),
+                "role": "unknown" if state.standby is False else "replica",
+                "state": _state(state),
+                "url": safe_url(replica.url),
+                "healthy": not state.ejected,
+                "ejected": state.ejected,
+                "lagging": state.lagging,
+                "eligible": state.available(now),
+                "ejections": state.ejections,
+                "lag_bytes": state.lag_bytes,
+                "lag_seconds": state.lag_seconds,
+                "replay_lsn": state.replay_lsn,
+                "pool": _pool_stats(replica),
+            }
+        )
+    return rows

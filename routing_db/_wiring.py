@@ -1,0 +1,56 @@
+"""The hooks a router puts on each of its engines, by role."""
+
+from __future__ import annotations
+
+import functools
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._engines import install_idle_ping, install_replica_setup
+from ._hooks import Hooks
+from ._options import HealthOptions, ObservabilityOptions
+from ._replicas import ReplicaSet
+from ._slowlog import install_slow_query_log
+
+__all__ = ["hook_engine", "hook_replica"]
+
+
+def hook_engine(
+    engine: AsyncEngine,
+    hooks: Hooks,
+    *,
+    name: str,
+    health: HealthOptions,
+    observability: ObservabilityOptions,
+) -> None:
+    """What every engine gets: the idle check and the slow-query log, if on."""
+    if health.ping_after_idle is not None:
+        install_idle_ping(engine, hooks, idle_seconds=health.ping_after_idle)
+    if observability.slow_query_seconds is not None:
+        install_slow_query_log(
+            engine,
+            hooks,
+            name=name,
+            threshold=observability.slow_query_seconds,
+            log_parameters=observability.log_slow_parameters,
+        )
+
+
+def hook_replica(
+    engine: AsyncEngine,
+    hooks: Hooks,
+    *,
+    name: str,
+    health: HealthOptions,
+    observability: ObservabilityOptions,
+    replica_set: ReplicaSet,
+) -> None:
+    """A replica's hooks: read-only, standby-checked connections, and the rest."""
+    install_replica_setup(
+        engine,
+        hooks,
+        name=name,
+        require_standby=health.require_standby,
+        seen=functools.partial(replica_set.record_role, engine.sync_engine),
+    )
+    hook_engine(engine, hooks, name=name, health=health, observability=observability)
