@@ -8,11 +8,9 @@ session internals touched here are wrapped in ``_sa_compat``.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import logging
-import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,19 +19,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from sqlalchemy.util import await_only
 
 from ._connections import checkout_failed, close_quietly, drop_if_dead
 from ._engines import NotAStandby
-from ._exceptions import NoWriterAvailable
-from ._positions import takes_writes_now
 from ._retry import (
     is_connection_error,
-    is_read_only_rejection,
     is_recovery_conflict,
     never_sent,
 )
 from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
+from ._writer_wait import WriterWaiting
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -119,7 +114,7 @@ def first_statement(method: Callable[..., Any]) -> Any:
     return run
 
 
-class RecoveringSession(Session):
+class RecoveringSession(WriterWaiting):
     """A ``Session`` whose first statements survive lost connections."""
 
     _routing_router: Router | None = None
@@ -226,59 +221,6 @@ class RecoveringSession(Session):
             connection.invalidate(error if isinstance(error, Exception) else None)
         close_quietly(connection)
         return True
-
-    def _routing_writer_refused(self, error: BaseException) -> bool:
-        """Did the writer refuse a write because it is not the primary any more?"""
-        router = self._routing_router
-        tx = self._routing_tx
-        if router is None or (tx is not None and tx.target is not None):
-            return False  # not the writer's error
-        if not is_read_only_rejection(error):
-            return False
-        topology = router.topology
-        if topology.writer_ok:
-            try:
-                takes = takes_writes_now(topology.writer)
-            except Exception:  # unknown: the error stands as it is
-                return False
-            if takes:
-                return False  # a read-only transaction of the application's own
-            topology.writer_lost()
-            # Its pooled connections go to a server that is not the primary.
-            topology.writer.dispose()
-        return True
-
-    def _routing_wait_for_writer(self) -> None:
-        """Return once the writer takes writes; ``NoWriterAvailable`` after
-        ``writer_wait_timeout``."""
-        router = self._routing_router
-        assert router is not None
-        topology = router.topology
-        deadline = time.monotonic() + router.health.writer_wait_timeout
-        while not topology.writer_ok:
-            # Asked here too, so that a router without a running monitor
-            # finds the primary back.
-            try:
-                if takes_writes_now(topology.writer):
-                    topology.writer_found()
-                    return
-            except Exception as exc:  # down or restarting: ask again
-                logger.debug("routing_db: writer role unknown: %r", exc)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timeout = router.health.writer_wait_timeout
-                raise self._routing_no_writer(
-                    f"it did not take writes within writer_wait_timeout, {timeout:g} s"
-                )
-            await_only(asyncio.sleep(min(0.1, remaining)))
-
-    def _routing_no_writer(self, why: str) -> NoWriterAvailable:
-        router = self._routing_router
-        assert router is not None
-        return NoWriterAvailable(
-            f"no writer: {router.topology.name(router.writer)} is not the primary "
-            f"({why}); a failover may be under way"
-        )
 
     def _routing_skip_target(self, error: BaseException, *, eject: bool) -> Rerun:
         # If the statement was bound for a replica, the next attempt goes to

@@ -359,8 +359,17 @@ class ReplicaSet:
         state = self.states.get(engine)
         if state is None:
             return False
+        if not self._health.require_standby:
+            standby = True  # a server taking writes serves reads on purpose
         before = state.standby
         state.standby = standby
+        if before is None and not standby:
+            self._refresh()
+            logger.error(
+                "routing_db: replica %s is not a standby (it takes writes): it "
+                "serves no reads; check replica_urls",
+                self._names[engine],
+            )
         if standby and state.joining:
             state.joining = False  # a new member: it serves from now on
             self._refresh()

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._build import DEFAULT_PING_AFTER_IDLE, EngineMaker, engine_names, idle_check
 from ._decision import DefaultRole, check_default_role
 from ._engines import (
     check_url,
-    create_engine,
     engine_name,
     install_writer_hooks,
     safe_url,
@@ -47,17 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PING_AFTER_IDLE", "ROUTER_OPTIONS", "Router"]
 
-DEFAULT_PING_AFTER_IDLE = 1.0
-
 logger = logging.getLogger("routing_db")
 
 _READ_ONLY = "postgresql_readonly"
-
-
-def _plain_engine(url: URL, name: str | None) -> AsyncEngine:
-    """An engine for a replica added by URL to a router made from engines."""
-    kwargs: dict[str, Any] = {} if name is None else {"logging_name": name}
-    return create_engine(url, field="add_replica", **kwargs)
 
 
 def _writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
@@ -191,7 +182,8 @@ class Router:
         self._hooks = Hooks()
         self._install_hooks()
         self._started = False
-        self._new_replica: Callable[[URL, str | None], AsyncEngine] = _plain_engine
+        # How add_replica makes an engine from a URL (from_urls: as it did).
+        self._new_replica = EngineMaker({}, None, pgbouncer=False)
         self._monitor = Monitor(
             self.topology,
             interval=self.health.monitor_interval,
@@ -288,14 +280,7 @@ class Router:
             raise ConfigurationError("writer_url is required")
         if isinstance(replica_urls, str | URL):
             raise ConfigurationError("replica_urls must be a list of URLs")
-        if isinstance(replica_names, str) or (
-            replica_names is not None and len(replica_names) != len(replica_urls)
-        ):
-            raise ConfigurationError("replica_names needs one name per replica URL")
-        names: list[str | None] = [writer_name, *(replica_names or ())]
-        names += [None] * (1 + len(replica_urls) - len(names))
-        if any(name is not None and not name.strip() for name in names):
-            raise ConfigurationError("an engine name cannot be empty")
+        names = engine_names(writer_name, replica_names, len(replica_urls))
         options = dict(router_options or {})
         for name in ROUTER_OPTIONS.intersection(engine_kwargs):
             options[name] = engine_kwargs.pop(name)
@@ -304,39 +289,18 @@ class Router:
             check_url(url, field=f"replica_urls[{i}]")
             for i, url in enumerate(replica_urls)
         ]
-        # A pooled connection left dead by a server restart must be replaced at
-        # checkout, not fail a statement. Unless pool_pre_ping is given, that
-        # is done by the idle check: free when the driver saw the socket
-        # close, a ping only after an idle second, where SQLAlchemy's pre-ping
-        # (BEGIN; SELECT; ROLLBACK on asyncpg) costs three round trips on every
-        # checkout (benchmarks/RESULTS.md compares them).
-        if engine_kwargs.get("pool_pre_ping") is None:
-            engine_kwargs["pool_pre_ping"] = False
-            health = options.get("health")
-            if health is None:
-                options.setdefault("ping_after_idle", DEFAULT_PING_AFTER_IDLE)
-            elif isinstance(health, HealthOptions) and health.ping_after_idle is None:
-                options["health"] = dataclasses.replace(
-                    health, ping_after_idle=DEFAULT_PING_AFTER_IDLE
-                )
-
-        def engine(
-            url: URL, field: str, role_kwargs: Any, name: str | None
-        ) -> AsyncEngine:
-            kwargs = {**engine_kwargs, **(role_kwargs or {})}
-            if name is not None:
-                kwargs["logging_name"] = name
-            return create_engine(url, field=field, pgbouncer=pgbouncer, **kwargs)
-
-        writer = engine(writer_u, "writer_url", writer_kwargs, names[0])
-        replicas = [
-            engine(url, f"replica_urls[{i}]", replica_kwargs, names[i + 1])
-            for i, url in enumerate(replica_us)
-        ]
-        router = cls(writer=writer, replicas=replicas, **options)
-        router._new_replica = lambda url, name: engine(
-            url, "add_replica", replica_kwargs, name
+        idle_check(engine_kwargs, options)
+        make_writer = EngineMaker(engine_kwargs, writer_kwargs, pgbouncer)
+        make_replica = EngineMaker(engine_kwargs, replica_kwargs, pgbouncer)
+        router = cls(
+            writer=make_writer(writer_u, "writer_url", names[0]),
+            replicas=[
+                make_replica(url, f"replica_urls[{i}]", names[i + 1])
+                for i, url in enumerate(replica_us)
+            ],
+            **options,
         )
+        router._new_replica = make_replica
         return router
 
     @classmethod
@@ -377,7 +341,8 @@ class Router:
         if isinstance(replica, AsyncEngine):
             engine = replica
         else:
-            engine = self._new_replica(check_url(replica, field="add_replica"), name)
+            url = check_url(replica, field="add_replica")
+            engine = self._new_replica(url, "add_replica", name)
         name = name or engine_name(engine)
         if name in {self.topology.name(e) for e in (self.writer, *self.replicas)}:
             raise ConfigurationError(f"the router already has an engine named {name}")

@@ -1,0 +1,83 @@
+"""A session's side of a failover: is the writer still the primary; wait for one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
+
+from ._exceptions import NoWriterAvailable
+from ._positions import takes_writes_now
+from ._retry import is_read_only_rejection
+
+if TYPE_CHECKING:
+    from ._recovery import RoutedTransaction
+    from ._router import Router
+
+__all__ = ["WriterWaiting"]
+
+logger = logging.getLogger("routing_db")
+
+
+class WriterWaiting(Session):
+    """Finds out that the writer is not the primary, and waits for it to be."""
+
+    _routing_router: Router | None = None
+    _routing_tx: RoutedTransaction | None = None
+
+    def _routing_writer_refused(self, error: BaseException) -> bool:
+        """Did the writer refuse a write because it is not the primary any more?"""
+        router = self._routing_router
+        tx = self._routing_tx
+        if router is None or (tx is not None and tx.target is not None):
+            return False  # not the writer's error
+        if not is_read_only_rejection(error):
+            return False
+        topology = router.topology
+        if topology.writer_ok:
+            try:
+                takes = takes_writes_now(topology.writer)
+            except Exception:  # unknown: the error stands as it is
+                return False
+            if takes:
+                return False  # a read-only transaction of the application's own
+            topology.writer_lost()
+            # Its pooled connections go to a server that is not the primary.
+            topology.writer.dispose()
+        return True
+
+    def _routing_wait_for_writer(self) -> None:
+        """Return once the writer takes writes; ``NoWriterAvailable`` after
+        ``writer_wait_timeout``."""
+        router = self._routing_router
+        assert router is not None
+        topology = router.topology
+        deadline = time.monotonic() + router.health.writer_wait_timeout
+        while not topology.writer_ok:
+            # Asked here too, so that a router without a running monitor
+            # finds the primary back.
+            try:
+                if takes_writes_now(topology.writer):
+                    topology.writer_found()
+                    return
+            except Exception as exc:  # down or restarting: ask again
+                logger.debug("routing_db: writer role unknown: %r", exc)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timeout = router.health.writer_wait_timeout
+                raise self._routing_no_writer(
+                    f"it did not take writes within writer_wait_timeout, {timeout:g} s"
+                )
+            await_only(asyncio.sleep(min(0.1, remaining)))
+
+    def _routing_no_writer(self, why: str) -> NoWriterAvailable:
+        router = self._routing_router
+        assert router is not None
+        return NoWriterAvailable(
+            f"no writer: {router.topology.name(router.writer)} is not the primary "
+            f"({why}); a failover may be under way"
+        )
