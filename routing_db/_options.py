@@ -8,7 +8,7 @@ name, and a test ties those keyword defaults to the fields' defaults.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError
@@ -90,20 +90,22 @@ class ObservabilityOptions:
             )
 
 
-def options_group(cls: type[G], given: G | None, **by_name: Any) -> G:
-    """The group ``cls``: ``given``, or made from the keywords given by name.
+def options_group(cls: type[G], given: G | None, by_name: Mapping[str, Any]) -> G:
+    """The group ``cls``: ``given``, or made from its fields in ``by_name``.
 
-    A keyword that differs from its default while the group object is given
-    too is an error: one of the two would be silently ignored.
+    ``by_name`` holds every option given by keyword (each group takes its
+    own fields from it). A field that differs from its default while the
+    group object is given too is an error: one of the two would be ignored.
     """
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    mine = {name: value for name, value in by_name.items() if name in fields}
     if given is None:
-        return cls(**by_name)
+        return cls(**mine)
     if not isinstance(given, cls):
         raise ConfigurationError(
             f"expected a {cls.__name__}, got {type(given).__name__}"
         )
-    defaults = {field.name: field.default for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    both = sorted(name for name, value in by_name.items() if value != defaults[name])
+    both = sorted(name for name, value in mine.items() if value != fields[name])
     if both:
         raise ConfigurationError(
             f"{', '.join(both)} given both by name and in {cls.__name__}: "

@@ -122,32 +122,26 @@ class Router:
             max_writer_fallbacks=max_writer_fallbacks,
             writer_read_weight=writer_read_weight,
         )
-        self.health = options_group(
-            HealthOptions,
-            health,
-            require_standby=require_standby,
-            max_lag_bytes=max_lag_bytes,
-            max_lag_seconds=max_lag_seconds,
-            monitor_interval=monitor_interval,
-            eject_after=eject_after,
-            eject_window=eject_window,
-            ping_after_idle=ping_after_idle,
-            writer_wait_timeout=writer_wait_timeout,
-        )
-        self.consistency = options_group(
-            ConsistencyOptions,
-            consistency,
-            sticky_seconds=sticky_seconds,
-            causal_wait_timeout=causal_wait_timeout,
-        )
-        self.observability = options_group(
-            ObservabilityOptions,
-            observability,
-            slow_query_seconds=slow_query_seconds,
-            log_slow_parameters=log_slow_parameters,
-            hold_warning_seconds=hold_warning_seconds,
-            checkout_wait_warning=checkout_wait_warning,
-        )
+        # Each group takes its own fields from the keywords given by name.
+        by_name = {
+            "require_standby": require_standby,
+            "max_lag_bytes": max_lag_bytes,
+            "max_lag_seconds": max_lag_seconds,
+            "monitor_interval": monitor_interval,
+            "eject_after": eject_after,
+            "eject_window": eject_window,
+            "ping_after_idle": ping_after_idle,
+            "writer_wait_timeout": writer_wait_timeout,
+            "sticky_seconds": sticky_seconds,
+            "causal_wait_timeout": causal_wait_timeout,
+            "slow_query_seconds": slow_query_seconds,
+            "log_slow_parameters": log_slow_parameters,
+            "hold_warning_seconds": hold_warning_seconds,
+            "checkout_wait_warning": checkout_wait_warning,
+        }
+        self.health = options_group(HealthOptions, health, by_name)
+        self.consistency = options_group(ConsistencyOptions, consistency, by_name)
+        self.observability = options_group(ObservabilityOptions, observability, by_name)
         self.writer = writer
         replicas = tuple(replicas)
         self.default_role: DefaultRole = default_role

@@ -133,15 +133,26 @@ def statements(router: Router) -> Iterator[StatementLog]:
         log.close()
 
 
-@pytest.fixture
-def faults(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
-    """The cluster for a test that injects faults; healed afterwards."""
+def healed(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """Yield ``cluster`` for faults, and heal it afterwards."""
     if not cluster.owned:
         pytest.skip("fault injection needs a cluster started by this test run")
     try:
         yield cluster
     finally:
         cluster.heal()
+
+
+@pytest.fixture
+def faults(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """The cluster for a test that injects faults (per driver); healed afterwards."""
+    yield from healed(cluster)
+
+
+@pytest.fixture
+def asyncpg_faults(asyncpg_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """The cluster for faults that involve no driver (run once); healed."""
+    yield from healed(asyncpg_cluster)
 
 
 async def where(session: AsyncSession) -> tuple[int, bool]:

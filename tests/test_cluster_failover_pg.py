@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from routing_db.testing import PostgresCluster
@@ -12,19 +10,8 @@ from routing_db.testing._pg_failover import in_recovery, streams_from
 pytestmark = pytest.mark.slow  # a failover and its healing take seconds
 
 
-@pytest.fixture
-def faults(asyncpg_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
-    """The suite's cluster (no driver involved: once), healed afterwards."""
-    if not asyncpg_cluster.owned:
-        pytest.skip("failover needs a cluster started by this test run")
-    try:
-        yield asyncpg_cluster
-    finally:
-        asyncpg_cluster.heal()
-
-
-def test_a_failover_and_back(faults: PostgresCluster) -> None:
-    cluster = faults
+def test_a_failover_and_back(asyncpg_faults: PostgresCluster) -> None:
+    cluster = asyncpg_faults
     old, (new, other) = cluster.primary, cluster.replicas
     cluster.sql(old, "CREATE TABLE IF NOT EXISTS failover_marks (n int)")
     cluster.sql(old, "TRUNCATE failover_marks")
@@ -57,8 +44,8 @@ def test_a_failover_and_back(faults: PostgresCluster) -> None:
     assert not cluster.is_running(added)
 
 
-def test_heal_ends_a_split_brain(faults: PostgresCluster) -> None:
-    cluster = faults
+def test_heal_ends_a_split_brain(asyncpg_faults: PostgresCluster) -> None:
+    cluster = asyncpg_faults
     cluster.promote(1)  # while the primary still runs: two nodes take writes
     assert not in_recovery(cluster, cluster.replicas[1])
     assert not in_recovery(cluster, cluster.primary)

@@ -218,16 +218,23 @@ async def test_a_lost_later_read_is_raised_and_the_session_recovers(
         await router.dispose()
 
 
+async def _wrote_then_lost_the_writer(
+    session: AsyncSession, faults: PostgresCluster, name: str
+) -> None:
+    """Flush a write, then have the server end this session's writer backend."""
+    session.add(Item(name=name))
+    await session.flush()
+    pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    terminate(faults, faults.primary, [pid])
+
+
 @pytest.mark.usefixtures("clean")
 async def test_a_statement_after_a_write_is_never_resent(
     router: Router, faults: PostgresCluster, statements: StatementLog
 ) -> None:
     Session = routing_sessionmaker(router)
     async with Session() as session:
-        session.add(Item(name="once"))
-        await session.flush()
-        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-        terminate(faults, faults.primary, [pid])
+        await _wrote_then_lost_the_writer(session, faults, "once")
         statements.clear()
         with pytest.raises(DBAPIError):
             await session.execute(select(func.count()).select_from(Item))
@@ -291,10 +298,7 @@ async def test_a_connection_lost_outside_commit_is_not_outcome_unknown(
 ) -> None:
     Session = routing_sessionmaker(router)
     async with Session() as session:
-        session.add(Item(name="never"))
-        await session.flush()
-        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-        terminate(faults, faults.primary, [pid])
+        await _wrote_then_lost_the_writer(session, faults, "never")
         # The rollback finds the connection gone: nothing was committed, and
         # nothing says it might have been.
         try:

@@ -181,3 +181,34 @@ async def test_a_disposed_router_makes_no_sessions_until_started_again(
         assert _listeners(replica) == hooked
         async with Session() as session, read_only:
             assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+def _other_value(field: dataclasses.Field[Any]) -> Any:
+    default: Any = field.default
+    if isinstance(default, bool):
+        return not default
+    if field.name == "checkout_wait_warning":
+        return 0.5  # a fraction
+    return 1 if default is None else default + 1
+
+
+@pytest.mark.parametrize(
+    ("group", "field"),
+    [
+        (name, field)
+        for name, cls in GROUPS.items()
+        for field in dataclasses.fields(cls)
+        if field.name in _keywords()
+    ],
+    ids=lambda item: getattr(item, "name", item),
+)
+async def test_each_keyword_reaches_its_group(
+    engines: tuple[AsyncEngine, AsyncEngine], group: str, field: Any
+) -> None:
+    writer, _ = engines
+    value = _other_value(field)
+    router = Router(writer=writer, **{field.name: value})
+    try:
+        assert getattr(getattr(router, group), field.name) == value
+    finally:
+        await router.dispose()
