@@ -13,7 +13,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
@@ -29,9 +29,6 @@ from ._retry import (
 )
 from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
 from ._writer_wait import WriterWaiting
-
-if TYPE_CHECKING:
-    from ._router import Router
 
 __all__ = ["RecoveringSession", "RoutedTransaction", "first_statement"]
 
@@ -116,11 +113,6 @@ def first_statement(method: Callable[..., Any]) -> Any:
 
 class RecoveringSession(WriterWaiting):
     """A ``Session`` whose first statements survive lost connections."""
-
-    _routing_router: Router | None = None
-    # This root transaction's routing state (None until something is worth
-    # remembering; dropped in after_transaction_end).
-    _routing_tx: RoutedTransaction | None = None
 
     def _routing_state(self) -> RoutedTransaction:
         tx = self._routing_tx

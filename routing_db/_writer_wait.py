@@ -26,7 +26,10 @@ logger = logging.getLogger("routing_db")
 class WriterWaiting(Session):
     """Finds out that the writer is not the primary, and waits for it to be."""
 
+    # Set on the sessions a router routes (the base of every routing session).
     _routing_router: Router | None = None
+    # This root transaction's routing state (None until something is worth
+    # remembering; dropped in after_transaction_end).
     _routing_tx: RoutedTransaction | None = None
 
     def _routing_writer_refused(self, error: BaseException) -> bool:
