@@ -7,7 +7,7 @@ moves one variant against another by a few percent, and that does not
 average out inside the process; as pyperf does, each repetition runs in a new
 process with its own ``PYTHONHASHSEED``, and ratios are taken per process.
 
-The child side: ``python -m benchmarks.interleave GROUP SELECTS SEED`` with
+The child side: ``python -m benchmarks.interleave PAIR SELECTS SEED`` with
 the cluster's URLs in ``ROUTING_DB_BENCH_URLS``; it prints one JSON line.
 """
 
@@ -25,16 +25,10 @@ import time
 
 from routing_db.testing import PostgresCluster
 
-from .variants import CHECKOUT, OVERHEAD, PAIR_ONLY, PAIRS, Op, Variant, warm_up
+from .variants import PAIRS, VARIANTS, Op, Variant, warm_up
 
-__all__ = ["GROUPS", "in_processes", "interleave"]
+__all__ = ["in_processes", "interleave"]
 
-_ANY = {**OVERHEAD, **PAIR_ONLY}
-GROUPS: dict[str, dict[str, Variant]] = {
-    "overhead": OVERHEAD,
-    "checkout": CHECKOUT,
-    **{f"pair_{name}": {a: _ANY[a], b: _ANY[b]} for name, (a, b) in PAIRS.items()},
-}
 _URLS = "ROUTING_DB_BENCH_URLS"
 
 
@@ -61,14 +55,14 @@ async def interleave(
 
 
 def in_processes(
-    cluster: PostgresCluster, group: str, *, processes: int, selects: int
+    cluster: PostgresCluster, pair: str, *, processes: int, selects: int
 ) -> list[dict[str, float]]:
-    """``interleave`` in ``processes`` fresh interpreters, hash seeds 1..n."""
+    """``interleave`` of a pair in ``processes`` fresh interpreters, seeds 1..n."""
     urls = json.dumps([cluster.writer_url, *cluster.replica_urls])
     runs = []
     for seed in range(1, processes + 1):
         env = {**os.environ, "PYTHONHASHSEED": str(seed), _URLS: urls}
-        command = [sys.executable, "-m", "benchmarks.interleave", group]
+        command = [sys.executable, "-m", "benchmarks.interleave", pair]
         done = subprocess.run(
             [*command, str(selects), str(seed)],
             env=env,
@@ -78,16 +72,17 @@ def in_processes(
             timeout=1800,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"interleave {group} seed {seed}:\n{done.stderr}")
+            raise RuntimeError(f"interleave {pair} seed {seed}:\n{done.stderr}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return runs
 
 
 def main() -> None:
-    group, selects, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    pair, selects, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     writer, *replicas = json.loads(os.environ[_URLS])
     cluster = PostgresCluster.external(writer, replicas)
-    result = asyncio.run(interleave(cluster, GROUPS[group], selects, seed))
+    variants = {name: VARIANTS[name] for name in PAIRS[pair]}
+    result = asyncio.run(interleave(cluster, variants, selects, seed))
     print(json.dumps(result))
 
 

@@ -13,9 +13,10 @@ import random
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from routing_db import Router, routing_sessionmaker
+from routing_db import Router, read_only, routing_sessionmaker
 from routing_db.loadtest import LoadSummary, Workload, run_load
 from routing_db.testing import PostgresCluster
 
@@ -24,14 +25,15 @@ from .conftest import ROWS
 DURATION = 3.0
 
 
-def record(benchmark: Any, loop: asyncio.AbstractEventLoop, load: Any) -> LoadSummary:
-    result: list[LoadSummary] = []
+def record(benchmark: Any, loop: asyncio.AbstractEventLoop, load: Any) -> Any:
+    """Time one run of ``load()``; a LoadSummary result goes to extra_info."""
+    result: list[Any] = []
     benchmark.pedantic(
         lambda: result.append(loop.run_until_complete(load())), rounds=1, iterations=1
     )
-    summary = result[0]
-    benchmark.extra_info["summary"] = summary.model_dump(mode="json")
-    return summary
+    if isinstance(result[0], LoadSummary):
+        benchmark.extra_info["summary"] = result[0].model_dump(mode="json")
+    return result[0]
 
 
 @pytest.mark.benchmark(group="starvation")
@@ -135,12 +137,8 @@ def test_replica_capacity(
             for router in routers.values():
                 await router.dispose()
 
-    result: list[list[dict[str, Any]]] = []
-    benchmark.pedantic(
-        lambda: result.append(loop.run_until_complete(load())), rounds=1, iterations=1
-    )
     benchmark.extra_info.update(
-        rounds=result[0],
+        rounds=record(benchmark, loop, load),
         io_ms=CAPACITY_IO_MS,
         run_seconds=CAPACITY_RUN_S,
         configs=list(CAPACITY_CONFIGS),
@@ -197,10 +195,6 @@ def test_slow_replica_skew(
 
 
 async def _per_engine_io_read(factory: Any, workload: Workload) -> None:
-    from sqlalchemy import text
-
-    from routing_db import read_only
-
     async with factory() as session, read_only:
         await session.execute(
             text(

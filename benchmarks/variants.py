@@ -1,4 +1,4 @@
-"""The variants compared by the overhead and checkout benchmarks.
+"""The variants the overhead and checkout benchmarks compare, and the pairs.
 
 Each variant opens what it needs on a cluster and yields one operation: an ORM
 point select in a fresh session, as a request would run it.
@@ -23,11 +23,11 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import ROWS, BenchRow
 
-__all__ = ["CHECKOUT", "OVERHEAD", "PAIRS", "PAIR_ONLY", "Op", "Variant", "warm_up"]
+__all__ = ["PAIRS", "VARIANTS", "Op", "Variant", "warm_up"]
 
 WARM_UP = 200
 # The same pool everywhere, without pre-ping: this measures routing, not the
-# checkout check (CHECKOUT compares those).
+# checkout check (the *_ping variants compare those).
 POOL: dict[str, Any] = {"pool_size": 5, "max_overflow": 0, "pool_pre_ping": False}
 
 Op = Callable[[int], Awaitable[Any]]
@@ -146,47 +146,46 @@ def peer(scope: str) -> Variant:
     return variant
 
 
-OVERHEAD: dict[str, Variant] = {
+_WRITER_ONLY: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
+VARIANTS: dict[str, Variant] = {
     "raw_asyncpg": raw_asyncpg,
     "plain_async_session": plain_async_session(replica=False),
     "plain_async_session_replica": plain_async_session(replica=True),
     "routing_session_writer": routed(None, **POOL),
     "routing_session_read_only_replica": routed(read_only, **POOL),
+    # A copy for the A/A control: a router of its own, identical code.
+    "routing_session_read_only_replica_again": routed(read_only, **POOL),
+    "pre_ping": routed(pool_pre_ping=True, **_WRITER_ONLY),
+    "no_ping": routed(pool_pre_ping=False, **_WRITER_ONLY),
+    "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_ONLY),
 }
-# The comparisons the goals judge, each run head to head (the two alone in
-# their processes): in a run of every variant, the library whose code runs in
-# more of them stays warmer in the CPU's caches (benchmarks/README.md).
+# Every comparison runs head to head, the two variants alone in their
+# processes: in a run of many variants, the library whose code runs in more of
+# them stays warmer in the CPU's caches (benchmarks/README.md).
 PAIRS: dict[str, tuple[str, str]] = {
     "writer_vs_plain": ("routing_session_writer", "plain_async_session"),
     "read_only_vs_plain_replicas": (
         "routing_session_read_only_replica",
         "plain_async_session_replica",
     ),
-    # A/A: one variant against a copy of itself (a router of its own). What
-    # identical code measures apart is the method's resolution.
+    "writer_vs_raw": ("routing_session_writer", "raw_asyncpg"),
+    "plain_vs_raw": ("plain_async_session", "raw_asyncpg"),
+    # What identical code measures apart: the method's resolution.
     "control_a_a": (
         "routing_session_read_only_replica",
         "routing_session_read_only_replica_again",
     ),
-}
-# Variants that run only in pairs, never in the run of every variant.
-PAIR_ONLY: dict[str, Variant] = {
-    "routing_session_read_only_replica_again": routed(read_only, **POOL),
+    "idle_check_vs_none": ("idle_ping", "no_ping"),
+    "pre_ping_vs_none": ("pre_ping", "no_ping"),
 }
 if _peer_runs():
-    OVERHEAD["advanced_alchemy_writer"] = peer("primary_context")
-    OVERHEAD["advanced_alchemy_replica"] = peer("replica_context")
+    VARIANTS["advanced_alchemy_writer"] = peer("primary_context")
+    VARIANTS["advanced_alchemy_replica"] = peer("replica_context")
     PAIRS["writer_vs_peer"] = ("routing_session_writer", "advanced_alchemy_writer")
     PAIRS["read_only_vs_peer"] = (
         "routing_session_read_only_replica",
         "advanced_alchemy_replica",
     )
-_WRITER_POOL: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
-CHECKOUT: dict[str, Variant] = {
-    "pre_ping": routed(pool_pre_ping=True, **_WRITER_POOL),
-    "no_ping": routed(pool_pre_ping=False, **_WRITER_POOL),
-    "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_POOL),
-}
 
 
 async def warm_up(op: Op, rng: random.Random) -> None:
