@@ -1,21 +1,31 @@
-"""What ``Router.from_urls`` does before it has engines: names, URLs, defaults."""
+"""A router's engines before it routes: made from URLs or a cluster, checked, named."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._engines import create_engine
+from ._discovery import Node
+from ._engines import create_engine, engine_name, url_name
 from ._exceptions import ConfigurationError
 from ._options import HealthOptions
 
-__all__ = ["DEFAULT_PING_AFTER_IDLE", "EngineMaker", "engine_names", "idle_check"]
+__all__ = [
+    "DEFAULT_PING_AFTER_IDLE",
+    "EngineMaker",
+    "cluster_engines",
+    "engine_names",
+    "engine_names_of",
+    "idle_check",
+    "writer_reader",
+]
 
 DEFAULT_PING_AFTER_IDLE = 1.0
+ProbeMaker = Callable[[URL], AsyncEngine]
 
 
 def engine_names(
@@ -68,3 +78,93 @@ class EngineMaker:
         if name is not None:
             kwargs["logging_name"] = name
         return create_engine(url, field=field, pgbouncer=self.pgbouncer, **kwargs)
+
+
+def cluster_engines(
+    urls: Sequence[URL],
+    *,
+    names: Sequence[str | None],
+    make_writer: EngineMaker,
+    make_reader: EngineMaker,
+) -> tuple[AsyncEngine, list[Node], ProbeMaker]:
+    """``from_cluster``'s engines: the writer's pool, each node's reader and
+    probe; and how to make a probe for a node added later."""
+    backends = {url.get_backend_name() for url in urls}
+    if "sqlite" in backends:
+        raise ConfigurationError("a SQLite database has no cluster to find a writer in")
+    if len(backends) > 1:
+        raise ConfigurationError(f"cluster_urls mix databases: {sorted(backends)}")
+    if len({url_name(url) for url in urls}) != len(urls):
+        raise ConfigurationError("cluster_urls lists the same node twice")
+    # One connection each: role checks run alone, never behind reads.
+    make_probe = dataclasses.replace(
+        make_reader,
+        role_kwargs={
+            **(make_reader.role_kwargs or {}),
+            "pool_size": 1,
+            "max_overflow": 0,
+        },
+    )
+
+    def probe(url: URL) -> AsyncEngine:
+        return make_probe(url, "cluster_urls", None)
+
+    nodes = []
+    for i, url in enumerate(urls):
+        reader = make_reader(url, f"cluster_urls[{i}]", names[i])
+        nodes.append(Node(name=engine_name(reader), reader=reader, probe=probe(url)))
+    # Its URL is the first node's; its connections go to the primary's.
+    return make_writer(urls[0], "cluster_urls[0]", "writer"), nodes, probe
+
+
+def engine_names_of(
+    writer: AsyncEngine, replicas: Sequence[AsyncEngine]
+) -> dict[AsyncEngine, str]:
+    """Each of a router's engines' label, checked: unique, and engines only."""
+    if writer is None:
+        raise ConfigurationError("Router needs a writer engine")
+    for engine in (writer, *replicas):
+        if not isinstance(engine, AsyncEngine):
+            raise ConfigurationError(
+                "Router takes AsyncEngine objects (create_async_engine with an "
+                f"asyncio driver), got {type(engine).__name__}"
+            )
+    if any(replica is writer for replica in replicas):
+        # Its connections would be made read-only: the writer could not write.
+        raise ConfigurationError("the writer engine cannot also be a replica")
+    if len({id(replica) for replica in replicas}) != len(replicas):
+        raise ConfigurationError("the same replica engine is listed twice")
+    given = [e.sync_engine.logging_name for e in (writer, *replicas)]
+    named = [name for name in given if name]
+    if len(set(named)) != len(named):
+        # Two engines under one name would share their metrics and logs.
+        raise ConfigurationError(
+            f"engine names (logging_name) must be unique, got {named}"
+        )
+    names: dict[AsyncEngine, str] = {writer: engine_name(writer)}
+    seen: dict[str, int] = {}
+    for replica in replicas:
+        base = engine_name(replica)
+        seen[base] = seen.get(base, 0) + 1
+        names[replica] = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    return names
+
+
+_READ_ONLY = "postgresql_readonly"
+
+
+def writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
+    """The writer as one more reader: same pool, every transaction READ ONLY."""
+    if not weight:
+        return None
+    characteristics = getattr(writer.dialect, "connection_characteristics", {})
+    if _READ_ONLY not in characteristics:
+        raise ConfigurationError(
+            "writer_read_weight needs a PostgreSQL writer (its read transactions "
+            f"are made READ ONLY); {writer.dialect.name} is not supported"
+        )
+    # A distinct Engine object over the writer's pool: the session keeps its
+    # connection apart from the writer's own, so a later write in the same
+    # transaction never lands on the read-only one; SQLAlchemy resets the
+    # characteristic when the connection returns to the pool.
+    return writer.execution_options(**{_READ_ONLY: True})

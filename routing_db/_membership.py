@@ -1,21 +1,27 @@
-"""Replicas joining and leaving a running router."""
+"""Replicas (and a cluster's nodes) joining and leaving a running router."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._build import EngineMaker
+from ._discovery import Discovery
+from ._engines import check_url, engine_name
+from ._exceptions import ConfigurationError
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
 from ._topology import Topology
 from ._wiring import hook_replica
 
-__all__ = ["drain", "join"]
+__all__ = ["Members", "drain", "join"]
 
 logger = logging.getLogger("routing_db")
 
@@ -72,3 +78,93 @@ async def drain(topology: Topology, engine: AsyncEngine, *, seconds: float) -> N
     topology.remove_replica(engine)
     topology.replica_set.forget(sync)
     await engine.dispose()
+
+
+class Members:
+    """A router's runtime changes of its replica set (``add_replica``...)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        hooks: Hooks,
+        *,
+        health: HealthOptions,
+        observability: ObservabilityOptions,
+        joined: Callable[[], None],
+    ) -> None:
+        self._topology = topology
+        self._hooks = hooks
+        self._health = health
+        self._observability = observability
+        self._joined = joined  # the router starts its monitor if it should
+        # How a URL becomes an engine (from_urls and from_cluster: as they did).
+        self.make_engine = EngineMaker({}, None, pgbouncer=False)
+
+    def add_replica(
+        self, replica: str | URL | AsyncEngine, name: str | None, weight: float
+    ) -> str:
+        """See ``Router.add_replica``."""
+        if self._topology.discovery is not None:
+            raise ConfigurationError("a from_cluster router adds nodes: add_node()")
+        return self._join(replica, name, weight, field="add_replica")[0]
+
+    def add_node(self, url: str | URL, name: str | None, weight: float) -> str:
+        """See ``Router.add_node``."""
+        discovery = self._cluster("add_node")
+        checked = check_url(url, field="add_node")
+        name, reader = self._join(checked, name, weight, field="add_node")
+        discovery.add(name, reader)
+        return name
+
+    def _join(
+        self,
+        replica: str | URL | AsyncEngine,
+        name: str | None,
+        weight: float,
+        *,
+        field: str,
+    ) -> tuple[str, AsyncEngine]:
+        topology = self._topology
+        if isinstance(replica, AsyncEngine):
+            engine = replica
+        else:
+            engine = self.make_engine(check_url(replica, field=field), field, name)
+        name = name or engine_name(engine)
+        if name in {name for name, _ in topology.engines()}:
+            raise ConfigurationError(f"the router already has an engine named {name}")
+        if not 0 <= weight < float("inf"):
+            raise ConfigurationError("a replica's weight must be a number >= 0")
+        join(
+            topology, engine, self._hooks, name=name, weight=weight,
+            health=self._health, observability=self._observability,
+        )  # fmt: skip
+        self._joined()
+        return name, engine
+
+    async def remove_replica(self, name: str, drain_timeout: float) -> None:
+        """See ``Router.remove_replica``."""
+        if self._topology.discovery is not None:
+            raise ConfigurationError(
+                "a from_cluster router removes nodes: remove_node()"
+            )
+        await self._drain(name, drain_timeout)
+
+    async def remove_node(self, name: str, drain_timeout: float) -> None:
+        """See ``Router.remove_node``."""
+        probe = self._cluster("remove_node").remove(name)
+        try:
+            await self._drain(name, drain_timeout)
+        finally:
+            await probe.dispose()
+
+    async def _drain(self, name: str, drain_timeout: float) -> None:
+        engine = self._topology.named(name)
+        if engine is None:
+            raise ConfigurationError(f"the router has no replica named {name!r}")
+        await drain(self._topology, engine, seconds=drain_timeout)
+
+    def _cluster(self, method: str) -> Discovery:
+        discovery = self._topology.discovery
+        if discovery is None:
+            raise ConfigurationError(f"{method}() is for from_cluster routers")
+        return discovery

@@ -39,10 +39,12 @@ class Monitor:
         topology: Topology,
         *,
         interval: float,
+        check_timeout: float,
         after_round: Callable[[], None] | None = None,
     ) -> None:
         self._topology = topology
         self._interval = interval
+        self._check_timeout = check_timeout
         self._after_round = after_round
         self._task: asyncio.Task[None] | None = None
         self._positions = has_positions(topology.async_writer.dialect.name)
@@ -71,21 +73,29 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """One round: the writer's role and position, then every replica due."""
+        topology = self._topology
+        if topology.discovery is not None:
+            # Every node's role first, each bounded on its own connection:
+            # nothing here waits for a writer that may be gone.
+            await topology.discovery.check()
+            writer_known = topology.writer_ok
+        else:
+            writer_known = self._positions and await self._writer_takes_writes()
         writer_lsn: int | None = None
-        if self._positions and await self._writer_takes_writes():
+        if self._positions and writer_known:
             try:
-                writer_lsn = await self._bounded(
-                    writer_position(self._topology.async_writer)
-                )
+                writer_lsn = await self._bounded(writer_position(topology.async_writer))
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("routing_db monitor: writer position unavailable: %r", exc)
         now = time.monotonic()
-        replicas = self._topology.replica_set
+        replicas = topology.replica_set
         due = [
             replica
-            for replica in self._topology.async_replicas
+            for replica in topology.async_replicas
             if (state := replicas.state(replica.sync_engine)).draining is False
             and (not state.ejected or now >= state.probe_at)
+            # A cluster's primary: its role is discovery's, it has no lag.
+            and not (replicas.cluster and state.standby is False)
         ]
         await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
 
@@ -105,8 +115,7 @@ class Monitor:
         return bool(takes)
 
     async def _bounded(self, awaitable: Any) -> Any:
-        # A replica that stopped answering must not stall the other polls.
-        return await asyncio.wait_for(awaitable, timeout=max(2 * self._interval, 2.0))
+        return await asyncio.wait_for(awaitable, timeout=self._check_timeout)
 
     async def _poll(self, replica: AsyncEngine, writer_lsn: int | None) -> None:
         replicas = self._topology.replica_set

@@ -58,6 +58,12 @@ class HealthOptions:
         if self.writer_wait_timeout < 0:
             raise ConfigurationError("writer_wait_timeout must be >= 0 seconds")
 
+    @property
+    def check_timeout(self) -> float:
+        """How long one of the monitor's checks may take on one node."""
+        # A node that stopped answering must not stall the checks of others.
+        return max(2 * self.monitor_interval, 2.0)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConsistencyOptions:

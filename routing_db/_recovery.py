@@ -146,10 +146,17 @@ class RecoveringSession(WriterWaiting):
         # one is always safe to retry (after a restart, say).
         router = self._routing_router
         assert router is not None
-        router.retry.call(
-            lambda: Session.connection(self, bind_arguments={"bind": engine}),
-            retry_if=checkout_failed,
-        )
+
+        def open_() -> None:
+            try:
+                Session.connection(self, bind_arguments={"bind": engine})
+            except Exception as exc:
+                if not self._routing_writer_back(exc):
+                    raise
+                # The next primary takes writes now: open on it.
+                Session.connection(self, bind_arguments={"bind": engine})
+
+        router.retry.call(open_, retry_if=checkout_failed)
 
     def _routing_recover(self, error: BaseException) -> Rerun | None:
         """After this transaction's first statement failed: may it run again?"""
@@ -165,6 +172,11 @@ class RecoveringSession(WriterWaiting):
                 # Its new connection found it promoted (the monitor has not
                 # polled it since): it left the read set; not a failure.
                 return self._routing_skip_target(error, eject=False)
+            tx = self._routing_tx
+            if (tx is None or tx.target is None) and self._routing_writer_back(error):
+                # A cluster's writer is gone: nothing was sent, so the
+                # statement runs on the next primary, once there is one.
+                return Rerun.AT_ONCE
             if not checkout_failed(error):
                 return None
             # A full pool is busy, not broken: skip it, don't eject it.

@@ -87,6 +87,9 @@ class ReplicaSet:
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
         self.listeners = Listeners()  # the router replaces it with its own
+        # The members are a cluster's nodes (from_cluster): one of them is
+        # the writer, and discovery reports their role changes.
+        self.cluster = False
         self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
         # Only pool-aware policies get pool numbers (they cost calls per choice).
         self._pool_stats = getattr(policy, "uses_pool_stats", True)
@@ -351,7 +354,8 @@ class ReplicaSet:
             )
 
     def record_role(self, engine: Engine, standby: bool) -> bool:
-        """What ``engine`` was found to be; return whether it was a standby before.
+        """What ``engine`` was found to be; True when a read should just go
+        elsewhere (it was a standby before, or it is a node of a cluster).
 
         A replica that takes writes (promoted) leaves the read set until it is
         found to be a standby again.
@@ -363,30 +367,37 @@ class ReplicaSet:
             standby = True  # a server taking writes serves reads on purpose
         before = state.standby
         state.standby = standby
-        if before is None and not standby:
-            self._refresh()
-            logger.error(
-                "routing_db: replica %s is not a standby (it takes writes): it "
-                "serves no reads; check replica_urls",
-                self._names[engine],
-            )
         if standby and state.joining:
             state.joining = False  # a new member: it serves from now on
             self._refresh()
             logger.warning("routing_db: replica %s joins", self._names[engine])
-        if before is not None and before != standby:
+        if before != standby:
             self._refresh()
-            name = self._names[engine]
-            old, new = ("replica", "unknown") if before else ("unknown", "replica")
-            self.listeners.emit("role_changed", name, old, new)
-            logger.warning(
-                "routing_db: replica %s %s",
+            # A cluster's nodes change roles by design: discovery reports it.
+            if not self.cluster:
+                self._report_role(engine, before, standby)
+        return before is True or self.cluster
+
+    def _report_role(self, engine: Engine, before: bool | None, standby: bool) -> None:
+        name = self._names[engine]
+        if before is None:
+            if standby:
+                return  # first seen, as expected
+            logger.error(
+                "routing_db: replica %s is not a standby (it takes writes): it "
+                "serves no reads; check replica_urls",
                 name,
-                "is a standby again: it serves reads"
-                if standby
-                else "is not a standby any more (promoted?): it no longer serves reads",
             )
-        return before is True
+            return
+        old, new = ("replica", "unknown") if before else ("unknown", "replica")
+        self.listeners.emit("role_changed", name, old, new)
+        logger.warning(
+            "routing_db: replica %s %s",
+            name,
+            "is a standby again: it serves reads"
+            if standby
+            else "is not a standby any more (promoted?): it no longer serves reads",
+        )
 
     def record_lag(
         self,

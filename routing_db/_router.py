@@ -12,18 +12,26 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._build import DEFAULT_PING_AFTER_IDLE, EngineMaker, engine_names, idle_check
+from ._build import (
+    DEFAULT_PING_AFTER_IDLE,
+    EngineMaker,
+    cluster_engines,
+    engine_names,
+    engine_names_of,
+    idle_check,
+    writer_reader,
+)
 from ._decision import DefaultRole, check_default_role
+from ._discovery import Discovery
 from ._engines import (
     check_url,
-    engine_name,
     install_writer_hooks,
     safe_url,
 )
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
-from ._membership import drain, join
+from ._membership import Members
 from ._monitor import Monitor
 from ._options import (
     ConsistencyOptions,
@@ -47,25 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_PING_AFTER_IDLE", "ROUTER_OPTIONS", "Router"]
 
 logger = logging.getLogger("routing_db")
-
-_READ_ONLY = "postgresql_readonly"
-
-
-def _writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
-    """The writer as one more reader: same pool, every transaction READ ONLY."""
-    if not weight:
-        return None
-    characteristics = getattr(writer.dialect, "connection_characteristics", {})
-    if _READ_ONLY not in characteristics:
-        raise ConfigurationError(
-            "writer_read_weight needs a PostgreSQL writer (its read transactions "
-            f"are made READ ONLY); {writer.dialect.name} is not supported"
-        )
-    # A distinct Engine object over the writer's pool: the session keeps its
-    # connection apart from the writer's own, so a later write in the same
-    # transaction never lands on the read-only one; SQLAlchemy resets the
-    # characteristic when the connection returns to the pool.
-    return writer.execution_options(**{_READ_ONLY: True})
 
 
 class Router:
@@ -102,19 +91,7 @@ class Router:
         hold_warning_seconds: float | None = None,
         checkout_wait_warning: float | None = None,
     ) -> None:
-        if writer is None:
-            raise ConfigurationError("Router needs a writer engine")
-        for engine in (writer, *replicas):
-            if not isinstance(engine, AsyncEngine):
-                raise ConfigurationError(
-                    "Router takes AsyncEngine objects (create_async_engine with an "
-                    f"asyncio driver), got {type(engine).__name__}"
-                )
-        if any(replica is writer for replica in replicas):
-            # Its connections would be made read-only: the writer could not write.
-            raise ConfigurationError("the writer engine cannot also be a replica")
-        if len({id(replica) for replica in replicas}) != len(replicas):
-            raise ConfigurationError("the same replica engine is listed twice")
+        names = engine_names_of(writer, replicas)
         check_default_role(default_role)
         check_balancing(
             weights=weights,
@@ -149,8 +126,7 @@ class Router:
         self.max_writer_fallbacks = max_writer_fallbacks
         self.writer_read_weight = writer_read_weight
         self.retry = retry or RetryPolicy()
-        names = self._engine_names(replicas)
-        reader = self._reader = _writer_reader(writer, writer_read_weight)
+        reader = self._reader = writer_reader(writer, writer_read_weight)
         replica_set = ReplicaSet(
             [replica.sync_engine for replica in replicas],
             writer_reader=reader.sync_engine if reader else None,
@@ -176,11 +152,17 @@ class Router:
         self._hooks = Hooks()
         self._install_hooks()
         self._started = False
-        # How add_replica makes an engine from a URL (from_urls: as it did).
-        self._new_replica = EngineMaker({}, None, pgbouncer=False)
+        self._members = Members(
+            self.topology,
+            self._hooks,
+            health=self.health,
+            observability=self.observability,
+            joined=self._joined,
+        )
         self._monitor = Monitor(
             self.topology,
             interval=self.health.monitor_interval,
+            check_timeout=self.health.check_timeout,
             after_round=self._after_round,
         )
 
@@ -202,6 +184,8 @@ class Router:
         )
         replica_set = self.topology.replica_set
         replica_set.install_hooks(hooks)
+        if self.topology.discovery is not None:
+            self.topology.discovery.install(hooks)
         install_writer_hooks(self.writer, hooks, reader=self._reader)
         hook_engine(
             self.writer, hooks, name=self.topology.name(self.writer), health=health,
@@ -228,24 +212,6 @@ class Router:
     def replicas(self) -> tuple[AsyncEngine, ...]:
         """The replica engines, in order (those being removed too)."""
         return self.topology.async_replicas
-
-    def _engine_names(
-        self, replicas: tuple[AsyncEngine, ...]
-    ) -> dict[AsyncEngine, str]:
-        given = [e.sync_engine.logging_name for e in (self.writer, *replicas)]
-        named = [name for name in given if name]
-        if len(set(named)) != len(named):
-            # Two engines under one name would share their metrics and logs.
-            raise ConfigurationError(
-                f"engine names (logging_name) must be unique, got {named}"
-            )
-        names: dict[AsyncEngine, str] = {self.writer: engine_name(self.writer)}
-        seen: dict[str, int] = {}
-        for replica in replicas:
-            base = engine_name(replica)
-            seen[base] = seen.get(base, 0) + 1
-            names[replica] = base if seen[base] == 1 else f"{base}#{seen[base]}"
-        return names
 
     @classmethod
     def from_urls(
@@ -275,15 +241,12 @@ class Router:
         if isinstance(replica_urls, str | URL):
             raise ConfigurationError("replica_urls must be a list of URLs")
         names = engine_names(writer_name, replica_names, len(replica_urls))
-        options = dict(router_options or {})
-        for name in ROUTER_OPTIONS.intersection(engine_kwargs):
-            options[name] = engine_kwargs.pop(name)
+        options = _router_options(router_options, engine_kwargs)
         writer_u = check_url(writer_url, field="writer_url")
         replica_us = [
             check_url(url, field=f"replica_urls[{i}]")
             for i, url in enumerate(replica_urls)
         ]
-        idle_check(engine_kwargs, options)
         make_writer = EngineMaker(engine_kwargs, writer_kwargs, pgbouncer)
         make_replica = EngineMaker(engine_kwargs, replica_kwargs, pgbouncer)
         router = cls(
@@ -294,7 +257,60 @@ class Router:
             ],
             **options,
         )
-        router._new_replica = make_replica
+        router._members.make_engine = make_replica
+        return router
+
+    @classmethod
+    def from_cluster(
+        cls,
+        urls: Sequence[str | URL],
+        *,
+        writer_kwargs: Mapping[str, Any] | None = None,
+        replica_kwargs: Mapping[str, Any] | None = None,
+        router_options: Mapping[str, Any] | None = None,
+        pgbouncer: bool = False,
+        names: Sequence[str] | None = None,
+        **engine_kwargs: Any,
+    ) -> Router:
+        """Every URL is a node of one replication cluster: the writer is the
+        node that takes writes, found and followed by asking every node.
+
+        Keywords as in ``from_urls``: ``writer_kwargs`` go to the writer's pool
+        (its connections go to whichever node is the primary), ``replica_kwargs``
+        to each node's pool for reads. ``names`` label the nodes in metrics,
+        logs and ``status()`` instead of ``host:port/db``; the writer's pool
+        is labelled ``writer``.
+        """
+        if isinstance(urls, str | URL) or not urls:
+            raise ConfigurationError("cluster_urls must be a non-empty list of URLs")
+        options = _router_options(router_options, engine_kwargs)
+        if options.get("writer_read_weight"):
+            raise ConfigurationError(
+                "writer_read_weight is not supported with from_cluster"
+            )
+        checked = [
+            check_url(url, field=f"cluster_urls[{i}]") for i, url in enumerate(urls)
+        ]
+        writer, nodes, make_probe = cluster_engines(
+            checked,
+            names=engine_names(None, names, len(urls))[1:],
+            make_writer=EngineMaker(engine_kwargs, writer_kwargs, pgbouncer),
+            make_reader=EngineMaker(engine_kwargs, replica_kwargs, pgbouncer),
+        )
+        router = cls(writer=writer, replicas=[node.reader for node in nodes], **options)
+        topology = router.topology
+        topology.discovery = Discovery(
+            topology,
+            nodes,
+            bound=router.health.check_timeout,
+            make_probe=make_probe,
+        )
+        topology.replica_set.cluster = True
+        topology.writer_ok = False  # not known until the nodes are asked
+        topology.discovery.install(router._hooks)
+        router._members.make_engine = EngineMaker(
+            engine_kwargs, replica_kwargs, pgbouncer
+        )
         return router
 
     @classmethod
@@ -305,6 +321,8 @@ class Router:
 
         if settings is None:
             settings = RoutingSettings()
+        if settings.cluster_urls:
+            return cls.from_cluster(**settings.router_kwargs())
         return cls.from_urls(**settings.router_kwargs())
 
     def add_listener(self, listener: RoutingListener) -> None:
@@ -332,23 +350,7 @@ class Router:
         ``monitor_interval`` of the router's running monitor). A URL gets an
         engine made as ``from_urls`` made the others.
         """
-        if isinstance(replica, AsyncEngine):
-            engine = replica
-        else:
-            url = check_url(replica, field="add_replica")
-            engine = self._new_replica(url, "add_replica", name)
-        name = name or engine_name(engine)
-        if name in {self.topology.name(e) for e in (self.writer, *self.replicas)}:
-            raise ConfigurationError(f"the router already has an engine named {name}")
-        if not 0 <= weight < float("inf"):
-            raise ConfigurationError("a replica's weight must be a number >= 0")
-        join(
-            self.topology, engine, self._hooks, name=name, weight=weight,
-            health=self.health, observability=self.observability,
-        )  # fmt: skip
-        if self._started and not self._monitor.running:
-            self._monitor.start()
-        return name
+        return self._members.add_replica(replica, name, weight)
 
     async def remove_replica(self, name: str, *, drain_timeout: float = 30.0) -> None:
         """Remove a replica: no new transactions, open ones finish, pool disposed.
@@ -356,10 +358,28 @@ class Router:
         Transactions still on it after ``drain_timeout`` seconds keep their
         connections until they end; the pool closes them as they come back.
         """
-        engine = self.topology.named(name)
-        if engine is None:
-            raise ConfigurationError(f"the router has no replica named {name!r}")
-        await drain(self.topology, engine, seconds=drain_timeout)
+        await self._members.remove_replica(name, drain_timeout)
+
+    def add_node(
+        self, url: str | URL, *, name: str | None = None, weight: float = 1.0
+    ) -> str:
+        """Add a node to a ``from_cluster`` router at runtime; return its name.
+
+        The monitor asks its role in its next round; a standby serves reads
+        from then on.
+        """
+        return self._members.add_node(url, name, weight)
+
+    async def remove_node(self, name: str, *, drain_timeout: float = 30.0) -> None:
+        """Remove a node of a ``from_cluster`` router, as ``remove_replica`` does.
+
+        The writer's node cannot be removed: fail over first.
+        """
+        await self._members.remove_node(name, drain_timeout)
+
+    def _joined(self) -> None:
+        if self._started and not self._monitor.running:
+            self._monitor.start()
 
     async def start(self) -> None:
         """Start the background health and lag monitor (idempotent).
@@ -390,9 +410,11 @@ class Router:
         if self._detector is not None:
             self._detector.close()
             self._detector = None
+        discovery = self.topology.discovery
+        probes = [] if discovery is None else [node.probe for node in discovery.nodes]
         try:
             await asyncio.gather(
-                *(engine.dispose() for engine in (self.writer, *self.replicas))
+                *(e.dispose() for e in (self.writer, *self.replicas, *probes))
             )
         finally:
             self._hooks.remove()
@@ -410,10 +432,24 @@ class Router:
         await self.dispose()
 
     def __repr__(self) -> str:
+        if self.topology.discovery is not None:
+            nodes = ", ".join(repr(safe_url(r.url)) for r in self.replicas)
+            return f"Router(cluster=[{nodes}])"
         replicas = ", ".join(repr(safe_url(r.url)) for r in self.replicas)
         return f"Router(writer={safe_url(self.writer.url)!r}, replicas=[{replicas}])"
 
     __str__ = __repr__
+
+
+def _router_options(
+    given: Mapping[str, Any] | None, engine_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Router options from ``given`` and those among ``engine_kwargs`` (moved)."""
+    options = dict(given or {})
+    for name in ROUTER_OPTIONS.intersection(engine_kwargs):
+        options[name] = engine_kwargs.pop(name)
+    idle_check(engine_kwargs, options)
+    return options
 
 
 # Everything Router() takes besides its engines, read from its signature.

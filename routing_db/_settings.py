@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -74,9 +81,13 @@ class RoutingSettings(BaseSettings):
 
     writer_url: SecretStr | None = None
     replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Every node of one cluster, the writer found among them (from_cluster);
+    # instead of writer_url and replica_urls.
+    cluster_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # Labels in metrics, logs and status() instead of host:port/db.
     writer_name: str | None = None
     replica_names: Annotated[list[str], NoDecode] | None = None
+    cluster_names: Annotated[list[str], NoDecode] | None = None
 
     pool_size: PoolCount = 5
     max_overflow: PoolCount = 10
@@ -154,7 +165,14 @@ class RoutingSettings(BaseSettings):
             # ``from None``: the original error keeps the raw inputs.
             raise _without_inputs(error) from None
 
-    @field_validator("replica_urls", "replica_weights", "replica_names", mode="before")
+    @field_validator(
+        "replica_urls",
+        "replica_weights",
+        "replica_names",
+        "cluster_urls",
+        "cluster_names",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -168,21 +186,29 @@ class RoutingSettings(BaseSettings):
             check_url(value.get_secret_value(), field="writer_url")
         return value
 
-    @field_validator("replica_urls")
+    @field_validator("replica_urls", "cluster_urls")
     @classmethod
-    def _check_replicas(cls, value: list[SecretStr]) -> list[SecretStr]:
+    def _check_urls(cls, value: list[SecretStr], info: ValidationInfo) -> Any:
         for i, url in enumerate(value):
-            check_url(url.get_secret_value(), field=f"replica_urls[{i}]")
+            check_url(url.get_secret_value(), field=f"{info.field_name}[{i}]")
         return value
 
     @model_validator(mode="after")
     def _require_writer(self) -> RoutingSettings:
+        if self.cluster_urls:
+            if self.writer_url is not None or self.replica_urls:
+                raise ValueError(
+                    "cluster_urls replaces writer_url and replica_urls: set one "
+                    "or the other (ROUTING_DB_CLUSTER_URLS)"
+                )
+            _one_each(self.cluster_names, self.cluster_urls, "cluster")
+            return self
         if self.writer_url is None or not self.writer_url.get_secret_value():
-            raise ValueError("writer_url is required (set ROUTING_DB_WRITER_URL)")
-        if self.replica_names is not None and len(self.replica_names) != len(
-            self.replica_urls
-        ):
-            raise ValueError("replica_names needs one name per replica URL")
+            raise ValueError(
+                "writer_url is required (set ROUTING_DB_WRITER_URL, or "
+                "ROUTING_DB_CLUSTER_URLS for a cluster whose writer is found)"
+            )
+        _one_each(self.replica_names, self.replica_urls, "replica")
         return self
 
     def _role_overrides(self, role: str) -> dict[str, Any]:
@@ -208,6 +234,8 @@ class RoutingSettings(BaseSettings):
         if not settings:
             return {}
         urls = self.replica_urls if role == "replica" else [self.writer_url]
+        if self.cluster_urls:
+            urls = self.cluster_urls
         drivers = {make_url(url.get_secret_value()).drivername for url in urls if url}
         if drivers == {"postgresql+asyncpg"}:
             return {"server_settings": settings}
@@ -223,14 +251,24 @@ class RoutingSettings(BaseSettings):
         )
 
     def router_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Router.from_urls`` (they contain the secrets)."""
-        assert self.writer_url is not None  # enforced by _require_writer
+        """Keyword arguments for ``Router.from_urls``, or ``Router.from_cluster``
+        with ``cluster_urls`` (they contain the secrets)."""
+        if self.cluster_urls:
+            urls: dict[str, Any] = {
+                "urls": [url.get_secret_value() for url in self.cluster_urls],
+                "names": self.cluster_names,
+            }
+        else:
+            assert self.writer_url is not None  # enforced by _require_writer
+            urls = {
+                "writer_url": self.writer_url.get_secret_value(),
+                "replica_urls": [url.get_secret_value() for url in self.replica_urls],
+                "writer_name": self.writer_name,
+                "replica_names": self.replica_names,
+            }
         return {
             "pgbouncer": self.pgbouncer,
-            "writer_url": self.writer_url.get_secret_value(),
-            "replica_urls": [url.get_secret_value() for url in self.replica_urls],
-            "writer_name": self.writer_name,
-            "replica_names": self.replica_names,
+            **urls,
             "writer_kwargs": self._role_overrides("writer"),
             "replica_kwargs": self._role_overrides("replica"),
             "router_options": {
@@ -251,6 +289,11 @@ class RoutingSettings(BaseSettings):
                 if (value := getattr(self, name)) is not None
             },
         }
+
+
+def _one_each(names: list[str] | None, urls: list[SecretStr], role: str) -> None:
+    if names is not None and len(names) != len(urls):
+        raise ValueError(f"{role}_names needs one name per {role} URL")
 
 
 def _libpq_option(name: str, value: str) -> str:

@@ -58,13 +58,22 @@ def status_rows(topology: Topology) -> list[dict[str, Any]]:
             "pool": _pool_stats(writer),
         }
     ]
+    discovery = topology.discovery
+    if discovery is not None:
+        # The node the writer's connections go to now.
+        rows[0]["node"] = None if discovery.primary is None else discovery.primary.name
     for replica in topology.async_replicas:
         state = topology.replica_set.state(replica.sync_engine)
+        primary = discovery is not None and discovery.owns(replica)
         rows.append(
             {
                 "name": topology.name(replica),
-                "role": "unknown" if state.standby is False else "replica",
-                "state": _state(state),
+                "role": "writer"
+                if primary
+                else "unknown"
+                if state.standby is False
+                else "replica",
+                "state": "serving" if primary else _state(state),
                 "url": safe_url(replica.url),
                 "healthy": not state.ejected,
                 "ejected": state.ejected,

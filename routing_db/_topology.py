@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._events import Listeners
 from ._replicas import ReplicaSet
+
+if TYPE_CHECKING:
+    from ._discovery import Discovery
 
 __all__ = ["Topology"]
 
@@ -58,6 +62,8 @@ class Topology:
         # refused a write as read-only and was found not to be the primary
         # (or the monitor found it so): writes wait for it to be one again.
         self.writer_ok = True
+        # from_cluster: who the writer is, found by asking every node.
+        self.discovery: Discovery | None = None
         self._max_fallbacks = max_writer_fallbacks
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
@@ -102,23 +108,27 @@ class Topology:
         """Does ``engine`` run on the writer (as itself or as a reader)?"""
         return engine is self.writer or engine is self.writer_reader
 
-    def writer_lost(self) -> None:
-        """The writer's server was found not taking writes (not the primary)."""
+    def writer_lost(self, name: str | None = None, *, quiet: bool = False) -> None:
+        """The writer's server (node ``name``) was found not taking writes."""
         if self.writer_ok:
             self.writer_ok = False
-            name = self._names[self.async_writer]
+            if quiet:
+                return
+            name = name or self._names[self.async_writer]
             self.listeners.emit("role_changed", name, "writer", "unknown")
             logger.error(
-                "routing_db: the writer %s is not the primary any more: writes "
-                "wait for it to take writes again (writer_wait_timeout)",
+                "routing_db: the writer %s does not take writes (not the primary "
+                "any more, or gone): writes wait for a primary (writer_wait_timeout)",
                 name,
             )
 
-    def writer_found(self) -> None:
-        """The writer's server takes writes (again)."""
+    def writer_found(self, name: str | None = None, *, quiet: bool = False) -> None:
+        """The writer's server (node ``name``) takes writes (again)."""
         if not self.writer_ok:
             self.writer_ok = True
-            name = self._names[self.async_writer]
+            if quiet:
+                return
+            name = name or self._names[self.async_writer]
             self.listeners.emit("role_changed", name, "unknown", "writer")
             logger.warning("routing_db: the writer %s takes writes again", name)
 

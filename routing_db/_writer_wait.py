@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
+from ._connections import checkout_failed
 from ._exceptions import NoWriterAvailable
 from ._positions import takes_writes_now
 from ._retry import is_read_only_rejection
@@ -41,6 +42,13 @@ class WriterWaiting(Session):
         if not is_read_only_rejection(error):
             return False
         topology = router.topology
+        discovery = topology.discovery
+        if discovery is not None:
+            # Ask every node now; the same primary, still taking writes,
+            # means a read-only transaction of the application's own.
+            primary = discovery.primary
+            await_only(discovery.check())
+            return not (topology.writer_ok and discovery.primary is primary)
         if topology.writer_ok:
             try:
                 takes = takes_writes_now(topology.writer)
@@ -53,6 +61,31 @@ class WriterWaiting(Session):
             topology.writer.dispose()
         return True
 
+    def _routing_writer_back(self, error: BaseException) -> bool:
+        """After a connection to a cluster's writer could not be had: is the
+        writer gone (a failover)? Then wait for the next one and say so."""
+        router = self._routing_router
+        if router is None or router.topology.discovery is None:
+            return False  # a static writer: the retry policy tries it again
+        if not (checkout_failed(error) or isinstance(error, NoWriterAvailable)):
+            return False
+        await_only(router.topology.discovery.check())
+        if router.topology.writer_ok:
+            return False  # still the writer: a busy pool, or a blip
+        self._routing_wait_for_writer()
+        return True
+
+    def _routing_writer_now(self) -> bool:
+        """Ask whether the writer takes writes now (every node, for a cluster)."""
+        router = self._routing_router
+        assert router is not None
+        topology = router.topology
+        if topology.discovery is not None:
+            await_only(topology.discovery.check())
+        elif takes_writes_now(topology.writer):
+            topology.writer_found()
+        return topology.writer_ok
+
     def _routing_wait_for_writer(self) -> None:
         """Return once the writer takes writes; ``NoWriterAvailable`` after
         ``writer_wait_timeout``."""
@@ -64,8 +97,7 @@ class WriterWaiting(Session):
             # Asked here too, so that a router without a running monitor
             # finds the primary back.
             try:
-                if takes_writes_now(topology.writer):
-                    topology.writer_found()
+                if self._routing_writer_now():
                     return
             except Exception as exc:  # down or restarting: ask again
                 logger.debug("routing_db: writer role unknown: %r", exc)
@@ -73,14 +105,18 @@ class WriterWaiting(Session):
             if remaining <= 0:
                 timeout = router.health.writer_wait_timeout
                 raise self._routing_no_writer(
-                    f"it did not take writes within writer_wait_timeout, {timeout:g} s"
+                    f"no writer within writer_wait_timeout, {timeout:g} s"
                 )
             await_only(asyncio.sleep(min(0.1, remaining)))
 
     def _routing_no_writer(self, why: str) -> NoWriterAvailable:
         router = self._routing_router
         assert router is not None
+        topology = router.topology
+        if topology.discovery is not None:
+            what = topology.discovery.describe()
+        else:
+            what = f"{topology.name(router.writer)} is not the primary"
         return NoWriterAvailable(
-            f"no writer: {router.topology.name(router.writer)} is not the primary "
-            f"({why}); a failover may be under way"
+            f"no writer: {what} ({why}); a failover may be under way"
         )

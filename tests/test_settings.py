@@ -147,6 +147,10 @@ def _error_text(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
         ({"writer_url": WRITER, "pool_timeout": 0}, "pool_timeout"),
         ({"writer_url": WRITER, "default_role": "replica"}, "default_role"),
         ({"writer_url": WRITER, "no_such_option": 1}, "no_such_option"),
+        ({"cluster_urls": [WRITER], "writer_url": WRITER}, "cluster_urls replaces"),
+        ({"cluster_urls": [WRITER], "replica_urls": [REPLICA]}, "cluster_urls repl"),
+        ({"cluster_urls": [WRITER, "nonsense"]}, "cluster_urls[1]"),
+        ({"cluster_urls": [WRITER], "cluster_names": ["a", "b"]}, "one name per"),
     ],
 )
 def test_bad_settings(kwargs: dict[str, object], expect: str) -> None:
@@ -321,6 +325,25 @@ async def test_from_settings_uses_the_environment(
         assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
         assert router.replicas[0].pool.size() == 5  # type: ignore[attr-defined]
         assert router.default_role == "auto"
+    finally:
+        await router.dispose()
+
+
+async def test_cluster_urls_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_CLUSTER_URLS", f"{WRITER}, {REPLICA}")
+    monkeypatch.setenv("ROUTING_DB_CLUSTER_NAMES", "a,b")
+    monkeypatch.setenv("ROUTING_DB_WRITER_POOL_SIZE", "3")
+    monkeypatch.setenv("ROUTING_DB_MONITOR_INTERVAL", "0.2")
+    router = Router.from_settings()
+    try:
+        assert router.topology.discovery is not None
+        assert [row["name"] for row in router.status()] == ["writer", "a", "b"]
+        assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
+        assert router.replicas[1].pool.size() == 5  # type: ignore[attr-defined]
+        assert router.health.monitor_interval == 0.2
+        assert SECRET not in repr(router)
     finally:
         await router.dispose()
 

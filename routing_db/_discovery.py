@@ -1,0 +1,175 @@
+"""A cluster's writer, found by asking every node its role (``from_cluster``).
+
+Every node has a reader engine (a replica of the router's replica set) and a
+one-connection probe engine of its own: role checks never queue behind reads
+or writes. The router's writer engine is one pool whose new connections go to
+the node found to be the primary (SQLAlchemy's ``do_connect`` event); when the
+primary moves, that pool is emptied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._exceptions import ConfigurationError, NoWriterAvailable
+from ._hooks import Hooks
+from ._positions import takes_writes
+from ._topology import Topology
+
+__all__ = ["Discovery", "Node"]
+
+logger = logging.getLogger("routing_db")
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    """One server of the cluster, as routing_db reaches it."""
+
+    name: str
+    reader: AsyncEngine  # its member of the replica set
+    probe: AsyncEngine  # one connection, for role checks only
+
+
+class Discovery:
+    """Which node takes writes, asked of every node; the writer pool follows it."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        nodes: list[Node],
+        *,
+        bound: float,
+        make_probe: Callable[[URL], AsyncEngine],
+    ) -> None:
+        self._topology = topology
+        self.nodes = nodes
+        self._bound = bound
+        self._make_probe = make_probe
+        self.primary: Node | None = None
+        # Two or more nodes take writes (split brain): their names.
+        self.candidates: tuple[str, ...] = ()
+        self._check: asyncio.Task[None] | None = None
+        writer = topology.async_writer
+        # What the writer's connections are made with, less what its URL gave:
+        # the shared connect_args stay, the node's URL supplies the rest.
+        self._url_keys = set(writer.dialect.create_connect_args(writer.url)[1])
+
+    def install(self, hooks: Hooks) -> None:
+        """Point the writer engine's new connections at the primary."""
+        hooks.listen(self._topology.writer, "do_connect", self._connect_to_primary)
+
+    def _connect_to_primary(
+        self, dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]
+    ) -> None:
+        node = self.primary
+        if node is None:
+            raise NoWriterAvailable(f"no writer: {self.describe()}")
+        args, params = dialect.create_connect_args(node.probe.url)
+        cargs[:] = args
+        for key in self._url_keys:
+            cparams.pop(key, None)
+        cparams.update(params)
+
+    def add(self, name: str, reader: AsyncEngine) -> None:
+        """Ask ``reader``'s node its role from the next check on."""
+        self.nodes.append(Node(name, reader, self._make_probe(reader.url)))
+
+    def remove(self, name: str) -> AsyncEngine:
+        """Stop asking node ``name``; return its probe engine (to dispose)."""
+        node = next((node for node in self.nodes if node.name == name), None)
+        if node is None:
+            raise ConfigurationError(f"the router has no node named {name!r}")
+        if node is self.primary:
+            raise ConfigurationError(
+                f"node {name} is the writer: it cannot be removed (fail over first)"
+            )
+        self.nodes.remove(node)
+        return node.probe
+
+    def describe(self) -> str:
+        """Why there is no writer, for ``NoWriterAvailable``."""
+        if self.candidates:
+            return (
+                f"{' and '.join(self.candidates)} take writes (split brain): "
+                "writes are refused until one is left"
+            )
+        return "no node of the cluster takes writes"
+
+    def owns(self, reader: AsyncEngine) -> bool:
+        """Is ``reader`` the reader engine of the node that is the writer?"""
+        return self.primary is not None and self.primary.reader is reader
+
+    async def check(self) -> None:
+        """Ask every node its role now; one check at a time, callers share it."""
+        task = self._check
+        if task is None or task.done():
+            task = self._check = asyncio.get_running_loop().create_task(
+                self._ask_all(), name="routing_db role check"
+            )
+        # shield: a caller that gives up (a cancelled request) does not cut
+        # the check short for the others.
+        await asyncio.shield(task)
+
+    async def _ask(self, node: Node) -> bool | None:
+        try:
+            return await asyncio.wait_for(takes_writes(node.probe), self._bound)
+        except Exception as exc:  # down, hung or restarting: no verdict
+            logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
+            return None
+
+    async def _ask_all(self) -> None:
+        nodes = list(self.nodes)
+        answers = await asyncio.gather(*(self._ask(node) for node in nodes))
+        replica_set = self._topology.replica_set
+        for node, takes in zip(nodes, answers, strict=True):
+            if takes is not None:
+                replica_set.record_role(node.reader.sync_engine, standby=not takes)
+        primaries = [node for node, takes in zip(nodes, answers, strict=True) if takes]
+        current = self.primary
+        if len(primaries) == 1:
+            await self._elect(primaries[0])
+        elif primaries:
+            names = tuple(node.name for node in primaries)
+            if names != self.candidates:
+                logger.error(
+                    "routing_db: nodes %s take writes (split brain): writes "
+                    "are refused, never sent to either",
+                    ", ".join(names),
+                )
+            self.candidates = names
+            await self._lose(current, drop=True, quiet=True)
+        else:
+            self.candidates = ()
+            # Dropped only when the primary says it is in recovery: a primary
+            # that did not answer this time may still hold good connections.
+            answered = current is not None and answers[nodes.index(current)] is False
+            await self._lose(current, drop=answered)
+
+    async def _elect(self, node: Node) -> None:
+        topology, old = self._topology, self.primary
+        self.candidates = ()
+        if node is not old:
+            self.primary = node
+            if old is not None:
+                # Pooled connections still go to the old primary.
+                await topology.async_writer.dispose()
+            topology.listeners.emit("role_changed", node.name, "replica", "writer")
+            logger.warning("routing_db: node %s is the writer", node.name)
+        topology.writer_found(node.name, quiet=node is not old)
+
+    async def _lose(
+        self, current: Node | None, *, drop: bool, quiet: bool = False
+    ) -> None:
+        """No writer now; with ``drop``, ``current`` is not the primary any more."""
+        topology = self._topology
+        if drop and current is not None:
+            self.primary = None
+            await topology.async_writer.dispose()
+        topology.writer_lost(None if current is None else current.name, quiet=quiet)

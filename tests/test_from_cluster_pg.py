@@ -1,0 +1,198 @@
+"""``Router.from_cluster``: the writer is found among the nodes, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from routing_db import (
+    ConfigurationError,
+    NoWriterAvailable,
+    Router,
+    read_only,
+    routing_sessionmaker,
+)
+from routing_db.testing import PostgresCluster
+
+from .conftest import where
+from .models import Item
+from .waiting import until
+
+NAMES = ["r0", "r1", "primary"]
+
+
+def cluster_router(cluster: PostgresCluster, **options: Any) -> Router:
+    """The nodes listed with the primary last: nothing says which it is."""
+    urls = [*cluster.replica_urls, cluster.writer_url]
+    return Router.from_cluster(urls, names=NAMES, **options)
+
+
+@pytest.mark.usefixtures("clean")
+async def test_the_writer_is_found_among_the_nodes(cluster: PostgresCluster) -> None:
+    router = cluster_router(cluster)
+    Session = routing_sessionmaker(router)
+    replica_ports = {node.port for node in cluster.replicas}
+    try:
+        # Never started: the first write asks every node who takes writes.
+        async with Session() as session:
+            session.add(Item(name="found"))
+            await session.flush()
+            assert await where(session) == (cluster.primary.port, False)
+            await session.commit()
+        for _ in range(4):
+            async with Session() as session, read_only:
+                port, standby = await where(session)
+            assert standby and port in replica_ports
+        await router.poll()
+        roles = {row["name"]: (row["role"], row["state"]) for row in router.status()}
+        assert roles == {
+            "writer": ("writer", "serving"),
+            "r0": ("replica", "serving"),
+            "r1": ("replica", "serving"),
+            "primary": ("writer", "serving"),
+        }
+        assert router.status()[0]["node"] == "primary"
+        assert cluster.sql(cluster.primary, "SELECT name FROM items") == "found"
+    finally:
+        await router.dispose()
+
+
+@pytest.mark.slow  # a promotion and the healing take seconds
+@pytest.mark.usefixtures("clean")
+async def test_two_primaries_get_no_writes(faults: PostgresCluster) -> None:
+    cluster = faults
+    router = cluster_router(cluster, writer_wait_timeout=0.5)
+    Session = routing_sessionmaker(router)
+    try:
+        async with router:
+            await cluster.apromote(1)  # while the primary still runs
+            await router.poll()
+            with pytest.raises(
+                NoWriterAvailable, match="r1 and primary take writes"
+            ) as caught:
+                async with Session() as session:
+                    await session.execute(
+                        text("INSERT INTO items (name) VALUES ('split')")
+                    )
+                    await session.commit()
+            assert "split brain" in str(caught.value)
+            with pytest.raises(NoWriterAvailable):
+                async with Session() as session:  # a flush is refused the same way
+                    session.add(Item(name="split too"))
+                    await session.commit()
+            assert router.status()[0]["role"] == "unknown"
+            async with Session() as session, read_only:  # r0 still serves reads
+                assert await where(session) == (cluster.replicas[0].port, True)
+        for node in (cluster.primary, cluster.replicas[1]):
+            assert cluster.sql(node, "SELECT count(*) FROM items") == "0"
+    finally:
+        await router.dispose()
+
+
+@pytest.mark.parametrize(
+    ("urls", "error"),
+    [
+        ([], "non-empty list"),
+        ("postgresql+asyncpg://h/db", "non-empty list"),
+        (["sqlite+aiosqlite:///x.db"], "SQLite"),
+        (["postgresql+asyncpg://a/db", "mysql+aiomysql://b/db"], "mix"),
+        (["postgresql+asyncpg://a:1/db", "postgresql+asyncpg://a:1/db"], "twice"),
+        (["postgresql+asyncpg://u:sekrit@a/db", "nonsense"], "cluster_urls\\[1\\]"),
+    ],
+)
+def test_cluster_urls_are_checked(urls: list[str], error: str) -> None:
+    with pytest.raises(ConfigurationError, match=error) as caught:
+        Router.from_cluster(urls)
+    assert "sekrit" not in str(caught.value)
+
+
+def test_the_writer_of_a_cluster_takes_no_reads() -> None:
+    with pytest.raises(ConfigurationError, match="writer_read_weight"):
+        Router.from_cluster(["postgresql+asyncpg://a/db"], writer_read_weight=1)
+
+
+@pytest.mark.slow  # a failover and the healing take seconds
+@pytest.mark.usefixtures("clean")
+async def test_a_write_waits_for_the_next_primary(faults: PostgresCluster) -> None:
+    """No monitor runs: the write that finds the writer gone asks every node."""
+    cluster = faults
+    router = cluster_router(cluster, writer_wait_timeout=20)
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session:
+            session.add(Item(name="before"))
+            await session.commit()
+        await cluster.acrash_primary()
+
+        async def failover_later() -> None:
+            # As a failover manager decides: seconds after the crash.
+            await asyncio.sleep(3)
+            await cluster.apromote(0)
+
+        failover = asyncio.create_task(failover_later())
+        async with Session() as session:
+            session.add(Item(name="after"))
+            await session.flush()
+            assert await where(session) == (cluster.replicas[0].port, False)
+            await session.commit()
+        await failover
+        assert failover.done()
+        names = cluster.sql(
+            cluster.replicas[0], "SELECT string_agg(name, ',') FROM items"
+        )
+        assert sorted(names.split(",")) == ["after", "before"]
+        assert {row["name"]: row["role"] for row in router.status()}["r0"] == "writer"
+    finally:
+        await router.dispose()
+
+
+@pytest.mark.slow  # a new standby is a base backup
+async def test_nodes_added_and_removed_under_load(faults: PostgresCluster) -> None:
+    cluster = faults
+    router = cluster_router(cluster, monitor_interval=0.1)
+    Session = routing_sessionmaker(router)
+    added = await cluster.aadd_standby()
+    served: collections.Counter[int] = collections.Counter()
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            try:
+                async with Session() as session, read_only:
+                    port, standby = await where(session)
+                    assert standby
+                    served[port] += 1
+            except Exception as exc:
+                errors.append(exc)
+
+    async with router:
+        readers = [asyncio.create_task(reader()) for _ in range(10)]
+        try:
+            with pytest.raises(ConfigurationError, match="add_node"):
+                router.add_replica(added.url_for(cluster.driver))
+            assert router.add_node(added.url_for(cluster.driver), name="added")
+            await until(lambda: served[added.port] > 0, 5)
+            roles = {row["name"]: row["role"] for row in router.status()}
+            assert roles["added"] == "replica"
+
+            with pytest.raises(ConfigurationError, match="is the writer"):
+                await router.remove_node("primary")
+            await router.remove_node("r0", drain_timeout=10)
+            assert [row["name"] for row in router.status()] == [
+                "writer",
+                "r1",
+                "primary",
+                "added",
+            ]
+            served.clear()
+            await until(lambda: served.total() >= 50, 10)
+            assert set(served) == {cluster.replicas[1].port, added.port}
+        finally:
+            stop.set()
+            await asyncio.gather(*readers)
+    assert errors == []
