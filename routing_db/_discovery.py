@@ -157,6 +157,7 @@ class Discovery:
         self.candidates = ()
         if node is not old:
             self.primary = node
+            topology.replica_set.forget_positions()
             if old is not None:
                 # Pooled connections still go to the old primary.
                 await topology.async_writer.dispose()

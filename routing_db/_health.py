@@ -70,6 +70,9 @@ class ReplicaState:
     def record_failure(self, now: float) -> bool:
         """Count a connection failure; return True when it ejects the replica."""
         self.suspect = True
+        # It may come back rewound onto another timeline (a failover), behind
+        # what it had replayed: its position is learned again.
+        self.replay_lsn = None
         if self.ejected:
             # A failed probe: wait longer before the next one.
             self.backoff = min(self.backoff * 2, self._options.probe_max)

@@ -339,6 +339,12 @@ class ReplicaSet:
                 type(error).__name__,
             )
 
+    def forget_positions(self) -> None:
+        """Forget every replay position: the writer changed, and a standby may
+        be rewound onto the new primary's timeline, behind what it had replayed."""
+        for state in self.states.values():
+            state.replay_lsn = None
+
     def succeeded(self, engine: Engine) -> None:
         """A connection to ``engine`` worked (it may be re-admitted)."""
         state = self.states.get(engine)

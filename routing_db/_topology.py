@@ -112,6 +112,7 @@ class Topology:
         """The writer's server (node ``name``) was found not taking writes."""
         if self.writer_ok:
             self.writer_ok = False
+            self.replica_set.forget_positions()
             if quiet:
                 return
             name = name or self._names[self.async_writer]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_standby",
+    "follows",
     "heal",
     "in_recovery",
     "promote",
@@ -62,17 +63,45 @@ def repoint(cluster: PostgresCluster, node: PgNode, source: PgNode) -> None:
     is ``latest``). One that replayed past the point where ``source`` forked
     off cannot follow: it is rewound instead.
     """
+    if _replayed_past_fork(cluster, source, node):
+        rebuild(cluster, node, source)
+        return
     try:
         cluster.sql(node, f"ALTER SYSTEM SET primary_conninfo = '{_conninfo(source)}'")
         cluster.sql(node, "SELECT pg_reload_conf()")
         poll(
-            f"{node.name} to stream from {source.name}",
-            lambda: streams_from(cluster, source, node),
+            f"{node.name} to follow {source.name}'s timeline",
+            lambda: follows(cluster, source, node),
             15,
             0.05,
         )
     except ClusterError:
         rebuild(cluster, node, source)
+
+
+def _replayed_past_fork(cluster: PostgresCluster, source: PgNode, node: PgNode) -> bool:
+    # The fork point is the last line of source's timeline history file.
+    walfile = cluster.sql(source, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    timeline = walfile[:8]
+    if int(timeline, 16) == 1:
+        return False  # never promoted: nothing forked off
+    history = cluster.sql(source, f"SELECT pg_read_file('pg_wal/{timeline}.history')")
+    fork = history.splitlines()[-1].split()[1]
+    query = f"SELECT pg_last_wal_replay_lsn() > '{fork}'::pg_lsn"
+    return cluster.sql(node, query) == "t"
+
+
+def follows(cluster: PostgresCluster, source: PgNode, node: PgNode) -> bool:
+    """Does ``node`` stream ``source``'s current timeline?
+
+    A standby that replayed past the point where ``source`` forked off may
+    still connect and stream for a moment, but never receives that timeline.
+    """
+    walfile = cluster.sql(source, "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    received = cluster.sql(
+        node, "SELECT coalesce(max(received_tli), 0) FROM pg_stat_wal_receiver"
+    )
+    return int(received) == int(walfile[:8], 16) and streams_from(cluster, source, node)
 
 
 def rebuild(cluster: PostgresCluster, node: PgNode, source: PgNode) -> None:

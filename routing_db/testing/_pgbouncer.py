@@ -40,11 +40,17 @@ class PgBouncer:
     """One pgbouncer process; each target server is one of its databases."""
 
     def __init__(
-        self, *, port: int, basedir: Path, process: subprocess.Popen[bytes]
+        self,
+        *,
+        port: int,
+        basedir: Path,
+        process: subprocess.Popen[bytes],
+        targets: Mapping[str, PgNode],
     ) -> None:
         self.port = port
         self._basedir = basedir
         self._process = process
+        self._targets = dict(targets)
 
     @classmethod
     def start(
@@ -58,14 +64,10 @@ class PgBouncer:
         binary = find_pgbouncer()
         basedir = Path(tempfile.mkdtemp(prefix="routing_db_pgbouncer_"))
         (port,) = free_ports(1)
-        databases = "".join(
-            f"{name} = host={node.host} port={node.port} dbname={node.dbname}"
-            f" user={node.user}\n"
-            for name, node in targets.items()
-        )
+        (basedir / "databases.ini").write_text(_databases(targets))
         (basedir / "pgbouncer.ini").write_text(
             "[databases]\n"
-            f"{databases}"
+            f"%include {basedir / 'databases.ini'}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
             f"unix_socket_dir = {basedir}\n"
@@ -92,7 +94,7 @@ class PgBouncer:
         process = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/"
         )
-        bouncer = cls(port=port, basedir=basedir, process=process)
+        bouncer = cls(port=port, basedir=basedir, process=process, targets=targets)
         try:
             bouncer._wait_listening()
         except BaseException:
@@ -113,6 +115,17 @@ class PgBouncer:
             if time.monotonic() > deadline:
                 raise ClusterError(f"pgbouncer did not listen:\n{self.log()}")
             time.sleep(0.05)
+
+    def retarget(self, database: str, node: PgNode) -> None:
+        """Point ``database`` at ``node`` and reload, as a failover tool does.
+
+        Clients stay connected; their next transactions go to ``node``, and
+        server connections to the old target close once released.
+        """
+        self._targets[database] = node
+        (self._basedir / "databases.ini").write_text(_databases(self._targets))
+        pid = int((self._basedir / "pgbouncer.pid").read_text().strip())
+        os.kill(pid, signal.SIGHUP)  # RELOAD
 
     def url(self, database: str, driver: str = "asyncpg") -> str:
         """SQLAlchemy URL of one of its databases (user ``postgres``)."""
@@ -139,3 +152,11 @@ class PgBouncer:
                 self._process.kill()
                 self._process.wait(10)
         shutil.rmtree(self._basedir, ignore_errors=True)
+
+
+def _databases(targets: Mapping[str, PgNode]) -> str:
+    return "".join(
+        f"{name} = host={node.host} port={node.port} dbname={node.dbname}"
+        f" user={node.user}\n"
+        for name, node in targets.items()
+    )
