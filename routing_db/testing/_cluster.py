@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import copy
@@ -10,9 +9,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import make_url
 
@@ -24,6 +22,7 @@ from ._servers import (
     SERVER_USER,
     ClusterError,
     PgNode,
+    async_form,
     find_pg_bindir,
     free_ports,
     poll,
@@ -37,20 +36,6 @@ __all__ = [
     "find_pg_bindir",
     "reap_orphans",
 ]
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _async_form(
-    fn: Callable[Concatenate[PostgresCluster, P], R],
-) -> Callable[Concatenate[PostgresCluster, P], Awaitable[R]]:
-    async def wrapper(self: PostgresCluster, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.to_thread(fn, self, *args, **kwargs)
-
-    wrapper.__name__ = wrapper.__qualname__ = f"a{fn.__name__}"
-    wrapper.__doc__ = f"Async form of ``{fn.__name__}``: the event loop keeps running."
-    return wrapper
 
 
 class PostgresCluster:
@@ -428,19 +413,19 @@ class PostgresCluster:
         self.wait_streaming()
         self.wait_replicated()
 
-    astop_replica = _async_form(stop_replica)
-    acrash_replica = _async_form(crash_replica)
-    astart_replica = _async_form(start_replica)
-    arestart_primary = _async_form(restart_primary)
-    acrash_primary = _async_form(crash_primary)
-    apromote = _async_form(promote)
-    afollow = _async_form(follow)
-    arebuild_as_standby = _async_form(rebuild_as_standby)
-    aadd_standby = _async_form(add_standby)
-    apause_replay = _async_form(pause_replay)
-    aresume_replay = _async_form(resume_replay)
-    await_replicated = _async_form(wait_replicated)
-    aheal = _async_form(heal)
+    astop_replica = async_form(stop_replica)
+    acrash_replica = async_form(crash_replica)
+    astart_replica = async_form(start_replica)
+    arestart_primary = async_form(restart_primary)
+    acrash_primary = async_form(crash_primary)
+    apromote = async_form(promote)
+    afollow = async_form(follow)
+    arebuild_as_standby = async_form(rebuild_as_standby)
+    aadd_standby = async_form(add_standby)
+    apause_replay = async_form(pause_replay)
+    aresume_replay = async_form(resume_replay)
+    await_replicated = async_form(wait_replicated)
+    aheal = async_form(heal)
 
     def __enter__(self) -> PostgresCluster:
         return self

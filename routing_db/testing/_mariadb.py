@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._servers import OWNER, ClusterError, free_ports, owner_alive, poll
+from . import _maria_failover as failover
+from ._servers import OWNER, ClusterError, async_form, free_ports, owner_alive, poll
 
 __all__ = ["MariaDBCluster", "MariaDBNode", "find_mariadbd"]
 
@@ -179,7 +180,13 @@ class MariaDBCluster:
                 "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M",
                 "--performance-schema=OFF", "--max-connections=300",
                 "--innodb-flush-log-at-trx-commit=0", "--sync-binlog=0",
-                *(["--read-only=1", "--relay-log=relay"] if replica else []),
+                # log-slave-updates: a promoted replica's binlog holds what it
+                # applied, so the others can follow it by GTID.
+                *(
+                    ["--read-only=1", "--relay-log=relay", "--log-slave-updates"]
+                    if replica
+                    else []
+                ),
             ]
         )  # fmt: skip
         self._processes[node.name] = subprocess.Popen(
@@ -245,11 +252,14 @@ class MariaDBCluster:
 
     # -- SQL ----------------------------------------------------------------------
 
-    def sql(self, node: MariaDBNode, query: str, *, timeout: float = 30) -> str:
-        """Run ``query`` as root on ``node`` (its socket); return tab-separated rows."""
+    def sql(
+        self, node: MariaDBNode, query: str, *, timeout: float = 30, names: bool = False
+    ) -> str:
+        """Run ``query`` as root on ``node`` (its socket); return tab-separated rows
+        (with ``names``, the column names too: ``\\G`` then gives ``name: value``)."""
         cmd = [
             "mariadb", "--no-defaults", "-uroot", f"--socket={node.socket}",
-            "--batch", "--skip-column-names",
+            "--batch", *([] if names else ["--skip-column-names"]),
         ]  # fmt: skip
         try:
             # On stdin, not -e: ps would show a password inside the query.
@@ -322,13 +332,48 @@ class MariaDBCluster:
         self._start_node(node)
         self.sql(node, "START SLAVE")
 
+    def crash_primary(self) -> None:
+        """Kill the primary's server process (SIGKILL), as a failover starts."""
+        self._kill(self.primary)
+
+    def promote(self, index: int) -> None:
+        """Make replica ``index`` the primary (``read_only = 0``), once it has
+        applied everything it received."""
+        failover.promote(self, self.replicas[index])
+
+    def follow(self, index: int, *, new_primary: int) -> None:
+        """Make replica ``index`` replicate from replica ``new_primary`` (GTID)."""
+        failover.follow(self, self.replicas[index], self.replicas[new_primary])
+
+    @property
+    def current_primary(self) -> MariaDBNode:
+        """The node that takes writes now: the primary, or a promoted replica."""
+        stopped = self._stopped_nodes()
+        for node in (self.primary, *self.replicas):
+            if node.name not in stopped and failover.takes_writes(self, node):
+                return node
+        raise ClusterError("no node of the cluster takes writes")
+
     def heal(self) -> None:
-        """Undo faults: start crashed replicas, resume applying, catch up."""
+        """Undo faults: start crashed replicas, resume applying, catch up.
+
+        A failover is not undone (MariaDB has no rewind): start a new cluster.
+        """
+        if self.primary.name in self._stopped_nodes() or any(
+            failover.takes_writes(self, node) for node in self.replicas
+        ):
+            raise ClusterError(
+                "heal() cannot undo a failover of MariaDB: start a new cluster"
+            )
         for index, node in enumerate(self.replicas):
             if node.name in self._stopped_nodes():
                 self.start_replica(index)
             self.sql(node, "START SLAVE")  # a no-op for running threads
         self.wait_replicated()
+
+    acrash_primary = async_form(crash_primary)
+    apromote = async_form(promote)
+    afollow = async_form(follow)
 
     def __repr__(self) -> str:
         nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))

@@ -1,0 +1,84 @@
+"""A MariaDB failover under load, through ``Router.from_cluster``.
+
+The test starts a cluster of its own: MariaDB has no rewind, so a failover
+cannot be undone for the next test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from routing_db import (
+    CommitOutcomeUnknown,
+    NoWriterAvailable,
+    ReadOnlyViolation,
+    Router,
+    routing_sessionmaker,
+)
+from routing_db.testing import MariaDBCluster
+
+from .test_failover_under_load_pg import Load, reader, wait_for, writer
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.slow]
+
+SERVER = text("SELECT @@server_id")
+
+
+@pytest.fixture
+def own(mariadb_cluster: MariaDBCluster) -> Iterator[MariaDBCluster]:
+    """A new cluster (the session's one shows MariaDB is installed)."""
+    cluster = MariaDBCluster.start(replicas=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_a_mariadb_failover_under_load(own: MariaDBCluster) -> None:
+    cluster = own
+    old, (new, other) = cluster.primary, cluster.replicas
+    cluster.sql(old, "CREATE TABLE app.failover_writes (k varchar(40) PRIMARY KEY)")
+    cluster.wait_replicated()
+    router = Router.from_cluster(
+        [node.url_for() for node in (old, new, other)],
+        names=["old", "new", "other"],
+        monitor_interval=0.2,
+        writer_wait_timeout=10,
+    )
+    Session = routing_sessionmaker(router)
+    load = Load()
+    async with router:
+        tasks = [asyncio.create_task(writer(Session, load, i)) for i in range(5)]
+        tasks += [asyncio.create_task(reader(Session, load, SERVER)) for _ in range(10)]
+        try:
+            await wait_for(lambda: len(load.acked) >= 50, 30)
+            crashed = time.monotonic()
+            await cluster.acrash_primary()
+            crash_done = time.monotonic()
+            await cluster.apromote(0)
+            promoted = time.monotonic()
+            await cluster.afollow(1, new_primary=0)
+            await wait_for(lambda: any(t > promoted for t in load.acked.values()), 2.0)
+            assert {row["name"]: row["role"] for row in router.status()}["new"] == (
+                "writer"
+            )
+            await wait_for(lambda: load.reads.get(other.server_id, 0) > 0, 5)
+        finally:
+            load.running = False
+            await asyncio.gather(*tasks)
+
+    present = set(cluster.sql(new, "SELECT k FROM app.failover_writes").split())
+    assert {k for k, t in load.acked.items() if t >= crashed} <= present
+    for started, _, error in load.write_errors:
+        assert not isinstance(error, ReadOnlyViolation | IntegrityError), error
+        if not isinstance(error, NoWriterAvailable | CommitOutcomeUnknown):
+            assert isinstance(error, DBAPIError), error
+            assert started <= crash_done, error
+    assert load.read_errors == []
+    assert load.longest < 12
