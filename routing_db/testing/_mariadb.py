@@ -359,8 +359,11 @@ class MariaDBCluster:
 
         A failover is not undone (MariaDB has no rewind): start a new cluster.
         """
-        if self.primary.name in self._stopped_nodes() or any(
-            failover.takes_writes(self, node) for node in self.replicas
+        stopped = self._stopped_nodes()
+        if self.primary.name in stopped or any(
+            failover.takes_writes(self, node)
+            for node in self.replicas
+            if node.name not in stopped
         ):
             raise ClusterError(
                 "heal() cannot undo a failover of MariaDB: start a new cluster"
