@@ -200,6 +200,24 @@ def _skew(skew: list[tuple[str, LoadSummary]]) -> list[str]:
     ]
 
 
+def _failover(bench: dict[str, Any] | None) -> list[str]:
+    if bench is None:
+        return ["Not run."]
+    info = bench["extra_info"]
+    after = _stats([r["after_promote"] for r in info["rounds"]])
+    since = _stats([r["since_crash"] for r in info["rounds"]])
+    return [
+        f"{len(info['rounds'])} failovers: the primary crashes under 5 writer "
+        "tasks through `Router.from_cluster` (`monitor_interval="
+        f"{info['monitor_interval']:g}`), replica 0 is promoted at once.",
+        "",
+        "- First write acknowledged after `promote` returned: "
+        f"{after[0]:.2f} s (failovers {after[1]:.2f} to {after[2]:.2f}).",
+        "- Writes unavailable from the crash on (PostgreSQL's promotion "
+        f"included): {since[0]:.2f} s (failovers {since[1]:.2f} to {since[2]:.2f}).",
+    ]
+
+
 def main(path: str) -> None:
     """Write RESULTS.md and starvation.png from the JSON at ``path``."""
     data = json.loads(Path(path).read_text())
@@ -245,6 +263,10 @@ def main(path: str) -> None:
         "## 5. Checkout cost: ORM point select through the router's writer",
         "",
         *(_pair_table(pairs, _CHECKOUT, None) if pairs else ["Not run."]),
+        "",
+        "## 6. Failover: writes unavailable after a promotion",
+        "",
+        *_failover(benches.get("test_failover_window")),
         "",
         "## Machine",
         "",

@@ -1,0 +1,89 @@
+"""6. Failover: how long writes are unavailable after a standby is promoted.
+
+Each round crashes the primary under a steady write load through a
+``from_cluster`` router, promotes replica 0 (as a failover manager would) and
+times the first write acknowledged after ``promote`` returned; then the
+cluster is healed for the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from routing_db import Router, routing_sessionmaker
+from routing_db.testing import PostgresCluster
+
+from .test_load import record
+
+ROUNDS = 5
+MONITOR_INTERVAL = 0.2
+WRITERS = 5
+INSERT = text("INSERT INTO routing_db_failover (k) VALUES (:k)")
+
+
+async def one_failover(cluster: PostgresCluster) -> dict[str, float]:
+    """Seconds from the crash and from ``promote`` to the first write after it."""
+    router = Router.from_cluster(cluster.urls, monitor_interval=MONITOR_INTERVAL)
+    Session = routing_sessionmaker(router)
+    acked: list[float] = []
+    promoted = float("inf")
+    steady, resumed = asyncio.Event(), asyncio.Event()
+    running = True
+
+    async def write(task: int) -> None:
+        for n in itertools.count():
+            if not running:
+                return
+            try:
+                async with Session() as session:
+                    await session.execute(INSERT, {"k": f"{task}-{n}-{time.time()}"})
+                    await session.commit()
+            except Exception:  # the crash instant, or NoWriterAvailable
+                await asyncio.sleep(0.01)
+                continue
+            acked.append(time.monotonic())
+            if len(acked) >= 50:
+                steady.set()
+            if acked[-1] > promoted:
+                resumed.set()
+
+    async with router:
+        writers = [asyncio.create_task(write(i)) for i in range(WRITERS)]
+        try:
+            await steady.wait()
+            crashed = time.monotonic()
+            await cluster.acrash_primary()
+            await cluster.apromote(0)
+            promoted = time.monotonic()
+            await resumed.wait()
+            first = min(t for t in acked if t > promoted)
+        finally:
+            running = False
+            await asyncio.gather(*writers)
+    await cluster.aheal()
+    return {"after_promote": first - promoted, "since_crash": first - crashed}
+
+
+@pytest.mark.benchmark(group="failover")
+def test_failover_window(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
+) -> None:
+    if not bench_cluster.owned:
+        pytest.skip("a failover needs a cluster started by this run")
+    bench_cluster.sql(
+        bench_cluster.primary,
+        "CREATE TABLE IF NOT EXISTS routing_db_failover (k text PRIMARY KEY)",
+    )
+
+    async def rounds() -> list[dict[str, float]]:
+        return [await one_failover(bench_cluster) for _ in range(ROUNDS)]
+
+    benchmark.extra_info.update(
+        rounds=record(benchmark, loop, rounds), monitor_interval=MONITOR_INTERVAL
+    )
