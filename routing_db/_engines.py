@@ -21,6 +21,7 @@ from ._sa_compat import max_overflow
 
 __all__ = [
     "NotAStandby",
+    "ReplicaRestarted",
     "behind_pgbouncer",
     "check_url",
     "create_engine",
@@ -163,27 +164,33 @@ def _close_quietly(dbapi_connection: Any) -> None:
         dbapi_connection.close()
 
 
-def _postgresql(cursor: Any) -> bool:
-    # One round trip: is it a standby, and make every transaction on this
-    # connection read-only at the server (session-level set_config).
+# What a replica's new connection finds: is it a standby, and when did its
+# server start (None where that is not asked).
+_Found = tuple[bool, str | None]
+
+
+def _postgresql(cursor: Any) -> _Found:
+    # One round trip: is it a standby, since when does it run, and make every
+    # transaction on this connection read-only (session-level set_config).
     cursor.execute(
-        "SELECT pg_is_in_recovery(), "
+        "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text, "
         "set_config('default_transaction_read_only', 'on', false)"
     )
     row = cursor.fetchone()
-    return bool(row[0])
+    return bool(row[0]), row[1]
 
 
-def _mysql(cursor: Any) -> bool:
+def _mysql(cursor: Any) -> _Found:
     cursor.execute("SET SESSION TRANSACTION READ ONLY")
     cursor.execute("SELECT @@global.read_only")
     row = cursor.fetchone()
-    return bool(row[0])
+    return bool(row[0]), None
 
 
-def _sqlite(cursor: Any) -> bool:
+def _sqlite(cursor: Any) -> _Found:
     cursor.execute("PRAGMA query_only = ON")
-    return True  # SQLite has no standbys; a read-only file handle is the replica
+    # SQLite has no standbys; a read-only file handle is the replica.
+    return True, None
 
 
 _SETUP = {
@@ -205,6 +212,11 @@ def _translate_read_only(context: Any) -> BaseException | None:
     return None
 
 
+class ReplicaRestarted(Exception):
+    """A replica's new connection found its server restarted since a replay
+    position was learned from it: that position may predate a rewind."""
+
+
 class NotAStandby(ConfigurationError):
     """A replica's new connection found a server that is not a standby."""
 
@@ -221,11 +233,14 @@ def install_replica_setup(
     name: str,
     require_standby: bool,
     seen: Callable[[bool], bool],
+    started: Callable[[str], bool],
 ) -> None:
     """Make every new connection of ``engine`` read-only and check it is a standby.
 
     ``seen(standby)`` records what a new connection found and says whether
-    the server was seen as a standby before.
+    the server was seen as a standby before; ``started(when)`` records when
+    its server started and says whether it restarted since a replay position
+    was learned (then this connection is not used: ``ReplicaRestarted``).
     """
     dialect = engine.dialect.name
     setup = _SETUP.get(dialect)
@@ -236,7 +251,7 @@ def install_replica_setup(
         try:
             cursor = dbapi_connection.cursor()
             try:
-                standby = setup(cursor)
+                standby, start_time = setup(cursor)
             finally:
                 cursor.close()
             # Commit: a session-level SET made inside a transaction that is
@@ -245,6 +260,11 @@ def install_replica_setup(
         except BaseException:
             _close_quietly(dbapi_connection)
             raise
+        if start_time is not None and started(start_time):
+            _close_quietly(dbapi_connection)
+            raise ReplicaRestarted(
+                f"replica {name} restarted: its replay position is learned again"
+            )
         was_standby = seen(standby)
         if require_standby and not standby:
             _close_quietly(dbapi_connection)

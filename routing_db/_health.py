@@ -35,6 +35,7 @@ class ReplicaState:
         "probe_at",
         "replay_lsn",
         "standby",
+        "started",
         "suspect",
     )
 
@@ -55,6 +56,8 @@ class ReplicaState:
         # Last seen as a standby (True), as a server taking writes (False:
         # promoted, it no longer replays the writer's changes), not yet (None).
         self.standby: bool | None = None
+        # When its server started, as its last new connection found.
+        self.started: str | None = None
         # Added at runtime and not yet found a standby; being removed.
         self.joining = False
         self.draining = False

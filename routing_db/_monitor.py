@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._engines import pool_capacity
+from ._engines import ReplicaRestarted, pool_capacity
 from ._positions import has_positions, replica_status, takes_writes, writer_position
 from ._topology import Topology
 
@@ -128,6 +128,8 @@ class Monitor:
             else:
                 await self._bounded(_select_one(replica))
                 replay, lag_bytes, lag_seconds, standby = None, None, None, True
+        except ReplicaRestarted:
+            return  # its position is learned again next round, not a failure
         except Exception as exc:
             if _saturated(replica):
                 # Waiting for a connection from a full pool says the replica

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ._connections import checkout_failed, close_quietly, drop_if_dead
-from ._engines import NotAStandby
+from ._engines import NotAStandby, ReplicaRestarted
 from ._retry import (
     is_connection_error,
     is_recovery_conflict,
@@ -171,6 +171,9 @@ class RecoveringSession(WriterWaiting):
             if isinstance(error, NotAStandby) and error.promoted:
                 # Its new connection found it promoted (the monitor has not
                 # polled it since): it left the read set; not a failure.
+                return self._routing_skip_target(error, eject=False)
+            if isinstance(error, ReplicaRestarted):
+                # Chosen by a replay position from before its restart.
                 return self._routing_skip_target(error, eject=False)
             tx = self._routing_tx
             if (tx is None or tx.target is None) and self._routing_writer_back(error):

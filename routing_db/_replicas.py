@@ -339,6 +339,23 @@ class ReplicaSet:
                 type(error).__name__,
             )
 
+    def record_start(self, engine: Engine, started: str) -> bool:
+        """When ``engine``'s server started, as a new connection found; True
+        when it restarted since its replay position was learned.
+
+        A standby rewound onto a new timeline (a failover) restarts behind
+        the position it had replayed: that position is dropped, and a read
+        that chose this replica by it chooses again.
+        """
+        state = self.states.get(engine)
+        if state is None:
+            return False
+        before, state.started = state.started, started
+        if before is None or before == started or state.replay_lsn is None:
+            return False
+        state.replay_lsn = None
+        return True
+
     def forget_positions(self) -> None:
         """Forget every replay position: the writer changed, and a standby may
         be rewound onto the new primary's timeline, behind what it had replayed."""

@@ -52,5 +52,6 @@ def hook_replica(
         name=name,
         require_standby=health.require_standby,
         seen=functools.partial(replica_set.record_role, engine.sync_engine),
+        started=functools.partial(replica_set.record_start, engine.sync_engine),
     )
     hook_engine(engine, hooks, name=name, health=health, observability=observability)
