@@ -44,6 +44,10 @@ class RoutingListener(Protocol):
         """``engine`` was found in another role (``writer``/``replica``/``unknown``)."""
         return None
 
+    def streaming_changed(self, engine: str, streaming: bool) -> None:
+        """Replica ``engine`` stopped (or started again) streaming from its primary."""
+        return None
+
 
 class Listeners(list[Any]):
     """The listeners of one router."""

@@ -36,6 +36,7 @@ class ReplicaState:
         "replay_lsn",
         "standby",
         "started",
+        "streaming",
         "suspect",
     )
 
@@ -56,6 +57,8 @@ class ReplicaState:
         # Last seen as a standby (True), as a server taking writes (False:
         # promoted, it no longer replays the writer's changes), not yet (None).
         self.standby: bool | None = None
+        # Receives and applies its primary's changes (None: not known yet).
+        self.streaming: bool | None = None
         # When its server started, as its last new connection found.
         self.started: str | None = None
         # Added at runtime and not yet found a standby; being removed.
@@ -110,8 +113,13 @@ class ReplicaState:
         replay_lsn: int | None,
         lag_bytes: int | None,
         lag_seconds: float | None,
+        unbounded: bool = False,
     ) -> None:
-        """Store a lag measurement and apply the limits with hysteresis."""
+        """Store a lag measurement and apply the limits with hysteresis.
+
+        ``unbounded``: behind, not streaming, and no measure of how far: over
+        any limit that is set.
+        """
         if replay_lsn is not None:
             self.raise_replay_lsn(replay_lsn)
         self.lag_bytes = lag_bytes
@@ -124,7 +132,7 @@ class ReplicaState:
         over = any(
             limit is not None and value is not None and value > limit
             for value, limit in limits
-        )
+        ) or (unbounded and any(limit is not None for _, limit in limits))
         if over:
             self.lagging = True
         elif self.lagging:

@@ -11,7 +11,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._engines import ReplicaRestarted, pool_capacity
-from ._positions import has_positions, replica_status, takes_writes, writer_position
+from ._positions import (
+    ReplicaStatus,
+    has_positions,
+    replica_status,
+    takes_writes,
+    writer_position,
+)
 from ._topology import Topology
 
 __all__ = ["Monitor"]
@@ -122,12 +128,10 @@ class Monitor:
         engine = replica.sync_engine
         try:
             if self._positions:
-                replay, lag_bytes, lag_seconds, standby = await self._bounded(
-                    replica_status(replica, writer_lsn)
-                )
+                status = await self._bounded(replica_status(replica, writer_lsn))
             else:
                 await self._bounded(_select_one(replica))
-                replay, lag_bytes, lag_seconds, standby = None, None, None, True
+                status = ReplicaStatus(None, None, None, True, None)
         except ReplicaRestarted:
             return  # its position is learned again next round, not a failure
         except Exception as exc:
@@ -138,15 +142,11 @@ class Monitor:
                 return
             replicas.failed(engine, exc)
             return
-        replicas.record_role(engine, standby=standby)
-        if not standby:
+        replicas.record_role(engine, standby=status.standby)
+        if not status.standby:
             return  # it answers, but its replay position means nothing now
         replicas.succeeded(engine)
-        if replay is None:
-            return
-        replicas.record_lag(
-            engine, replay_lsn=replay, lag_bytes=lag_bytes, lag_seconds=lag_seconds
-        )
+        replicas.record_status(engine, status, unbounded=status.unbounded(writer_lsn))
 
     async def _run(self) -> None:
         # Also ends once stop() has let go of this task: on Python 3.11,

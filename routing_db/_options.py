@@ -36,8 +36,10 @@ class HealthOptions:
     """How replicas are checked, when one is ejected, and how it comes back."""
 
     require_standby: bool = True
-    max_lag_bytes: int | None = None
-    max_lag_seconds: float | None = None
+    # On by default (None: off), as GitLab's load balancer has them: a
+    # replica whose replication stopped stops serving once past either.
+    max_lag_bytes: int | None = 16 * 1024 * 1024
+    max_lag_seconds: float | None = 60.0
     monitor_interval: float = 0.5
     eject_after: int = 1
     eject_window: float = 10.0

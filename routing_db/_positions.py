@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -21,6 +21,7 @@ from ._causal import DOMAIN_SHIFT, encode_gtid, reached
 from ._retry import is_connection_error
 
 __all__ = [
+    "ReplicaStatus",
     "has_positions",
     "replay_position_now",
     "replica_status",
@@ -33,18 +34,39 @@ __all__ = [
 
 logger = logging.getLogger("routing_db")
 
-# What the monitor learns of a replica: replay position, lag in bytes and in
-# seconds, and whether it is (still) a standby.
-_Status = tuple[int | None, int | None, float | None, bool]
+
+class ReplicaStatus(NamedTuple):
+    """What the monitor learns of a replica each round."""
+
+    position: int | None  # replayed up to (None: unknown)
+    lag_bytes: int | None
+    lag_seconds: float | None
+    standby: bool  # still a standby (False: it takes writes, promoted)
+    # Receiving and applying its primary's changes (None: cannot tell).
+    streaming: bool | None
+
+    def unbounded(self, writer: int | None) -> bool:
+        """Not streaming, behind ``writer``, and no measure of how far behind."""
+        return (
+            self.streaming is False
+            and self.lag_bytes is None
+            and self.lag_seconds is None
+            and self.position is not None
+            and writer is not None
+            and not reached(self.position, writer)
+        )
+
 
 _PG_WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
 _PG_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
 # Replay position, and the age of the last replayed transaction (the lag in
 # seconds while the replica is behind; meaningless once it has caught up).
+# And whether its WAL receiver streams (no row: it stopped, or never started).
 _PG_REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
     "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), "
-    "pg_is_in_recovery()"
+    "pg_is_in_recovery(), "
+    "coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)"
 )
 # MariaDB: the GTID of this session's last commit; what a replica has applied
 # (gtid_slave_pos moves only when the SQL thread applies a transaction).
@@ -108,13 +130,18 @@ class _PostgreSQL:
         value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
         return None if value is None else int(value)
 
-    async def replica(self, connection: AsyncConnection, writer: int | None) -> _Status:
+    async def replica(
+        self, connection: AsyncConnection, writer: int | None
+    ) -> ReplicaStatus:
         row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
         position = None if row[0] is None else int(row[0])
         lag_bytes = (
             None if writer is None or position is None else max(0, writer - position)
         )
-        return position, lag_bytes, float(row[1] or 0.0), bool(row[2])
+        standby = bool(row[2])
+        return ReplicaStatus(
+            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3])
+        )
 
 
 class _MariaDB:
@@ -135,14 +162,18 @@ class _MariaDB:
         binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
         return _gtid_position(binlog[1], int(binlog[0]))
 
-    async def replica(self, connection: AsyncConnection, writer: int | None) -> _Status:
+    async def replica(
+        self, connection: AsyncConnection, writer: int | None
+    ) -> ReplicaStatus:
         row: Any = (await connection.exec_driver_sql(_APPLIED_ROLE_SQL)).one()
-        behind = await _seconds_behind(connection)
+        behind, streaming = await _slave_status(connection)
         domain = 0 if writer is None else writer >> DOMAIN_SHIFT
         # GTIDs give no byte measure; the seconds are the replica's own
         # (NULL while its SQL thread is stopped). A replica is read_only.
         seconds = None if behind is None else float(behind)
-        return _gtid_position(row[0], domain), None, seconds, bool(row[1])
+        return ReplicaStatus(
+            _gtid_position(row[0], domain), None, seconds, bool(row[1]), streaming
+        )
 
 
 # ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the MySQL
@@ -217,35 +248,37 @@ async def writer_position(engine: AsyncEngine) -> int | None:
         return await _BACKENDS[engine.dialect.name].writer(connection)
 
 
-async def _seconds_behind(connection: AsyncConnection) -> Any:
+async def _slave_status(connection: AsyncConnection) -> tuple[Any, bool | None]:
+    """Seconds behind its primary, and whether both replication threads run."""
     try:
         status = await connection.exec_driver_sql("SHOW SLAVE STATUS")
     except DBAPIError as exc:
         if is_connection_error(exc):
             raise
         # Without the SLAVE MONITOR privilege: positions still work (any
-        # account reads gtid_slave_pos), only the lag in seconds is unknown.
+        # account reads gtid_slave_pos), only the lag and threads are unknown.
         logger.debug("routing_db monitor: SHOW SLAVE STATUS refused: %r", exc)
         await connection.rollback()
-        return None
+        return None, None
     slave = status.mappings().first()
-    return None if slave is None else slave.get("Seconds_Behind_Master")
+    if slave is None:
+        return None, False  # not replicating from anything
+    running = slave.get("Slave_IO_Running") == "Yes" and (
+        slave.get("Slave_SQL_Running") == "Yes"
+    )
+    return slave.get("Seconds_Behind_Master"), running
 
 
-async def replica_status(engine: AsyncEngine, writer: int | None) -> _Status:
-    """(position, lag bytes, lag seconds, is a standby) of a replica.
-
-    ``writer`` is the writer's position as of now.
-    """
+async def replica_status(engine: AsyncEngine, writer: int | None) -> ReplicaStatus:
+    """What a replica says of itself; ``writer`` is the writer's position now."""
     backend = _BACKENDS[engine.dialect.name]
     async with engine.connect() as connection:
-        position, lag_bytes, lag_seconds, standby = await backend.replica(
-            connection, writer
-        )
-    if position is None or writer is None:
-        return position, None, None, standby
-    if reached(position, writer):
+        status = await backend.replica(connection, writer)
+    if status.position is None or writer is None:
+        return status._replace(lag_bytes=None, lag_seconds=None)
+    if reached(status.position, writer):
         # Caught up means no lag, however old the last applied transaction
         # is: an idle primary must not look like a lagging one.
-        return position, None if lag_bytes is None else 0, 0.0, standby
-    return position, lag_bytes, lag_seconds, standby
+        lag_bytes = None if status.lag_bytes is None else 0
+        return status._replace(lag_bytes=lag_bytes, lag_seconds=0.0)
+    return status

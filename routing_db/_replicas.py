@@ -19,7 +19,7 @@ from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._hooks import Hooks
 from ._policies import BalancingPolicy, Candidate, RoundRobin
-from ._positions import replay_position_now
+from ._positions import ReplicaStatus, replay_position_now
 from ._retry import is_connection_error
 
 __all__ = ["Pick", "ReplicaSet"]
@@ -422,28 +422,45 @@ class ReplicaSet:
             else "is not a standby any more (promoted?): it no longer serves reads",
         )
 
-    def record_lag(
-        self,
-        engine: Engine,
-        *,
-        replay_lsn: int | None,
-        lag_bytes: int | None,
-        lag_seconds: float | None,
+    def record_status(
+        self, engine: Engine, status: ReplicaStatus, *, unbounded: bool = False
     ) -> None:
-        """Store the monitor's lag measurement for ``engine``."""
+        """Store what the monitor learned of ``engine``: lag and streaming.
+
+        ``unbounded``: behind the writer, not streaming, with no measure of
+        how far (it counts as over the lag limits).
+        """
         state = self.states.get(engine)
         if state is None:
             return  # removed while the monitor polled it
+        name = self._names[engine]
+        if status.streaming is not None and status.streaming != state.streaming:
+            if status.streaming is False or state.streaming is False:
+                self.listeners.emit("streaming_changed", name, status.streaming)
+                logger.warning(
+                    "routing_db: replica %s %s",
+                    name,
+                    "streams again"
+                    if status.streaming
+                    else "does not stream from its primary (not_streaming): it "
+                    "serves only while within the lag limits",
+                )
+            state.streaming = status.streaming
+        if status.position is None:
+            return
         was = state.lagging
         state.record_lag(
-            replay_lsn=replay_lsn, lag_bytes=lag_bytes, lag_seconds=lag_seconds
+            replay_lsn=status.position,
+            lag_bytes=status.lag_bytes,
+            lag_seconds=status.lag_seconds,
+            unbounded=unbounded,
         )
         self._refresh()
         if state.lagging != was:
             logger.warning(
                 "routing_db: replica %s %s (lag %s bytes, %s s)",
-                self._names[engine],
+                name,
                 "over the lag limit, skipped" if state.lagging else "back under it",
-                lag_bytes,
-                lag_seconds,
+                status.lag_bytes,
+                status.lag_seconds,
             )

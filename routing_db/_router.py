@@ -77,8 +77,8 @@ class Router:
         observability: ObservabilityOptions | None = None,
         # Each field of the three groups may be given by name instead:
         require_standby: bool = True,
-        max_lag_bytes: int | None = None,
-        max_lag_seconds: float | None = None,
+        max_lag_bytes: int | None = 16 * 1024 * 1024,
+        max_lag_seconds: float | None = 60.0,
         monitor_interval: float = 0.5,
         eject_after: int = 1,
         eject_window: float = 10.0,

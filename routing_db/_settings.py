@@ -46,6 +46,9 @@ _ROUTER_FIELDS = tuple(
     )
 )
 
+# Router options whose None means "off", not "the router's default".
+_OFF_AS_NONE = frozenset({"max_lag_bytes", "max_lag_seconds"})
+
 PoolCount = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -116,8 +119,9 @@ class RoutingSettings(BaseSettings):
     # Balancing, health and lag (issue B); None means off.
     policy: Literal["round_robin", "random", "weighted", "least_busy"] = "round_robin"
     replica_weights: Annotated[list[Limit], NoDecode] | None = None
-    max_lag_bytes: PoolCount | None = None
-    max_lag_seconds: Limit | None = None
+    # On by default; "off" turns a limit off.
+    max_lag_bytes: PoolCount | None = 16 * 1024 * 1024
+    max_lag_seconds: Limit | None = 60.0
     monitor_interval: Seconds = 0.5
     eject_after: AtLeastOne = 1
     eject_window: Seconds = 10.0
@@ -177,6 +181,13 @@ class RoutingSettings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("max_lag_bytes", "max_lag_seconds", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:
+            return None
         return value
 
     @field_validator("writer_url")
@@ -277,6 +288,7 @@ class RoutingSettings(BaseSettings):
                     name: value
                     for name in _ROUTER_FIELDS
                     if (value := getattr(self, name)) is not None
+                    or name in _OFF_AS_NONE
                 },
                 "weights": self.replica_weights,
                 "retry": RetryPolicy(

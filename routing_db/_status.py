@@ -39,6 +39,8 @@ def _state(replica: ReplicaState) -> str:
         return "draining"
     if replica.ejected or replica.joining or replica.standby is False:
         return "ejected"  # not answering, not yet, or not a standby of ours
+    if replica.streaming is False:
+        return "not_streaming"  # it serves while within the lag limits
     return "lagging" if replica.lagging else "serving"
 
 
@@ -78,6 +80,7 @@ def status_rows(topology: Topology) -> list[dict[str, Any]]:
                 "healthy": not state.ejected,
                 "ejected": state.ejected,
                 "lagging": state.lagging,
+                "streaming": state.streaming,
                 "eligible": state.available(now),
                 "ejections": state.ejections,
                 "lag_bytes": state.lag_bytes,

@@ -67,6 +67,11 @@ class _StatusCollector(Collector):
             "1 when the replica may serve reads (healthy and under lag limits).",
             labels=["engine"],
         )
+        streaming = GaugeMetricFamily(
+            f"{ns}_replica_streaming",
+            "1 while the replica streams from its primary, 0 when it stopped.",
+            labels=["engine"],
+        )
         writer = GaugeMetricFamily(
             f"{ns}_writer_available",
             "1 while the writer takes writes (0 during a failover).",
@@ -88,8 +93,10 @@ class _StatusCollector(Collector):
                 lag_bytes.add_metric([row["name"]], row["lag_bytes"])
             if row["lag_seconds"] is not None:
                 lag_seconds.add_metric([row["name"]], row["lag_seconds"])
+            if row["streaming"] is not None:
+                streaming.add_metric([row["name"]], 1.0 if row["streaming"] else 0.0)
         yield from pool.values()
-        yield from (lag_bytes, lag_seconds, healthy, writer)
+        yield from (lag_bytes, lag_seconds, healthy, streaming, writer)
 
 
 class RouterMetrics:
@@ -191,6 +198,9 @@ class RouterMetrics:
     def role_changed(self, engine: str, old: str, new: str) -> None:
         """Count a role change."""
         self.role_changes.labels(engine, new).inc()
+
+    def streaming_changed(self, engine: str, streaming: bool) -> None:
+        """Nothing to count: ``routing_db_replica_streaming`` shows the state."""
 
     def retried(self, kind: str, outcome: str) -> None:
         """Count a retry sequence."""

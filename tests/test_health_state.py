@@ -59,7 +59,7 @@ def test_lag_limits_with_hysteresis() -> None:
 
 
 def test_no_limits_never_lag() -> None:
-    state = ReplicaState(HealthOptions())
+    state = ReplicaState(HealthOptions(max_lag_bytes=None, max_lag_seconds=None))
     state.record_lag(replay_lsn=1, lag_bytes=10**12, lag_seconds=10**6)
     assert not state.lagging
 
@@ -84,3 +84,24 @@ def test_caught_up_compares_this_replicas_position() -> None:
 def test_bad_options(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         HealthOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_lag_limits_are_on_by_default() -> None:
+    options = HealthOptions()
+    assert (options.max_lag_bytes, options.max_lag_seconds) == (16 * 2**20, 60.0)
+    state = ReplicaState(options)
+    state.record_lag(replay_lsn=1, lag_bytes=16 * 2**20, lag_seconds=60.0)
+    assert not state.lagging  # at the limit, not over it
+    state.record_lag(replay_lsn=2, lag_bytes=16 * 2**20 + 1, lag_seconds=1.0)
+    assert state.lagging
+
+
+def test_behind_without_a_measure_counts_as_over_the_limits() -> None:
+    # A replica that stopped streaming and cannot say how far behind it is
+    # (MariaDB: Seconds_Behind_Master is NULL then).
+    state = ReplicaState(HealthOptions())
+    state.record_lag(replay_lsn=1, lag_bytes=None, lag_seconds=None, unbounded=True)
+    assert state.lagging
+    off = ReplicaState(HealthOptions(max_lag_bytes=None, max_lag_seconds=None))
+    off.record_lag(replay_lsn=1, lag_bytes=None, lag_seconds=None, unbounded=True)
+    assert not off.lagging

@@ -35,6 +35,7 @@ from routing_db.testing import MariaDBCluster
 
 from .errors import capture, deadlock
 from .models import Item
+from .waiting import until
 
 pytestmark = pytest.mark.mariadb
 
@@ -307,3 +308,29 @@ async def test_a_replica_that_is_really_a_primary_is_refused(
                 await where(session)
     finally:
         await router.dispose()
+
+
+async def test_a_replica_whose_replication_stopped_stops_serving(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    router = Router.from_urls(*urls, monitor_interval=0.1, retry=FAST)
+    Session = routing_sessionmaker(router)
+    stalled = router.status()[1]["name"]
+    async with router:
+        db.sql(db.replicas[0], "STOP SLAVE IO_THREAD")
+        await until(lambda: router.status()[1]["state"] == "not_streaming", 5)
+        # Nothing written since: it is not behind, and keeps serving.
+        assert router.status()[1]["eligible"], router.status()
+        async with Session() as session:
+            session.add(Item(name="unseen there"))
+            await session.commit()
+        # Behind now, with no measure of how far (no Seconds_Behind_Master
+        # without the IO thread): past the lag limits, on by default.
+        await until(lambda: not router.status()[1]["eligible"], 5)
+        for _ in range(6):
+            async with Session() as session, read_only:
+                assert (await where(session))[0] == db.replicas[1].server_id
+        db.sql(db.replicas[0], "START SLAVE IO_THREAD")
+        await until(lambda: router.status()[1]["state"] == "serving", 10)
+        await until(lambda: router.status()[1]["eligible"], 10)
+    assert stalled == router.status()[1]["name"]

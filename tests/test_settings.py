@@ -368,3 +368,23 @@ def test_a_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigurationError, match="pip install asyncmy") as caught:
         Router.from_urls(f"mysql+asyncmy://u:{SECRET}@h/db")
     assert SECRET not in str(caught.value)
+
+
+async def test_lag_limits_are_on_by_default_and_off_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
+    router = Router.from_settings()
+    try:
+        assert router.health.max_lag_bytes == 16 * 2**20
+        assert router.health.max_lag_seconds == 60.0
+    finally:
+        await router.dispose()
+    monkeypatch.setenv("ROUTING_DB_MAX_LAG_BYTES", "off")
+    monkeypatch.setenv("ROUTING_DB_MAX_LAG_SECONDS", "off")
+    router = Router.from_settings()
+    try:
+        assert router.health.max_lag_bytes is None
+        assert router.health.max_lag_seconds is None
+    finally:
+        await router.dispose()

@@ -375,6 +375,29 @@ class PostgresCluster:
         self.replicas.append(node)
         return node
 
+    def stop_streaming(self, index: int) -> None:
+        """Point replica ``index``'s ``primary_conninfo`` at a closed port and
+        reload: its WAL receiver stops and cannot reconnect (it keeps serving)."""
+        node = self.replicas[index]
+        (port,) = free_ports(1)
+        self.sql(
+            node,
+            f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={port} "
+            f"user={node.user} connect_timeout=1'",
+        )
+        self.sql(node, "SELECT pg_reload_conf()")
+        poll(
+            f"{node.name} to stop streaming",
+            lambda: self.sql(node, "SELECT count(*) FROM pg_stat_wal_receiver") == "0",
+            30,
+            0.05,
+        )
+
+    def resume_streaming(self, index: int) -> None:
+        """Point replica ``index`` back at the node taking writes; wait until it
+        streams."""
+        failover.repoint(self, self.replicas[index], self.current_primary)
+
     def pause_replay(self, index: int) -> None:
         """Pause WAL replay on a replica (it keeps receiving WAL)."""
         node = self.replicas[index]
@@ -422,6 +445,8 @@ class PostgresCluster:
     afollow = async_form(follow)
     arebuild_as_standby = async_form(rebuild_as_standby)
     aadd_standby = async_form(add_standby)
+    astop_streaming = async_form(stop_streaming)
+    aresume_streaming = async_form(resume_streaming)
     apause_replay = async_form(pause_replay)
     aresume_replay = async_form(resume_replay)
     await_replicated = async_form(wait_replicated)
