@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._bounds import install_connect_timeout
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._positions import takes_writes
@@ -47,11 +48,14 @@ class Discovery:
         *,
         bound: float,
         make_probe: Callable[[URL], AsyncEngine],
+        connect_timeout: float | None,
     ) -> None:
         self._topology = topology
         self.nodes = nodes
         self._bound = bound
         self._make_probe = make_probe
+        self._connect_timeout = connect_timeout
+        self._hooks: Hooks | None = None
         self.primary: Node | None = None
         # Two or more nodes take writes (split brain): their names.
         self.candidates: tuple[str, ...] = ()
@@ -62,8 +66,16 @@ class Discovery:
         self._url_keys = set(writer.dialect.create_connect_args(writer.url)[1])
 
     def install(self, hooks: Hooks) -> None:
-        """Point the writer engine's new connections at the primary."""
+        """Point the writer engine's new connections at the primary; bound the
+        probes' connects."""
+        self._hooks = hooks
         hooks.listen(self._topology.writer, "do_connect", self._connect_to_primary)
+        for node in self.nodes:
+            self._bound_probe(node)
+
+    def _bound_probe(self, node: Node) -> None:
+        if self._hooks is not None and self._connect_timeout is not None:
+            install_connect_timeout(node.probe, self._hooks, self._connect_timeout)
 
     def _connect_to_primary(
         self, dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]
@@ -79,7 +91,9 @@ class Discovery:
 
     def add(self, name: str, reader: AsyncEngine) -> None:
         """Ask ``reader``'s node its role from the next check on."""
-        self.nodes.append(Node(name, reader, self._make_probe(reader.url)))
+        node = Node(name, reader, self._make_probe(reader.url))
+        self._bound_probe(node)
+        self.nodes.append(node)
 
     def remove(self, name: str) -> AsyncEngine:
         """Stop asking node ``name``; return its probe engine (to dispose)."""

@@ -65,13 +65,17 @@ class ReplicaState:
         self.joining = False
         self.draining = False
 
-    def available(self, now: float) -> bool:
-        """May this replica serve a new transaction at ``now``?"""
+    def available(self, now: float, half_open: bool = True) -> bool:
+        """May this replica serve a new transaction at ``now``?
+
+        ``half_open``: an ejected replica is offered again once its probe
+        time has come, the read being the probe. Without it (a monitor runs
+        and probes), only the monitor re-admits it: no request pays a
+        connect timeout to find a host still gone.
+        """
         if self.lagging or self.joining or self.draining or self.standby is False:
             return False
-        # An ejected replica is offered again once its probe time has come
-        # (half-open): that keeps it recoverable even with no monitor running.
-        return not self.ejected or now >= self.probe_at
+        return not self.ejected or (half_open and now >= self.probe_at)
 
     def record_failure(self, now: float) -> bool:
         """Count a connection failure; return True when it ejects the replica."""

@@ -47,6 +47,8 @@ class HealthOptions:
     probe_max: float = 2.0
     ping_after_idle: float | None = None
     writer_wait_timeout: float = 10.0
+    # Seconds a new connection may take (None: the driver's own default).
+    connect_timeout: float | None = 5.0
 
     def __post_init__(self) -> None:
         if self.eject_after < 1:
@@ -56,7 +58,9 @@ class HealthOptions:
                 raise ConfigurationError(f"{field} must be > 0 seconds")
         if self.max_lag_bytes is not None and self.max_lag_bytes < 0:
             raise ConfigurationError("max_lag_bytes must be >= 0 or None (off)")
-        _seconds_or_none(self, "max_lag_seconds", "ping_after_idle")
+        _seconds_or_none(self, "max_lag_seconds", "ping_after_idle", "connect_timeout")
+        if self.connect_timeout is not None and self.connect_timeout <= 0:
+            raise ConfigurationError("connect_timeout must be > 0 seconds or None")
         if self.writer_wait_timeout < 0:
             raise ConfigurationError("writer_wait_timeout must be >= 0 seconds")
 

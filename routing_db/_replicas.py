@@ -87,6 +87,9 @@ class ReplicaSet:
         self.sticky_seconds = sticky_seconds
         self.causal_wait_timeout = causal_wait_timeout
         self.listeners = Listeners()  # the router replaces it with its own
+        # Reads probe an ejected replica when its time has come; not while a
+        # monitor runs (it probes instead).
+        self.half_open = True
         # The members are a cluster's nodes (from_cluster): one of them is
         # the writer, and discovery reports their role changes.
         self.cluster = False
@@ -213,7 +216,8 @@ class ReplicaSet:
             available = [
                 (index, engine)
                 for index, engine in self._everyone
-                if engine not in exclude and self.states[engine].available(now)
+                if engine not in exclude
+                and self.states[engine].available(now, self.half_open)
             ]
         if not available:
             return Pick.NONE, None

@@ -94,12 +94,13 @@ def _driver_connection_lost(error: BaseException) -> bool:
     if name == "ConnectionDoesNotExistError" or _refused_unsent(error):  # asyncpg
         return True
     if (
-        name == "OperationalError"
-        and type(error).__module__.startswith("psycopg")
+        type(error).__module__.startswith("psycopg")
+        and any(cls.__name__ == "OperationalError" for cls in type(error).__mro__)
         and getattr(error, "sqlstate", None) is None
     ):
         # psycopg 3 gives every server error a SQLSTATE; an OperationalError
-        # without one comes from libpq itself: connect failed, socket closed.
+        # (or a subclass: ConnectionTimeout) without one comes from libpq
+        # itself: connect failed or timed out, socket closed.
         return True
     message = str(error).lower()
     return name.endswith(("InterfaceError", "OperationalError")) and (

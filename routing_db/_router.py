@@ -84,6 +84,7 @@ class Router:
         eject_window: float = 10.0,
         ping_after_idle: float | None = None,
         writer_wait_timeout: float = 10.0,
+        connect_timeout: float | None = 5.0,
         sticky_seconds: float = 2.0,
         causal_wait_timeout: float | None = None,
         slow_query_seconds: float | None = None,
@@ -109,6 +110,7 @@ class Router:
             "eject_window": eject_window,
             "ping_after_idle": ping_after_idle,
             "writer_wait_timeout": writer_wait_timeout,
+            "connect_timeout": connect_timeout,
             "sticky_seconds": sticky_seconds,
             "causal_wait_timeout": causal_wait_timeout,
             "slow_query_seconds": slow_query_seconds,
@@ -304,6 +306,7 @@ class Router:
             nodes,
             bound=router.health.check_timeout,
             make_probe=make_probe,
+            connect_timeout=router.health.connect_timeout,
         )
         topology.replica_set.cluster = True
         topology.writer_ok = False  # not known until the nodes are asked
@@ -380,6 +383,7 @@ class Router:
     def _joined(self) -> None:
         if self._started and not self._monitor.running:
             self._monitor.start()
+            self.topology.replica_set.half_open = False
 
     async def start(self) -> None:
         """Start the background health and lag monitor (idempotent).
@@ -393,6 +397,7 @@ class Router:
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
+            self.topology.replica_set.half_open = False  # the monitor probes
 
     async def poll(self) -> None:
         """Check every replica's health and lag now, as the monitor does each round."""
@@ -401,6 +406,7 @@ class Router:
     async def stop(self) -> None:
         """Stop the monitor; the engines stay usable."""
         self._started = False
+        self.topology.replica_set.half_open = True  # reads probe again
         await self._monitor.stop()
 
     async def dispose(self) -> None:

@@ -9,6 +9,7 @@ generated from ``INTERNALS``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
@@ -21,6 +22,7 @@ from sqlalchemy.sql.selectable import GenerativeSelect, Select
 __all__ = [
     "INTERNALS",
     "asyncpg_socket",
+    "bounded_creator",
     "caller_frames",
     "detach",
     "for_update",
@@ -70,6 +72,10 @@ INTERNALS: Mapping[str, str] = {
     "greenlet.gr_frame and sys._getframe": (
         "the application's frame that checked a connection out: it is on "
         "the greenlet that started SQLAlchemy's, not on SQLAlchemy's own"
+    ),
+    "async_creator_fn of the asyncio DBAPI adapters' connect()": (
+        "a driver connect wrapped in a timeout (aiomysql and asyncmy bound "
+        "only the TCP connect); create_async_engine's async_creator passes it"
     ),
     "asyncpg Connection._transport": (
         "the socket of an idle pooled connection, checked for the server's "
@@ -187,3 +193,18 @@ def asyncpg_socket(driver_connection: Any) -> int | None:
     if sock is None or sock.fileno() < 0:
         return None
     return int(sock.fileno())
+
+
+# -- connecting --------------------------------------------------------------
+
+
+def bounded_creator(
+    connect: Callable[..., Any], seconds: float
+) -> dict[str, Callable[..., Any]]:
+    """Connect arguments that make the DBAPI adapter call ``connect`` within
+    ``seconds`` (raising ``TimeoutError`` after)."""
+
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wait_for(connect(*args, **kwargs), seconds)
+
+    return {"async_creator_fn": bounded}

@@ -47,7 +47,7 @@ _ROUTER_FIELDS = tuple(
 )
 
 # Router options whose None means "off", not "the router's default".
-_OFF_AS_NONE = frozenset({"max_lag_bytes", "max_lag_seconds"})
+_OFF_AS_NONE = frozenset({"max_lag_bytes", "max_lag_seconds", "connect_timeout"})
 
 PoolCount = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
@@ -128,6 +128,8 @@ class RoutingSettings(BaseSettings):
     max_writer_fallbacks: PoolCount | None = None
     # How long writes wait for the writer to take writes again (failover).
     writer_wait_timeout: Limit = 10.0
+    # Seconds a new connection may take; "off": the driver's own default.
+    connect_timeout: Limit | None = 5.0
     # The writer's share of replica reads (0: replicas only).
     writer_read_weight: Limit = 0.0
 
@@ -183,7 +185,9 @@ class RoutingSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("max_lag_bytes", "max_lag_seconds", mode="before")
+    @field_validator(
+        "max_lag_bytes", "max_lag_seconds", "connect_timeout", mode="before"
+    )
     @classmethod
     def _off(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:

@@ -81,7 +81,7 @@ def status_rows(topology: Topology) -> list[dict[str, Any]]:
                 "ejected": state.ejected,
                 "lagging": state.lagging,
                 "streaming": state.streaming,
-                "eligible": state.available(now),
+                "eligible": state.available(now, topology.replica_set.half_open),
                 "ejections": state.ejections,
                 "lag_bytes": state.lag_bytes,
                 "lag_seconds": state.lag_seconds,

@@ -6,6 +6,7 @@ import functools
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._bounds import install_connect_timeout
 from ._engines import install_idle_ping, install_replica_setup
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
@@ -23,7 +24,10 @@ def hook_engine(
     health: HealthOptions,
     observability: ObservabilityOptions,
 ) -> None:
-    """What every engine gets: the idle check and the slow-query log, if on."""
+    """What every engine gets: the connect bound, the idle check and the
+    slow-query log, each if on."""
+    if health.connect_timeout is not None:
+        install_connect_timeout(engine, hooks, health.connect_timeout)
     if health.ping_after_idle is not None:
         install_idle_ping(engine, hooks, idle_seconds=health.ping_after_idle)
     if observability.slow_query_seconds is not None:

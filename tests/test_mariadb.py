@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.schema import CreateTable
 from tenacity import wait_none
@@ -33,6 +34,7 @@ from routing_db import (
 )
 from routing_db.testing import MariaDBCluster
 
+from .blackhole import Blackhole
 from .errors import capture, deadlock
 from .models import Item
 from .waiting import until
@@ -334,3 +336,27 @@ async def test_a_replica_whose_replication_stopped_stops_serving(
         await until(lambda: router.status()[1]["state"] == "serving", 10)
         await until(lambda: router.status()[1]["eligible"], 10)
     assert stalled == router.status()[1]["name"]
+
+
+@pytest.mark.parametrize("kind", ["silent", "unaccepted"])
+async def test_a_blackholed_replica_costs_one_bounded_connect(
+    db: MariaDBCluster, urls: tuple[str, list[str]], kind: str
+) -> None:
+    writer, replicas = urls
+    with Blackhole(kind) as hole:
+        router = Router.from_urls(
+            writer,
+            [make_url(replicas[0]).set(port=hole.port), replicas[1]],
+            connect_timeout=1.0,
+            retry=FAST,
+        )
+        Session = routing_sessionmaker(router)
+        try:
+            for _ in range(4):
+                started = time.monotonic()
+                async with Session() as session, read_only:
+                    assert (await where(session))[0] == db.replicas[1].server_id
+                assert time.monotonic() - started < 1.5
+            assert router.status()[1]["ejected"]
+        finally:
+            await router.dispose()

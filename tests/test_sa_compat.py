@@ -23,6 +23,7 @@ from routing_db import _sa_compat
 from routing_db._sa_compat import (
     INTERNALS,
     asyncpg_socket,
+    bounded_creator,
     caller_frames,
     detach,
     for_update,
@@ -147,6 +148,33 @@ def _private_names(path: Path) -> set[str]:
 
 def _listed() -> set[str]:
     return {name for key in INTERNALS for name in re.findall(r"\b_[a-z]\w*", key)}
+
+
+class _Reached(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql+aiomysql://h/db", "mysql+asyncmy://h/db", "postgresql+asyncpg://h/db"],
+)
+async def test_the_dbapi_adapters_connect_through_async_creator_fn(url: str) -> None:
+    pytest.importorskip(url.split("+")[1].split(":")[0])
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    seen: list[tuple[Any, ...]] = []
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        raise _Reached
+
+    dbapi = engine.sync_engine.dialect.loaded_dbapi
+    arguments: dict[str, Any] = {**bounded_creator(connect, 5), "host": "h"}
+    with pytest.raises(_Reached):
+        await greenlet_spawn(lambda: dbapi.connect(**arguments))
+    assert seen == [((), {"host": "h"})]
+    await engine.dispose()
 
 
 def test_the_listed_internals_are_exactly_the_ones_used() -> None:
