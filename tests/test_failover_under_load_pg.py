@@ -89,6 +89,43 @@ async def wait_for(condition: object, seconds: float) -> float:
     return time.monotonic() - started
 
 
+@dataclass
+class Failover:
+    """When the primary crashed, when that returned, when promote returned,
+    and how long after it writes were acknowledged again."""
+
+    crashed: float
+    crash_done: float
+    promoted: float
+    resumed: float
+
+
+async def fail_over(cluster: Any, load: Load) -> Failover:
+    """Crash the primary, promote replica 0, make replica 1 follow it; return
+    once a write is acknowledged after promote returned (within 2 s)."""
+    crashed = time.monotonic()
+    await cluster.acrash_primary()
+    crash_done = time.monotonic()
+    await cluster.apromote(0)
+    promoted = time.monotonic()
+    await cluster.afollow(1, new_primary=0)
+    resumed = await wait_for(
+        lambda: any(t > promoted for t in load.acked.values()), 2.0
+    )
+    return Failover(crashed, crash_done, promoted, resumed)
+
+
+def check_write_errors(load: Load, failover: Failover) -> None:
+    """What writes saw: never ReadOnlyViolation or a rerun write; a connection
+    error only for a write under way at the crash."""
+    for started, _, error in load.write_errors:
+        assert not isinstance(error, ReadOnlyViolation | IntegrityError), error
+        if isinstance(error, NoWriterAvailable | CommitOutcomeUnknown):
+            continue
+        assert isinstance(error, DBAPIError), error
+        assert started <= failover.crash_done, error
+
+
 async def test_failover_under_load(faults: PostgresCluster) -> None:
     cluster = faults
     old, (new, other) = cluster.primary, cluster.replicas
@@ -110,16 +147,7 @@ async def test_failover_under_load(faults: PostgresCluster) -> None:
         tasks += [asyncio.create_task(reader(Session, load)) for _ in range(READERS)]
         try:
             await wait_for(lambda: len(load.acked) >= 100, 30)
-            crashed = time.monotonic()
-            await cluster.acrash_primary()
-            crash_done = time.monotonic()
-            await cluster.apromote(0)
-            promoted = time.monotonic()
-            await cluster.afollow(1, new_primary=0)
-            # Writes resume soon after promote returns.
-            resumed = await wait_for(
-                lambda: any(t > promoted for t in load.acked.values()), 2.0
-            )
+            failover = await fail_over(cluster, load)
             status = {row["name"]: row["role"] for row in router.status()}
             assert status["new"] == "writer"
             assert router.status()[0]["node"] == "new"
@@ -138,6 +166,7 @@ async def test_failover_under_load(faults: PostgresCluster) -> None:
     present = set(
         cluster.sql(new, "SELECT string_agg(k, ',') FROM failover_writes").split(",")
     )
+    crashed = failover.crashed
     acked_after = {k for k, t in load.acked.items() if t >= crashed}
     lost = {k for k, t in load.acked.items() if t < crashed and k not in present}
     errors = [error for _, _, error in load.write_errors]
@@ -145,21 +174,14 @@ async def test_failover_under_load(faults: PostgresCluster) -> None:
         f"\nacked {len(load.acked)}, lost by asynchronous replication {len(lost)}, "
         f"write errors {len(errors)} "
         f"({sorted({type(e).__name__ for e in errors})}), reads {load.reads}, "
-        f"writes resumed {resumed:.2f} s after promote, old primary serving "
+        f"writes resumed {failover.resumed:.2f} s after promote, old primary serving "
         f"{joined:.2f} s after its rebuild, longest operation {load.longest:.2f} s"
     )
     # Every write acknowledged after the crash is on the new primary; one
     # acknowledged before it may be lost (PostgreSQL's asynchronous
     # replication, counted above), never one the router sent since.
     assert acked_after <= present
-    assert not any(isinstance(e, IntegrityError) for e in errors)  # no rerun write
-    for started, _, error in load.write_errors:
-        assert not isinstance(error, ReadOnlyViolation), error
-        if isinstance(error, NoWriterAvailable | CommitOutcomeUnknown):
-            continue
-        # A connection error only for a write under way at the crash.
-        assert isinstance(error, DBAPIError), error
-        assert started <= crash_done, error
+    check_write_errors(load, failover)
     assert load.longest < WRITER_WAIT + 2
     assert load.read_errors == []
     assert load.reads.get(other.port, 0) > 0
