@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import socket
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -11,9 +12,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import SessionTransaction
 
 from ._retry import is_connection_error
-from ._sa_compat import asyncpg_socket, held
+from ._sa_compat import asyncpg_socket, held, mysql_socket
 
-__all__ = ["checkout_failed", "close_quietly", "driver_says_closed", "drop_if_dead"]
+__all__ = [
+    "checkout_failed",
+    "close_quietly",
+    "cut",
+    "driver_says_closed",
+    "drop_if_dead",
+]
 
 
 def checkout_failed(error: BaseException) -> bool:
@@ -90,3 +97,27 @@ def drop_if_dead(transaction: SessionTransaction | None, bind: Any) -> bool:
     )
     close_quietly(connection)
     return dead
+
+
+def cut(driver_connection: Any) -> bool:
+    """End a connection from outside its task: its socket is shut down, so
+    the driver fails what it waits for, or its next statement, as a lost
+    connection. Return whether there was a socket to shut down."""
+    pgconn = getattr(driver_connection, "pgconn", None)  # psycopg 3
+    try:
+        fd = (
+            int(pgconn.socket)
+            if pgconn is not None
+            else asyncpg_socket(driver_connection) or mysql_socket(driver_connection)
+        )
+    except Exception:  # psycopg: closed already
+        return False
+    if fd is None:
+        return False
+    # Shut down, not closed: the file descriptor stays the driver's to close.
+    try:
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    return True

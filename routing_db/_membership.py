@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._build import EngineMaker
+from ._connections import cut
 from ._discovery import Discovery
 from ._engines import check_url, engine_name
 from ._exceptions import ConfigurationError
@@ -46,35 +47,74 @@ def join(
 
 
 async def drain(topology: Topology, engine: AsyncEngine, *, seconds: float) -> None:
-    """Give ``engine`` no new transactions, wait for its open ones, dispose it."""
+    """Give ``engine`` no new transactions, let its open ones finish for up to
+    ``seconds``, cut those still open, dispose it."""
     sync = engine.sync_engine
     pool: Any = sync.pool
     topology.replica_set.drain(sync)
-    if pool.checkedout():
-        loop = asyncio.get_running_loop()
-        drained = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    drained = asyncio.Event()
+    # Connections seen running a statement meanwhile (the pool lists only
+    # idle ones), and whether the timeout passed: then each is cut.
+    busy: dict[int, Any] = {}
+    timed_out = False
+    # Transactions still open once cut: counted down as they end (a disposed
+    # pool's own count means nothing).
+    open_after = 0
 
-        def check() -> None:
-            if not pool.checkedout():
-                drained.set()
+    def stop_listening() -> None:
+        for target, name, fn in (
+            (sync, "before_cursor_execute", executing),
+            (pool, "checkin", checked_in),
+            (sync.pool, "checkin", checked_in),  # the pool after dispose()
+        ):
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
 
-        def checked_in(dbapi_connection: Any, record: Any) -> None:
+    def check() -> None:
+        if not timed_out and pool.checkedout() <= 0:
+            drained.set()
+
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        nonlocal open_after
+        if dbapi_connection is not None:  # None: invalidated
+            busy.pop(id(dbapi_connection.driver_connection), None)
+        if not timed_out:
             loop.call_soon(check)  # once the pool has counted it back
+            return
+        open_after -= 1
+        if open_after <= 0:
+            loop.call_soon(stop_listening)  # the last cut transaction ended
 
-        event.listen(sync, "checkin", checked_in)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(drained.wait(), seconds)
-        finally:
-            event.remove(sync, "checkin", checked_in)
-    if pool.checkedout():
-        logger.warning(
-            "routing_db: replica %s removed with %d connections in use after "
-            "drain_timeout (%g s); they close as their transactions end",
-            topology.name(engine),
-            pool.checkedout(),
-            seconds,
-        )
+    def executing(conn: Any, *args: Any) -> None:
+        driver = conn.connection.driver_connection
+        busy[id(driver)] = driver
+        if timed_out:
+            cut(driver)  # this statement fails as a lost connection
+
+    event.listen(pool, "checkin", checked_in)
+    event.listen(sync, "before_cursor_execute", executing)
+    try:
+        check()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained.wait(), seconds)
+        if pool.checkedout() > 0:
+            timed_out, open_after = True, pool.checkedout()
+            for driver in list(busy.values()):
+                cut(driver)  # what it waits for fails now
+            logger.warning(
+                "routing_db: replica %s removed with %d transactions still open "
+                "after drain_timeout (%g s): they are cut (a connection error, "
+                "which unit_of_work reruns)",
+                topology.name(engine),
+                open_after,
+                seconds,
+            )
+    finally:
+        # Transactions cut, but not ended yet, keep the listeners until the
+        # last of them gives its connection back.
+        if not timed_out:
+            stop_listening()
     topology.remove_replica(engine)
     topology.replica_set.forget(sync)
     await engine.dispose()

@@ -358,8 +358,8 @@ class Router:
     async def remove_replica(self, name: str, *, drain_timeout: float = 30.0) -> None:
         """Remove a replica: no new transactions, open ones finish, pool disposed.
 
-        Transactions still on it after ``drain_timeout`` seconds keep their
-        connections until they end; the pool closes them as they come back.
+        Transactions still on it after ``drain_timeout`` seconds are cut: their
+        next statement (or one running then) fails as a lost connection.
         """
         await self._members.remove_replica(name, drain_timeout)
 

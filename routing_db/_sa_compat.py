@@ -30,6 +30,7 @@ __all__ = [
     "idle",
     "innermost_transaction",
     "max_overflow",
+    "mysql_socket",
     "rewind_close",
     "select_list",
     "unwrap_pool_connect",
@@ -76,6 +77,10 @@ INTERNALS: Mapping[str, str] = {
     "async_creator_fn of the asyncio DBAPI adapters' connect()": (
         "a driver connect wrapped in a timeout (aiomysql and asyncmy bound "
         "only the TCP connect); create_async_engine's async_creator passes it"
+    ),
+    "aiomysql and asyncmy Connection._writer": (
+        "the socket of a MySQL connection, shut down to cut a transaction "
+        "still open on a replica removed after drain_timeout"
     ),
     "asyncpg Connection._transport": (
         "the socket of an idle pooled connection, checked for the server's "
@@ -189,6 +194,16 @@ def caller_frames() -> Iterator[FrameType]:
 def asyncpg_socket(driver_connection: Any) -> int | None:
     """The file descriptor of an asyncpg connection's socket, if it has one."""
     transport = getattr(driver_connection, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return None
+    return int(sock.fileno())
+
+
+def mysql_socket(driver_connection: Any) -> int | None:
+    """The file descriptor of an aiomysql or asyncmy connection's socket."""
+    writer = getattr(driver_connection, "_writer", None)
+    transport = getattr(writer, "transport", None)
     sock = None if transport is None else transport.get_extra_info("socket")
     if sock is None or sock.fileno() < 0:
         return None

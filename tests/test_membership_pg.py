@@ -5,10 +5,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
+from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from routing_db import ConfigurationError, Router, read_only, routing_sessionmaker
+from routing_db import (
+    ConfigurationError,
+    Router,
+    is_connection_error,
+    is_transient_error,
+    read_only,
+    routing_sessionmaker,
+)
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
@@ -73,3 +85,50 @@ async def test_membership_changes_are_checked(cluster: PostgresCluster) -> None:
             router.add_replica("not a url")
     finally:
         await router.dispose()
+
+
+async def pinned(Session: Any, port: int) -> AsyncSession:
+    """A session whose read-only transaction runs on the replica at ``port``."""
+    for _ in range(20):
+        session = Session()
+        await session.__aenter__()
+        if (await where(session))[0] == port:
+            return session  # type: ignore[no-any-return]
+        await session.close()
+    raise AssertionError(f"no read reached port {port}")
+
+
+async def test_transactions_still_open_at_drain_timeout_are_cut(
+    cluster: PostgresCluster,
+) -> None:
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    Session = routing_sessionmaker(router)
+    leaving = router.status()[1]["name"]
+    port = cluster.replicas[0].port
+    removed = router.replicas[0].sync_engine
+    with read_only:  # every statement below reads
+        idle = await pinned(Session, port)  # idle in its transaction
+        busy = await pinned(Session, port)
+        try:
+            drain = asyncio.create_task(
+                router.remove_replica(leaving, drain_timeout=1.0)
+            )
+            await until(lambda: router.status()[1]["state"] == "draining", 5)
+            started = time.monotonic()
+            # A statement begun during the drain and still running at its end.
+            with pytest.raises(DBAPIError) as running:
+                await busy.execute(text("SELECT pg_sleep(5)"))
+            assert time.monotonic() - started < 3
+            await drain
+            # One idle in its transaction: cut at its next statement.
+            with pytest.raises(DBAPIError) as next_statement:
+                await where(idle)
+            for caught in (running.value, next_statement.value):
+                assert is_connection_error(caught) and is_transient_error(caught)
+        finally:
+            await idle.close()
+            await busy.close()
+            # Once the cut transactions ended, the drain leaves nothing behind.
+            await until(lambda: not removed.dispatch.before_cursor_execute, 5)
+            await router.dispose()
+    assert [row["name"] for row in router.status()[1:]] == [router.status()[1]["name"]]
