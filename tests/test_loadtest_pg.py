@@ -197,9 +197,11 @@ async def test_a_load_spread_over_processes(
         workload=Workload(rows=200),
         progress=lambda done, elapsed: seen.append((done, elapsed)),
     )
-    # Both processes' operations so far, summed, while they run.
+    # Both processes' operations so far, summed, while they run (a report
+    # may come as the last operations finish, just past the 1.5 s; the
+    # reports are 0.5 s apart).
     assert seen and 0 < seen[0][0] <= seen[-1][0] <= summary.operations
-    assert all(0 < elapsed <= 1.5 for _, elapsed in seen)
+    assert all(0 < elapsed < 1.5 + 0.5 for _, elapsed in seen)
 
     broken = functools.partial(routed_sessions, "mysql+pymysql://u@h/db", [], pids)
     with pytest.raises(LoadProcessError, match="load process 0: ConfigurationError"):
