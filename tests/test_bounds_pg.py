@@ -14,7 +14,9 @@ from routing_db.testing import PostgresCluster
 from .blackhole import Blackhole
 from .conftest import where
 
-CONNECT_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 2.0
+# A read that paid no connect bound, with room for a loaded 2-core machine.
+QUICK = 1.0
 
 
 def bound(driver: str) -> float:
@@ -50,11 +52,11 @@ async def test_a_blackholed_replica_costs_one_bounded_connect(
             # and runs on the other replica; the hole is ejected.
             took, port = await timed_read(Session)
             assert port == other.port
-            assert took < bound(cluster.driver) + 0.5
+            assert took < bound(cluster.driver) + QUICK
             assert router.status()[1]["ejected"]
             for _ in range(10):
                 took, port = await timed_read(Session)
-                assert (port, took < 0.5) == (other.port, True)
+                assert (port, took < QUICK) == (other.port, True)
         finally:
             await router.dispose()
 
@@ -74,8 +76,8 @@ async def test_with_a_monitor_no_read_probes_a_blackholed_replica(
         Session = routing_sessionmaker(router)
         async with router:  # the monitor's first round ejects it
             assert router.status()[1]["ejected"]
-            until = time.monotonic() + 3 * bound(cluster.driver)
+            until = time.monotonic() + 2 * bound(cluster.driver)
             while time.monotonic() < until:  # past several probe times
                 took, port = await timed_read(Session)
-                assert (port, took < 0.5) == (other.port, True)
+                assert (port, took < QUICK) == (other.port, True)
             assert router.status()[1]["ejected"]  # the monitor's probes fail

@@ -356,7 +356,9 @@ async def test_a_blackholed_replica_costs_one_bounded_connect(
                 started = time.monotonic()
                 async with Session() as session, read_only:
                     assert (await where(session))[0] == db.replicas[1].server_id
-                assert time.monotonic() - started < 1.5
+                # At most one connect bound (the first read), with room for
+                # a loaded machine.
+                assert time.monotonic() - started < 2.5
             assert router.status()[1]["ejected"]
         finally:
             await router.dispose()
