@@ -11,6 +11,7 @@ from ._exceptions import (
     NoReplicaAvailable,
     NoWriterAvailable,
     ReadOnlyViolation,
+    ReplicaReadTimeout,
     RoutingDBError,
 )
 from ._options import ConsistencyOptions, HealthOptions, ObservabilityOptions
@@ -47,6 +48,7 @@ __all__ = [
     "ObservabilityOptions",
     "RandomChoice",
     "ReadOnlyViolation",
+    "ReplicaReadTimeout",
     "RetryPolicy",
     "RoundRobin",
     "Router",

@@ -7,6 +7,7 @@
         ├── NoReplicaAvailable        (also ConnectionError)
         ├── NoWriterAvailable         (also ConnectionError)
         ├── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
+        ├── ReplicaReadTimeout        (also sqlalchemy.exc.OperationalError)
         └── LoadProcessError          (also RuntimeError)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
@@ -18,7 +19,7 @@ on the writer that loses its connection becomes ``CommitOutcomeUnknown``).
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 
 __all__ = [
     "CommitOutcomeUnknown",
@@ -27,6 +28,7 @@ __all__ = [
     "NoReplicaAvailable",
     "NoWriterAvailable",
     "ReadOnlyViolation",
+    "ReplicaReadTimeout",
     "RoutingDBError",
 ]
 
@@ -55,6 +57,11 @@ class NoWriterAvailable(RoutingDBError, ConnectionError):
 class CommitOutcomeUnknown(RoutingDBError, DBAPIError):
     """The connection was lost during COMMIT: the transaction may or may not be
     committed. It is never retried automatically; check before writing again."""
+
+
+class ReplicaReadTimeout(RoutingDBError, OperationalError):
+    """A replica statement ran past ``replica_read_timeout``; its connection
+    was discarded, so ``unit_of_work`` runs the transaction again."""
 
 
 class LoadProcessError(RoutingDBError, RuntimeError):

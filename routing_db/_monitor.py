@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._bounds import MONITOR_PROBING
 from ._engines import ReplicaRestarted, pool_capacity
 from ._positions import (
     ReplicaStatus,
@@ -149,6 +150,13 @@ class Monitor:
         replicas.record_status(engine, status, unbounded=status.unbounded(writer_lsn))
 
     async def _run(self) -> None:
+        probing = MONITOR_PROBING.set(True)
+        try:
+            await self._rounds()
+        finally:
+            MONITOR_PROBING.reset(probing)
+
+    async def _rounds(self) -> None:
         # Also ends once stop() has let go of this task: on Python 3.11,
         # asyncio.wait_for (in _bounded) can swallow the cancellation that
         # stop() sends (cpython#86296), and stop() would then wait forever.

@@ -49,6 +49,9 @@ class HealthOptions:
     writer_wait_timeout: float = 10.0
     # Seconds a new connection may take (None: the driver's own default).
     connect_timeout: float | None = 5.0
+    # Seconds a statement on a replica may take (None: unbounded). The
+    # writer has no such bound: a long write must not be cut by us.
+    replica_read_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.eject_after < 1:
@@ -58,9 +61,10 @@ class HealthOptions:
                 raise ConfigurationError(f"{field} must be > 0 seconds")
         if self.max_lag_bytes is not None and self.max_lag_bytes < 0:
             raise ConfigurationError("max_lag_bytes must be >= 0 or None (off)")
-        _seconds_or_none(self, "max_lag_seconds", "ping_after_idle", "connect_timeout")
-        if self.connect_timeout is not None and self.connect_timeout <= 0:
-            raise ConfigurationError("connect_timeout must be > 0 seconds or None")
+        _seconds_or_none(self, "max_lag_seconds", "ping_after_idle")
+        for field in ("connect_timeout", "replica_read_timeout"):
+            if getattr(self, field) is not None and getattr(self, field) <= 0:
+                raise ConfigurationError(f"{field} must be > 0 seconds or None (off)")
         if self.writer_wait_timeout < 0:
             raise ConfigurationError("writer_wait_timeout must be >= 0 seconds")
 

@@ -20,8 +20,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ._bounds import ReplicaEjected
 from ._connections import checkout_failed, close_quietly, drop_if_dead
 from ._engines import NotAStandby, ReplicaRestarted
+from ._exceptions import ReplicaReadTimeout
 from ._retry import (
     is_connection_error,
     is_recovery_conflict,
@@ -172,8 +174,9 @@ class RecoveringSession(WriterWaiting):
                 # Its new connection found it promoted (the monitor has not
                 # polled it since): it left the read set; not a failure.
                 return self._routing_skip_target(error, eject=False)
-            if isinstance(error, ReplicaRestarted):
-                # Chosen by a replay position from before its restart.
+            if isinstance(error, (ReplicaRestarted, ReplicaEjected)):
+                # Chosen by a replay position from before its restart, or
+                # ejected while this read waited for its pool: no failure.
                 return self._routing_skip_target(error, eject=False)
             tx = self._routing_tx
             if (tx is None or tx.target is None) and self._routing_writer_back(error):
@@ -303,7 +306,12 @@ class RecoveringSession(WriterWaiting):
         tx.replica = None
         tx.excluded = tx.excluded | {replica}
         router = self._routing_router
-        if router is not None and is_connection_error(error):
+        # A read timeout counted as a failure where it was raised.
+        if (
+            router is not None
+            and is_connection_error(error)
+            and not isinstance(error, ReplicaReadTimeout)
+        ):
             router.topology.replica_set.failed(replica, error)
         close_quietly(connection)
 

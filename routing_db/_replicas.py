@@ -205,6 +205,12 @@ class ReplicaSet:
             return None
         return measured[0]
 
+    def may_connect(self, engine: Engine) -> bool:
+        """May a read open a connection to ``engine`` now (in the set, or its
+        probe is due)?"""
+        state = self.states.get(engine)
+        return state is None or state.available(time.monotonic(), self.half_open)
+
     def pick(
         self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
     ) -> tuple[Pick, Engine | None]:

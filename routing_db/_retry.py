@@ -27,7 +27,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from ._exceptions import ConfigurationError, RoutingDBError
+from ._exceptions import ConfigurationError, ReplicaReadTimeout, RoutingDBError
 
 T = TypeVar("T")
 
@@ -111,6 +111,8 @@ def _driver_connection_lost(error: BaseException) -> bool:
 def is_connection_error(error: BaseException) -> bool:
     """True when ``error`` means the connection to the server failed or was lost."""
     for item in _chain(error):
+        if isinstance(item, ReplicaReadTimeout):
+            return True  # its connection was cut and discarded
         if isinstance(item, RoutingDBError):
             # NoReplicaAvailable is a ConnectionError too, but retrying it
             # would only find the same empty set of replicas.

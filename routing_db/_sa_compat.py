@@ -21,6 +21,7 @@ from sqlalchemy.sql.selectable import GenerativeSelect, Select
 
 __all__ = [
     "INTERNALS",
+    "asyncpg_cancel_requests",
     "asyncpg_socket",
     "bounded_creator",
     "caller_frames",
@@ -81,6 +82,15 @@ INTERNALS: Mapping[str, str] = {
     "aiomysql and asyncmy Connection._writer": (
         "the socket of a MySQL connection, shut down to cut a transaction "
         "still open on a replica removed after drain_timeout"
+    ),
+    "asyncpg Connection._cancellations": (
+        "the cancel request asyncpg sends on a command_timeout: kept running "
+        "when the timed-out connection is terminated (terminate() would "
+        "cancel it), so a slow server still stops the statement"
+    ),
+    "async_creator_fn and cursor_factory of psycopg's AsyncConnection.connect": (
+        "a psycopg connection (and its cursors) whose statements and "
+        "transaction ends are bounded by replica_read_timeout"
     ),
     "asyncpg Connection._transport": (
         "the socket of an idle pooled connection, checked for the server's "
@@ -198,6 +208,17 @@ def asyncpg_socket(driver_connection: Any) -> int | None:
     if sock is None or sock.fileno() < 0:
         return None
     return int(sock.fileno())
+
+
+def asyncpg_cancel_requests(driver_connection: Any) -> set[Any]:
+    """Take the cancel requests an asyncpg connection is sending (on a
+    ``command_timeout``), so closing it does not cancel them too."""
+    pending = getattr(driver_connection, "_cancellations", None)
+    if not isinstance(pending, set):
+        return set()
+    taken = set(pending)
+    pending.clear()
+    return taken
 
 
 def mysql_socket(driver_connection: Any) -> int | None:

@@ -47,7 +47,9 @@ _ROUTER_FIELDS = tuple(
 )
 
 # Router options whose None means "off", not "the router's default".
-_OFF_AS_NONE = frozenset({"max_lag_bytes", "max_lag_seconds", "connect_timeout"})
+_OFF_AS_NONE = frozenset(
+    {"max_lag_bytes", "max_lag_seconds", "connect_timeout", "replica_read_timeout"}
+)
 
 PoolCount = Annotated[int, Field(ge=0)]
 AtLeastOne = Annotated[int, Field(ge=1)]
@@ -130,6 +132,8 @@ class RoutingSettings(BaseSettings):
     writer_wait_timeout: Limit = 10.0
     # Seconds a new connection may take; "off": the driver's own default.
     connect_timeout: Limit | None = 5.0
+    # Seconds a replica statement may take; "off": unbounded.
+    replica_read_timeout: Limit | None = 30.0
     # The writer's share of replica reads (0: replicas only).
     writer_read_weight: Limit = 0.0
 
@@ -186,7 +190,11 @@ class RoutingSettings(BaseSettings):
         return value
 
     @field_validator(
-        "max_lag_bytes", "max_lag_seconds", "connect_timeout", mode="before"
+        "max_lag_bytes",
+        "max_lag_seconds",
+        "connect_timeout",
+        "replica_read_timeout",
+        mode="before",
     )
     @classmethod
     def _off(cls, value: Any) -> Any:

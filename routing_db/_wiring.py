@@ -6,7 +6,11 @@ import functools
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._bounds import install_connect_timeout
+from ._bounds import (
+    install_connect_guard,
+    install_connect_timeout,
+    install_read_timeout,
+)
 from ._engines import install_idle_ping, install_replica_setup
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
@@ -58,4 +62,16 @@ def hook_replica(
         seen=functools.partial(replica_set.record_role, engine.sync_engine),
         started=functools.partial(replica_set.record_start, engine.sync_engine),
     )
+    install_connect_guard(
+        engine, hooks, functools.partial(replica_set.may_connect, engine.sync_engine)
+    )
+    if health.replica_read_timeout is not None:
+        # Ejected wherever in a transaction it hangs: a rerun must not
+        # choose it again and wait out the bound once more.
+        install_read_timeout(
+            engine,
+            hooks,
+            health.replica_read_timeout,
+            timed_out=functools.partial(replica_set.failed, engine.sync_engine),
+        )
     hook_engine(engine, hooks, name=name, health=health, observability=observability)

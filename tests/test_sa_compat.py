@@ -22,6 +22,7 @@ import routing_db
 from routing_db import _sa_compat
 from routing_db._sa_compat import (
     INTERNALS,
+    asyncpg_cancel_requests,
     asyncpg_socket,
     bounded_creator,
     caller_frames,
@@ -128,6 +129,8 @@ async def test_an_asyncpg_connection_has_a_socket_transport() -> None:
     slots = asyncpg.connection.Connection.__slots__
     assert "_transport" in slots
     assert asyncpg_socket(object()) is None  # and anything else has none
+    assert "_cancellations" in slots
+    assert asyncpg_cancel_requests(object()) == set()
 
 
 def _private_names(path: Path) -> set[str]:

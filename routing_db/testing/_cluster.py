@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from . import _hang
 from . import _pg_failover as failover
 from ._servers import (
     INSTALL_HINT,
@@ -375,6 +376,15 @@ class PostgresCluster:
         self.replicas.append(node)
         return node
 
+    def hang_replica(self, index: int) -> None:
+        """Stop every process of replica ``index`` (SIGSTOP), sockets open: a
+        hung host. ``resume_replica`` (or ``heal``) lets it run again."""
+        _hang.hang(self.replicas[index])
+
+    def resume_replica(self, index: int) -> None:
+        """Let a hung replica run again (SIGCONT)."""
+        _hang.resume(self.replicas[index])
+
     def stop_streaming(self, index: int) -> None:
         """Point replica ``index``'s ``primary_conninfo`` at a closed port and
         reload: its WAL receiver stops and cannot reconnect (it keeps serving)."""
@@ -445,6 +455,8 @@ class PostgresCluster:
     afollow = async_form(follow)
     arebuild_as_standby = async_form(rebuild_as_standby)
     aadd_standby = async_form(add_standby)
+    ahang_replica = async_form(hang_replica)
+    aresume_replica = async_form(resume_replica)
     astop_streaming = async_form(stop_streaming)
     aresume_streaming = async_form(resume_streaming)
     apause_replay = async_form(pause_replay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING
 
+from . import _hang as hang
 from ._servers import ClusterError, PgNode, free_ports, poll
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ def heal(cluster: PostgresCluster, *, original_replicas: int) -> None:
     primary, replicas = cluster.primary, cluster.replicas
     if cluster.owned:
         for node in (primary, *replicas):
+            hang.resume(node)
             if not cluster.is_running(node):
                 cluster._start_node(node)
     for index, node in enumerate(replicas):
