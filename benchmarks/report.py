@@ -218,6 +218,29 @@ def _failover(bench: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _hung(bench: dict[str, Any] | None) -> list[str]:
+    if bench is None:
+        return ["Not run."]
+    info = bench["extra_info"]
+    healthy, hung = info["phases"]["healthy"], info["phases"]["hung"]
+    rate = hung["reads_per_second"] / healthy["reads_per_second"]
+    return [
+        f"{info['readers']} reader tasks; replica 0 stopped (SIGSTOP) under them; "
+        f"`replica_read_timeout={info['replica_read_timeout']:g}`.",
+        "",
+        "| phase | read p99 | slowest read | reads/s |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {p['p99'] * 1000:.1f} ms | {p['max'] * 1000:.0f} ms "
+            f"| {p['reads_per_second']:.0f} |"
+            for name, p in (("healthy", healthy), ("hung", hung))
+        ),
+        "",
+        f"p99 hung / healthy: {hung['p99'] / healthy['p99']:.1f}x; throughput "
+        f"hung / healthy: {rate:.2f}.",
+    ]
+
+
 def main(path: str) -> None:
     """Write RESULTS.md and starvation.png from the JSON at ``path``."""
     data = json.loads(Path(path).read_text())
@@ -267,6 +290,10 @@ def main(path: str) -> None:
         "## 6. Failover: writes unavailable after a promotion",
         "",
         *_failover(benches.get("test_failover_window")),
+        "",
+        "## 7. A hung replica: read latency while it stops answering",
+        "",
+        *_hung(benches.get("test_hung_replica")),
         "",
         "## Machine",
         "",

@@ -27,7 +27,9 @@ from ._exceptions import ReplicaReadTimeout
 from ._retry import (
     is_connection_error,
     is_recovery_conflict,
+    is_stale_plan,
     never_sent,
+    rerun_kind,
 )
 from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
 from ._writer_wait import WriterWaiting
@@ -108,7 +110,9 @@ def first_statement(method: Callable[..., Any]) -> Any:
             if how is None:
                 self._routing_unpin()
                 raise
-        return self._routing_again(functools.partial(method, self), *args, **kw)
+            kind = rerun_kind(exc)
+        again = functools.partial(method, self)
+        return self._routing_again(kind, again, *args, **kw)
 
     return run
 
@@ -250,7 +254,9 @@ class RecoveringSession(WriterWaiting):
             tx.replica = None
         return Rerun.AT_ONCE
 
-    def _routing_again(self, method: Callable[..., T], *args: Any, **kw: Any) -> T:
+    def _routing_again(
+        self, kind: str, method: Callable[..., T], *args: Any, **kw: Any
+    ) -> T:
         router = self._routing_router
         assert router is not None
 
@@ -274,12 +280,12 @@ class RecoveringSession(WriterWaiting):
         except _Rerun as gave_up:
             error = gave_up.error
         except Exception:
-            topology.listeners.emit("retried", "first_statement", "failed")
+            topology.listeners.emit("retried", kind, "failed")
             raise
         else:
-            topology.listeners.emit("retried", "first_statement", "succeeded")
+            topology.listeners.emit("retried", kind, "succeeded")
             return result
-        topology.listeners.emit("retried", "first_statement", "failed")
+        topology.listeners.emit("retried", kind, "failed")
         # Raised outside the except block: the user sees the driver's error
         # and its own chain, not our marker.
         raise error
@@ -291,7 +297,11 @@ class RecoveringSession(WriterWaiting):
             and not tx.wrote
             and self._routing_held(tx.replica) is not None
             and self._routing_writer_connection() is None
-            and (is_connection_error(error) or is_recovery_conflict(error))
+            and (
+                is_connection_error(error)
+                or is_recovery_conflict(error)
+                or is_stale_plan(error)
+            )
         )
 
     def _routing_drop_replica(self, error: DBAPIError) -> None:
@@ -304,7 +314,10 @@ class RecoveringSession(WriterWaiting):
         assert connection is not None and replica is not None
         detach(self, connection)
         tx.replica = None
-        tx.excluded = tx.excluded | {replica}
+        if not is_stale_plan(error):
+            # A stale plan is dropped from the caches by its failure: the
+            # same replica runs it again.
+            tx.excluded = tx.excluded | {replica}
         router = self._routing_router
         # A read timeout counted as a failure where it was raised.
         if (

@@ -36,8 +36,10 @@ __all__ = [
     "is_connection_error",
     "is_read_only_rejection",
     "is_recovery_conflict",
+    "is_stale_plan",
     "is_transient_error",
     "never_sent",
+    "rerun_kind",
 ]
 
 # 08: connection exception; 57P01/02/03: admin shutdown, crash shutdown,
@@ -157,9 +159,44 @@ def is_recovery_conflict(error: BaseException) -> bool:
     )
 
 
+# What a server or asyncpg says when DDL replayed from the primary changed a
+# statement it had prepared (ALTER ... TYPE: the result type changed), or
+# a type it had cached; the failed statement is dropped from the caches.
+_STALE_PLAN_MESSAGES = (
+    "cached plan must not change result type",
+    "cache lookup failed for type",
+)
+_STALE_PLAN_TYPES = frozenset(
+    {"InvalidCachedStatementError", "OutdatedSchemaCacheError"}
+)
+
+
+def is_stale_plan(error: BaseException) -> bool:
+    """True for a prepared statement that DDL made stale (it runs if sent again)."""
+    return any(
+        type(item).__name__ in _STALE_PLAN_TYPES
+        or (
+            _sqlstate(item) in ("0A000", "XX000")
+            and any(message in str(item) for message in _STALE_PLAN_MESSAGES)
+        )
+        for item in _chain(error)
+    )
+
+
+def rerun_kind(error: BaseException) -> str:
+    """The ``kind`` label of a first statement run again after ``error``."""
+    if is_recovery_conflict(error):
+        return "recovery_conflict"
+    if is_stale_plan(error):
+        return "stale_plan"
+    if isinstance(error, ReplicaReadTimeout):
+        return "replica_read_timeout"
+    return "first_statement"
+
+
 def is_transient_error(error: BaseException) -> bool:
     """True when rerunning the whole transaction may succeed."""
-    if is_connection_error(error):
+    if is_connection_error(error) or is_stale_plan(error):
         return True
     for item in _chain(error):
         if isinstance(item, RoutingDBError):

@@ -2,8 +2,9 @@
 
 Client tasks run write -> commit -> ``read_only`` read-your-writes cycles, each
 in a fresh context as a request would, plus plain replica reads, while a
-fault task crashes, stops, restarts replicas and pauses and resumes their
-replay on a schedule drawn from the seed (``run``), or restarts the primary
+fault task crashes, stops, restarts, hangs replicas, pauses their replay,
+stops their streaming and makes them cancel reads for recovery conflicts, on
+a schedule drawn from the seed (``run``, ``soak_faults``), or restarts the primary
 (``run_primary_restarts``). Everything is checked on the servers: which one
 served a read (``inet_server_port()``), which writes the primary holds.
 """
@@ -15,6 +16,7 @@ import contextlib
 import contextvars
 import dataclasses
 import random
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -35,6 +37,7 @@ from routing_db._retry import is_connection_error
 from routing_db.testing import PostgresCluster
 
 from .models import Item
+from .soak_faults import ReplicaFaults
 
 __all__ = ["Summary", "run", "run_primary_restarts"]
 
@@ -62,6 +65,16 @@ class Summary:
     # Seconds until service came back: replicas serving (run), writes
     # committing (run_primary_restarts).
     recovered_after: list[float] = dataclasses.field(default_factory=list)
+    # Read latencies by the phase a read started in (healthy / hung / after).
+    latencies: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def read_p99(self) -> dict[str, float]:
+        """Read p99 seconds by phase (phases with too few reads left out)."""
+        return {
+            phase: statistics.quantiles(took, n=100)[98]
+            for phase, took in self.latencies.items()
+            if len(took) >= 2
+        }
 
     def __str__(self) -> str:
         return (
@@ -72,7 +85,8 @@ class Summary:
             f"write errors {dict(self.write_errors)}, faults {dict(self.faults)}, "
             f"served by {dict(self.served_by)}, missing {len(self.missing)}, "
             f"duplicated {len(self.duplicated)}, "
-            f"recovered after {[round(s, 2) for s in self.recovered_after]} s"
+            f"recovered after {[round(s, 2) for s in self.recovered_after]} s, "
+            f"read p99 { ({k: round(v, 3) for k, v in self.read_p99().items()}) } s"
         )
 
 
@@ -93,6 +107,8 @@ def make_router(cluster: PostgresCluster, clients: int) -> Router:
         monitor_interval=0.2,
         sticky_seconds=0,
         retry=RetryPolicy(attempts=5),
+        replica_read_timeout=1.0,
+        connect_timeout=2.0,
     )
 
 
@@ -104,10 +120,18 @@ async def _fresh(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
 class _Clients:
     """The application's side: cycles of writes and reads until ``stop``."""
 
-    def __init__(self, Session: Maker, summary: Summary, *, causal: bool) -> None:
+    def __init__(
+        self,
+        Session: Maker,
+        summary: Summary,
+        *,
+        causal: bool,
+        phase: Callable[[], str] = lambda: "healthy",
+    ) -> None:
         self.Session = Session
         self.summary = summary
         self.causal = causal
+        self.phase = phase
         self.stop = asyncio.Event()
 
     async def _write(self, key: str) -> bool:
@@ -126,6 +150,7 @@ class _Clients:
         statement = select(func.count(), func.inet_server_port()).select_from(Item)
         if key is not None:
             statement = statement.where(Item.name == key)
+        phase, started = self.phase(), time.monotonic()
         try:
             async with self.Session() as session, read_only:
                 found, port = (await session.execute(statement)).one()
@@ -133,6 +158,8 @@ class _Clients:
             self.summary.read_errors[_name(exc)] += 1
             return
         self.summary.reads += 1
+        took = time.monotonic() - started
+        self.summary.latencies.setdefault(phase, []).append(took)
         self.summary.served_by[str(port)] += 1
         if key is not None and found != 1:
             self.summary.stale_reads += 1
@@ -159,36 +186,6 @@ class _Clients:
             except TimeoutError:
                 self.summary.hangs += 1
             n += 1
-
-
-async def _replica_faults(
-    cluster: PostgresCluster, rng: random.Random, summary: Summary, stop: asyncio.Event
-) -> None:
-    state = ["up"] * len(cluster.replicas)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), rng.uniform(0.3, 2.0))
-        if stop.is_set():
-            break
-        index = rng.randrange(len(state))
-        if state[index] == "up":
-            kind = rng.choice(["crash", "stop", "pause"])
-            if kind == "crash":
-                await cluster.acrash_replica(index)
-            elif kind == "stop":
-                await cluster.astop_replica(index)
-            else:
-                await cluster.apause_replay(index)
-            state[index] = "paused" if kind == "pause" else "down"
-        elif state[index] == "down":
-            kind = "start"
-            await cluster.astart_replica(index, wait_streaming=False)
-            state[index] = "up"
-        else:
-            kind = "resume"
-            await cluster.aresume_replay(index)
-            state[index] = "up"
-        summary.faults[kind] += 1
 
 
 async def _until_both_replicas_serve(Session: Maker, cluster: PostgresCluster) -> float:
@@ -233,16 +230,16 @@ async def run(
     summary = Summary(seed=seed, seconds=seconds)
     router = make_router(cluster, clients)
     Session = routing_sessionmaker(router)
-    load = _Clients(Session, summary, causal=causal)
+    faults = ReplicaFaults(cluster, rng)
+    summary.faults = faults.faults
+    load = _Clients(Session, summary, causal=causal, phase=lambda: faults.phase)
     try:
         async with router:
             tasks = [asyncio.create_task(load.client(i)) for i in range(clients)]
-            faults = asyncio.create_task(
-                _replica_faults(cluster, rng, summary, load.stop)
-            )
+            faulting = asyncio.create_task(faults.run(load.stop))
             await asyncio.sleep(seconds)  # the run's length, not a wait for state
             load.stop.set()
-            await faults
+            await faulting
             await cluster.aheal()
             summary.recovered_after.append(
                 await _until_both_replicas_serve(Session, cluster)

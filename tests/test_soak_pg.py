@@ -34,7 +34,7 @@ async def test_replica_faults_under_load(faults: PostgresCluster) -> None:
     assert summary.hangs == 0, summary
     assert summary.missing == [] and summary.duplicated == [], summary
     assert summary.writes_acknowledged > 0 and summary.reads > 0, summary
-    assert {"crash", "stop", "pause"} & set(summary.faults), summary
+    assert sum(summary.faults.values()) > 0, summary
     assert summary.recovered_after[0] < 10, summary
 
 

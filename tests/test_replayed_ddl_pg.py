@@ -1,0 +1,87 @@
+"""DDL replayed from the primary under replicas that serve the same query.
+
+``ALTER ... TYPE`` changes the result type of a statement the replicas'
+connections have prepared (asyncpg prepares every statement): the standby
+then refuses it ("cached plan must not change result type").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Integer, column, select, table
+
+from routing_db import Router, read_only, routing_sessionmaker
+from routing_db.metrics import register_metrics
+from routing_db.testing import PostgresCluster
+
+from .waiting import until
+
+CHANGES = 20
+READERS = 8
+
+
+@pytest.fixture
+def probe_table(cluster: PostgresCluster) -> Iterator[str]:
+    name = f"ddl_probe_{cluster.driver}"
+    cluster.sql(
+        cluster.primary,
+        f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, n int);"
+        f" INSERT INTO {name} SELECT g, g FROM generate_series(1, 10) g",
+    )
+    cluster.wait_replicated()
+    try:
+        yield name
+    finally:
+        cluster.sql(cluster.primary, f"DROP TABLE IF EXISTS {name}")
+
+
+async def test_reads_survive_ddl_replayed_under_them(
+    cluster: PostgresCluster, probe_table: str
+) -> None:
+    probe = table(probe_table, column("id", Integer), column("n", Integer))
+    query = select(probe.c.id, probe.c.n).order_by(probe.c.id)
+    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    registry = CollectorRegistry()
+    register_metrics(router, registry)
+    Session = routing_sessionmaker(router)
+    reads, errors, stop = [0], [], asyncio.Event()
+
+    async def read() -> None:
+        while not stop.is_set():
+            try:
+                async with Session() as session, read_only:
+                    rows = (await session.execute(query)).all()
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+                continue
+            assert [n for _, n in rows] == list(range(1, 11))
+            reads[0] += 1
+
+    readers = [asyncio.create_task(read()) for _ in range(READERS)]
+    try:
+        for change in range(CHANGES):
+            # Every connection has run (and prepared) the query by now.
+            target = reads[0] + 20 * READERS
+            await until(lambda: reads[0] >= target, 30)  # noqa: B023
+            kind = "bigint" if change % 2 == 0 else "integer"
+            sql = f"ALTER TABLE {probe_table} ALTER COLUMN n TYPE {kind}"
+            await asyncio.to_thread(cluster.sql, cluster.primary, sql)
+            await cluster.await_replicated()
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
+        await router.dispose()
+    assert errors == []
+    rerun = registry.get_sample_value(
+        "routing_db_retries_total", {"kind": "stale_plan", "outcome": "succeeded"}
+    )
+    if cluster.driver == "asyncpg":  # the DDL did reach prepared statements
+        assert rerun is not None and rerun >= 1
+    else:
+        # psycopg forgets its prepared statements at each ROLLBACK, which
+        # ends every replica transaction: none of them goes stale.
+        assert rerun is None
