@@ -21,9 +21,10 @@ from sqlalchemy.sql.selectable import GenerativeSelect, Select
 
 __all__ = [
     "INTERNALS",
+    "aiomysql_open",
     "asyncpg_cancel_requests",
     "asyncpg_socket",
-    "bounded_creator",
+    "bound_creator",
     "caller_frames",
     "detach",
     "for_update",
@@ -91,6 +92,11 @@ INTERNALS: Mapping[str, str] = {
     "async_creator_fn and cursor_factory of psycopg's AsyncConnection.connect": (
         "a psycopg connection (and its cursors) whose statements and "
         "transaction ends are bounded by replica_read_timeout"
+    ),
+    "aiomysql Connection._connect()": (
+        "opens a connection of a subclass whose statements and transaction "
+        "ends are bounded by replica_read_timeout (aiomysql.connect() makes "
+        "only its own class)"
     ),
     "asyncpg Connection._transport": (
         "the socket of an idle pooled connection, checked for the server's "
@@ -221,6 +227,12 @@ def asyncpg_cancel_requests(driver_connection: Any) -> set[Any]:
     return taken
 
 
+async def aiomysql_open(connection: Any) -> Any:
+    """Open an aiomysql connection made by its class, as ``aiomysql.connect``."""
+    await connection._connect()
+    return connection
+
+
 def mysql_socket(driver_connection: Any) -> int | None:
     """The file descriptor of an aiomysql or asyncmy connection's socket."""
     writer = getattr(driver_connection, "_writer", None)
@@ -234,13 +246,17 @@ def mysql_socket(driver_connection: Any) -> int | None:
 # -- connecting --------------------------------------------------------------
 
 
-def bounded_creator(
-    connect: Callable[..., Any], seconds: float
-) -> dict[str, Callable[..., Any]]:
-    """Connect arguments that make the DBAPI adapter call ``connect`` within
-    ``seconds`` (raising ``TimeoutError`` after)."""
+def bound_creator(
+    cparams: dict[str, Any], default: Callable[..., Any], seconds: float
+) -> None:
+    """Make the DBAPI adapter's connect (``cparams``' ``async_creator_fn``,
+    else ``default``) raise ``TimeoutError`` past ``seconds``; once."""
+    connect = cparams.get("async_creator_fn") or default
+    if getattr(connect, "routing_db_bounded", False):
+        return  # SQLAlchemy passes the same cparams to every connect
 
     async def bounded(*args: Any, **kwargs: Any) -> Any:
         return await asyncio.wait_for(connect(*args, **kwargs), seconds)
 
-    return {"async_creator_fn": bounded}
+    bounded.routing_db_bounded = True  # type: ignore[attr-defined]
+    cparams["async_creator_fn"] = bounded

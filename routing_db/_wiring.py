@@ -6,14 +6,11 @@ import functools
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._bounds import (
-    install_connect_guard,
-    install_connect_timeout,
-    install_read_timeout,
-)
+from ._bounds import install_connect_guard, install_connect_timeout
 from ._engines import install_idle_ping, install_replica_setup
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
+from ._read_timeout import install_read_timeout
 from ._replicas import ReplicaSet
 from ._slowlog import install_slow_query_log
 

@@ -22,6 +22,7 @@ from tenacity import wait_none
 from routing_db import (
     ConfigurationError,
     ReadOnlyViolation,
+    ReplicaReadTimeout,
     RetryPolicy,
     Router,
     RoutingSession,
@@ -362,3 +363,69 @@ async def test_a_blackholed_replica_costs_one_bounded_connect(
             assert router.status()[1]["ejected"]
         finally:
             await router.dispose()
+
+
+async def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    hung = db.replicas[0].server_id
+    router = Router.from_urls(
+        *urls, replica_read_timeout=1.0, connect_timeout=1.0, monitor_interval=0.1
+    )
+    Session = routing_sessionmaker(router)
+    took: dict[str, list[tuple[float, int]]] = {"hung": [], "after": []}
+    errors: list[BaseException] = []
+    phase: list[str | None] = ["before"]
+
+    async def read() -> None:
+        while (started_in := phase[0]) is not None:
+            started = time.monotonic()
+            try:
+                async with Session() as session, read_only:
+                    server = (await where(session))[0]
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+                continue
+            took.setdefault(started_in, []).append((time.monotonic() - started, server))
+
+    async with router:
+        readers = [asyncio.create_task(read()) for _ in range(10)]
+        try:
+            await until(lambda: len(took.get("before", [])) >= 50, 10)
+            phase[0] = "hung"
+            await db.ahang_replica(0)
+            await asyncio.sleep(4.0)  # the hang's length, not a wait for state
+            phase[0] = "after"
+            await db.aresume_replica(0)
+            # The monitor's probe re-admits it: a read is served there again.
+            await until(lambda: hung in {s for _, s in took["after"]}, 5.0)
+        finally:
+            phase[0] = None
+            await db.aresume_replica(0)
+            await asyncio.gather(*readers)
+    assert errors == []
+    # None waited out the hang: the read bound (1 s) or the connect bound
+    # (1 s), then elsewhere, with room for a loaded machine.
+    assert max(t for phase_took in took.values() for t, _ in phase_took) < 2.5
+    assert {s for _, s in took["hung"]} & replica_ids(db)
+
+
+async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    writer, replicas = urls
+    router = Router.from_urls(writer, replicas[:1], replica_read_timeout=1.0)
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session, read_only:
+            await where(session)
+            await db.ahang_replica(0)
+            started = time.monotonic()
+            with pytest.raises(ReplicaReadTimeout) as caught:
+                await where(session)
+            assert time.monotonic() - started < 2.0
+            assert caught.value.connection_invalidated
+        assert router.status()[1]["ejected"]
+    finally:
+        await db.aresume_replica(0)
+        await router.dispose()

@@ -24,7 +24,7 @@ from routing_db._sa_compat import (
     INTERNALS,
     asyncpg_cancel_requests,
     asyncpg_socket,
-    bounded_creator,
+    bound_creator,
     caller_frames,
     detach,
     for_update,
@@ -130,6 +130,11 @@ async def test_an_asyncpg_connection_has_a_socket_transport() -> None:
     assert "_transport" in slots
     assert asyncpg_socket(object()) is None  # and anything else has none
     assert "_cancellations" in slots
+
+
+def test_an_aiomysql_connection_is_opened_by_connect() -> None:
+    aiomysql = pytest.importorskip("aiomysql")
+    assert callable(aiomysql.Connection._connect)
     assert asyncpg_cancel_requests(object()) == set()
 
 
@@ -173,7 +178,12 @@ async def test_the_dbapi_adapters_connect_through_async_creator_fn(url: str) -> 
         raise _Reached
 
     dbapi = engine.sync_engine.dialect.loaded_dbapi
-    arguments: dict[str, Any] = {**bounded_creator(connect, 5), "host": "h"}
+    arguments: dict[str, Any] = {"async_creator_fn": connect}
+    bound_creator(arguments, dbapi.connect, 5)
+    bounded = arguments["async_creator_fn"]
+    bound_creator(arguments, dbapi.connect, 5)  # once: not wrapped again
+    assert arguments["async_creator_fn"] is bounded
+    arguments["host"] = "h"
     with pytest.raises(_Reached):
         await greenlet_spawn(lambda: dbapi.connect(**arguments))
     assert seen == [((), {"host": "h"})]

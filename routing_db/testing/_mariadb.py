@@ -239,10 +239,13 @@ class MariaDBCluster:
                 self._kill(node)
         shutil.rmtree(self._basedir, ignore_errors=True)
 
-    def _kill(self, node: MariaDBNode) -> None:
-        # The server's own pid (a runuser in between does not pass SIGKILL on).
+    def _signal(self, node: MariaDBNode, signum: signal.Signals) -> None:
+        # The server's own pid (a runuser in between does not pass it on).
         with contextlib.suppress(OSError, ValueError):
-            os.kill(int(node.pidfile.read_text().strip()), signal.SIGKILL)
+            os.kill(int(node.pidfile.read_text().strip()), signum)
+
+    def _kill(self, node: MariaDBNode) -> None:
+        self._signal(node, signal.SIGKILL)
         process = self._processes[node.name]
         try:
             process.wait(30)
@@ -326,6 +329,14 @@ class MariaDBCluster:
         """Kill a replica's server process (SIGKILL)."""
         self._kill(self.replicas[index])
 
+    def hang_replica(self, index: int) -> None:
+        """Stop a replica's server (SIGSTOP), its sockets open: a hung host."""
+        self._signal(self.replicas[index], signal.SIGSTOP)
+
+    def resume_replica(self, index: int) -> None:
+        """Let a hung replica run again (SIGCONT)."""
+        self._signal(self.replicas[index], signal.SIGCONT)
+
     def start_replica(self, index: int) -> None:
         """Start a stopped replica again; it resumes replicating."""
         node = self.replicas[index]
@@ -359,6 +370,8 @@ class MariaDBCluster:
 
         A failover is not undone (MariaDB has no rewind): start a new cluster.
         """
+        for node in (self.primary, *self.replicas):
+            self._signal(node, signal.SIGCONT)
         stopped = self._stopped_nodes()
         if self.primary.name in stopped or any(
             failover.takes_writes(self, node)
@@ -374,6 +387,8 @@ class MariaDBCluster:
             self.sql(node, "START SLAVE")  # a no-op for running threads
         self.wait_replicated()
 
+    ahang_replica = async_form(hang_replica)
+    aresume_replica = async_form(resume_replica)
     acrash_primary = async_form(crash_primary)
     apromote = async_form(promote)
     afollow = async_form(follow)
