@@ -19,7 +19,8 @@ from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._hooks import Hooks
 from ._policies import BalancingPolicy, Candidate, RoundRobin
-from ._positions import ReplicaStatus, replay_position_now
+from ._positions import replay_position_now
+from ._replica_records import ReplicaRecords
 from ._retry import is_connection_error
 
 __all__ = ["Pick", "ReplicaSet"]
@@ -48,7 +49,7 @@ class _WriterState(ReplicaState):
         return True
 
 
-class ReplicaSet:
+class ReplicaSet(ReplicaRecords):
     """Health, lag and replay positions per replica, and which one serves next.
 
     Its methods run in the session's ``get_bind`` (in SQLAlchemy's greenlet)
@@ -205,12 +206,6 @@ class ReplicaSet:
             return None
         return measured[0]
 
-    def may_connect(self, engine: Engine) -> bool:
-        """May a read open a connection to ``engine`` now (in the set, or its
-        probe is due)?"""
-        state = self.states.get(engine)
-        return state is None or state.available(time.monotonic(), self.half_open)
-
     def pick(
         self, floor: CausalFloor | None, exclude: frozenset[Engine] = frozenset()
     ) -> tuple[Pick, Engine | None]:
@@ -333,144 +328,3 @@ class ReplicaSet:
             if engine in self._members
         )
         self.quick = self._cycle if self._all_well else None
-
-    def failed(self, engine: Engine, error: BaseException) -> None:
-        """A connection to ``engine`` failed (it may be ejected)."""
-        state = self.states.get(engine)
-        if state is None:
-            return
-        ejected = state.record_failure(time.monotonic())
-        self._refresh()
-        if ejected:
-            self.listeners.emit("ejected", self._names[engine])
-            logger.warning(
-                "routing_db: replica %s ejected after a connection failure (%s)",
-                self._names[engine],
-                type(error).__name__,
-            )
-
-    def record_start(self, engine: Engine, started: str) -> bool:
-        """When ``engine``'s server started, as a new connection found; True
-        when it restarted since its replay position was learned.
-
-        A standby rewound onto a new timeline (a failover) restarts behind
-        the position it had replayed: that position is dropped, and a read
-        that chose this replica by it chooses again.
-        """
-        state = self.states.get(engine)
-        if state is None:
-            return False
-        before, state.started = state.started, started
-        if before is None or before == started or state.replay_lsn is None:
-            return False
-        state.replay_lsn = None
-        return True
-
-    def forget_positions(self) -> None:
-        """Forget every replay position: the writer changed, and a standby may
-        be rewound onto the new primary's timeline, behind what it had replayed."""
-        for state in self.states.values():
-            state.replay_lsn = None
-
-    def succeeded(self, engine: Engine) -> None:
-        """A connection to ``engine`` worked (it may be re-admitted)."""
-        state = self.states.get(engine)
-        if state is None or not state.suspect:
-            return  # the common case: nothing to clear
-        readmitted = state.record_success()
-        self._refresh()
-        if readmitted:
-            self.listeners.emit("readmitted", self._names[engine])
-            logger.warning(
-                "routing_db: replica %s re-admitted",
-                self._names[engine],
-            )
-
-    def record_role(self, engine: Engine, standby: bool) -> bool:
-        """What ``engine`` was found to be; True when a read should just go
-        elsewhere (it was a standby before, or it is a node of a cluster).
-
-        A replica that takes writes (promoted) leaves the read set until it is
-        found to be a standby again.
-        """
-        state = self.states.get(engine)
-        if state is None:
-            return False
-        if not self._health.require_standby:
-            standby = True  # a server taking writes serves reads on purpose
-        before = state.standby
-        state.standby = standby
-        if standby and state.joining:
-            state.joining = False  # a new member: it serves from now on
-            self._refresh()
-            logger.warning("routing_db: replica %s joins", self._names[engine])
-        if before != standby:
-            self._refresh()
-            # A cluster's nodes change roles by design: discovery reports it.
-            if not self.cluster:
-                self._report_role(engine, before, standby)
-        return before is True or self.cluster
-
-    def _report_role(self, engine: Engine, before: bool | None, standby: bool) -> None:
-        name = self._names[engine]
-        if before is None:
-            if standby:
-                return  # first seen, as expected
-            logger.error(
-                "routing_db: replica %s is not a standby (it takes writes): it "
-                "serves no reads; check replica_urls",
-                name,
-            )
-            return
-        old, new = ("replica", "unknown") if before else ("unknown", "replica")
-        self.listeners.emit("role_changed", name, old, new)
-        logger.warning(
-            "routing_db: replica %s %s",
-            name,
-            "is a standby again: it serves reads"
-            if standby
-            else "is not a standby any more (promoted?): it no longer serves reads",
-        )
-
-    def record_status(
-        self, engine: Engine, status: ReplicaStatus, *, unbounded: bool = False
-    ) -> None:
-        """Store what the monitor learned of ``engine``: lag and streaming.
-
-        ``unbounded``: behind the writer, not streaming, with no measure of
-        how far (it counts as over the lag limits).
-        """
-        state = self.states.get(engine)
-        if state is None:
-            return  # removed while the monitor polled it
-        name = self._names[engine]
-        if status.streaming is not None and status.streaming != state.streaming:
-            if status.streaming is False or state.streaming is False:
-                self.listeners.emit("streaming_changed", name, status.streaming)
-                logger.warning(
-                    "routing_db: replica %s %s",
-                    name,
-                    "streams again"
-                    if status.streaming
-                    else "does not stream from its primary (not_streaming): it "
-                    "serves only while within the lag limits",
-                )
-            state.streaming = status.streaming
-        if status.position is None:
-            return
-        was = state.lagging
-        state.record_lag(
-            replay_lsn=status.position,
-            lag_bytes=status.lag_bytes,
-            lag_seconds=status.lag_seconds,
-            unbounded=unbounded,
-        )
-        self._refresh()
-        if state.lagging != was:
-            logger.warning(
-                "routing_db: replica %s %s (lag %s bytes, %s s)",
-                name,
-                "over the lag limit, skipped" if state.lagging else "back under it",
-                status.lag_bytes,
-                status.lag_seconds,
-            )

@@ -29,6 +29,7 @@ from routing_db import (
     CommitOutcomeUnknown,
     RetryPolicy,
     Router,
+    RoutingListener,
     RoutingSession,
     read_only,
     routing_sessionmaker,
@@ -58,6 +59,8 @@ class Summary:
     read_errors: Counter[str] = dataclasses.field(default_factory=Counter)
     write_errors: Counter[str] = dataclasses.field(default_factory=Counter)
     faults: Counter[str] = dataclasses.field(default_factory=Counter)
+    # First statements run again, by why (routing_db_retries_total's kind).
+    reruns: Counter[str] = dataclasses.field(default_factory=Counter)
     served_by: Counter[str] = dataclasses.field(default_factory=Counter)
     acknowledged: list[str] = dataclasses.field(default_factory=list)
     missing: list[str] = dataclasses.field(default_factory=list)
@@ -83,11 +86,20 @@ class Summary:
             f"stale reads {self.stale_reads}, hangs {self.hangs}, "
             f"read errors {dict(self.read_errors)}, "
             f"write errors {dict(self.write_errors)}, faults {dict(self.faults)}, "
+            f"reruns {dict(self.reruns)}, "
             f"served by {dict(self.served_by)}, missing {len(self.missing)}, "
             f"duplicated {len(self.duplicated)}, "
             f"recovered after {[round(s, 2) for s in self.recovered_after]} s, "
             f"read p99 { ({k: round(v, 3) for k, v in self.read_p99().items()}) } s"
         )
+
+
+class _Reruns(RoutingListener):
+    def __init__(self, summary: Summary) -> None:
+        self.summary = summary
+
+    def retried(self, kind: str, outcome: str) -> None:
+        self.summary.reruns[f"{kind} {outcome}"] += 1
 
 
 def _name(error: BaseException) -> str:
@@ -230,6 +242,7 @@ async def run(
     summary = Summary(seed=seed, seconds=seconds)
     router = make_router(cluster, clients)
     Session = routing_sessionmaker(router)
+    router.add_listener(_Reruns(summary))
     faults = ReplicaFaults(cluster, rng)
     summary.faults = faults.faults
     load = _Clients(Session, summary, causal=causal, phase=lambda: faults.phase)
