@@ -189,6 +189,18 @@ class _Clients:
         await _fresh(write_then_read)
         await _fresh(lambda: self._read(None))
 
+    async def long_reads(self) -> None:
+        """Reads of 0.3 s: long enough for a standby's replay to conflict."""
+        while not self.stop.is_set():
+            try:
+                async with asyncio.timeout(ITERATION_BOUND):
+                    async with self.Session() as session, read_only:
+                        await session.execute(select(func.pg_sleep(0.3)))
+            except TimeoutError:
+                self.summary.hangs += 1
+            except Exception as exc:
+                self.summary.read_errors[_name(exc)] += 1
+
     async def client(self, task: int) -> None:
         n = 0
         while not self.stop.is_set():
@@ -249,6 +261,7 @@ async def run(
     try:
         async with router:
             tasks = [asyncio.create_task(load.client(i)) for i in range(clients)]
+            tasks += [asyncio.create_task(load.long_reads()) for _ in range(2)]
             faulting = asyncio.create_task(faults.run(load.stop))
             await asyncio.sleep(seconds)  # the run's length, not a wait for state
             load.stop.set()
