@@ -25,8 +25,8 @@ __all__ = [
     "install_connect_timeout",
 ]
 
-# Set by the monitor's task: its connections to an ejected replica are the
-# probes that bring it back.
+# Set during a monitor round (router.poll() too): its connections to an
+# ejected replica are the probes that bring it back.
 MONITOR_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "routing_db_monitor_probing", default=False
 )

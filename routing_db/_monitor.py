@@ -80,6 +80,15 @@ class Monitor:
 
     async def poll_once(self) -> None:
         """One round: the writer's role and position, then every replica due."""
+        # Its connections to an ejected replica are the probes that bring
+        # it back (router.poll() too): reads open none.
+        probing = MONITOR_PROBING.set(True)
+        try:
+            await self._round()
+        finally:
+            MONITOR_PROBING.reset(probing)
+
+    async def _round(self) -> None:
         topology = self._topology
         if topology.discovery is not None:
             # Every node's role first, each bounded on its own connection:
@@ -150,13 +159,6 @@ class Monitor:
         replicas.record_status(engine, status, unbounded=status.unbounded(writer_lsn))
 
     async def _run(self) -> None:
-        probing = MONITOR_PROBING.set(True)
-        try:
-            await self._rounds()
-        finally:
-            MONITOR_PROBING.reset(probing)
-
-    async def _rounds(self) -> None:
         # Also ends once stop() has let go of this task: on Python 3.11,
         # asyncio.wait_for (in _bounded) can swallow the cancellation that
         # stop() sends (cpython#86296), and stop() would then wait forever.

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from routing_db import ReplicaReadTimeout, Router, read_only, routing_sessionmaker
+from routing_db import (
+    ReplicaReadTimeout,
+    Router,
+    is_transient_error,
+    read_only,
+    routing_sessionmaker,
+)
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
@@ -133,6 +139,7 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
                 await where(session)
             assert time.monotonic() - started < WORST
             assert caught.value.connection_invalidated
+            assert is_transient_error(caught.value)  # unit_of_work reruns it
         assert router.status()[1]["ejected"]
     finally:
         await cluster.aresume_replica(0)

@@ -425,6 +425,7 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
                 await where(session)
             assert time.monotonic() - started < 2.0
             assert caught.value.connection_invalidated
+            assert is_transient_error(caught.value)  # unit_of_work reruns it
         assert router.status()[1]["ejected"]
     finally:
         await db.aresume_replica(0)
