@@ -7,8 +7,8 @@ or the kernel's TCP timeout. Statements: ``_read_timeout``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._hooks import Hooks
-from ._sa_compat import bound_creator
+from ._sa_compat import wrap_creator
 
 __all__ = [
     "MONITOR_PROBING",
@@ -32,6 +32,9 @@ MONITOR_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+_RECHECK = 0.05  # seconds between looks at a replica a read is connecting to
+
+
 class ReplicaEjected(ConnectionError):
     """A read was about to open a connection to an ejected replica."""
 
@@ -43,9 +46,33 @@ def install_connect_guard(
     the monitor's probes: a read waiting in its pool when it was ejected
     would otherwise pay connect_timeout on a host that hangs."""
 
+    where = f"{engine.url.host}:{engine.url.port}"
+
+    def abandoned_if_ejected(connect: Callable[..., Any]) -> Callable[..., Any]:
+        # A read already connecting when the host hung gives up as soon as
+        # the replica is ejected (by another read's timeout, or the
+        # monitor), not at connect_timeout.
+        async def connecting(*args: Any, **kwargs: Any) -> Any:
+            if MONITOR_PROBING.get():
+                return await connect(*args, **kwargs)
+            attempt = asyncio.ensure_future(connect(*args, **kwargs))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({attempt}, timeout=_RECHECK)
+                    if done:
+                        return attempt.result()
+                    if not may_connect():
+                        raise ReplicaEjected(f"{where} was ejected during a connect")
+            finally:
+                attempt.cancel()
+
+        return connecting
+
     def guard(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if not (may_connect() or MONITOR_PROBING.get()):
-            raise ReplicaEjected(f"{engine.url.host}:{engine.url.port} is ejected")
+            raise ReplicaEjected(f"{where} is ejected")
+        if engine.dialect.driver in _CONNECT_TIMEOUT:  # not SQLite
+            wrap_creator(cparams, engine.dialect.driver, abandoned_if_ejected, "guard")
 
     hooks.listen(engine.sync_engine, "do_connect", guard)
 
@@ -79,15 +106,21 @@ def install_connect_timeout(engine: AsyncEngine, hooks: Hooks, seconds: float) -
     if arguments is None:
         return  # SQLite: no network
     bound = arguments(seconds)
-    module = engine.dialect.driver if arguments is _mysql else None
+    mysql = arguments is _mysql
+
+    def within(connect: Callable[..., Any]) -> Callable[..., Any]:
+        async def bounded(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.wait_for(connect(*args, **kwargs), seconds)
+
+        return bounded
 
     def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         for key, value in bound.items():
             cparams.setdefault(key, value)
-        if module is not None:
+        if mysql:
             # The MySQL drivers' connect_timeout covers the TCP connect only:
             # a host that accepts and never sends its greeting would hold the
             # connect for ever. (Around any creator: replica_read_timeout's.)
-            bound_creator(cparams, importlib.import_module(module).connect, seconds)
+            wrap_creator(cparams, engine.dialect.driver, within, "connect_timeout")
 
     hooks.listen(engine.sync_engine, "do_connect", bounded)

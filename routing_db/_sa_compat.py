@@ -9,7 +9,7 @@ generated from ``INTERNALS``.
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
@@ -22,9 +22,7 @@ from sqlalchemy.sql.selectable import GenerativeSelect, Select
 __all__ = [
     "INTERNALS",
     "aiomysql_open",
-    "asyncpg_cancel_requests",
     "asyncpg_socket",
-    "bound_creator",
     "caller_frames",
     "detach",
     "for_update",
@@ -36,6 +34,7 @@ __all__ = [
     "rewind_close",
     "select_list",
     "unwrap_pool_connect",
+    "wrap_creator",
     "wrap_pool_connect",
 ]
 
@@ -83,11 +82,6 @@ INTERNALS: Mapping[str, str] = {
     "aiomysql and asyncmy Connection._writer": (
         "the socket of a MySQL connection, shut down to cut a transaction "
         "still open on a replica removed after drain_timeout"
-    ),
-    "asyncpg Connection._cancellations": (
-        "the cancel request asyncpg sends on a command_timeout: kept running "
-        "when the timed-out connection is terminated (terminate() would "
-        "cancel it), so a slow server still stops the statement"
     ),
     "async_creator_fn and cursor_factory of psycopg's AsyncConnection.connect": (
         "a psycopg connection (and its cursors) whose statements and "
@@ -216,17 +210,6 @@ def asyncpg_socket(driver_connection: Any) -> int | None:
     return int(sock.fileno())
 
 
-def asyncpg_cancel_requests(driver_connection: Any) -> set[Any]:
-    """Take the cancel requests an asyncpg connection is sending (on a
-    ``command_timeout``), so closing it does not cancel them too."""
-    pending = getattr(driver_connection, "_cancellations", None)
-    if not isinstance(pending, set):
-        return set()
-    taken = set(pending)
-    pending.clear()
-    return taken
-
-
 async def aiomysql_open(connection: Any) -> Any:
     """Open an aiomysql connection made by its class, as ``aiomysql.connect``."""
     await connection._connect()
@@ -246,17 +229,37 @@ def mysql_socket(driver_connection: Any) -> int | None:
 # -- connecting --------------------------------------------------------------
 
 
-def bound_creator(
-    cparams: dict[str, Any], default: Callable[..., Any], seconds: float
+# What each asyncio DBAPI adapter calls to connect, unless given one.
+_CREATORS = {
+    "asyncpg": ("asyncpg", "connect"),
+    "psycopg": ("psycopg", "AsyncConnection.connect"),
+    "psycopg_async": ("psycopg", "AsyncConnection.connect"),
+    "aiomysql": ("aiomysql", "connect"),
+    "asyncmy": ("asyncmy", "connect"),
+}
+
+
+def _default_creator(driver: str) -> Callable[..., Any]:
+    module, path = _CREATORS[driver]
+    found: Any = importlib.import_module(module)
+    for name in path.split("."):
+        found = getattr(found, name)
+    return found  # type: ignore[no-any-return]
+
+
+def wrap_creator(
+    cparams: dict[str, Any],
+    driver: str,
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+    mark: str,
 ) -> None:
-    """Make the DBAPI adapter's connect (``cparams``' ``async_creator_fn``,
-    else ``default``) raise ``TimeoutError`` past ``seconds``; once."""
-    connect = cparams.get("async_creator_fn") or default
-    if getattr(connect, "routing_db_bounded", False):
-        return  # SQLAlchemy passes the same cparams to every connect
-
-    async def bounded(*args: Any, **kwargs: Any) -> Any:
-        return await asyncio.wait_for(connect(*args, **kwargs), seconds)
-
-    bounded.routing_db_bounded = True  # type: ignore[attr-defined]
-    cparams["async_creator_fn"] = bounded
+    """Wrap the connect that ``driver``'s DBAPI adapter calls (``cparams``'
+    ``async_creator_fn``, else its own) in ``wrap``; once for each ``mark``,
+    since SQLAlchemy passes the same ``cparams`` to every connect."""
+    connect = cparams.get("async_creator_fn") or _default_creator(driver)
+    marks: frozenset[str] = getattr(connect, "routing_db_marks", frozenset())
+    if mark in marks:
+        return
+    wrapped = wrap(connect)
+    wrapped.routing_db_marks = marks | {mark}  # type: ignore[attr-defined]
+    cparams["async_creator_fn"] = wrapped

@@ -59,9 +59,6 @@ def hook_replica(
         seen=functools.partial(replica_set.record_role, engine.sync_engine),
         started=functools.partial(replica_set.record_start, engine.sync_engine),
     )
-    install_connect_guard(
-        engine, hooks, functools.partial(replica_set.may_connect, engine.sync_engine)
-    )
     if health.replica_read_timeout is not None:
         # Ejected wherever in a transaction it hangs: a rerun must not
         # choose it again and wait out the bound once more.
@@ -72,3 +69,7 @@ def hook_replica(
             timed_out=functools.partial(replica_set.failed, engine.sync_engine),
         )
     hook_engine(engine, hooks, name=name, health=health, observability=observability)
+    # Last: its connect wraps the others' (creators are wrapped in order).
+    install_connect_guard(
+        engine, hooks, functools.partial(replica_set.may_connect, engine.sync_engine)
+    )

@@ -113,9 +113,10 @@ async def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
     assert reads.ports["before"] == {hung.port, other.port}
     assert reads.p99("hung") <= WORST, reads.p99("hung")
     # None waited out the hang, not even those in flight when it began: a
-    # read caught in a statement waits the read bound, one caught opening a
-    # connection connect_timeout.
-    assert reads.longest() <= max(WORST, CONNECT_TIMEOUT) + 0.5, reads.longest()
+    # read caught in a statement waits the read bound; one caught opening a
+    # connection (the pools open and close overflow connections all along)
+    # gives up once the replica is ejected, before connect_timeout.
+    assert reads.longest() <= WORST + 0.5, reads.longest()
     assert reads.rate("hung", HANG) >= 0.5 * reads.rate("before", 2.0)
     assert readmitted < 5.0
 
