@@ -37,6 +37,8 @@ _OVERHEAD = {
     "read_only_vs_peer": "RoutingSession, read_only / advanced-alchemy, "
     "replica_context",
     "control_a_a": "A/A control: RoutingSession, read_only / a copy of itself",
+    "read_timeout_vs_none": "RoutingSession, read_only / the same with "
+    "`replica_read_timeout=None` (what the bound costs)",
 }
 _CHECKOUT = {
     "idle_check_vs_none": "routing_db idle check (the default) / no check",

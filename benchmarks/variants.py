@@ -155,6 +155,10 @@ VARIANTS: dict[str, Variant] = {
     "routing_session_read_only_replica": routed(read_only, **POOL),
     # A copy for the A/A control: a router of its own, identical code.
     "routing_session_read_only_replica_again": routed(read_only, **POOL),
+    # replica_read_timeout off: what the bound (on by default) costs.
+    "routing_session_read_only_unbounded": routed(
+        read_only, replica_read_timeout=None, **POOL
+    ),
     "pre_ping": routed(pool_pre_ping=True, **_WRITER_ONLY),
     "no_ping": routed(pool_pre_ping=False, **_WRITER_ONLY),
     "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_ONLY),
@@ -174,6 +178,10 @@ PAIRS: dict[str, tuple[str, str]] = {
     "control_a_a": (
         "routing_session_read_only_replica",
         "routing_session_read_only_replica_again",
+    ),
+    "read_timeout_vs_none": (
+        "routing_session_read_only_replica",
+        "routing_session_read_only_unbounded",
     ),
     "idle_check_vs_none": ("idle_ping", "no_ping"),
     "pre_ping_vs_none": ("pre_ping", "no_ping"),
