@@ -6,8 +6,9 @@ routing_db's that marks when a statement (or a transaction's end) starts
 and ends; a watchdog per event loop looks every tenth of the bound and cuts
 the socket of a connection whose statement has run past it. Nothing is
 armed per statement: a timer each (asyncpg's ``command_timeout`` included)
-cost some 4 to 5% of a replica select, measured. Past the bound the
-connection is discarded at once and the statement raises
+cost some 4 to 5% of a replica select, measured. Past the bound the server
+is asked to stop the statement (over another connection, in the
+background), the connection is discarded at once and the statement raises
 ``ReplicaReadTimeout``.
 """
 
@@ -16,19 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._bounds import MONITOR_PROBING
 from ._connections import cut
 from ._exceptions import ReplicaReadTimeout
 from ._hooks import Hooks
 from ._sa_compat import aiomysql_open
 
 __all__ = ["install_read_timeout"]
+
+logger = logging.getLogger("routing_db")
 
 T = TypeVar("T")
 
@@ -40,19 +45,57 @@ _cancels: set[asyncio.Future[Any]] = set()
 
 def _expire(connection: Any, seconds: float) -> None:
     _expired.add(connection)
-    if hasattr(connection, "cancel_safe"):  # psycopg
-        # The server may only be slow: it is asked to cancel the statement
-        # (over a new connection, in the background); this one is cut at
-        # once, since a server that stopped would answer neither.
-        task = asyncio.ensure_future(_cancel(connection, seconds))
+    # The server may only be slow: it is asked to stop the statement (over
+    # another connection, in the background); this one is cut at once, since
+    # a server that stopped would answer neither.
+    cancel = _cancellers.get(connection)
+    backend = _backend_id(connection)
+    if cancel is not None and backend is not None:
+        task = asyncio.ensure_future(cancel(backend))
         _cancels.add(task)
         task.add_done_callback(_cancels.discard)
     cut(connection)
 
 
-async def _cancel(connection: Any, seconds: float) -> None:
+def _backend_id(connection: Any) -> int | None:
+    """The server's id of this connection's session (what a cancel names)."""
     with contextlib.suppress(Exception):
-        await connection.cancel_safe(timeout=seconds)
+        if hasattr(connection, "get_server_pid"):  # asyncpg
+            return int(connection.get_server_pid())
+        if hasattr(connection, "pgconn"):  # psycopg
+            return int(connection.info.backend_pid)
+        thread_id = connection.thread_id  # aiomysql, asyncmy
+        return int(thread_id() if callable(thread_id) else thread_id)
+    return None
+
+
+# How a server is asked to stop one session's statement, by dialect.
+_CANCEL = {
+    "postgresql": "SELECT pg_cancel_backend({})",
+    "mysql": "KILL QUERY {}",
+    "mariadb": "KILL QUERY {}",
+}
+_cancellers: weakref.WeakKeyDictionary[Any, Callable[[int], Awaitable[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _canceller(engine: AsyncEngine, seconds: float) -> Callable[[int], Awaitable[None]]:
+    statement = _CANCEL[engine.dialect.name]
+
+    async def cancel(backend: int) -> None:
+        # An ejected replica takes only the monitor's connections: this is
+        # one of those (and bounded, should the server not answer).
+        probing = MONITOR_PROBING.set(True)
+        try:
+            async with asyncio.timeout(seconds), engine.connect() as connection:
+                await connection.exec_driver_sql(statement.format(backend))
+        except Exception as exc:  # the connection is cut anyway
+            logger.debug("routing_db: cancelling a replica statement: %r", exc)
+        finally:
+            MONITOR_PROBING.reset(probing)
+
+    return cancel
 
 
 class _Watchdog:
@@ -281,5 +324,11 @@ def install_read_timeout(
         timed_out(timeout)
         return timeout
 
+    cancel = _canceller(engine, seconds)
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        _cancellers[dbapi_connection.driver_connection] = cancel
+
     hooks.listen(engine.sync_engine, "do_connect", bounded)
+    hooks.listen(engine.sync_engine, "connect", connected)
     hooks.listen(engine.sync_engine, "handle_error", translate)

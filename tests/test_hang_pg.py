@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from sqlalchemy import text
 
 from routing_db import (
     ReplicaReadTimeout,
@@ -144,4 +145,34 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
         assert router.status()[1]["ejected"]
     finally:
         await cluster.aresume_replica(0)
+        await router.dispose()
+
+
+async def test_a_statement_past_the_bound_is_stopped_on_the_server(
+    cluster: PostgresCluster,
+) -> None:
+    # A server that is only slow: the statement must not run on after the
+    # client gave up on it.
+    replica = cluster.replicas[0]
+    router = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
+    )
+    Session = routing_sessionmaker(router)
+
+    def sleeping() -> int:
+        return int(
+            cluster.sql(
+                replica,
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+            )
+        )
+
+    try:
+        async with Session() as session, read_only:
+            await where(session)  # pins the replica: the next is a later statement
+            with pytest.raises(ReplicaReadTimeout):
+                await session.execute(text("SELECT pg_sleep(30)"))
+        await until(lambda: sleeping() == 0, 5.0)
+    finally:
         await router.dispose()

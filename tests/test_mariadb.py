@@ -430,3 +430,29 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
     finally:
         await db.aresume_replica(0)
         await router.dispose()
+
+
+async def test_a_statement_past_the_bound_is_stopped_on_the_server(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    writer, replicas = urls
+    router = Router.from_urls(writer, replicas[:1], replica_read_timeout=1.0)
+    Session = routing_sessionmaker(router)
+
+    def sleeping() -> int:
+        return int(
+            db.sql(
+                db.replicas[0],
+                "SELECT count(*) FROM information_schema.processlist"
+                " WHERE info LIKE 'SELECT SLEEP(30)%'",
+            )
+        )
+
+    try:
+        async with Session() as session, read_only:
+            await where(session)  # pins the replica: the next is a later statement
+            with pytest.raises(ReplicaReadTimeout):
+                await session.execute(text("SELECT SLEEP(30)"))
+        await until(lambda: sleeping() == 0, 5.0)
+    finally:
+        await router.dispose()
