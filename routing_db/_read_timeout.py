@@ -166,6 +166,19 @@ class _Watched:
         watchdog.watch(self, self.routing_db_bound)
 
 
+class _WatchedEnds(_Watched):
+    """For drivers that end a transaction on the connection (not through a
+    cursor): COMMIT and ROLLBACK are watched too."""
+
+    async def commit(self) -> None:
+        with self.routing_db_running:
+            await super().commit()  # type: ignore[misc]
+
+    async def rollback(self) -> None:
+        with self.routing_db_running:
+            await super().rollback()  # type: ignore[misc]
+
+
 def _discard(driver_connection: Any) -> None:
     # At once: SQLAlchemy closes an invalidated connection gracefully, which
     # waits on a server that does not answer.
@@ -224,17 +237,8 @@ def _psycopg(seconds: float) -> dict[str, Any]:
             with connection.routing_db_running:
                 return await super().execute(*args, **kw)
 
-    # psycopg ends a transaction on the connection, not through a cursor.
-    class BoundedConnection(_Watched, AsyncConnection[Any]):
+    class BoundedConnection(_WatchedEnds, AsyncConnection[Any]):
         routing_db_bound = seconds
-
-        async def commit(self) -> None:
-            with self.routing_db_running:
-                await super().commit()
-
-        async def rollback(self) -> None:
-            with self.routing_db_running:
-                await super().rollback()
 
     return {
         "async_creator_fn": BoundedConnection.connect,
@@ -246,22 +250,13 @@ def _mysql(module: str) -> Callable[[float], dict[str, Any]]:
     def arguments(seconds: float) -> dict[str, Any]:
         base = importlib.import_module(module).Connection
 
-        # Every cursor's statement goes through query(); COMMIT and ROLLBACK
-        # do not.
-        class BoundedConnection(_Watched, base):  # type: ignore[misc,valid-type]
+        # Every cursor's statement goes through query().
+        class BoundedConnection(_WatchedEnds, base):  # type: ignore[misc,valid-type]
             routing_db_bound = seconds
 
             async def query(self, *args: Any, **kw: Any) -> Any:
                 with self.routing_db_running:
                     return await super().query(*args, **kw)
-
-            async def commit(self) -> None:
-                with self.routing_db_running:
-                    await super().commit()
-
-            async def rollback(self) -> None:
-                with self.routing_db_running:
-                    await super().rollback()
 
         async def connect(**kwargs: Any) -> Any:
             connection = BoundedConnection(**kwargs)

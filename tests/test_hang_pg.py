@@ -23,6 +23,7 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
+from .bounds import stopped_on_the_server
 from .conftest import where
 from .waiting import until
 
@@ -169,10 +170,7 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
         )
 
     try:
-        async with Session() as session, read_only:
-            await where(session)  # pins the replica: the next is a later statement
-            with pytest.raises(ReplicaReadTimeout):
-                await session.execute(text("SELECT pg_sleep(30)"))
-        await until(lambda: sleeping() == 0, 5.0)
+        slow = text("SELECT pg_sleep(30)")
+        await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
     finally:
         await router.dispose()

@@ -36,6 +36,7 @@ from routing_db import (
 from routing_db.testing import MariaDBCluster
 
 from .blackhole import Blackhole
+from .bounds import stopped_on_the_server
 from .errors import capture, deadlock
 from .models import Item
 from .waiting import until
@@ -449,10 +450,7 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
         )
 
     try:
-        async with Session() as session, read_only:
-            await where(session)  # pins the replica: the next is a later statement
-            with pytest.raises(ReplicaReadTimeout):
-                await session.execute(text("SELECT SLEEP(30)"))
-        await until(lambda: sleeping() == 0, 5.0)
+        slow = text("SELECT SLEEP(30)")
+        await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
     finally:
         await router.dispose()
