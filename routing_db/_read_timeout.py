@@ -102,22 +102,29 @@ class _Watchdog:
     """The watched connections of one event loop, looked at periodically."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: _watchdogs is keyed by the loop, which must not be kept.
+        self._loop = weakref.ref(loop)
         self._bounds: weakref.WeakKeyDictionary[Any, float] = (
             weakref.WeakKeyDictionary()
         )
         self._interval = 1.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False  # (not the handle: it holds the loop)
 
     def watch(self, connection: Any, seconds: float) -> None:
         self._bounds[connection] = seconds
         # A statement is cut between 1 and 1.1 times the bound after it began.
         self._interval = min(self._interval, max(0.05, seconds / 10))
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._interval, self._sweep)
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        self._scheduled = loop is not None and not loop.is_closed()
+        if loop is not None and self._scheduled:
+            loop.call_later(self._interval, self._sweep)
 
     def _sweep(self) -> None:
-        self._timer = None
+        self._scheduled = False
         now = time.monotonic()
         for connection, seconds in list(self._bounds.items()):
             since = connection.routing_db_since
@@ -125,7 +132,7 @@ class _Watchdog:
                 connection.routing_db_since = None  # cut once
                 _expire(connection, seconds)
         if self._bounds:
-            self._timer = self._loop.call_later(self._interval, self._sweep)
+            self._schedule()
 
 
 _watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = (
