@@ -248,8 +248,10 @@ async def run(
     seed: int,
     clients: int = 40,
     causal: bool = True,
+    inject_faults: bool = True,
 ) -> Summary:
-    """The soak with replica faults; the cluster is healed before it returns."""
+    """The soak with replica faults (unless ``inject_faults`` is false); the
+    cluster is healed before it returns."""
     rng = random.Random(seed)
     summary = Summary(seed=seed, seconds=seconds)
     router = make_router(cluster, clients)
@@ -262,10 +264,13 @@ async def run(
         async with router:
             tasks = [asyncio.create_task(load.client(i)) for i in range(clients)]
             tasks += [asyncio.create_task(load.long_reads()) for _ in range(2)]
-            faulting = asyncio.create_task(faults.run(load.stop))
+            faulting = (
+                asyncio.create_task(faults.run(load.stop)) if inject_faults else None
+            )
             await asyncio.sleep(seconds)  # the run's length, not a wait for state
             load.stop.set()
-            await faulting
+            if faulting is not None:
+                await faulting
             await cluster.aheal()
             summary.recovered_after.append(
                 await _until_both_replicas_serve(Session, cluster)
