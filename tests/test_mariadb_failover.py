@@ -20,6 +20,7 @@ from routing_db.testing import MariaDBCluster
 
 from .test_failover_under_load_pg import (
     Load,
+    acked_since,
     check_write_errors,
     fail_over,
     reader,
@@ -70,8 +71,8 @@ async def test_a_mariadb_failover_under_load(own: MariaDBCluster) -> None:
             await asyncio.gather(*tasks)
 
     present = set(cluster.sql(new, "SELECT k FROM app.failover_writes").split())
-    # Acknowledged once the old primary was surely dead: on the new one.
-    assert {k for k, t in load.acked.items() if t >= failover.crash_done} <= present
+    # Begun once the old primary was surely dead: on the new one.
+    assert acked_since(load, failover.crash_done) <= present
     check_write_errors(load, failover)
     assert load.read_errors == []
     assert load.longest < 12
