@@ -146,19 +146,19 @@ def peer(scope: str) -> Variant:
     return variant
 
 
+UNBOUNDED: dict[str, Any] = {**POOL, "replica_read_timeout": None}
 _WRITER_ONLY: dict[str, Any] = {"replicas": False, "pool_size": 5, "max_overflow": 0}
 VARIANTS: dict[str, Variant] = {
     "raw_asyncpg": raw_asyncpg,
     "plain_async_session": plain_async_session(replica=False),
     "plain_async_session_replica": plain_async_session(replica=True),
     "routing_session_writer": routed(None, **POOL),
-    "routing_session_read_only_replica": routed(read_only, **POOL),
+    # Routing alone, like for like: the plain session and the peer bound no
+    # statement either. What the bound (on by default) adds is its own pair.
+    "routing_session_read_only_replica": routed(read_only, **UNBOUNDED),
     # A copy for the A/A control: a router of its own, identical code.
-    "routing_session_read_only_replica_again": routed(read_only, **POOL),
-    # replica_read_timeout off: what the bound (on by default) costs.
-    "routing_session_read_only_unbounded": routed(
-        read_only, replica_read_timeout=None, **POOL
-    ),
+    "routing_session_read_only_replica_again": routed(read_only, **UNBOUNDED),
+    "routing_session_read_only_bounded": routed(read_only, **POOL),
     "pre_ping": routed(pool_pre_ping=True, **_WRITER_ONLY),
     "no_ping": routed(pool_pre_ping=False, **_WRITER_ONLY),
     "idle_ping": routed(pool_pre_ping=False, ping_after_idle=1.0, **_WRITER_ONLY),
@@ -180,8 +180,8 @@ PAIRS: dict[str, tuple[str, str]] = {
         "routing_session_read_only_replica_again",
     ),
     "read_timeout_vs_none": (
+        "routing_session_read_only_bounded",
         "routing_session_read_only_replica",
-        "routing_session_read_only_unbounded",
     ),
     "idle_check_vs_none": ("idle_ping", "no_ping"),
     "pre_ping_vs_none": ("pre_ping", "no_ping"),
