@@ -14,6 +14,7 @@ from ._exceptions import (
     ReplicaReadTimeout,
     RoutingDBError,
 )
+from ._misuse import RoutingDBWarning
 from ._options import ConsistencyOptions, HealthOptions, ObservabilityOptions
 from ._policies import (
     BalancingPolicy,
@@ -53,6 +54,7 @@ __all__ = [
     "RoundRobin",
     "Router",
     "RoutingDBError",
+    "RoutingDBWarning",
     "RoutingListener",
     "RoutingSession",
     "RoutingSettings",

@@ -10,6 +10,9 @@
         ├── ReplicaReadTimeout        (also sqlalchemy.exc.OperationalError)
         └── LoadProcessError          (also RuntimeError)
 
+    UserWarning
+    └── RoutingDBWarning              (misuse we can see: routing_db._misuse)
+
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
 ``ReadOnlyViolation``, chained to the driver error; the writer rejecting one

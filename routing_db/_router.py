@@ -32,6 +32,7 @@ from ._events import RoutingListener
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
 from ._membership import Members
+from ._misuse import OPENINGS
 from ._monitor import Monitor
 from ._options import (
     ConsistencyOptions,
@@ -169,6 +170,8 @@ class Router:
             check_timeout=self.health.check_timeout,
             after_round=self._after_round,
         )
+        self._urls = tuple(safe_url(e.url) for e in (writer, *replicas))
+        OPENINGS.opened(self._urls)
 
     def _after_round(self) -> None:
         if self._detector is not None:
@@ -395,6 +398,7 @@ class Router:
         if self.topology.closed:
             self._install_hooks()
             self.topology.closed = False
+            OPENINGS.opened(self._urls)
         self._started = True
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
@@ -413,6 +417,8 @@ class Router:
 
     async def dispose(self) -> None:
         """Stop the monitor, close every pool, remove the hooks this router added."""
+        if not self.topology.closed:
+            OPENINGS.closed(self._urls)
         self.topology.closed = True
         await self.stop()
         if self._detector is not None:

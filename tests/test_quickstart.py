@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,24 @@ def test_quickstart_on_the_cluster(cluster: PostgresCluster) -> None:
     assert "read_only, same    -> " in out
     same = next(line for line in out.splitlines() if "read_only, same" in line)
     assert "'hello from the writer'" in same
+
+
+def test_tracing_example_puts_decisions_on_the_span() -> None:
+    tracing = QUICKSTART.with_name("tracing.py")
+    done = subprocess.run(
+        [sys.executable, str(tracing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    span, _ = json.JSONDecoder().raw_decode(done.stdout.strip())
+    routed = [
+        e["attributes"] for e in span["events"] if e["name"] == "routing_db.routed"
+    ]
+    assert [(a["routing_db.role"], a["routing_db.reason"]) for a in routed] == [
+        ("replica", "read_only"),
+        ("writer", "default"),
+    ]
+    assert "routing_db.fallback" not in span["attributes"]
