@@ -1,4 +1,4 @@
-"""Read/write routing sessions for SQLAlchemy 2 asyncio."""
+"""Read/write routing sessions for SQLAlchemy 2: asyncio and sync."""
 
 from ._async_session import RoutingSession, routing_sessionmaker
 from ._causal import causal_token, current_causal_token
@@ -33,6 +33,8 @@ from ._retry import (
 from ._router import Router
 from ._session import RoutingSyncSession
 from ._settings import RoutingSettings
+from ._sync_router import SyncRouter
+from ._sync_session import routing_sync_sessionmaker
 from ._unit_of_work import run_unit_of_work, unit_of_work
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "RoutingSession",
     "RoutingSettings",
     "RoutingSyncSession",
+    "SyncRouter",
     "Weighted",
     "causal_token",
     "current_causal_token",
@@ -67,6 +70,7 @@ __all__ = [
     "is_transient_error",
     "read_only",
     "routing_sessionmaker",
+    "routing_sync_sessionmaker",
     "run_unit_of_work",
     "unit_of_work",
     "use_writer",

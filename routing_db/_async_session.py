@@ -20,6 +20,7 @@ from ._exceptions import ConfigurationError
 from ._recovery import RecoveringSession
 from ._router import Router
 from ._session import RoutingSyncSession
+from ._sync_session import route_with
 
 __all__ = ["RoutingSession", "routing_sessionmaker"]
 
@@ -47,16 +48,9 @@ class RoutingSession(AsyncSession):
             super().__init__(bind, **kw)
             return
         _check_sync_class(kw.get("sync_session_class") or self.sync_session_class)
-        _check_open(router)
-        if default_role is not None and default_role not in ("writer", "auto"):
-            check_default_role(default_role)
         super().__init__(router.writer if bind is None else bind, **kw)
-        sync: Any = self.sync_session
-        sync._routing_router = router
-        if (default_role or router.default_role) == "auto":
-            sync._routing_auto = True
-        if kw and kw.get("binds"):
-            sync._routing_one_bind = False
+        sync: Any = self.sync_session  # checked above: a RoutingSyncSession
+        route_with(sync, router, default_role, binds=bool(kw.get("binds")))
 
     async def commit(self) -> None:
         """As ``AsyncSession.commit``; a lost COMMIT is ``CommitOutcomeUnknown``."""
@@ -92,7 +86,7 @@ class RoutingSession(AsyncSession):
                 # the base class can translate back to an AsyncEngine.
                 resolved = self.sync_session.get_bind(mapper, clause=clause, **kw)
                 if isinstance(resolved, Engine):
-                    async_engine = router.topology.to_async(resolved)
+                    async_engine = router.topology.app_engine(resolved)
                     if async_engine is not None:
                         return async_engine
             return super().get_async_bind(mapper, clause, bind, **kw)
@@ -106,16 +100,6 @@ def _check_sync_class(sync_class: Any) -> None:
         raise ConfigurationError(
             "with a router, sync_session_class must subclass RoutingSyncSession, "
             f"got {getattr(sync_class, '__name__', sync_class)!r}"
-        )
-
-
-def _check_open(router: Router) -> None:
-    if router.topology.closed:
-        # Its engines no longer have the hooks that make replica connections
-        # read-only: routing with it could write where it must not.
-        raise ConfigurationError(
-            "this router was disposed: start it again (await router.start(), or "
-            "async with router) before making sessions"
         )
 
 

@@ -13,8 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from ._engines import AppEngine, core
 from ._hooks import Hooks
 from ._sa_compat import wrap_creator
 
@@ -40,7 +39,7 @@ class ReplicaEjected(ConnectionError):
 
 
 def install_connect_guard(
-    engine: AsyncEngine, hooks: Hooks, may_connect: Callable[[], bool]
+    engine: AppEngine, hooks: Hooks, may_connect: Callable[[], bool]
 ) -> None:
     """No new connection to ``engine`` (a replica) while it is ejected, but
     the monitor's probes: a read waiting in its pool when it was ejected
@@ -74,7 +73,7 @@ def install_connect_guard(
         if engine.dialect.driver in _CONNECT_TIMEOUT:  # not SQLite
             wrap_creator(cparams, engine.dialect.driver, abandoned_if_ejected, "guard")
 
-    hooks.listen(engine.sync_engine, "do_connect", guard)
+    hooks.listen(core(engine), "do_connect", guard)
 
 
 def _asyncpg(seconds: float) -> dict[str, Any]:
@@ -99,7 +98,7 @@ _CONNECT_TIMEOUT: dict[str, Callable[[float], dict[str, Any]]] = {
 }
 
 
-def install_connect_timeout(engine: AsyncEngine, hooks: Hooks, seconds: float) -> None:
+def install_connect_timeout(engine: AppEngine, hooks: Hooks, seconds: float) -> None:
     """Bound each new connection of ``engine`` to ``seconds``, unless its
     ``connect_args`` (or URL) set the driver's own timeout already."""
     arguments = _CONNECT_TIMEOUT.get(engine.dialect.driver)
@@ -123,4 +122,4 @@ def install_connect_timeout(engine: AsyncEngine, hooks: Hooks, seconds: float) -
             # connect for ever. (Around any creator: replica_read_timeout's.)
             wrap_creator(cparams, engine.dialect.driver, within, "connect_timeout")
 
-    hooks.listen(engine.sync_engine, "do_connect", bounded)
+    hooks.listen(core(engine), "do_connect", bounded)

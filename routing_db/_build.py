@@ -6,11 +6,11 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._discovery import Node
-from ._engines import create_engine, engine_name, url_name
+from ._engines import AppEngine, core, create_engine, engine_name, url_name
 from ._exceptions import ConfigurationError
 from ._options import HealthOptions
 
@@ -71,13 +71,16 @@ class EngineMaker:
     engine_kwargs: Mapping[str, Any]
     role_kwargs: Mapping[str, Any] | None
     pgbouncer: bool
+    sync: bool = False  # SyncRouter's: create_engine
 
-    def __call__(self, url: URL, field: str, name: str | None) -> AsyncEngine:
+    def __call__(self, url: URL, field: str, name: str | None) -> Any:
         """An engine for ``url``; errors name ``field``, never the password."""
         kwargs = {**self.engine_kwargs, **(self.role_kwargs or {})}
         if name is not None:
             kwargs["logging_name"] = name
-        return create_engine(url, field=field, pgbouncer=self.pgbouncer, **kwargs)
+        return create_engine(
+            url, field=field, pgbouncer=self.pgbouncer, sync=self.sync, **kwargs
+        )
 
 
 def cluster_engines(
@@ -107,7 +110,9 @@ def cluster_engines(
     )
 
     def probe(url: URL) -> AsyncEngine:
-        return make_probe(url, "cluster_urls", None)
+        engine = make_probe(url, "cluster_urls", None)
+        assert isinstance(engine, AsyncEngine)  # from_cluster is asyncio's
+        return engine
 
     nodes = []
     for i, url in enumerate(urls):
@@ -118,13 +123,18 @@ def cluster_engines(
 
 
 def engine_names_of(
-    writer: AsyncEngine, replicas: Sequence[AsyncEngine]
-) -> dict[AsyncEngine, str]:
+    writer: AppEngine, replicas: Sequence[AppEngine], *, sync: bool = False
+) -> dict[AppEngine, str]:
     """Each of a router's engines' label, checked: unique, and engines only."""
     if writer is None:
         raise ConfigurationError("Router needs a writer engine")
     for engine in (writer, *replicas):
-        if not isinstance(engine, AsyncEngine):
+        if sync and not isinstance(engine, Engine):
+            raise ConfigurationError(
+                "SyncRouter takes Engine objects (create_engine with a "
+                f"synchronous driver), got {type(engine).__name__}"
+            )
+        if not sync and not isinstance(engine, AsyncEngine):
             raise ConfigurationError(
                 "Router takes AsyncEngine objects (create_async_engine with an "
                 f"asyncio driver), got {type(engine).__name__}"
@@ -134,14 +144,14 @@ def engine_names_of(
         raise ConfigurationError("the writer engine cannot also be a replica")
     if len({id(replica) for replica in replicas}) != len(replicas):
         raise ConfigurationError("the same replica engine is listed twice")
-    given = [e.sync_engine.logging_name for e in (writer, *replicas)]
+    given = [core(e).logging_name for e in (writer, *replicas)]
     named = [name for name in given if name]
     if len(set(named)) != len(named):
         # Two engines under one name would share their metrics and logs.
         raise ConfigurationError(
             f"engine names (logging_name) must be unique, got {named}"
         )
-    names: dict[AsyncEngine, str] = {writer: engine_name(writer)}
+    names: dict[AppEngine, str] = {writer: engine_name(writer)}
     seen: dict[str, int] = {}
     for replica in replicas:
         base = engine_name(replica)
@@ -153,7 +163,7 @@ def engine_names_of(
 _READ_ONLY = "postgresql_readonly"
 
 
-def writer_reader(writer: AsyncEngine, weight: float) -> AsyncEngine | None:
+def writer_reader(writer: AppEngine, weight: float) -> AppEngine | None:
     """The writer as one more reader: same pool, every transaction READ ONLY."""
     if not weight:
         return None

@@ -61,12 +61,13 @@ def _plain_writer(values: dict[str, Any]) -> AsyncEngine:
     engine_kwargs.update(kwargs["writer_kwargs"])
     if kwargs["writer_name"] is not None:
         engine_kwargs["logging_name"] = kwargs["writer_name"]
-    return create_engine(
+    engine: AsyncEngine = create_engine(
         check_url(kwargs["writer_url"], field="writer_url"),
         field="writer_url",
-        pgbouncer=kwargs["pgbouncer"],
+        pgbouncer=bool(kwargs["pgbouncer"]),
         **engine_kwargs,
     )
+    return engine
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ __all__ = [
     "checkout_failed",
     "close_quietly",
     "cut",
+    "driver_of",
     "driver_says_closed",
     "drop_if_dead",
 ]
@@ -74,7 +75,18 @@ def driver_says_closed(driver_connection: Any) -> bool:
         except Exception:  # psycopg raises once the connection is gone
             return True
         return _readable(fd)
-    return False
+    closed = getattr(driver_connection, "closed", None)
+    if type(closed) is int and hasattr(driver_connection, "get_backend_pid"):
+        # psycopg2: closed is 0 while open; idle, as for psycopg above,
+        # anything to read means the server is ending the connection.
+        return closed != 0 or _readable(driver_connection.fileno())
+    return getattr(driver_connection, "open", True) is False  # pymysql, mysqldb
+
+
+def driver_of(dbapi_connection: Any) -> Any:
+    """The driver's connection behind a pool event's ``dbapi_connection``
+    (an asyncio driver's is wrapped in SQLAlchemy's adapter; a sync one is not)."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
 
 
 def _readable(fd: int) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import install_connect_timeout
+from ._engines import AppEngine, core, dispose
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._positions import takes_writes
@@ -34,7 +35,7 @@ class Node:
     """One server of the cluster, as routing_db reaches it."""
 
     name: str
-    reader: AsyncEngine  # its member of the replica set
+    reader: AppEngine  # its member of the replica set
     probe: AsyncEngine  # one connection, for role checks only
 
 
@@ -60,7 +61,7 @@ class Discovery:
         # Two or more nodes take writes (split brain): their names.
         self.candidates: tuple[str, ...] = ()
         self._check: asyncio.Task[None] | None = None
-        writer = topology.async_writer
+        writer = topology.app_writer
         # What the writer's connections are made with, less what its URL gave:
         # the shared connect_args stay, the node's URL supplies the rest.
         self._url_keys = set(writer.dialect.create_connect_args(writer.url)[1])
@@ -89,7 +90,7 @@ class Discovery:
             cparams.pop(key, None)
         cparams.update(params)
 
-    def add(self, name: str, reader: AsyncEngine) -> None:
+    def add(self, name: str, reader: AppEngine) -> None:
         """Ask ``reader``'s node its role from the next check on."""
         node = Node(name, reader, self._make_probe(reader.url))
         self._bound_probe(node)
@@ -116,7 +117,7 @@ class Discovery:
             )
         return "no node of the cluster takes writes"
 
-    def owns(self, reader: AsyncEngine) -> bool:
+    def owns(self, reader: AppEngine) -> bool:
         """Is ``reader`` the reader engine of the node that is the writer?"""
         return self.primary is not None and self.primary.reader is reader
 
@@ -133,10 +134,15 @@ class Discovery:
 
     async def _ask(self, node: Node) -> bool | None:
         try:
-            return await asyncio.wait_for(takes_writes(node.probe), self._bound)
+            return await asyncio.wait_for(self._takes_writes(node), self._bound)
         except Exception as exc:  # down, hung or restarting: no verdict
             logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
             return None
+
+    @staticmethod
+    async def _takes_writes(node: Node) -> bool:
+        async with node.probe.connect() as connection:
+            return await connection.run_sync(takes_writes)
 
     async def _ask_all(self) -> None:
         nodes = list(self.nodes)
@@ -144,7 +150,7 @@ class Discovery:
         replica_set = self._topology.replica_set
         for node, takes in zip(nodes, answers, strict=True):
             if takes is not None:
-                replica_set.record_role(node.reader.sync_engine, standby=not takes)
+                replica_set.record_role(core(node.reader), standby=not takes)
         primaries = [node for node, takes in zip(nodes, answers, strict=True) if takes]
         current = self.primary
         if len(primaries) == 1:
@@ -174,7 +180,7 @@ class Discovery:
             topology.replica_set.forget_positions()
             if old is not None:
                 # Pooled connections still go to the old primary.
-                await topology.async_writer.dispose()
+                await dispose(topology.app_writer)
             topology.listeners.emit("role_changed", node.name, "replica", "writer")
             logger.warning("routing_db: node %s is the writer", node.name)
         topology.writer_found(node.name, quiet=node is not old)
@@ -186,5 +192,5 @@ class Discovery:
         topology = self._topology
         if drop and current is not None:
             self.primary = None
-            await topology.async_writer.dispose()
+            await dispose(topology.app_writer)
         topology.writer_lost(None if current is None else current.name, quiet=quiet)

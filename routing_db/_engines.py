@@ -6,13 +6,14 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
-from sqlalchemy.engine import URL, make_url
+import sqlalchemy
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ._connections import driver_says_closed
+from ._connections import driver_of, driver_says_closed
 from ._context import COMMITTING
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
 from ._hooks import Hooks
@@ -20,11 +21,14 @@ from ._retry import is_connection_error, is_read_only_rejection, never_sent
 from ._sa_compat import max_overflow
 
 __all__ = [
+    "AppEngine",
     "NotAStandby",
     "ReplicaRestarted",
     "behind_pgbouncer",
     "check_url",
+    "core",
     "create_engine",
+    "dispose",
     "engine_name",
     "install_idle_ping",
     "install_replica_setup",
@@ -41,9 +45,32 @@ _ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
     "mariadb": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
     "sqlite": (frozenset({"aiosqlite"}), "aiosqlite"),
 }
+# The same for SyncRouter's engines (create_engine).
+_SYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
+    "postgresql": (frozenset({"psycopg2", "psycopg"}), "psycopg"),
+    "mysql": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
+    "mariadb": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
+    "sqlite": (frozenset({"pysqlite"}), "pysqlite"),
+}
 _DRIVER_PACKAGES = {"psycopg_async": "psycopg", "psycopg": "psycopg[binary]"}
 
 _URL_FORM = "dialect+driver://user:password@host:port/database"
+
+
+AppEngine = AsyncEngine | Engine
+
+
+def core(engine: AppEngine) -> Engine:
+    """The ``Engine`` routing works with: an ``AsyncEngine``'s ``sync_engine``."""
+    return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+
+async def dispose(engine: AppEngine) -> None:
+    """Close ``engine``'s pooled connections, as its face does it."""
+    if isinstance(engine, AsyncEngine):
+        await engine.dispose()
+    else:
+        engine.dispose()
 
 
 def safe_url(url: URL) -> str:
@@ -51,8 +78,9 @@ def safe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def check_url(value: str | URL, *, field: str) -> URL:
-    """Parse ``value`` and require an asyncio driver; errors never show a password."""
+def check_url(value: str | URL, *, field: str, sync: bool = False) -> URL:
+    """Parse ``value`` and require an asyncio driver (``sync``: a synchronous
+    one, for ``SyncRouter``); errors never show a password."""
     try:
         url = make_url(value)
     except (ArgumentError, ValueError, TypeError):
@@ -60,13 +88,14 @@ def check_url(value: str | URL, *, field: str) -> URL:
         raise ConfigurationError(
             f"{field} is not a valid database URL; expected {_URL_FORM}"
         ) from None
+    drivers = _SYNC_DRIVERS if sync else _ASYNC_DRIVERS
     backend = url.get_backend_name()
-    if backend not in _ASYNC_DRIVERS:
+    if backend not in drivers:
         raise ConfigurationError(
             f"{field} uses the unsupported database '{backend}'; supported: "
-            + ", ".join(sorted(_ASYNC_DRIVERS))
+            + ", ".join(sorted(drivers))
         )
-    accepted, suggested = _ASYNC_DRIVERS[backend]
+    accepted, suggested = drivers[backend]
     try:
         driver = url.get_driver_name()
     except Exception:
@@ -74,6 +103,14 @@ def check_url(value: str | URL, *, field: str) -> URL:
             f"{field} names an unknown driver '{url.drivername}'; "
             f"use {backend}+{suggested}"
         ) from None
+    if driver not in accepted and sync:
+        raise ConfigurationError(
+            f"{field} uses '{url.drivername}', which resolves to the driver "
+            f"'{driver}'; SyncRouter needs a synchronous driver: use "
+            f"{backend}+{suggested}:// (accepted: "
+            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
+            + "); Router takes the asyncio drivers"
+        )
     if driver not in accepted:
         raise ConfigurationError(
             f"{field} uses '{url.drivername}', which resolves to the synchronous "
@@ -85,16 +122,42 @@ def check_url(value: str | URL, *, field: str) -> URL:
     return url
 
 
+@overload
 def create_engine(
-    url: URL, *, field: str, pgbouncer: bool = False, **kwargs: Any
-) -> AsyncEngine:
-    """``create_async_engine`` with errors that name the setting, not the password.
+    url: URL,
+    *,
+    field: str,
+    pgbouncer: bool = ...,
+    sync: Literal[False] = ...,
+    **kwargs: Any,
+) -> AsyncEngine: ...
+
+
+@overload
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = ..., sync: Literal[True], **kwargs: Any
+) -> Engine: ...
+
+
+@overload
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = ..., sync: bool, **kwargs: Any
+) -> AppEngine: ...
+
+
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = False, sync: bool = False, **kwargs: Any
+) -> AppEngine:
+    """``create_async_engine`` (``sync``: ``create_engine``) with errors that
+    name the setting, not the password.
 
     ``pgbouncer``: adjusted for PgBouncer's transaction pooling first.
     """
     if pgbouncer:
         url, kwargs = behind_pgbouncer(url, kwargs)
     try:
+        if sync:
+            return sqlalchemy.create_engine(url, **kwargs)
         return create_async_engine(url, **kwargs)
     except ModuleNotFoundError as exc:
         driver = url.get_driver_name()
@@ -128,6 +191,8 @@ def behind_pgbouncer(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, A
         connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
     elif driver in ("psycopg", "psycopg_async"):
         connect_args.setdefault("prepare_threshold", None)
+    elif driver == "psycopg2":
+        pass  # it never prepares on the server
     else:
         raise ConfigurationError(
             f"pgbouncer=True is for PostgreSQL URLs (asyncpg or psycopg), "
@@ -144,11 +209,11 @@ def pool_capacity(pool: Any) -> int:
     return int(size()) + max(max_overflow(pool), 0)
 
 
-def engine_name(engine: AsyncEngine) -> str:
+def engine_name(engine: AppEngine) -> str:
     """An engine's label: its ``logging_name`` if given, else ``host:port/db``."""
     # logging_name is SQLAlchemy's own name for an engine (create_engine's
     # argument, also in its log lines), so a name is given where engines are.
-    given: str | None = engine.sync_engine.logging_name
+    given: str | None = core(engine).logging_name
     return given if given else url_name(engine.url)
 
 
@@ -227,7 +292,7 @@ class NotAStandby(ConfigurationError):
 
 
 def install_replica_setup(
-    engine: AsyncEngine,
+    engine: AppEngine,
     hooks: Hooks,
     *,
     name: str,
@@ -281,7 +346,7 @@ def install_replica_setup(
                 promoted=False,
             )
 
-    sync = engine.sync_engine
+    sync = core(engine)
     hooks.listen(sync, "connect", on_connect)
     hooks.listen(sync, "handle_error", lambda context: _translate_read_only(context))
     hooks.listen(sync, "handle_error", lambda context: _unsent_is_a_disconnect(context))
@@ -311,7 +376,7 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
 
 
 def install_writer_hooks(
-    engine: AsyncEngine, hooks: Hooks, *, reader: AsyncEngine | None
+    engine: AppEngine, hooks: Hooks, *, reader: AppEngine | None
 ) -> None:
     """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``.
 
@@ -320,8 +385,8 @@ def install_writer_hooks(
     writer itself such a refusal is left to the session: it may mean that
     the server is not the primary any more.
     """
-    sync = engine.sync_engine
-    reads = None if reader is None else reader.sync_engine
+    sync = core(engine)
+    reads = None if reader is None else core(reader)
 
     def lost_commit(context: Any) -> BaseException | None:
         # While a routing session commits, the one failure without a
@@ -347,9 +412,7 @@ def install_writer_hooks(
 _CHECKED_IN = "routing_db.checked_in"
 
 
-def install_idle_ping(
-    engine: AsyncEngine, hooks: Hooks, *, idle_seconds: float
-) -> None:
+def install_idle_ping(engine: AppEngine, hooks: Hooks, *, idle_seconds: float) -> None:
     """Check a pooled connection at checkout only when it may be dead.
 
     Free when the driver already knows its socket closed (a server restart);
@@ -358,7 +421,7 @@ def install_idle_ping(
     dead one raises ``DisconnectionError``, on which the pool replaces it and
     checks out again (SQLAlchemy's documented pessimistic pattern).
     """
-    sync = engine.sync_engine
+    sync = core(engine)
     dialect = sync.dialect
 
     def checked_in(dbapi_connection: Any, record: Any) -> None:
@@ -368,7 +431,7 @@ def install_idle_ping(
         since = record.info.get(_CHECKED_IN)
         if since is None:
             return  # a connection opened just now
-        if driver_says_closed(dbapi_connection.driver_connection):
+        if driver_says_closed(driver_of(dbapi_connection)):
             raise DisconnectionError("the server closed this pooled connection")
         if time.monotonic() - since <= idle_seconds:
             return

@@ -10,12 +10,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._build import EngineMaker
-from ._connections import cut
+from ._connections import cut, driver_of
 from ._discovery import Discovery
-from ._engines import check_url, engine_name
+from ._engines import AppEngine, check_url, core, dispose, engine_name
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
@@ -29,7 +28,7 @@ logger = logging.getLogger("routing_db")
 
 def join(
     topology: Topology,
-    engine: AsyncEngine,
+    engine: AppEngine,
     hooks: Hooks,
     *,
     name: str,
@@ -39,17 +38,17 @@ def join(
 ) -> None:
     """Add ``engine`` as a replica; it serves once found a standby."""
     topology.add_replica(engine, name)
-    topology.replica_set.add(engine.sync_engine, name=name, weight=weight, hooks=hooks)
+    topology.replica_set.add(core(engine), name=name, weight=weight, hooks=hooks)
     hook_replica(
         engine, hooks, name=name, health=health, observability=observability,
         replica_set=topology.replica_set,
     )  # fmt: skip
 
 
-async def drain(topology: Topology, engine: AsyncEngine, *, seconds: float) -> None:
+async def drain(topology: Topology, engine: AppEngine, *, seconds: float) -> None:
     """Give ``engine`` no new transactions, let its open ones finish for up to
     ``seconds``, cut those still open, dispose it."""
-    sync = engine.sync_engine
+    sync = core(engine)
     pool: Any = sync.pool
     topology.replica_set.drain(sync)
     loop = asyncio.get_running_loop()
@@ -78,7 +77,7 @@ async def drain(topology: Topology, engine: AsyncEngine, *, seconds: float) -> N
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         nonlocal open_after
         if dbapi_connection is not None:  # None: invalidated
-            busy.pop(id(dbapi_connection.driver_connection), None)
+            busy.pop(id(driver_of(dbapi_connection)), None)
         if not timed_out:
             loop.call_soon(check)  # once the pool has counted it back
             return
@@ -117,7 +116,7 @@ async def drain(topology: Topology, engine: AsyncEngine, *, seconds: float) -> N
             stop_listening()
     topology.remove_replica(engine)
     topology.replica_set.forget(sync)
-    await engine.dispose()
+    await dispose(engine)
 
 
 class Members:
@@ -141,7 +140,7 @@ class Members:
         self.make_engine = EngineMaker({}, None, pgbouncer=False)
 
     def add_replica(
-        self, replica: str | URL | AsyncEngine, name: str | None, weight: float
+        self, replica: str | URL | AppEngine, name: str | None, weight: float
     ) -> str:
         """See ``Router.add_replica``."""
         if self._topology.discovery is not None:
@@ -158,14 +157,14 @@ class Members:
 
     def _join(
         self,
-        replica: str | URL | AsyncEngine,
+        replica: str | URL | AppEngine,
         name: str | None,
         weight: float,
         *,
         field: str,
-    ) -> tuple[str, AsyncEngine]:
+    ) -> tuple[str, AppEngine]:
         topology = self._topology
-        if isinstance(replica, AsyncEngine):
+        if isinstance(replica, AppEngine):
             engine = replica
         else:
             engine = self.make_engine(check_url(replica, field=field), field, name)

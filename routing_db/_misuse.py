@@ -9,8 +9,8 @@ connections stay open until the garbage collector closes them uncleanly.
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import threading
 import warnings
 from collections import Counter
@@ -64,9 +64,10 @@ class Openings:
 
 def _caller_level() -> int:
     """The ``stacklevel`` of the first frame outside routing_db."""
-    frame, level = sys._getframe(1), 1
+    here = inspect.currentframe()
+    frame, level = None if here is None else here.f_back, 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+        frame, level = frame.f_back, level + 1
     return level
 
 

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import MONITOR_PROBING
-from ._engines import ReplicaRestarted, pool_capacity
+from ._engines import ReplicaRestarted, dispose, pool_capacity
 from ._positions import (
     ReplicaStatus,
     has_positions,
@@ -21,21 +22,82 @@ from ._positions import (
 )
 from ._topology import Topology
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "RoundPolicy", "select_one"]
 
 logger = logging.getLogger("routing_db")
+T = TypeVar("T")
 
 
-def _saturated(engine: AsyncEngine) -> bool:
-    pool: Any = engine.sync_engine.pool
+def _saturated(engine: Engine) -> bool:
+    pool: Any = engine.pool
     capacity = pool_capacity(pool)
     checkedout = getattr(pool, "checkedout", None)
     return bool(capacity and callable(checkedout) and checkedout() >= capacity)
 
 
-async def _select_one(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
-        await connection.exec_driver_sql("SELECT 1")
+def select_one(connection: Connection, writer: int | None) -> ReplicaStatus:
+    """A replica without replication positions: it answers, nothing more."""
+    connection.exec_driver_sql("SELECT 1")
+    return ReplicaStatus(None, None, None, True, None)
+
+
+class RoundPolicy:
+    """What a monitor round checks and what it makes of the answers.
+
+    Each face's monitor (an asyncio task, a thread) does the I/O of a round
+    and hands every answer here: the rules exist once.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.positions = has_positions(topology.writer.dialect.name)
+        self.replica_check = replica_status if self.positions else select_one
+
+    def due(self) -> list[Engine]:
+        """The replicas to poll this round (an ejected one once its probe is due)."""
+        now = time.monotonic()
+        replicas = self.topology.replica_set
+        return [
+            engine
+            for engine in self.topology.replica_engines()
+            if (state := replicas.state(engine)).draining is False
+            and (not state.ejected or now >= state.probe_at)
+            # A cluster's primary: its role is discovery's, it has no lag.
+            and not (replicas.cluster and state.standby is False)
+        ]
+
+    def writer_answered(self, takes: bool) -> bool:
+        """Record whether the writer takes writes; True: drop its pooled
+        connections (they go to a server that is not the primary)."""
+        topology = self.topology
+        if takes:
+            topology.writer_found()
+            return False
+        if topology.writer_ok:
+            topology.writer_lost()
+            return True
+        return False
+
+    def polled(
+        self, engine: Engine, answer: ReplicaStatus | Exception, writer: int | None
+    ) -> None:
+        """Record a replica's answer (or the error that took its place)."""
+        replicas = self.topology.replica_set
+        if isinstance(answer, ReplicaRestarted):
+            return  # its position is learned again next round, not a failure
+        if isinstance(answer, Exception):
+            if _saturated(engine):
+                # Waiting for a connection from a full pool says the replica
+                # is busy, not that it is broken: no verdict this round.
+                logger.debug("routing_db monitor: %s pool is full", engine.url.host)
+                return
+            replicas.failed(engine, answer)
+            return
+        replicas.record_role(engine, standby=answer.standby)
+        if not answer.standby:
+            return  # it answers, but its replay position means nothing now
+        replicas.succeeded(engine)
+        replicas.record_status(engine, answer, unbounded=answer.unbounded(writer))
 
 
 class Monitor:
@@ -54,7 +116,7 @@ class Monitor:
         self._check_timeout = check_timeout
         self._after_round = after_round
         self._task: asyncio.Task[None] | None = None
-        self._positions = has_positions(topology.async_writer.dialect.name)
+        self._policy = RoundPolicy(topology)
 
     @property
     def running(self) -> bool:
@@ -89,74 +151,53 @@ class Monitor:
             MONITOR_PROBING.reset(probing)
 
     async def _round(self) -> None:
-        topology = self._topology
+        topology, policy = self._topology, self._policy
         if topology.discovery is not None:
             # Every node's role first, each bounded on its own connection:
             # nothing here waits for a writer that may be gone.
             await topology.discovery.check()
             writer_known = topology.writer_ok
         else:
-            writer_known = self._positions and await self._writer_takes_writes()
+            writer_known = policy.positions and await self._writer_takes_writes()
         writer_lsn: int | None = None
-        if self._positions and writer_known:
+        if policy.positions and writer_known:
             try:
-                writer_lsn = await self._bounded(writer_position(topology.async_writer))
+                writer_lsn = await self._check(topology.writer, writer_position)
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("routing_db monitor: writer position unavailable: %r", exc)
-        now = time.monotonic()
-        replicas = topology.replica_set
-        due = [
-            replica
-            for replica in topology.async_replicas
-            if (state := replicas.state(replica.sync_engine)).draining is False
-            and (not state.ejected or now >= state.probe_at)
-            # A cluster's primary: its role is discovery's, it has no lag.
-            and not (replicas.cluster and state.standby is False)
-        ]
-        await asyncio.gather(*(self._poll(replica, writer_lsn) for replica in due))
+        await asyncio.gather(*(self._poll(e, writer_lsn) for e in policy.due()))
+
+    async def _poll(self, engine: Engine, writer_lsn: int | None) -> None:
+        # Each answer is recorded as it comes: not after a hung replica's.
+        policy = self._policy
+        answer: ReplicaStatus | Exception
+        try:
+            answer = await self._check(engine, policy.replica_check, writer_lsn)
+        except Exception as exc:
+            answer = exc
+        policy.polled(engine, answer, writer_lsn)
 
     async def _writer_takes_writes(self) -> bool:
         topology = self._topology
         try:
-            takes = await self._bounded(takes_writes(topology.async_writer))
+            takes = await self._check(topology.writer, takes_writes)
         except Exception as exc:  # down or restarting: no verdict on its role
             logger.debug("routing_db monitor: writer role unknown: %r", exc)
             return False
-        if takes:
-            topology.writer_found()
-        elif topology.writer_ok:
-            topology.writer_lost()
-            # Its pooled connections go to a server that is not the primary.
-            await topology.async_writer.dispose()
+        if self._policy.writer_answered(takes):
+            await dispose(topology.app_writer)
         return bool(takes)
 
-    async def _bounded(self, awaitable: Any) -> Any:
-        return await asyncio.wait_for(awaitable, timeout=self._check_timeout)
+    async def _check(self, engine: Engine, check: Callable[..., T], *args: Any) -> T:
+        """``check(connection, *args)`` on a new connection of ``engine``, bounded."""
+        app = self._topology.app_engine(engine)
+        assert isinstance(app, AsyncEngine), "the asyncio monitor of a Router"
 
-    async def _poll(self, replica: AsyncEngine, writer_lsn: int | None) -> None:
-        replicas = self._topology.replica_set
-        engine = replica.sync_engine
-        try:
-            if self._positions:
-                status = await self._bounded(replica_status(replica, writer_lsn))
-            else:
-                await self._bounded(_select_one(replica))
-                status = ReplicaStatus(None, None, None, True, None)
-        except ReplicaRestarted:
-            return  # its position is learned again next round, not a failure
-        except Exception as exc:
-            if _saturated(replica):
-                # Waiting for a connection from a full pool says the replica
-                # is busy, not that it is broken: no verdict this round.
-                logger.debug("routing_db monitor: %s pool is full", replica.url.host)
-                return
-            replicas.failed(engine, exc)
-            return
-        replicas.record_role(engine, standby=status.standby)
-        if not status.standby:
-            return  # it answers, but its replay position means nothing now
-        replicas.succeeded(engine)
-        replicas.record_status(engine, status, unbounded=status.unbounded(writer_lsn))
+        async def run() -> T:
+            async with app.connect() as connection:
+                return await connection.run_sync(check, *args)
+
+        return await asyncio.wait_for(run(), timeout=self._check_timeout)
 
     async def _run(self) -> None:
         # Also ends once stop() has let go of this task: on Python 3.11,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._engines import AppEngine, core
 from ._hooks import Hooks
 from ._sa_compat import unwrap_pool_connect, wrap_pool_connect
 
@@ -40,7 +40,7 @@ class PoolListener(Protocol):
 class PoolObserver:
     """Times checkouts and holds on one engine's pool."""
 
-    def __init__(self, engine: AsyncEngine, name: str) -> None:
+    def __init__(self, engine: AppEngine, name: str) -> None:
         self.engine = engine
         self.name = name
         self.listeners: list[PoolListener] = []
@@ -54,7 +54,7 @@ class PoolObserver:
         self.locate: Callable[[], str | None] | None = None
         self._pool: Any = None
         self._attach()
-        sync = engine.sync_engine
+        sync = core(engine)
         self._hooks = Hooks()
         self._hooks.listen(sync, "checkout", self._checked_out)
         self._hooks.listen(sync, "checkin", self._checked_in)
@@ -72,14 +72,14 @@ class PoolObserver:
             self._hooks.remove()
             if self._pool is not None:
                 unwrap_pool_connect(self._pool)
-            if _observers.get(self.engine.sync_engine) is self:
-                del _observers[self.engine.sync_engine]
+            if _observers.get(core(self.engine)) is self:
+                del _observers[core(self.engine)]
 
     def _disposed(self, connection: Any) -> None:
         self._attach()
 
     def _attach(self) -> None:
-        pool: Any = self.engine.sync_engine.pool
+        pool: Any = core(self.engine).pool
         if pool is self._pool:
             return
         self._pool = pool
@@ -141,9 +141,9 @@ class PoolObserver:
         self.timeouts = 0
 
 
-def observe(engine: AsyncEngine, name: str) -> PoolObserver:
+def observe(engine: AppEngine, name: str) -> PoolObserver:
     """The observer of ``engine``'s pool, created on first use."""
-    observer = _observers.get(engine.sync_engine)
+    observer = _observers.get(core(engine))
     if observer is None:
-        observer = _observers[engine.sync_engine] = PoolObserver(engine, name)
+        observer = _observers[core(engine)] = PoolObserver(engine, name)
     return observer

@@ -9,12 +9,12 @@ sequence number within its replication domain.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import await_only
 
 from ._causal import DOMAIN_SHIFT, encode_gtid, reached
@@ -91,7 +91,9 @@ def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
         # asyncpg outside a transaction: one round trip, no BEGIN/ROLLBACK.
         return await_only(fetchval(sql))
     if hasattr(driver_connection, "pgconn"):  # psycopg 3, idle after COMMIT
-        return await_only(_psycopg_scalar(driver_connection, sql))
+        if inspect.iscoroutinefunction(driver_connection.set_autocommit):
+            return await_only(_psycopg_scalar(driver_connection, sql))
+        return _psycopg_sync_scalar(driver_connection, sql)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql)
@@ -115,6 +117,17 @@ async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
     return row[0] if row else None
 
 
+def _psycopg_sync_scalar(driver_connection: Any, sql: str) -> Any:
+    # As _psycopg_scalar, for psycopg's sync connection.
+    autocommit = driver_connection.autocommit
+    driver_connection.autocommit = True
+    try:
+        row = driver_connection.execute(sql, prepare=False).fetchone()
+    finally:
+        driver_connection.autocommit = autocommit
+    return row[0] if row else None
+
+
 class _PostgreSQL:
     """WAL positions: the LSN as a number of bytes."""
 
@@ -126,14 +139,12 @@ class _PostgreSQL:
         lsn = _scalar(driver, dbapi, _PG_REPLAY_SQL)
         return None if lsn is None else int(lsn)
 
-    async def writer(self, connection: AsyncConnection) -> int | None:
-        value = (await connection.exec_driver_sql(_PG_WRITER_SQL)).scalar()
+    def writer(self, connection: Connection) -> int | None:
+        value = connection.exec_driver_sql(_PG_WRITER_SQL).scalar()
         return None if value is None else int(value)
 
-    async def replica(
-        self, connection: AsyncConnection, writer: int | None
-    ) -> ReplicaStatus:
-        row: Any = (await connection.exec_driver_sql(_PG_REPLICA_SQL)).one()
+    def replica(self, connection: Connection, writer: int | None) -> ReplicaStatus:
+        row: Any = connection.exec_driver_sql(_PG_REPLICA_SQL).one()
         position = None if row[0] is None else int(row[0])
         lag_bytes = (
             None if writer is None or position is None else max(0, writer - position)
@@ -158,15 +169,13 @@ class _MariaDB:
         applied = _scalar(driver, dbapi, _APPLIED_SQL)
         return _gtid_position(applied, floor >> DOMAIN_SHIFT)
 
-    async def writer(self, connection: AsyncConnection) -> int | None:
-        binlog: Any = (await connection.exec_driver_sql(_BINLOG_SQL)).one()
+    def writer(self, connection: Connection) -> int | None:
+        binlog: Any = connection.exec_driver_sql(_BINLOG_SQL).one()
         return _gtid_position(binlog[1], int(binlog[0]))
 
-    async def replica(
-        self, connection: AsyncConnection, writer: int | None
-    ) -> ReplicaStatus:
-        row: Any = (await connection.exec_driver_sql(_APPLIED_ROLE_SQL)).one()
-        behind, streaming = await _slave_status(connection)
+    def replica(self, connection: Connection, writer: int | None) -> ReplicaStatus:
+        row: Any = connection.exec_driver_sql(_APPLIED_ROLE_SQL).one()
+        behind, streaming = _slave_status(connection)
         domain = 0 if writer is None else writer >> DOMAIN_SHIFT
         # GTIDs give no byte measure; the seconds are the replica's own
         # (NULL while its SQL thread is stopped). A replica is read_only.
@@ -235,30 +244,28 @@ def takes_writes_now(engine: Engine) -> bool:
             raw.close()
 
 
-async def takes_writes(engine: AsyncEngine) -> bool:
-    """Does ``engine``'s server take writes now? (The monitor's check.)"""
-    async with engine.connect() as connection:
-        sql = _TAKES_WRITES_SQL[engine.dialect.name]
-        return bool((await connection.exec_driver_sql(sql)).scalar())
+def takes_writes(connection: Connection) -> bool:
+    """Does the server take writes now? (The monitor's check.)"""
+    sql = _TAKES_WRITES_SQL[connection.dialect.name]
+    return bool(connection.exec_driver_sql(sql).scalar())
 
 
-async def writer_position(engine: AsyncEngine) -> int | None:
+def writer_position(connection: Connection) -> int | None:
     """The writer's newest position (for lag), in its own GTID domain."""
-    async with engine.connect() as connection:
-        return await _BACKENDS[engine.dialect.name].writer(connection)
+    return _BACKENDS[connection.dialect.name].writer(connection)
 
 
-async def _slave_status(connection: AsyncConnection) -> tuple[Any, bool | None]:
+def _slave_status(connection: Connection) -> tuple[Any, bool | None]:
     """Seconds behind its primary, and whether both replication threads run."""
     try:
-        status = await connection.exec_driver_sql("SHOW SLAVE STATUS")
+        status = connection.exec_driver_sql("SHOW SLAVE STATUS")
     except DBAPIError as exc:
         if is_connection_error(exc):
             raise
         # Without the SLAVE MONITOR privilege: positions still work (any
         # account reads gtid_slave_pos), only the lag and threads are unknown.
         logger.debug("routing_db monitor: SHOW SLAVE STATUS refused: %r", exc)
-        await connection.rollback()
+        connection.rollback()
         return None, None
     slave = status.mappings().first()
     if slave is None:
@@ -269,11 +276,9 @@ async def _slave_status(connection: AsyncConnection) -> tuple[Any, bool | None]:
     return slave.get("Seconds_Behind_Master"), running
 
 
-async def replica_status(engine: AsyncEngine, writer: int | None) -> ReplicaStatus:
+def replica_status(connection: Connection, writer: int | None) -> ReplicaStatus:
     """What a replica says of itself; ``writer`` is the writer's position now."""
-    backend = _BACKENDS[engine.dialect.name]
-    async with engine.connect() as connection:
-        status = await backend.replica(connection, writer)
+    status = _BACKENDS[connection.dialect.name].replica(connection, writer)
     if status.position is None or writer is None:
         return status._replace(lag_bytes=None, lag_seconds=None)
     if reached(status.position, writer):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import itertools
 import logging
@@ -11,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.util import await_only
 
 from ._causal import CausalFloor
 from ._engines import pool_capacity
@@ -22,6 +20,7 @@ from ._policies import BalancingPolicy, Candidate, RoundRobin
 from ._positions import replay_position_now
 from ._replica_records import ReplicaRecords
 from ._retry import is_connection_error
+from ._sa_compat import pause
 
 __all__ = ["Pick", "ReplicaSet"]
 
@@ -308,7 +307,7 @@ class ReplicaSet(ReplicaRecords):
         deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
         delay = 0.005
         while (remaining := deadline - time.monotonic()) > 0:
-            await_only(asyncio.sleep(min(delay, remaining)))
+            pause(min(delay, remaining))
             delay = min(delay * 2, 0.1)
             for engine in (chosen, *others):
                 if self._check_replay(engine, need):

@@ -8,13 +8,11 @@ or reset socket).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.util import await_only
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -28,6 +26,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from ._exceptions import ConfigurationError, ReplicaReadTimeout, RoutingDBError
+from ._sa_compat import pause
 
 T = TypeVar("T")
 
@@ -206,12 +205,6 @@ def is_transient_error(error: BaseException) -> bool:
     return False
 
 
-def _greenlet_sleep(seconds: float) -> None:
-    # Retries that happen inside SQLAlchemy's sync layer run in a greenlet on
-    # the event loop: time.sleep() there would stop every other task.
-    await_only(asyncio.sleep(seconds))
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How often and how fast to retry; one object, injected where retries happen."""
@@ -275,11 +268,11 @@ class RetryPolicy:
                 return float(policy_wait(state))
 
             kwargs["wait"] = wait
-        return Retrying(sleep=_greenlet_sleep, **kwargs)
+        return Retrying(sleep=pause, **kwargs)
 
     def sync(self, retry_if: Callable[[BaseException], bool]) -> Retrying:
-        """A ``Retrying`` for SQLAlchemy's sync layer running under asyncio."""
-        return Retrying(sleep=_greenlet_sleep, **self._kwargs(retry_if))
+        """A ``Retrying`` for SQLAlchemy's sync layer (under asyncio or in a thread)."""
+        return Retrying(sleep=pause, **self._kwargs(retry_if))
 
     def asynchronous(self, retry_if: Callable[[BaseException], bool]) -> AsyncRetrying:
         """An ``AsyncRetrying`` for coroutines."""

@@ -9,8 +9,10 @@ generated from ``INTERNALS``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.selectable import GenerativeSelect, Select
+from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import in_greenlet
 
 __all__ = [
     "INTERNALS",
@@ -31,6 +35,7 @@ __all__ = [
     "innermost_transaction",
     "max_overflow",
     "mysql_socket",
+    "pause",
     "rewind_close",
     "select_list",
     "unwrap_pool_connect",
@@ -96,7 +101,20 @@ INTERNALS: Mapping[str, str] = {
         "the socket of an idle pooled connection, checked for the server's "
         "goodbye that asyncpg has not acted on yet"
     ),
+    "sqlalchemy.util.concurrency.in_greenlet": (
+        "whether SQLAlchemy's sync layer runs on an event loop (asyncio "
+        "sessions) or in a thread (sync sessions): a retry's backoff or a "
+        "wait for a replica sleeps in the event loop there, in the thread here"
+    ),
 }
+
+
+def pause(seconds: float) -> None:
+    """Sleep without blocking an event loop that runs this sync code."""
+    if in_greenlet():
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 # -- a session's transactions and connections ------------------------------

@@ -24,7 +24,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify, write_function_named
 from ._context import SCOPE, Scope, committing
-from ._decision import Route, decide_why
+from ._decision import DefaultRole, Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
 from ._positions import writer_position_after_commit
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
@@ -54,14 +54,36 @@ def _describe(clause: ClauseElement | None, flushing: bool) -> str:
 
 
 class RoutingSyncSession(RecoveringSession):
-    """The sync ``Session`` behind ``RoutingSession``; routes in ``get_bind``."""
+    """A ``Session`` that routes each statement in ``get_bind``: the sessions of
+    ``routing_sync_sessionmaker``, and the sync session behind ``RoutingSession``."""
 
-    # Set by RoutingSession on the sessions it routes, and only where they
+    # Set by route_with() on the sessions it routes, and only where they
     # differ from these defaults: each instance attribute costs every request.
     _routing_auto = False  # default_role "auto": reads go to replicas
     # Without binds=, Session.get_bind resolves to self.bind: skip the call.
     _routing_one_bind = True
     _routing_flushing = False  # inside flush(): every statement writes
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        router: Any = None,  # a SyncRouter (typed loosely: see test_architecture)
+        default_role: DefaultRole | None = None,
+        **kw: Any,
+    ) -> None:
+        # Without a router (RoutingSession makes its sync session so) this is
+        # a Session in every respect.
+        if router is None:
+            if default_role is not None:
+                raise ConfigurationError("default_role needs a router")
+            super().__init__(bind, **kw)
+            return
+        super().__init__(router.writer if bind is None else bind, **kw)
+        # Imported here: the session knows no router module at import time.
+        from ._sync_session import route_with
+
+        route_with(self, router, default_role, binds=bool(kw.get("binds")))
 
     def get_bind(
         self,

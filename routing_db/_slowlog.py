@@ -11,8 +11,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from ._engines import AppEngine, core
 from ._hooks import Hooks
 
 __all__ = ["install_slow_query_log"]
@@ -24,7 +23,7 @@ _START = "routing_db.statement_started"
 
 
 def install_slow_query_log(
-    engine: AsyncEngine,
+    engine: AppEngine,
     hooks: Hooks,
     *,
     name: str,
@@ -32,7 +31,7 @@ def install_slow_query_log(
     log_parameters: bool = False,
 ) -> None:
     """Log statements on ``engine`` that take at least ``threshold`` seconds."""
-    sync = engine.sync_engine
+    sync = core(engine)
 
     def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
                executemany: bool) -> None:  # fmt: skip

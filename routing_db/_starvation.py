@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from ._engines import core
 from ._observe import PoolObserver, observe
 from ._sa_compat import caller_frames
 from ._topology import Topology
@@ -62,7 +63,7 @@ class StarvationDetector:
                 observer.locate = locate_caller
             observer.subscribe(self)
             self.observers.append(observer)
-            timeout = getattr(engine.sync_engine.pool, "timeout", None)
+            timeout = getattr(core(engine).pool, "timeout", None)
             self._timeouts[name] = float(timeout()) if callable(timeout) else 30.0
 
     def waited(self, name: str, seconds: float, timed_out: bool) -> None:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from ._engines import pool_capacity, safe_url
+from ._engines import AppEngine, core, pool_capacity, safe_url
 from ._health import ReplicaState
 from ._topology import Topology
 
 __all__ = ["status_rows"]
 
 
-def _pool_stats(engine: AsyncEngine) -> dict[str, int | None]:
-    pool: Any = engine.sync_engine.pool
+def _pool_stats(engine: AppEngine) -> dict[str, int | None]:
+    pool: Any = core(engine).pool
 
     def stat(name: str) -> int | None:
         method = getattr(pool, name, None)
@@ -47,7 +45,7 @@ def _state(replica: ReplicaState) -> str:
 def status_rows(topology: Topology) -> list[dict[str, Any]]:
     """Per engine: name, role, state, health, lag and pool stats; no secrets."""
     now = time.monotonic()
-    writer = topology.async_writer
+    writer = topology.app_writer
     rows: list[dict[str, Any]] = [
         {
             "name": topology.name(writer),
@@ -64,8 +62,8 @@ def status_rows(topology: Topology) -> list[dict[str, Any]]:
     if discovery is not None:
         # The node the writer's connections go to now.
         rows[0]["node"] = None if discovery.primary is None else discovery.primary.name
-    for replica in topology.async_replicas:
-        state = topology.replica_set.state(replica.sync_engine)
+    for replica in topology.app_replicas:
+        state = topology.replica_set.state(core(replica))
         primary = discovery is not None and discovery.owns(replica)
         rows.append(
             {

@@ -2,8 +2,10 @@
 
 The one interface routing_db's own modules use to reach a router's engines:
 sessions route and report through it, the monitor and the starvation detector
-read it. Only ``Router`` builds it. Engines are held both as the caller's
-``AsyncEngine`` and as the ``Engine`` that ``Session.get_bind`` returns.
+read it. Only a router builds it. Engines are held both as the application
+holds them (an ``AsyncEngine`` for ``Router``, an ``Engine`` for
+``SyncRouter``: the "app" engine) and as the ``Engine`` that
+``Session.get_bind`` returns and everything inside routing works with.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._engines import AppEngine, core
 from ._events import Listeners
 from ._replicas import ReplicaSet
 
@@ -32,31 +34,31 @@ class Topology:
     def __init__(
         self,
         *,
-        writer: AsyncEngine,
-        replicas: tuple[AsyncEngine, ...],
-        names: dict[AsyncEngine, str],
-        writer_reader: AsyncEngine | None,
+        writer: AppEngine,
+        replicas: tuple[AppEngine, ...],
+        names: dict[AppEngine, str],
+        writer_reader: AppEngine | None,
         replica_set: ReplicaSet,
         max_writer_fallbacks: int | None,
     ) -> None:
-        self.async_writer = writer
-        self.async_replicas = replicas
-        self.writer: Engine = writer.sync_engine
+        self.app_writer = writer
+        self.app_replicas = replicas
+        self.writer: Engine = core(writer)
         # The writer's pool as one more reader (READ ONLY transactions).
         self.writer_reader: Engine | None = (
-            writer_reader.sync_engine if writer_reader is not None else None
+            core(writer_reader) if writer_reader is not None else None
         )
         self.replica_set = replica_set
         self.listeners = Listeners()
         replica_set.listeners = self.listeners
         self._names = dict(names)
-        self._by_sync: dict[Engine, AsyncEngine] = {
-            engine.sync_engine: engine for engine in (writer, *replicas)
+        self._by_sync: dict[Engine, AppEngine] = {
+            core(engine): engine for engine in (writer, *replicas)
         }
-        self._sync_names = {e.sync_engine: n for e, n in names.items()}
+        self._sync_names = {core(e): n for e, n in names.items()}
         if writer_reader is not None:
-            self._by_sync[writer_reader.sync_engine] = writer_reader
-            self._sync_names[writer_reader.sync_engine] = names[writer]
+            self._by_sync[core(writer_reader)] = writer_reader
+            self._sync_names[core(writer_reader)] = names[writer]
         self.closed = False  # the router was disposed: no new sessions
         # The writer's server was last seen taking writes. False once it
         # refused a write as read-only and was found not to be the primary
@@ -68,40 +70,42 @@ class Topology:
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
 
-    def add_replica(self, engine: AsyncEngine, name: str) -> None:
+    def add_replica(self, engine: AppEngine, name: str) -> None:
         """Know ``engine`` as one more replica, called ``name``."""
-        self.async_replicas = (*self.async_replicas, engine)
+        self.app_replicas = (*self.app_replicas, engine)
         self._names[engine] = name
-        self._by_sync[engine.sync_engine] = engine
-        self._sync_names[engine.sync_engine] = name
+        self._by_sync[core(engine)] = engine
+        self._sync_names[core(engine)] = name
 
-    def remove_replica(self, engine: AsyncEngine) -> None:
+    def remove_replica(self, engine: AppEngine) -> None:
         """No longer list a replica that was drained.
 
         Its name is kept: a transaction still on it reports under that name.
         """
-        self.async_replicas = tuple(e for e in self.async_replicas if e is not engine)
+        self.app_replicas = tuple(e for e in self.app_replicas if e is not engine)
 
-    def named(self, name: str) -> AsyncEngine | None:
+    def named(self, name: str) -> AppEngine | None:
         """The replica listed under ``name``, if any."""
-        for engine in self.async_replicas:
+        for engine in self.app_replicas:
             if self._names[engine] == name:
                 return engine
         return None
 
-    def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
+    def engines(self) -> Iterator[tuple[str, AppEngine]]:
         """``(name, engine)`` of the writer, then of each replica."""
-        for engine in (self.async_writer, *self.async_replicas):
+        for engine in (self.app_writer, *self.app_replicas):
             yield self._names[engine], engine
 
-    def name(self, engine: Engine | AsyncEngine) -> str:
-        """The label of one of these engines in metrics, logs and ``status()``."""
-        if isinstance(engine, AsyncEngine):
-            return self._names[engine]
-        return self._sync_names[engine]
+    def replica_engines(self) -> list[Engine]:
+        """Each replica's ``Engine``, in order."""
+        return [core(engine) for engine in self.app_replicas]
 
-    def to_async(self, engine: Engine) -> AsyncEngine | None:
-        """The ``AsyncEngine`` of one of these engines' ``sync_engine``."""
+    def name(self, engine: AppEngine) -> str:
+        """The label of one of these engines in metrics, logs and ``status()``."""
+        return self._sync_names[core(engine)]
+
+    def app_engine(self, engine: Engine) -> AppEngine | None:
+        """One of these engines as the application holds it (None: not one)."""
         return self._by_sync.get(engine)
 
     def is_writer(self, engine: Engine) -> bool:
@@ -115,7 +119,7 @@ class Topology:
             self.replica_set.forget_positions()
             if quiet:
                 return
-            name = name or self._names[self.async_writer]
+            name = name or self._names[self.app_writer]
             self.listeners.emit("role_changed", name, "writer", "unknown")
             logger.error(
                 "routing_db: the writer %s does not take writes (not the primary "
@@ -129,7 +133,7 @@ class Topology:
             self.writer_ok = True
             if quiet:
                 return
-            name = name or self._names[self.async_writer]
+            name = name or self._names[self.app_writer]
             self.listeners.emit("role_changed", name, "unknown", "writer")
             logger.warning("routing_db: the writer %s takes writes again", name)
 

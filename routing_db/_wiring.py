@@ -7,10 +7,10 @@ import functools
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import install_connect_guard, install_connect_timeout
-from ._engines import install_idle_ping, install_replica_setup
+from ._engines import AppEngine, core, install_idle_ping, install_replica_setup
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
-from ._read_timeout import install_read_timeout
+from ._read_timeout import install_read_timeout, install_socket_timeout
 from ._replicas import ReplicaSet
 from ._slowlog import install_slow_query_log
 
@@ -18,7 +18,7 @@ __all__ = ["hook_engine", "hook_replica"]
 
 
 def hook_engine(
-    engine: AsyncEngine,
+    engine: AppEngine,
     hooks: Hooks,
     *,
     name: str,
@@ -42,7 +42,7 @@ def hook_engine(
 
 
 def hook_replica(
-    engine: AsyncEngine,
+    engine: AppEngine,
     hooks: Hooks,
     *,
     name: str,
@@ -56,20 +56,23 @@ def hook_replica(
         hooks,
         name=name,
         require_standby=health.require_standby,
-        seen=functools.partial(replica_set.record_role, engine.sync_engine),
-        started=functools.partial(replica_set.record_start, engine.sync_engine),
+        seen=functools.partial(replica_set.record_role, core(engine)),
+        started=functools.partial(replica_set.record_start, core(engine)),
     )
     if health.replica_read_timeout is not None:
         # Ejected wherever in a transaction it hangs: a rerun must not
         # choose it again and wait out the bound once more.
-        install_read_timeout(
-            engine,
-            hooks,
-            health.replica_read_timeout,
-            timed_out=functools.partial(replica_set.failed, engine.sync_engine),
-        )
+        if isinstance(engine, AsyncEngine):
+            install_read_timeout(
+                engine,
+                hooks,
+                health.replica_read_timeout,
+                timed_out=functools.partial(replica_set.failed, core(engine)),
+            )
+        else:
+            install_socket_timeout(engine, hooks, health.replica_read_timeout)
     hook_engine(engine, hooks, name=name, health=health, observability=observability)
     # Last: its connect wraps the others' (creators are wrapped in order).
     install_connect_guard(
-        engine, hooks, functools.partial(replica_set.may_connect, engine.sync_engine)
+        engine, hooks, functools.partial(replica_set.may_connect, core(engine))
     )

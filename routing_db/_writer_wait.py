@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -14,10 +13,11 @@ from ._connections import checkout_failed
 from ._exceptions import NoWriterAvailable
 from ._positions import takes_writes_now
 from ._retry import is_read_only_rejection
+from ._sa_compat import pause
 
 if TYPE_CHECKING:
     from ._recovery import RoutedTransaction
-    from ._router import Router
+    from ._router_base import RouterBase
 
 __all__ = ["WriterWaiting"]
 
@@ -28,7 +28,7 @@ class WriterWaiting(Session):
     """Finds out that the writer is not the primary, and waits for it to be."""
 
     # Set on the sessions a router routes (the base of every routing session).
-    _routing_router: Router | None = None
+    _routing_router: RouterBase | None = None
     # This root transaction's routing state (None until something is worth
     # remembering; dropped in after_transaction_end).
     _routing_tx: RoutedTransaction | None = None
@@ -107,7 +107,7 @@ class WriterWaiting(Session):
                 raise self._routing_no_writer(
                     f"no writer within writer_wait_timeout, {timeout:g} s"
                 )
-            await_only(asyncio.sleep(min(0.1, remaining)))
+            pause(min(0.1, remaining))
 
     def _routing_no_writer(self, why: str) -> NoWriterAvailable:
         router = self._routing_router

@@ -63,20 +63,30 @@ def test_the_modules_import_each_other_without_cycles() -> None:
         visit(module, [])
 
 
+# The router: its two faces and what they share.
+ROUTER_MODULES = {
+    "routing_db._router",
+    "routing_db._router_base",
+    "routing_db._sync_router",
+}
+
+
 def test_the_routers_collaborators_do_not_know_the_router() -> None:
     """They get the Topology (or less), so Router can change without them."""
     collaborators = "_monitor _starvation _observe _topology _replicas _health"
     for name in f"{collaborators} _engines _hooks _sa_compat _session".split():
         imported = _imports(PACKAGE / f"{name}.py", typing=True)
-        assert "routing_db._router" not in imported, name
+        assert not imported & ROUTER_MODULES, name
 
 
 def test_no_other_module_touches_the_routers_private_attributes() -> None:
-    router_source = (PACKAGE / "_router.py").read_text()
-    # Every self._name in _router.py: the router's state and helpers.
+    # Every self._name in the router's modules: its state and helpers.
     private = {
         node.attr
-        for node in ast.walk(ast.parse(router_source))
+        for module in ROUTER_MODULES
+        for node in ast.walk(
+            ast.parse((PACKAGE / f"{module.split('.')[1]}.py").read_text())
+        )
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Name)
         and node.value.id == "self"
@@ -85,7 +95,7 @@ def test_no_other_module_touches_the_routers_private_attributes() -> None:
     }
     assert {"_monitor", "_hooks", "_detector"} <= private
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "_router.py":
+        if f"routing_db.{path.stem}" in ROUTER_MODULES:
             continue
         # Attributes of other objects (a module's own self._x is its own).
         used = {

@@ -7,6 +7,7 @@ renames or reshapes one fails here, by name, rather than somewhere in routing.
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine, func, se
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.concurrency import in_greenlet
 
 import routing_db
 from routing_db import _sa_compat
@@ -30,6 +32,7 @@ from routing_db._sa_compat import (
     idle,
     innermost_transaction,
     max_overflow,
+    pause,
     rewind_close,
     select_list,
     wrap_creator,
@@ -201,3 +204,22 @@ def test_no_other_module_reaches_into_those_internals() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path.name != "_sa_compat.py":
             assert not _private_names(path) & listed, path
+
+
+async def test_pause_yields_to_the_event_loop_in_sqlalchemy_greenlets() -> None:
+    ticks: list[int] = []
+
+    async def tick() -> None:
+        for n in range(3):
+            ticks.append(n)
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(tick())
+    await greenlet_spawn(pause, 0.02)  # time.sleep would stop tick() here
+    assert ticks == [0, 1, 2]
+    await other
+
+
+def test_pause_sleeps_in_a_thread() -> None:
+    assert not in_greenlet()
+    pause(0)  # no event loop, no greenlet: time.sleep

@@ -1,0 +1,75 @@
+"""``SyncRouter``: the router over sync engines; its monitor is a daemon thread."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import ClassVar
+
+from sqlalchemy.engine import Engine
+
+from ._router_base import RouterBase
+from ._thread_monitor import ThreadMonitor
+
+__all__ = ["SyncRouter"]
+
+
+class SyncRouter(RouterBase):
+    """``Router`` for sync code: ``Engine``s from ``create_engine``, the same rules."""
+
+    _sync: ClassVar[bool] = True
+    writer: Engine
+
+    def _make_monitor(self) -> ThreadMonitor:
+        return ThreadMonitor(
+            self.topology,
+            interval=self.health.monitor_interval,
+            check_timeout=self.health.check_timeout,
+            after_round=self._after_round,
+        )
+
+    @property
+    def replicas(self) -> tuple[Engine, ...]:
+        """The replica engines, in order (those being removed too)."""
+        return self.topology.app_replicas  # type: ignore[return-value]
+
+    def start(self) -> None:
+        """Start the background health and lag monitor thread (idempotent).
+
+        After ``dispose()``, this makes the router usable again.
+        """
+        self._reopen()
+        if self.replicas:
+            self._monitor.poll_once()  # status is filled before first use
+            self._monitor.start()
+            self.topology.replica_set.half_open = False  # the monitor probes
+
+    def poll(self) -> None:
+        """Check every replica's health and lag now, as the monitor does each round."""
+        self._monitor.poll_once()
+
+    def stop(self) -> None:
+        """Stop the monitor thread; the engines stay usable."""
+        self._stopping()
+        self._monitor.stop()
+
+    def dispose(self) -> None:
+        """Stop the monitor, close every pool, remove the hooks this router added."""
+        self._closing()
+        self.stop()
+        try:
+            for engine in (self.writer, *self.replicas):
+                engine.dispose()
+        finally:
+            self._hooks.remove()
+
+    def __enter__(self) -> SyncRouter:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.dispose()

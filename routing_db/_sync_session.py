@@ -1,0 +1,65 @@
+"""``routing_sync_sessionmaker``: the sync face's drop-in ``sessionmaker``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+
+from ._decision import DefaultRole, check_default_role
+from ._exceptions import ConfigurationError
+from ._router_base import RouterBase
+from ._session import RoutingSyncSession
+from ._sync_router import SyncRouter
+
+__all__ = ["route_with", "routing_sync_sessionmaker"]
+
+
+def routing_sync_sessionmaker(
+    router: SyncRouter,
+    *,
+    default_role: DefaultRole | None = None,
+    **kw: Any,
+) -> sessionmaker[RoutingSyncSession]:
+    """A ``sessionmaker`` of ``RoutingSyncSession``s routed by ``router``."""
+    if not isinstance(router, SyncRouter):
+        raise ConfigurationError(
+            "routing_sync_sessionmaker needs a SyncRouter, got "
+            f"{type(router).__name__} (asyncio: routing_sessionmaker)"
+        )
+    if "bind" in kw:
+        raise ConfigurationError(
+            "routing_sync_sessionmaker takes no bind: the router's writer is the bind"
+        )
+    role = default_role if default_role is not None else router.default_role
+    check_default_role(role)
+    class_ = kw.pop("class_", RoutingSyncSession)
+    if not (isinstance(class_, type) and issubclass(class_, RoutingSyncSession)):
+        raise ConfigurationError("class_ must be RoutingSyncSession or a subclass")
+    if role != router.default_role:
+        kw["default_role"] = role
+    return sessionmaker(router.writer, class_=class_, router=router, **kw)
+
+
+def route_with(
+    session: RoutingSyncSession,
+    router: RouterBase,
+    default_role: DefaultRole | None,
+    *,
+    binds: bool,
+) -> None:
+    """Make ``session`` route with ``router`` (either face's session)."""
+    if router.topology.closed:
+        # Its engines no longer have the hooks that make replica connections
+        # read-only: routing with it could write where it must not.
+        raise ConfigurationError(
+            "this router was disposed: start it again (router.start(), or a "
+            "with/async with block) before making sessions"
+        )
+    if default_role is not None and default_role not in ("writer", "auto"):
+        check_default_role(default_role)
+    session._routing_router = router
+    if (default_role or router.default_role) == "auto":
+        session._routing_auto = True
+    if binds:
+        session._routing_one_bind = False
