@@ -70,7 +70,8 @@ def install_connect_guard(
     def guard(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if not (may_connect() or MONITOR_PROBING.get()):
             raise ReplicaEjected(f"{where} is ejected")
-        if engine.dialect.driver in _CONNECT_TIMEOUT:  # not SQLite
+        if engine.dialect.is_async and engine.dialect.driver in _CONNECT_TIMEOUT:
+            # Not SQLite; a sync face's connect is bounded by connect_timeout.
             wrap_creator(cparams, engine.dialect.driver, abandoned_if_ejected, "guard")
 
     hooks.listen(core(engine), "do_connect", guard)
@@ -93,8 +94,12 @@ _CONNECT_TIMEOUT: dict[str, Callable[[float], dict[str, Any]]] = {
     "asyncpg": _asyncpg,
     "psycopg": _libpq,
     "psycopg_async": _libpq,
+    "psycopg2": _libpq,
     "aiomysql": _mysql,
     "asyncmy": _mysql,
+    # Their connect_timeout covers the greeting too: no wrapping needed.
+    "pymysql": _mysql,
+    "mysqldb": _mysql,
 }
 
 
@@ -116,7 +121,7 @@ def install_connect_timeout(engine: AppEngine, hooks: Hooks, seconds: float) -> 
     def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         for key, value in bound.items():
             cparams.setdefault(key, value)
-        if mysql:
+        if mysql and engine.dialect.is_async:
             # The MySQL drivers' connect_timeout covers the TCP connect only:
             # a host that accepts and never sends its greeting would hold the
             # connect for ever. (Around any creator: replica_read_timeout's.)

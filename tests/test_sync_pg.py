@@ -1,0 +1,265 @@
+"""The sync face on the real cluster: SyncRouter and routing_sync_sessionmaker
+with psycopg2 and psycopg's sync connection, threads for concurrency.
+
+Which server ran a statement is asked of the server itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from routing_db import (
+    ConfigurationError,
+    ReadOnlyViolation,
+    RoutingSyncSession,
+    SyncRouter,
+    read_only,
+    routing_sync_sessionmaker,
+    use_writer,
+)
+from routing_db.testing import PostgresCluster
+
+from .conftest import WHERE
+from .models import Item
+
+Maker = sessionmaker[RoutingSyncSession]
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def sync_cluster(schema: PostgresCluster, request: pytest.FixtureRequest) -> Any:
+    """The cluster's URLs for each sync PostgreSQL driver, its tables empty."""
+    schema.sql(schema.primary, "TRUNCATE items, children, parents RESTART IDENTITY")
+    schema.wait_replicated()
+    return schema.with_driver(request.param)
+
+
+@pytest.fixture
+def router(sync_cluster: PostgresCluster) -> Iterator[SyncRouter]:
+    router = SyncRouter.from_urls(
+        sync_cluster.writer_url,
+        sync_cluster.replica_urls,
+        pool_size=10,
+        monitor_interval=0.2,
+    )
+    with router:
+        yield router
+
+
+@pytest.fixture
+def Sync(router: SyncRouter) -> Maker:
+    return routing_sync_sessionmaker(router, expire_on_commit=False)
+
+
+def where(session: Session) -> tuple[int, bool]:
+    port, standby = session.execute(WHERE).one()
+    return int(port), bool(standby)
+
+
+def fresh(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a new context, as a new request (or thread) would."""
+    return contextvars.Context().run(fn)
+
+
+def test_reads_go_to_replicas_and_the_rest_to_the_writer(
+    sync_cluster: PostgresCluster, Sync: Maker
+) -> None:
+    replicas = {node.port for node in sync_cluster.replicas}
+    with Sync() as session:
+        assert where(session) == (sync_cluster.primary.port, False)
+    served = set()
+    for _ in range(6):
+        with Sync() as session, read_only:
+            port, standby = where(session)
+            assert standby and port in replicas
+            served.add(port)
+            with use_writer:
+                assert where(session) == (sync_cluster.primary.port, False)
+    assert served == replicas  # round robin over both
+
+
+def test_a_write_under_read_only_is_refused_with_nothing_sent(
+    router: SyncRouter, Sync: Maker
+) -> None:
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(args[2])
+
+    engines: list[Engine] = [router.writer, *router.replicas]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        with Sync() as session, read_only:
+            session.add(Item(name="never"))
+            with pytest.raises(ReadOnlyViolation):
+                session.flush()
+            with pytest.raises(ReadOnlyViolation):
+                session.execute(text("DELETE FROM items"))
+            assert session.new  # the pending object is kept
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+    assert not [sql for sql in sent if "items" in sql.lower()]
+    with Sync() as session:
+        assert session.scalar(select(func.count()).select_from(Item)) == 0
+
+
+def test_read_your_writes_while_replicas_replay_nothing(
+    sync_cluster: PostgresCluster, Sync: Maker
+) -> None:
+    for index in range(len(sync_cluster.replicas)):
+        sync_cluster.pause_replay(index)
+    try:
+
+        def write_then_read() -> tuple[str | None, tuple[int, bool]]:
+            with Sync() as session:
+                session.add(Item(name="mine"))
+                session.commit()
+            with Sync() as session, read_only:
+                name = session.scalar(select(Item.name))
+                return name, where(session)
+
+        name, served = fresh(write_then_read)
+        # No replica has replayed the commit: the writer served, and saw it.
+        assert name == "mine"
+        assert served == (sync_cluster.primary.port, False)
+
+        def someone_else() -> tuple[str | None, tuple[int, bool]]:
+            with Sync() as session, read_only:
+                return session.scalar(select(Item.name)), where(session)
+
+        other_name, other = fresh(someone_else)
+        assert other[1] is True  # a context with no write reads on a replica
+        assert other_name is None  # which has not replayed it: that is allowed
+    finally:
+        for index in range(len(sync_cluster.replicas)):
+            sync_cluster.resume_replay(index)
+
+
+def test_drop_in_same_results_and_same_sql_on_the_writer(
+    sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter
+) -> None:
+    def workload(session: Session) -> list[Any]:
+        session.add_all([Item(name="a"), Item(name="b")])
+        session.flush()
+        first = session.scalars(select(Item.name).order_by(Item.name)).all()
+        session.execute(text("UPDATE items SET name = 'c' WHERE name = 'a'"))
+        session.commit()
+        return [
+            list(first),
+            session.scalars(select(Item.name).order_by(Item.name)).all(),
+        ]
+
+    def logged(engine: Engine, run: Callable[[], list[Any]]) -> tuple[Any, list[str]]:
+        sent: list[str] = []
+        me = threading.current_thread()  # not the monitor's checks
+
+        def record(*args: Any) -> None:
+            if threading.current_thread() is me:
+                sent.append(args[2])
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            return run(), sent
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+
+    def routed() -> list[Any]:
+        with Sync() as session:
+            return workload(session)
+
+    routed_result, routed_sql = logged(router.writer, routed)
+    sync_cluster.sql(sync_cluster.primary, "TRUNCATE items RESTART IDENTITY")
+    plain_engine = router.writer  # the same URL and pool settings
+    with sessionmaker(plain_engine, expire_on_commit=False)() as session:
+        plain_result, plain_sql = logged(plain_engine, lambda: workload(session))
+    assert routed_result == plain_result == [["a", "b"], ["b", "c"]]
+    assert routed_sql == plain_sql
+
+
+def test_a_crashed_replica_fails_no_read_under_threads(
+    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker
+) -> None:
+    if not sync_cluster.owned:
+        pytest.skip("fault injection needs a cluster started by this test run")
+    errors: list[BaseException] = []
+    served: dict[int, int] = {}
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                with Sync() as session, read_only:
+                    port, _ = where(session)
+            except Exception as exc:  # counted: the test wants none
+                with lock:
+                    errors.append(exc)
+                continue
+            with lock:
+                served[port] = served.get(port, 0) + 1
+
+    readers = [threading.Thread(target=read) for _ in range(20)]
+    for thread in readers:
+        thread.start()
+    dead = sync_cluster.replicas[0].port
+    try:
+        time.sleep(0.3)  # load under way before the fault (not a wait for state)
+        sync_cluster.crash_replica(0)
+        crashed_at = sum(served.values())
+        deadline = time.monotonic() + 10
+        while sum(served.values()) < crashed_at + 200:
+            assert time.monotonic() < deadline, "reads stopped"
+            time.sleep(0.05)
+        ejected = {row["name"]: row["state"] for row in router.status()}
+        assert "ejected" in ejected.values()
+        before = served.get(dead, 0)
+        sync_cluster.start_replica(0)
+        deadline = time.monotonic() + 10
+        while served.get(dead, 0) <= before:  # re-admitted by the monitor
+            assert time.monotonic() < deadline, "the replica was not re-admitted"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+        sync_cluster.heal()
+    assert errors == []
+
+
+def test_the_monitor_thread_measures_lag_and_stops_with_the_router(
+    sync_cluster: PostgresCluster,
+) -> None:
+    router = SyncRouter.from_urls(
+        sync_cluster.writer_url, sync_cluster.replica_urls, monitor_interval=0.1
+    )
+    with router:
+        monitors = [t for t in threading.enumerate() if t.name == "routing_db monitor"]
+        assert len(monitors) == 1 and monitors[0].daemon
+        rows = router.status()
+        assert [row["role"] for row in rows] == ["writer", "replica", "replica"]
+        assert all(row["lag_bytes"] is not None for row in rows[1:])
+    assert not monitors[0].is_alive()
+    with pytest.raises(ConfigurationError, match="disposed"):
+        routing_sync_sessionmaker(router)()
+
+
+def test_async_urls_and_engines_are_refused_with_the_sync_driver_to_use(
+    sync_cluster: PostgresCluster,
+) -> None:
+    asyncpg = sync_cluster.with_driver("asyncpg")
+    with pytest.raises(ConfigurationError, match=r"postgresql\+psycopg://"):
+        SyncRouter.from_urls(asyncpg.writer_url)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(asyncpg.writer_url)
+    with pytest.raises(ConfigurationError, match="SyncRouter takes Engine"):
+        SyncRouter(writer=engine)
