@@ -32,7 +32,7 @@ from ._retry import (
 )
 from ._router import Router
 from ._session import RoutingSyncSession
-from ._settings import RoutingSettings
+from ._settings import RoutingSettings, SyncRoutingSettings
 from ._sync_router import SyncRouter
 from ._sync_session import routing_sync_sessionmaker
 from ._unit_of_work import run_unit_of_work, unit_of_work
@@ -62,6 +62,7 @@ __all__ = [
     "RoutingSettings",
     "RoutingSyncSession",
     "SyncRouter",
+    "SyncRoutingSettings",
     "Weighted",
     "causal_token",
     "current_causal_token",

@@ -25,10 +25,10 @@ from ._router_base import (
 __all__ = ["DEFAULT_PING_AFTER_IDLE", "ROUTER_OPTIONS", "Router"]
 
 
-class Router(RouterBase):
+class Router(RouterBase[AsyncEngine]):
     """Owns one writer and zero or more replica engines and picks replicas."""
 
-    writer: AsyncEngine
+    _monitor: Monitor
 
     def _make_monitor(self) -> Monitor:
         return Monitor(
@@ -37,11 +37,6 @@ class Router(RouterBase):
             check_timeout=self.health.check_timeout,
             after_round=self._after_round,
         )
-
-    @property
-    def replicas(self) -> tuple[AsyncEngine, ...]:
-        """The replica engines, in order (those being removed too)."""
-        return self.topology.app_replicas  # type: ignore[return-value]
 
     @classmethod
     def from_cluster(
@@ -80,7 +75,8 @@ class Router(RouterBase):
             make_writer=EngineMaker(engine_kwargs, writer_kwargs, pgbouncer),
             make_reader=EngineMaker(engine_kwargs, replica_kwargs, pgbouncer),
         )
-        router = cls(writer=writer, replicas=[node.reader for node in nodes], **options)
+        readers = [node.reader for node in nodes]
+        router = cls(writer=writer, replicas=readers, **options)  # type: ignore[arg-type]
         topology = router.topology
         topology.discovery = Discovery(
             topology,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._build import (
     DEFAULT_PING_AFTER_IDLE,
@@ -52,20 +53,23 @@ __all__ = ["DEFAULT_PING_AFTER_IDLE", "ROUTER_OPTIONS", "RouterBase", "split_opt
 logger = logging.getLogger("routing_db")
 
 
-class RouterBase:
+E = TypeVar("E", AsyncEngine, Engine)
+
+
+class RouterBase(Generic[E]):
     """A writer, zero or more replicas, and how reads are spread over them."""
 
     # Which face: engines made with create_engine (True) or create_async_engine.
     _sync: ClassVar[bool] = False
-    writer: Any
+    writer: E
     _monitor: Any
     _detector: StarvationDetector | None
 
     def __init__(
         self,
         *,
-        writer: Any,
-        replicas: Sequence[Any] = (),
+        writer: E,
+        replicas: Sequence[E] = (),
         default_role: DefaultRole = "writer",
         fallback_to_writer: bool = True,
         policy: str | BalancingPolicy = "round_robin",
@@ -165,7 +169,7 @@ class RouterBase:
             joined=self._joined,
         )
         self._monitor = self._make_monitor()
-        self._urls = tuple(safe_url(e.url) for e in (writer, *replicas))
+        self._urls = tuple(safe_url(core(e).url) for _, e in self.topology.engines())
         OPENINGS.opened(self._urls)
 
     def _make_monitor(self) -> Any:
@@ -249,9 +253,9 @@ class RouterBase:
         return self.topology.fallbacks_total
 
     @property
-    def replicas(self) -> tuple[Any, ...]:
+    def replicas(self) -> tuple[E, ...]:
         """The replica engines, in order (those being removed too)."""
-        return self.topology.app_replicas
+        return self.topology.app_replicas  # type: ignore[return-value]
 
     @classmethod
     def from_urls(
@@ -306,12 +310,13 @@ class RouterBase:
 
     @classmethod
     def from_settings(cls, settings: RoutingSettings | None = None) -> Self:
-        """Build a router from ``RoutingSettings``; ``None`` reads the environment."""
+        """Build a router from ``RoutingSettings`` (``SyncRoutingSettings`` for
+        ``SyncRouter``); ``None`` reads the environment."""
         # Imported here so the core never needs pydantic-settings at import time.
-        from ._settings import RoutingSettings
+        from ._settings import RoutingSettings, SyncRoutingSettings
 
         if settings is None:
-            settings = RoutingSettings()
+            settings = SyncRoutingSettings() if cls._sync else RoutingSettings()
         if settings.cluster_urls:
             return cls.from_cluster(**settings.router_kwargs())
         return cls.from_urls(**settings.router_kwargs())
@@ -330,7 +335,7 @@ class RouterBase:
 
     def add_replica(
         self,
-        replica: str | URL | Any,
+        replica: str | URL | E,
         *,
         name: str | None = None,
         weight: float = 1.0,

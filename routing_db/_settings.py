@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -20,7 +20,7 @@ from ._exceptions import ConfigurationError
 from ._retry import RetryPolicy
 from ._router import ROUTER_OPTIONS
 
-__all__ = ["POOL_FIELDS", "RoutingSettings"]
+__all__ = ["POOL_FIELDS", "RoutingSettings", "SyncRoutingSettings"]
 
 POOL_FIELDS = (
     "pool_size",
@@ -78,6 +78,9 @@ class RoutingSettings(BaseSettings):
     """Router settings from arguments or ``ROUTING_DB_*`` environment variables."""
 
     # hide_input_in_errors: a validation error must never echo a URL's password.
+    # SyncRoutingSettings: the URLs name synchronous drivers (SyncRouter's).
+    _sync_urls: ClassVar[bool] = False
+
     model_config = SettingsConfigDict(
         env_prefix="ROUTING_DB_",
         hide_input_in_errors=True,
@@ -206,14 +209,15 @@ class RoutingSettings(BaseSettings):
     @classmethod
     def _check_writer(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            check_url(value.get_secret_value(), field="writer_url")
+            check_url(value.get_secret_value(), field="writer_url", sync=cls._sync_urls)
         return value
 
     @field_validator("replica_urls", "cluster_urls")
     @classmethod
     def _check_urls(cls, value: list[SecretStr], info: ValidationInfo) -> Any:
         for i, url in enumerate(value):
-            check_url(url.get_secret_value(), field=f"{info.field_name}[{i}]")
+            field = f"{info.field_name}[{i}]"
+            check_url(url.get_secret_value(), field=field, sync=cls._sync_urls)
         return value
 
     @model_validator(mode="after")
@@ -262,7 +266,12 @@ class RoutingSettings(BaseSettings):
         drivers = {make_url(url.get_secret_value()).drivername for url in urls if url}
         if drivers == {"postgresql+asyncpg"}:
             return {"server_settings": settings}
-        if drivers <= {"postgresql+psycopg", "postgresql+psycopg_async"}:
+        libpq = {
+            "postgresql+psycopg",
+            "postgresql+psycopg_async",
+            "postgresql+psycopg2",
+        }
+        if drivers <= libpq:
             # libpq's startup options: sent with the connection, no round trip.
             return {
                 "options": " ".join(_libpq_option(k, v) for k, v in settings.items())
@@ -315,6 +324,13 @@ class RoutingSettings(BaseSettings):
         }
 
 
+_LIBPQ_DRIVERS = {
+    "postgresql+psycopg",
+    "postgresql+psycopg_async",
+    "postgresql+psycopg2",
+}
+
+
 def _one_each(names: list[str] | None, urls: list[SecretStr], role: str) -> None:
     if names is not None and len(names) != len(urls):
         raise ValueError(f"{role}_names needs one name per {role} URL")
@@ -324,3 +340,10 @@ def _libpq_option(name: str, value: str) -> str:
     # libpq splits ``options`` on spaces; a backslash keeps one in a value.
     escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
     return f"-c {name}={escaped}"
+
+
+class SyncRoutingSettings(RoutingSettings):
+    """``RoutingSettings`` for ``SyncRouter``: the same fields and environment
+    variables, with URLs of synchronous drivers (``postgresql+psycopg2``...)."""
+
+    _sync_urls: ClassVar[bool] = True

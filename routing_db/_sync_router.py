@@ -13,11 +13,12 @@ from ._thread_monitor import ThreadMonitor
 __all__ = ["SyncRouter"]
 
 
-class SyncRouter(RouterBase):
+class SyncRouter(RouterBase[Engine]):
     """``Router`` for sync code: ``Engine``s from ``create_engine``, the same rules."""
 
     _sync: ClassVar[bool] = True
-    writer: Engine
+
+    _monitor: ThreadMonitor
 
     def _make_monitor(self) -> ThreadMonitor:
         return ThreadMonitor(
@@ -26,11 +27,6 @@ class SyncRouter(RouterBase):
             check_timeout=self.health.check_timeout,
             after_round=self._after_round,
         )
-
-    @property
-    def replicas(self) -> tuple[Engine, ...]:
-        """The replica engines, in order (those being removed too)."""
-        return self.topology.app_replicas  # type: ignore[return-value]
 
     def start(self) -> None:
         """Start the background health and lag monitor thread (idempotent).

@@ -43,7 +43,7 @@ def routing_sync_sessionmaker(
 
 def route_with(
     session: RoutingSyncSession,
-    router: RouterBase,
+    router: RouterBase[Any],
     default_role: DefaultRole | None,
     *,
     binds: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
@@ -28,7 +28,7 @@ class WriterWaiting(Session):
     """Finds out that the writer is not the primary, and waits for it to be."""
 
     # Set on the sessions a router routes (the base of every routing session).
-    _routing_router: RouterBase | None = None
+    _routing_router: RouterBase[Any] | None = None
     # This root transaction's routing state (None until something is worth
     # remembering; dropped in after_transaction_end).
     _routing_tx: RoutedTransaction | None = None

@@ -11,11 +11,23 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from routing_db import Router, RoutingSession, routing_sessionmaker
+from routing_db._causal import FLOOR
 from routing_db.testing import PostgresCluster
 
 from .models import ddl
 
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
+
+
+@pytest.fixture(autouse=True)
+def no_causal_floor() -> Iterator[None]:
+    """Each test starts with no causal floor: sync tests share pytest's
+    thread and its context, where a commit's floor would otherwise stay."""
+    token = FLOOR.set(None)
+    try:
+        yield
+    finally:
+        FLOOR.reset(token)
 
 
 @pytest.fixture(scope="session")

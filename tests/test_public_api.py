@@ -53,7 +53,7 @@ def test_implementation_modules_are_private() -> None:
         if not m.name.startswith("_")
     }
     # The edges users import by name; everything else is private.
-    assert public == {"testing", "loadtest", "metrics", "asgi", "fastapi", "otel"}
+    assert public == {"testing", "loadtest", "metrics", "asgi", "wsgi", "fastapi", "otel"}
 
 
 def test_exception_tree() -> None:

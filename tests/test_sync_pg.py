@@ -262,4 +262,4 @@ def test_async_urls_and_engines_are_refused_with_the_sync_driver_to_use(
 
     engine = create_async_engine(asyncpg.writer_url)
     with pytest.raises(ConfigurationError, match="SyncRouter takes Engine"):
-        SyncRouter(writer=engine)
+        SyncRouter(writer=engine)  # type: ignore[arg-type]

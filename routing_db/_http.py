@@ -1,0 +1,90 @@
+"""What the ASGI and WSGI middlewares share: a request's causal token in and
+out (header or cookie), its own context, its role by HTTP method."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from http.cookies import SimpleCookie
+
+from ._causal import FLOOR, CausalFloor, causal_token, format_token
+from ._context import read_only
+
+__all__ = [
+    "DEFAULT_TOKEN_HEADER",
+    "READ_METHODS",
+    "bad_token_detail",
+    "given_token",
+    "request_context",
+    "token_cookie",
+    "token_to_send",
+]
+
+DEFAULT_TOKEN_HEADER = "x-routing-db-token"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def given_token(
+    headers: Iterable[tuple[str, str]], header: str, cookie: str | None
+) -> str | None:
+    """The token a request carries: ``header`` (lower case) first, then ``cookie``."""
+    cookies: list[str] = []
+    for key, value in headers:
+        key = key.lower()
+        if key == header:
+            return value
+        if key == "cookie":
+            cookies.append(value)
+    if cookie is None:
+        return None
+    for raw in cookies:
+        jar: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(Exception):  # a bad cookie is no token
+            jar.load(raw)
+        if cookie in jar:
+            return jar[cookie].value
+    return None
+
+
+@contextlib.contextmanager
+def request_context(block: causal_token, *, read: bool) -> Iterator[CausalFloor | None]:
+    """A request's routing context, from its parsed token; yields the floor
+    its commits raise.
+
+    A request starts from no floor of its own and leaves none behind: what
+    it wrote travels in the response, not in the server's context (a WSGI
+    server's thread, an ASGI server's task).
+    """
+    isolated = FLOOR.set(None)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(block)
+            # The request's own floor: commits that write raise it in place,
+            # even from tasks or threads that copied this context.
+            floor = FLOOR.get()
+            if read:
+                stack.enter_context(read_only)
+            yield floor
+    finally:
+        FLOOR.reset(isolated)
+
+
+def token_to_send(floor: CausalFloor | None) -> str | None:
+    """The token for the response: only when the request wrote."""
+    return format_token(floor) if floor is not None and floor.wrote else None
+
+
+def token_cookie(name: str, token: str) -> str:
+    """A ``Set-Cookie`` value carrying ``token``."""
+    jar: SimpleCookie = SimpleCookie()
+    jar[name] = token
+    morsel = jar[name]
+    morsel["path"] = "/"
+    morsel["httponly"] = True
+    morsel["samesite"] = "Lax"
+    return morsel.OutputString()
+
+
+def bad_token_detail(header: str) -> str:
+    """The message of the 400 a malformed token gets."""
+    return f"malformed {header} (expected a token from a previous response)"
