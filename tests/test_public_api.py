@@ -53,7 +53,8 @@ def test_implementation_modules_are_private() -> None:
         if not m.name.startswith("_")
     }
     # The edges users import by name; everything else is private.
-    assert public == {"testing", "loadtest", "metrics", "asgi", "wsgi", "fastapi", "otel"}
+    edges = {"testing", "loadtest", "metrics", "asgi", "wsgi", "fastapi", "otel"}
+    assert public == edges
 
 
 def test_exception_tree() -> None:
