@@ -1,5 +1,5 @@
-"""Prometheus metrics for a ``Router`` (needs ``prometheus_client``: the
-``metrics`` extra).
+"""Prometheus metrics for a ``Router`` or ``SyncRouter`` (needs
+``prometheus_client``: the ``metrics`` extra).
 
     from prometheus_client import REGISTRY
     from routing_db.metrics import register_metrics
@@ -12,10 +12,11 @@ Engine labels are ``host:port/database``: never a password.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from ._exceptions import ConfigurationError
 from ._observe import observe
-from ._router import Router
+from ._router_base import RouterBase
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -38,7 +39,7 @@ _HOLD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 class _StatusCollector(Collector):
     """Pool and replica gauges, read from ``router.status()`` at scrape time."""
 
-    def __init__(self, router: Router, namespace: str) -> None:
+    def __init__(self, router: RouterBase[Any], namespace: str) -> None:
         self._router = router
         self._ns = namespace
 
@@ -102,7 +103,9 @@ class _StatusCollector(Collector):
 class RouterMetrics:
     """The metrics of one router on one registry; ``unregister()`` removes them."""
 
-    def __init__(self, router: Router, registry: CollectorRegistry, namespace: str):
+    def __init__(
+        self, router: RouterBase[Any], registry: CollectorRegistry, namespace: str
+    ):
         self._router = router
         self._registry = registry
         self._unregistered = False
@@ -246,7 +249,7 @@ class RouterMetrics:
 
 
 def register_metrics(
-    router: Router,
+    router: RouterBase[Any],
     registry: CollectorRegistry | None = None,
     *,
     namespace: str = "routing_db",

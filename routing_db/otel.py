@@ -18,9 +18,11 @@ recorded.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
-from ._router import Router
+from ._router_base import RouterBase
 
 try:
     from opentelemetry import trace
@@ -67,7 +69,7 @@ class SpanAttributes(RoutingListener):
         span.add_event("routing_db.retried", attributes)
 
 
-def instrument(router: Router) -> SpanAttributes:
+def instrument(router: RouterBase[Any]) -> SpanAttributes:
     """Report ``router``'s routing decisions on the current span; return the listener.
 
     ``router.remove_listener(listener)`` stops it.

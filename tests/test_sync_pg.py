@@ -7,24 +7,32 @@ Which server ran a statement is asked of the server itself.
 from __future__ import annotations
 
 import contextvars
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from routing_db import (
     ConfigurationError,
     ReadOnlyViolation,
+    RoutingSettings,
     RoutingSyncSession,
     SyncRouter,
     read_only,
     routing_sync_sessionmaker,
     use_writer,
 )
+from routing_db.metrics import register_metrics
 from routing_db.testing import PostgresCluster
 
 from .conftest import WHERE
@@ -263,3 +271,51 @@ def test_async_urls_and_engines_are_refused_with_the_sync_driver_to_use(
     engine = create_async_engine(asyncpg.writer_url)
     with pytest.raises(ConfigurationError, match="SyncRouter takes Engine"):
         SyncRouter(writer=engine)  # type: ignore[arg-type]
+
+
+def test_metrics_and_settings_of_the_sync_face(
+    sync_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", sync_cluster.writer_url)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", ",".join(sync_cluster.replica_urls))
+    monkeypatch.setenv("ROUTING_DB_REPLICA_STATEMENT_TIMEOUT_MS", "1234")
+    if sync_cluster.driver == "psycopg2":  # postgresql+psycopg is both
+        with pytest.raises(ValidationError, match="needs an asyncio driver"):
+            RoutingSettings()  # Router's settings
+    registry = CollectorRegistry()
+    with SyncRouter.from_settings() as router:
+        register_metrics(router, registry)
+        Sync = routing_sync_sessionmaker(router)
+        for _ in range(4):
+            with Sync() as session, read_only:
+                assert where(session)[1] is True
+                timeout = session.scalar(text("SHOW statement_timeout"))
+                assert timeout == "1234ms"  # the replica's session setting
+    routed = registry.get_sample_value(
+        "routing_db_statements_total",
+        {"engine": router.topology.name(router.replicas[0]), "role": "replica",
+         "reason": "read_only"},
+    )  # fmt: skip
+    assert routed is not None and routed >= 2
+
+
+def test_the_sync_example_script_runs_on_the_cluster(
+    sync_cluster: PostgresCluster,
+) -> None:
+    script = Path(__file__).parent.parent / "examples" / "sync_script.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTING_DB_")}
+    env["ROUTING_DB_WRITER_URL"] = sync_cluster.writer_url
+    env["ROUTING_DB_REPLICA_URLS"] = ",".join(sync_cluster.replica_urls)
+    sync_cluster.sql(sync_cluster.primary, "DROP TABLE IF EXISTS sync_demo_jobs")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "write              -> writer" in done.stdout
+    # Read-your-writes: whoever served it (a replica that replayed it, or
+    # the writer), the job just written is there.
+    same = next(line for line in done.stdout.splitlines() if "same" in line)
+    assert "['nightly report']" in same
+    assert "read_only          -> replica" in done.stdout
+    assert "ReadOnlyViolation, nothing sent" in done.stdout
