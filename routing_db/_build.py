@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 DEFAULT_PING_AFTER_IDLE = 1.0
-ProbeMaker = Callable[[URL], AsyncEngine]
+ProbeMaker = Callable[[URL], AppEngine]
 
 
 def engine_names(
@@ -89,7 +89,7 @@ def cluster_engines(
     names: Sequence[str | None],
     make_writer: EngineMaker,
     make_reader: EngineMaker,
-) -> tuple[AsyncEngine, list[Node], ProbeMaker]:
+) -> tuple[AppEngine, list[Node], ProbeMaker]:
     """``from_cluster``'s engines: the writer's pool, each node's reader and
     probe; and how to make a probe for a node added later."""
     backends = {url.get_backend_name() for url in urls}
@@ -109,9 +109,8 @@ def cluster_engines(
         },
     )
 
-    def probe(url: URL) -> AsyncEngine:
-        engine = make_probe(url, "cluster_urls", None)
-        assert isinstance(engine, AsyncEngine)  # from_cluster is asyncio's
+    def probe(url: URL) -> AppEngine:
+        engine: AppEngine = make_probe(url, "cluster_urls", None)
         return engine
 
     nodes = []

@@ -12,20 +12,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._bounds import install_connect_timeout
-from ._engines import AppEngine, core, dispose
+from ._engines import AppEngine, core
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._positions import takes_writes
 from ._topology import Topology
 
-__all__ = ["Discovery", "Node"]
+__all__ = ["AsyncDiscovery", "Discovery", "Node", "ThreadDiscovery"]
 
 logger = logging.getLogger("routing_db")
 
@@ -36,7 +39,7 @@ class Node:
 
     name: str
     reader: AppEngine  # its member of the replica set
-    probe: AsyncEngine  # one connection, for role checks only
+    probe: AppEngine  # one connection, for role checks only
 
 
 class Discovery:
@@ -48,7 +51,7 @@ class Discovery:
         nodes: list[Node],
         *,
         bound: float,
-        make_probe: Callable[[URL], AsyncEngine],
+        make_probe: Callable[[URL], AppEngine],
         connect_timeout: float | None,
     ) -> None:
         self._topology = topology
@@ -60,7 +63,6 @@ class Discovery:
         self.primary: Node | None = None
         # Two or more nodes take writes (split brain): their names.
         self.candidates: tuple[str, ...] = ()
-        self._check: asyncio.Task[None] | None = None
         writer = topology.app_writer
         # What the writer's connections are made with, less what its URL gave:
         # the shared connect_args stay, the node's URL supplies the rest.
@@ -96,7 +98,7 @@ class Discovery:
         self._bound_probe(node)
         self.nodes.append(node)
 
-    def remove(self, name: str) -> AsyncEngine:
+    def remove(self, name: str) -> AppEngine:
         """Stop asking node ``name``; return its probe engine (to dispose)."""
         node = next((node for node in self.nodes if node.name == name), None)
         if node is None:
@@ -121,6 +123,65 @@ class Discovery:
         """Is ``reader`` the reader engine of the node that is the writer?"""
         return self.primary is not None and self.primary.reader is reader
 
+    def check_now(self) -> None:
+        """Ask every node its role now, from SQLAlchemy's sync layer."""
+        raise NotImplementedError
+
+    def _settle(self, nodes: list[Node], answers: list[bool | None]) -> None:
+        """Act on the nodes' answers (``None``: no answer). Runs as sync code on
+        either face: an asyncio router runs it in SQLAlchemy's greenlet."""
+        replica_set = self._topology.replica_set
+        for node, takes in zip(nodes, answers, strict=True):
+            if takes is not None:
+                replica_set.record_role(core(node.reader), standby=not takes)
+        primaries = [node for node, takes in zip(nodes, answers, strict=True) if takes]
+        current = self.primary
+        if len(primaries) == 1:
+            self._elect(primaries[0])
+        elif primaries:
+            names = tuple(node.name for node in primaries)
+            if names != self.candidates:
+                logger.error(
+                    "routing_db: nodes %s take writes (split brain): writes "
+                    "are refused, never sent to either",
+                    ", ".join(names),
+                )
+            self.candidates = names
+            self._lose(current, drop=True, quiet=True)
+        else:
+            self.candidates = ()
+            # Dropped only when the primary says it is in recovery: a primary
+            # that did not answer this time may still hold good connections.
+            answered = current is not None and answers[nodes.index(current)] is False
+            self._lose(current, drop=answered)
+
+    def _elect(self, node: Node) -> None:
+        topology, old = self._topology, self.primary
+        self.candidates = ()
+        if node is not old:
+            self.primary = node
+            topology.replica_set.forget_positions()
+            if old is not None:
+                # Pooled connections still go to the old primary.
+                topology.writer.dispose()
+            topology.listeners.emit("role_changed", node.name, "replica", "writer")
+            logger.warning("routing_db: node %s is the writer", node.name)
+        topology.writer_found(node.name, quiet=node is not old)
+
+    def _lose(self, current: Node | None, *, drop: bool, quiet: bool = False) -> None:
+        """No writer now; with ``drop``, ``current`` is not the primary any more."""
+        topology = self._topology
+        if drop and current is not None:
+            self.primary = None
+            topology.writer.dispose()
+        topology.writer_lost(None if current is None else current.name, quiet=quiet)
+
+
+class AsyncDiscovery(Discovery):
+    """``Discovery`` for ``Router``: the nodes are asked on the event loop."""
+
+    _check: asyncio.Task[None] | None = None
+
     async def check(self) -> None:
         """Ask every node its role now; one check at a time, callers share it."""
         task = self._check
@@ -132,6 +193,10 @@ class Discovery:
         # the check short for the others.
         await asyncio.shield(task)
 
+    def check_now(self) -> None:
+        """Ask every node its role now, from SQLAlchemy's sync layer."""
+        await_only(self.check())
+
     async def _ask(self, node: Node) -> bool | None:
         try:
             return await asyncio.wait_for(self._takes_writes(node), self._bound)
@@ -141,56 +206,52 @@ class Discovery:
 
     @staticmethod
     async def _takes_writes(node: Node) -> bool:
-        async with node.probe.connect() as connection:
+        probe = node.probe
+        assert isinstance(probe, AsyncEngine)
+        async with probe.connect() as connection:
             return await connection.run_sync(takes_writes)
 
     async def _ask_all(self) -> None:
         nodes = list(self.nodes)
         answers = await asyncio.gather(*(self._ask(node) for node in nodes))
-        replica_set = self._topology.replica_set
-        for node, takes in zip(nodes, answers, strict=True):
-            if takes is not None:
-                replica_set.record_role(core(node.reader), standby=not takes)
-        primaries = [node for node, takes in zip(nodes, answers, strict=True) if takes]
-        current = self.primary
-        if len(primaries) == 1:
-            await self._elect(primaries[0])
-        elif primaries:
-            names = tuple(node.name for node in primaries)
-            if names != self.candidates:
-                logger.error(
-                    "routing_db: nodes %s take writes (split brain): writes "
-                    "are refused, never sent to either",
-                    ", ".join(names),
-                )
-            self.candidates = names
-            await self._lose(current, drop=True, quiet=True)
-        else:
-            self.candidates = ()
-            # Dropped only when the primary says it is in recovery: a primary
-            # that did not answer this time may still hold good connections.
-            answered = current is not None and answers[nodes.index(current)] is False
-            await self._lose(current, drop=answered)
+        await greenlet_spawn(self._settle, nodes, answers)
 
-    async def _elect(self, node: Node) -> None:
-        topology, old = self._topology, self.primary
-        self.candidates = ()
-        if node is not old:
-            self.primary = node
-            topology.replica_set.forget_positions()
-            if old is not None:
-                # Pooled connections still go to the old primary.
-                await dispose(topology.app_writer)
-            topology.listeners.emit("role_changed", node.name, "replica", "writer")
-            logger.warning("routing_db: node %s is the writer", node.name)
-        topology.writer_found(node.name, quiet=node is not old)
 
-    async def _lose(
-        self, current: Node | None, *, drop: bool, quiet: bool = False
-    ) -> None:
-        """No writer now; with ``drop``, ``current`` is not the primary any more."""
-        topology = self._topology
-        if drop and current is not None:
-            self.primary = None
-            await dispose(topology.app_writer)
-        topology.writer_lost(None if current is None else current.name, quiet=quiet)
+class ThreadDiscovery(Discovery):
+    """``Discovery`` for ``SyncRouter``: the nodes are asked on threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._done = 0  # checks finished: a caller that waited shares the last
+
+    def check(self) -> None:
+        """Ask every node its role now; one check at a time, callers share it."""
+        seen = self._done
+        with self._lock:
+            if self._done != seen:
+                return  # one finished while this caller waited: it is news
+            nodes = list(self.nodes)
+            workers = ThreadPoolExecutor(max_workers=max(len(nodes), 1))
+            asked = [workers.submit(_takes_writes, node) for node in nodes]
+            answers = [self._answer(*pair) for pair in zip(nodes, asked, strict=True)]
+            # A hung node's worker is left to its driver (see ThreadMonitor).
+            workers.shutdown(wait=False, cancel_futures=True)
+            self._settle(nodes, answers)
+            self._done += 1
+
+    check_now = check
+
+    def _answer(self, node: Node, asked: Future[bool]) -> bool | None:
+        try:
+            return asked.result(timeout=self._bound)
+        except Exception as exc:  # down, hung or restarting: no verdict
+            logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
+            return None
+
+
+def _takes_writes(node: Node) -> bool:
+    probe = node.probe
+    assert isinstance(probe, Engine)
+    with probe.connect() as connection:
+        return takes_writes(connection)

@@ -194,7 +194,7 @@ class Members:
         try:
             await self._drain(name, drain_timeout)
         finally:
-            await probe.dispose()
+            await dispose(probe)
 
     async def _drain(self, name: str, drain_timeout: float) -> None:
         engine = self._topology.named(name)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import MONITOR_PROBING
+from ._discovery import AsyncDiscovery
 from ._engines import ReplicaRestarted, dispose, pool_capacity
 from ._positions import (
     ReplicaStatus,
@@ -155,7 +156,9 @@ class Monitor:
         if topology.discovery is not None:
             # Every node's role first, each bounded on its own connection:
             # nothing here waits for a writer that may be gone.
-            await topology.discovery.check()
+            discovery = topology.discovery
+            assert isinstance(discovery, AsyncDiscovery), "a Router's"
+            await discovery.check()
             writer_known = topology.writer_ok
         else:
             writer_known = policy.positions and await self._writer_takes_writes()

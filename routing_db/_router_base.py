@@ -17,12 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._build import (
     DEFAULT_PING_AFTER_IDLE,
     EngineMaker,
+    cluster_engines,
     engine_names,
     engine_names_of,
     idle_check,
     writer_reader,
 )
 from ._decision import DefaultRole, check_default_role
+from ._discovery import Discovery
 from ._engines import check_url, core, install_writer_hooks, safe_url
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
@@ -61,6 +63,7 @@ class RouterBase(Generic[E]):
 
     # Which face: engines made with create_engine (True) or create_async_engine.
     _sync: ClassVar[bool] = False
+    _discovery_class: ClassVar[type[Discovery]]
     writer: E
     _monitor: Any
     _detector: StarvationDetector | None
@@ -202,14 +205,6 @@ class RouterBase(Generic[E]):
             self._monitor.start()
             self.topology.replica_set.half_open = False
 
-    @classmethod
-    def from_cluster(cls, urls: Sequence[str | URL], **kwargs: Any) -> Self:
-        """Every URL is a node of one replication cluster (asyncio ``Router``)."""
-        raise ConfigurationError(
-            f"{cls.__name__} has no from_cluster yet: give the writer and the "
-            "replicas (from_urls)"
-        )
-
     def _after_round(self) -> None:
         if self._detector is not None:
             self._detector.scan()
@@ -306,6 +301,63 @@ class RouterBase(Generic[E]):
             **options,
         )
         router._members.make_engine = make_replica
+        return router
+
+    @classmethod
+    def from_cluster(
+        cls,
+        urls: Sequence[str | URL],
+        *,
+        writer_kwargs: Mapping[str, Any] | None = None,
+        replica_kwargs: Mapping[str, Any] | None = None,
+        router_options: Mapping[str, Any] | None = None,
+        pgbouncer: bool = False,
+        names: Sequence[str] | None = None,
+        **engine_kwargs: Any,
+    ) -> Self:
+        """Every URL is a node of one replication cluster: the writer is the
+        node that takes writes, found and followed by asking every node.
+
+        Keywords as in ``from_urls``: ``writer_kwargs`` go to the writer's pool
+        (its connections go to whichever node is the primary), ``replica_kwargs``
+        to each node's pool for reads. ``names`` label the nodes in metrics,
+        logs and ``status()`` instead of ``host:port/db``; the writer's pool
+        is labelled ``writer``.
+        """
+        if isinstance(urls, str | URL) or not urls:
+            raise ConfigurationError("cluster_urls must be a non-empty list of URLs")
+        options = split_options(router_options, engine_kwargs)
+        if options.get("writer_read_weight"):
+            raise ConfigurationError(
+                "writer_read_weight is not supported with from_cluster"
+            )
+        checked = [
+            check_url(url, field=f"cluster_urls[{i}]", sync=cls._sync)
+            for i, url in enumerate(urls)
+        ]
+        sync = cls._sync
+        writer, nodes, make_probe = cluster_engines(
+            checked,
+            names=engine_names(None, names, len(urls))[1:],
+            make_writer=EngineMaker(engine_kwargs, writer_kwargs, pgbouncer, sync),
+            make_reader=EngineMaker(engine_kwargs, replica_kwargs, pgbouncer, sync),
+        )
+        readers = [node.reader for node in nodes]
+        router = cls(writer=writer, replicas=readers, **options)  # type: ignore[arg-type]
+        topology = router.topology
+        topology.discovery = cls._discovery_class(
+            topology,
+            nodes,
+            bound=router.health.check_timeout,
+            make_probe=make_probe,
+            connect_timeout=router.health.connect_timeout,
+        )
+        topology.replica_set.cluster = True
+        topology.writer_ok = False  # not known until the nodes are asked
+        topology.discovery.install(router._hooks)
+        router._members.make_engine = EngineMaker(
+            engine_kwargs, replica_kwargs, pgbouncer, sync
+        )
         return router
 
     @classmethod

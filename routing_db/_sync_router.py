@@ -7,6 +7,8 @@ from typing import ClassVar
 
 from sqlalchemy.engine import Engine
 
+from ._discovery import ThreadDiscovery
+from ._engines import core
 from ._router_base import RouterBase
 from ._thread_monitor import ThreadMonitor
 
@@ -19,6 +21,7 @@ class SyncRouter(RouterBase[Engine]):
     _sync: ClassVar[bool] = True
 
     _monitor: ThreadMonitor
+    _discovery_class = ThreadDiscovery
 
     def _make_monitor(self) -> ThreadMonitor:
         return ThreadMonitor(
@@ -52,9 +55,11 @@ class SyncRouter(RouterBase[Engine]):
         """Stop the monitor, close every pool, remove the hooks this router added."""
         self._closing()
         self.stop()
+        discovery = self.topology.discovery
+        probes = [] if discovery is None else [node.probe for node in discovery.nodes]
         try:
-            for engine in (self.writer, *self.replicas):
-                engine.dispose()
+            for engine in (self.writer, *self.replicas, *probes):
+                core(engine).dispose()
         finally:
             self._hooks.remove()
 

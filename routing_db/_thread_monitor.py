@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection, Engine
 
 from ._bounds import MONITOR_PROBING
+from ._discovery import ThreadDiscovery
 from ._monitor import RoundPolicy
 from ._positions import ReplicaStatus, takes_writes, writer_position
 from ._topology import Topology
@@ -102,7 +103,15 @@ class ThreadMonitor:
 
     def _round(self, workers: ThreadPoolExecutor) -> None:
         topology, policy = self._topology, self._policy
-        writer_known = policy.positions and self._writer_takes_writes(workers)
+        if topology.discovery is not None:
+            # Every node's role first, each bounded: nothing here waits for
+            # a writer that may be gone.
+            discovery = topology.discovery
+            assert isinstance(discovery, ThreadDiscovery), "a SyncRouter's"
+            discovery.check()
+            writer_known = topology.writer_ok
+        else:
+            writer_known = policy.positions and self._writer_takes_writes(workers)
         writer_lsn: int | None = None
         if policy.positions and writer_known:
             try:

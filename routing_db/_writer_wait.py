@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
-from sqlalchemy.util import await_only
 
 from ._connections import checkout_failed
 from ._exceptions import NoWriterAvailable
@@ -47,7 +46,7 @@ class WriterWaiting(Session):
             # Ask every node now; the same primary, still taking writes,
             # means a read-only transaction of the application's own.
             primary = discovery.primary
-            await_only(discovery.check())
+            discovery.check_now()
             return not (topology.writer_ok and discovery.primary is primary)
         if topology.writer_ok:
             try:
@@ -69,7 +68,7 @@ class WriterWaiting(Session):
             return False  # a static writer: the retry policy tries it again
         if not (checkout_failed(error) or isinstance(error, NoWriterAvailable)):
             return False
-        await_only(router.topology.discovery.check())
+        router.topology.discovery.check_now()
         if router.topology.writer_ok:
             return False  # still the writer: a busy pool, or a blip
         self._routing_wait_for_writer()
@@ -81,7 +80,7 @@ class WriterWaiting(Session):
         assert router is not None
         topology = router.topology
         if topology.discovery is not None:
-            await_only(topology.discovery.check())
+            topology.discovery.check_now()
         elif takes_writes_now(topology.writer):
             topology.writer_found()
         return topology.writer_ok
