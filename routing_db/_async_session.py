@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
@@ -150,13 +150,33 @@ class _RoutingSessionMaker(async_sessionmaker[RoutingSession]):
         return self.class_(**self.kw)
 
 
+S = TypeVar("S", bound=RoutingSession)
+
+
+@overload
+def routing_sessionmaker(
+    router: Router,
+    *,
+    class_: type[S],
+    default_role: DefaultRole | None = None,
+    **kw: Any,
+) -> async_sessionmaker[S]: ...
+
+
+@overload
+def routing_sessionmaker(
+    router: Router, *, default_role: DefaultRole | None = None, **kw: Any
+) -> async_sessionmaker[RoutingSession]: ...
+
+
 def routing_sessionmaker(
     router: Router,
     *,
     default_role: DefaultRole | None = None,
     **kw: Any,
-) -> async_sessionmaker[RoutingSession]:
-    """An ``async_sessionmaker`` of ``RoutingSession``s routed by ``router``."""
+) -> async_sessionmaker[Any]:
+    """An ``async_sessionmaker`` of ``RoutingSession``s (or ``class_``'s, a
+    subclass) routed by ``router``."""
     if not isinstance(router, Router):
         raise ConfigurationError(
             f"routing_sessionmaker needs a Router, got {type(router).__name__}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from sqlalchemy.orm import sessionmaker
 
@@ -15,13 +15,33 @@ from ._sync_router import SyncRouter
 __all__ = ["route_with", "routing_sync_sessionmaker"]
 
 
+S = TypeVar("S", bound=RoutingSyncSession)
+
+
+@overload
+def routing_sync_sessionmaker(
+    router: SyncRouter,
+    *,
+    class_: type[S],
+    default_role: DefaultRole | None = None,
+    **kw: Any,
+) -> sessionmaker[S]: ...
+
+
+@overload
+def routing_sync_sessionmaker(
+    router: SyncRouter, *, default_role: DefaultRole | None = None, **kw: Any
+) -> sessionmaker[RoutingSyncSession]: ...
+
+
 def routing_sync_sessionmaker(
     router: SyncRouter,
     *,
     default_role: DefaultRole | None = None,
     **kw: Any,
-) -> sessionmaker[RoutingSyncSession]:
-    """A ``sessionmaker`` of ``RoutingSyncSession``s routed by ``router``."""
+) -> sessionmaker[Any]:
+    """A ``sessionmaker`` of ``RoutingSyncSession``s (or ``class_``'s, a
+    subclass) routed by ``router``."""
     if not isinstance(router, SyncRouter):
         raise ConfigurationError(
             "routing_sync_sessionmaker needs a SyncRouter, got "

@@ -57,10 +57,10 @@ def test_default_role_comes_from_the_router_unless_given(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("make", "expect"),
     [
-        (lambda r: routing_sessionmaker(object()), "needs a Router"),  # type: ignore[arg-type]
+        (lambda r: routing_sessionmaker(object()), "needs a Router"),  # type: ignore[call-overload]
         (lambda r: routing_sessionmaker(r, bind=r.writer), "takes no bind"),
         (lambda r: routing_sessionmaker(r, class_=AsyncSession), "class_ must be"),
-        (lambda r: routing_sessionmaker(r, default_role="replica"), "default_role"),  # type: ignore[arg-type]
+        (lambda r: routing_sessionmaker(r, default_role="replica"), "default_role"),  # type: ignore[call-overload]
         (lambda r: RoutingSession(r.writer, default_role="auto"), "needs a router"),
         (
             lambda r: RoutingSession(router=r, sync_session_class=SyncSession),
