@@ -43,6 +43,9 @@ async def test_the_writer_is_found_among_the_nodes(cluster: PostgresCluster) -> 
             await session.flush()
             assert await where(session) == (cluster.primary.port, False)
             await session.commit()
+        # Else read-your-writes keeps this context's reads on the writer until
+        # a replica has replayed the commit (CI saw it).
+        await cluster.await_replicated()
         for _ in range(4):
             async with Session() as session, read_only:
                 port, standby = await where(session)
