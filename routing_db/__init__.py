@@ -33,6 +33,7 @@ from ._retry import (
 from ._router import Router
 from ._session import RoutingSyncSession
 from ._settings import RoutingSettings, SyncRoutingSettings
+from ._shared_floor import CausalStore, causal_key
 from ._sync_router import SyncRouter
 from ._sync_session import routing_sync_sessionmaker
 from ._unit_of_work import run_unit_of_work, unit_of_work
@@ -40,6 +41,7 @@ from ._unit_of_work import run_unit_of_work, unit_of_work
 __all__ = [
     "BalancingPolicy",
     "Candidate",
+    "CausalStore",
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConsistencyOptions",
@@ -64,6 +66,7 @@ __all__ = [
     "SyncRouter",
     "SyncRoutingSettings",
     "Weighted",
+    "causal_key",
     "causal_token",
     "current_causal_token",
     "is_connection_error",

@@ -9,6 +9,7 @@ from http.cookies import SimpleCookie
 
 from ._causal import FLOOR, CausalFloor, causal_token, format_token
 from ._context import read_only
+from ._shared_floor import causal_key
 
 __all__ = [
     "DEFAULT_TOKEN_HEADER",
@@ -47,13 +48,16 @@ def given_token(
 
 
 @contextlib.contextmanager
-def request_context(block: causal_token, *, read: bool) -> Iterator[CausalFloor | None]:
+def request_context(
+    block: causal_token, *, read: bool, key: object = None
+) -> Iterator[CausalFloor | None]:
     """A request's routing context, from its parsed token; yields the floor
     its commits raise.
 
     A request starts from no floor of its own and leaves none behind: what
     it wrote travels in the response, not in the server's context (a WSGI
-    server's thread, an ASGI server's task).
+    server's thread, an ASGI server's task). ``key``: the request's
+    ``causal_key`` (None: none).
     """
     isolated = FLOOR.set(None)
     try:
@@ -64,6 +68,8 @@ def request_context(block: causal_token, *, read: bool) -> Iterator[CausalFloor 
             floor = FLOOR.get()
             if read:
                 stack.enter_context(read_only)
+            if key is not None:
+                stack.enter_context(causal_key(key))
             yield floor
     finally:
         FLOOR.reset(isolated)

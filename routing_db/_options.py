@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._shared_floor import CausalStore
 
 __all__ = [
     "ConsistencyOptions",
@@ -81,6 +84,8 @@ class ConsistencyOptions:
 
     sticky_seconds: float = 2.0
     causal_wait_timeout: float | None = None
+    # Positions per application key, shared by processes (routing_db.redis).
+    causal_store: CausalStore | None = None
 
     def __post_init__(self) -> None:
         if self.sticky_seconds < 0:

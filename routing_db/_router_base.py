@@ -42,6 +42,7 @@ from ._policies import BalancingPolicy, make_policy
 from ._positions import has_positions
 from ._replicas import ReplicaSet
 from ._retry import RetryPolicy
+from ._shared_floor import CausalStore, SharedFloors
 from ._starvation import StarvationDetector
 from ._status import status_rows
 from ._topology import Topology
@@ -96,6 +97,7 @@ class RouterBase(Generic[E]):
         replica_read_timeout: float | None = 30.0,
         sticky_seconds: float = 2.0,
         causal_wait_timeout: float | None = None,
+        causal_store: CausalStore | None = None,
         slow_query_seconds: float | None = None,
         log_slow_parameters: bool = False,
         hold_warning_seconds: float | None = None,
@@ -123,6 +125,7 @@ class RouterBase(Generic[E]):
             "replica_read_timeout": replica_read_timeout,
             "sticky_seconds": sticky_seconds,
             "causal_wait_timeout": causal_wait_timeout,
+            "causal_store": causal_store,
             "slow_query_seconds": slow_query_seconds,
             "log_slow_parameters": log_slow_parameters,
             "hold_warning_seconds": hold_warning_seconds,
@@ -153,6 +156,7 @@ class RouterBase(Generic[E]):
             sticky_seconds=self.consistency.sticky_seconds,
             causal_wait_timeout=self.consistency.causal_wait_timeout,
         )
+        store = self.consistency.causal_store
         self.topology = Topology(
             writer=writer,
             replicas=replicas,
@@ -160,6 +164,7 @@ class RouterBase(Generic[E]):
             writer_reader=reader,
             replica_set=replica_set,
             max_writer_fallbacks=max_writer_fallbacks,
+            shared=None if store is None else SharedFloors(store),
         )
         self._hooks = Hooks()
         self._install_hooks()

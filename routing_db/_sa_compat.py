@@ -37,6 +37,7 @@ __all__ = [
     "mysql_socket",
     "pause",
     "rewind_close",
+    "run_io",
     "select_list",
     "unwrap_pool_connect",
     "wrap_creator",
@@ -107,6 +108,14 @@ INTERNALS: Mapping[str, str] = {
         "wait for a replica sleeps in the event loop there, in the thread here"
     ),
 }
+
+
+def run_io(coroutine: Callable[[], Any], blocking: Callable[[], Any]) -> Any:
+    """``coroutine()`` awaited where an event loop runs this sync code (in
+    SQLAlchemy's greenlet), else ``blocking()``."""
+    if in_greenlet():
+        return await_only(coroutine())
+    return blocking()
 
 
 def pause(seconds: float) -> None:

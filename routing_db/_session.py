@@ -29,6 +29,7 @@ from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolati
 from ._positions import writer_position_after_commit
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
 from ._replicas import Pick
+from ._shared_floor import CAUSAL_KEY, UNKNOWN, combined
 from ._topology import Topology
 
 __all__ = ["RoutingSyncSession"]
@@ -185,6 +186,7 @@ class RoutingSyncSession(RecoveringSession):
             quick is not None
             and (tx is None or not tx.excluded)
             and (FLOOR.get() is None)
+            and (topology.shared is None or CAUSAL_KEY.get() is None)
         ):
             engine = quick()  # every replica well, nothing to read back
         else:
@@ -211,7 +213,15 @@ class RoutingSyncSession(RecoveringSession):
         self, topology: Topology, writer: Engine, tx: RoutedTransaction | None
     ) -> Engine:
         excluded = frozenset() if tx is None else tx.excluded
-        pick, replica = topology.replica_set.pick(FLOOR.get(), excluded)
+        floor = FLOOR.get()
+        key = CAUSAL_KEY.get()
+        if topology.shared is not None and key is not None:
+            # What this key wrote in any process (the store's I/O, once per
+            # read transaction); a store that cannot say sends it home.
+            floor = combined(floor, topology.shared.floor(key))
+            if floor is UNKNOWN:
+                return writer
+        pick, replica = topology.replica_set.pick(floor, excluded)
         if replica is not None:
             return replica
         if pick is Pick.CAUSAL:
@@ -333,6 +343,10 @@ def _after_commit(session: RoutingSyncSession) -> None:
         record_write(lsn=None)
     else:
         record_write(lsn=position[0], server=position[1])
+    key = CAUSAL_KEY.get()
+    floor = FLOOR.get()
+    if router.topology.shared is not None and key is not None and floor is not None:
+        router.topology.shared.wrote(key, floor)
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")

@@ -42,7 +42,8 @@ _SESSION_SETTINGS = {
 # Settings are flat: the option groups' fields are settings of their own.
 _ROUTER_FIELDS = tuple(
     sorted(
-        ROUTER_OPTIONS - {"weights", "retry", "health", "consistency", "observability"}
+        ROUTER_OPTIONS
+        - {"weights", "retry", "health", "consistency", "observability", "causal_store"}
     )
 )
 

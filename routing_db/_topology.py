@@ -22,6 +22,7 @@ from ._replicas import ReplicaSet
 
 if TYPE_CHECKING:
     from ._discovery import Discovery
+    from ._shared_floor import SharedFloors
 
 __all__ = ["Topology"]
 
@@ -40,6 +41,7 @@ class Topology:
         writer_reader: AppEngine | None,
         replica_set: ReplicaSet,
         max_writer_fallbacks: int | None,
+        shared: SharedFloors | None = None,
     ) -> None:
         self.app_writer = writer
         self.app_replicas = replicas
@@ -49,6 +51,8 @@ class Topology:
             core(writer_reader) if writer_reader is not None else None
         )
         self.replica_set = replica_set
+        # Positions per application key, shared with other processes.
+        self.shared = shared
         self.listeners = Listeners()
         replica_set.listeners = self.listeners
         self._names = dict(names)

@@ -42,8 +42,11 @@ class RoutingMiddleware:
         cookie: str | None = None,
         roles_by_method: bool = False,
         read_methods: Iterable[str] = READ_METHODS,
+        causal_key: Callable[[Scope], object] | None = None,
     ) -> None:
         self.app = app
+        # The request's application key (a user, a tenant) for a causal store.
+        self.causal_key = causal_key
         self.header = header.lower()
         self.cookie = cookie
         self.roles_by_method = roles_by_method
@@ -67,7 +70,8 @@ class RoutingMiddleware:
         except ConfigurationError:
             await _bad_token(send, self.header)
             return
-        with request_context(block, read=read) as floor:
+        key = None if self.causal_key is None else self.causal_key(scope)
+        with request_context(block, read=read, key=key) as floor:
 
             async def send_with_token(message: Message) -> None:
                 token = token_to_send(floor)

@@ -7,19 +7,51 @@ Needs Starlette (``pip install 'routing_db[fastapi]'``). The middleware lives in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
 
+from . import asgi
 from ._async_session import RoutingSession, routing_sessionmaker
+from ._http import READ_METHODS
 from ._router import Router
 from ._settings import RoutingSettings
-from .asgi import DEFAULT_TOKEN_HEADER, RoutingMiddleware
+from ._shared_floor import causal_key as key_scope
+from .asgi import DEFAULT_TOKEN_HEADER
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware", "get_db", "routing_lifespan"]
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+KeyOf = Callable[[Request], object]
+
+
+class RoutingMiddleware(asgi.RoutingMiddleware):
+    """``routing_db.asgi.RoutingMiddleware`` whose ``causal_key`` function
+    gets a Starlette ``Request`` (the ASGI one gets the scope)."""
+
+    def __init__(
+        self,
+        app: asgi.ASGIApp,
+        *,
+        header: str = DEFAULT_TOKEN_HEADER,
+        cookie: str | None = None,
+        roles_by_method: bool = False,
+        read_methods: Iterable[str] = READ_METHODS,
+        causal_key: KeyOf | None = None,
+    ) -> None:
+        super().__init__(
+            app,
+            header=header,
+            cookie=cookie,
+            roles_by_method=roles_by_method,
+            read_methods=read_methods,
+            causal_key=None if causal_key is None else _of_scope(causal_key),
+        )
+
+
+def _of_scope(key_of: KeyOf) -> Callable[[Any], object]:
+    return lambda scope: key_of(Request(scope))
 
 
 def routing_lifespan(
@@ -27,6 +59,7 @@ def routing_lifespan(
     *,
     router: Router | None = None,
     lifespan: Lifespan | None = None,
+    causal_key: KeyOf | None = None,
     **session_options: Any,
 ) -> Lifespan:
     """A lifespan that puts a router and its sessionmaker on ``app.state``.
@@ -36,14 +69,17 @@ def routing_lifespan(
     its engines are disposed at shutdown. ``lifespan`` is the application's
     own (create tables, warm caches...): it runs inside, once the router is
     on ``app.state``, and ends before the engines are disposed.
+    ``causal_key(request)``: the application key (user, tenant) of
+    ``get_db``'s sessions, for a router with a causal store.
     ``session_options`` go to ``routing_sessionmaker`` (``expire_on_commit``,
-    ``default_role``...).
+    ``default_role``, ``class_``...).
     """
 
     @contextlib.asynccontextmanager
     async def routed(app: Any) -> AsyncIterator[None]:
         routing = router if router is not None else Router.from_settings(settings)
         app.state.routing_router = routing
+        app.state.routing_causal_key = causal_key
         app.state.routing_sessionmaker = routing_sessionmaker(
             routing, **session_options
         )
@@ -58,11 +94,17 @@ def routing_lifespan(
 
 
 async def get_db(request: Request) -> AsyncIterator[RoutingSession]:
-    """One ``RoutingSession`` per request: rolled back on error, always closed."""
+    """One ``RoutingSession`` per request: rolled back on error, always closed;
+    under the lifespan's ``causal_key`` for this request, if it has one."""
     maker = request.app.state.routing_sessionmaker
-    async with maker() as session:
-        try:
-            yield session
-        except Exception:
-            await session.rollback()
-            raise
+    key_of: KeyOf | None = getattr(request.app.state, "routing_causal_key", None)
+    key = None if key_of is None else key_of(request)
+    # The dependency and the endpoint run in one task: the key set here is
+    # the endpoint's too, until the response is sent.
+    with key_scope(key) if key is not None else contextlib.nullcontext():
+        async with maker() as session:
+            try:
+                yield session
+            except Exception:
+                await session.rollback()
+                raise

@@ -47,8 +47,11 @@ class RoutingMiddleware:
         cookie: str | None = None,
         roles_by_method: bool = False,
         read_methods: Iterable[str] = READ_METHODS,
+        causal_key: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self.app = app
+        # The request's application key (a user, a tenant) for a causal store.
+        self.causal_key = causal_key
         self.header = header.lower()
         self.cookie = cookie
         self.roles_by_method = roles_by_method
@@ -84,7 +87,8 @@ class RoutingMiddleware:
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [body]
         scope = contextlib.ExitStack()
-        floor = scope.enter_context(request_context(block, read=read))
+        key = None if self.causal_key is None else self.causal_key(environ)
+        floor = scope.enter_context(request_context(block, read=read, key=key))
 
         def start_with_token(status: str, headers: list[Any], *args: Any) -> Any:
             token = token_to_send(floor)

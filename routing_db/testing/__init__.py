@@ -1,4 +1,5 @@
-"""Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas, PgBouncer.
+"""Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas,
+PgBouncer, Redis.
 
 Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 ``pytest_plugins = ["routing_db.testing.plugin"]`` in a top-level conftest).
@@ -7,6 +8,7 @@ Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 from ._cluster import ClusterError, PgNode, PostgresCluster, find_pg_bindir
 from ._mariadb import MariaDBCluster, MariaDBNode, find_mariadbd
 from ._pgbouncer import PgBouncer, find_pgbouncer
+from ._redis import RedisServer, find_redis_server
 
 __all__ = [
     "ClusterError",
@@ -15,7 +17,9 @@ __all__ = [
     "PgBouncer",
     "PgNode",
     "PostgresCluster",
+    "RedisServer",
     "find_mariadbd",
     "find_pg_bindir",
     "find_pgbouncer",
+    "find_redis_server",
 ]

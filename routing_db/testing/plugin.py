@@ -1,4 +1,5 @@
-"""pytest plugin: a session-scoped ``pg_cluster`` fixture."""
+"""pytest plugin: session-scoped servers (``pg_cluster``, ``mariadb_cluster``,
+``pgbouncer``, ``redis_server``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 from ._cluster import PostgresCluster
 from ._mariadb import MariaDBCluster, find_mariadbd
 from ._pgbouncer import PgBouncer, find_pgbouncer
+from ._redis import RedisServer, find_redis_server
 from ._servers import ClusterError
 
-__all__ = ["mariadb_cluster", "pg_cluster", "pgbouncer"]
+__all__ = ["mariadb_cluster", "pg_cluster", "pgbouncer", "redis_server"]
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +68,17 @@ def pgbouncer(pg_cluster: PostgresCluster) -> Iterator[PgBouncer]:
         yield bouncer
     finally:
         bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port for the whole test session."""
+    _require(find_redis_server, "Redis")
+    server = RedisServer.start()
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 def _require(find: Callable[[], Path], server: str) -> None:

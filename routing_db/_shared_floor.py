@@ -1,0 +1,178 @@
+"""Read-your-writes across processes: positions kept per application key.
+
+After a commit that wrote, the position is saved in a store (Redis:
+``routing_db.redis``) under the context's ``causal_key`` (a user, a tenant);
+a read under the same key in any process must see at least that. A store
+that cannot be reached never makes a read stale, nor fails one: reads with a
+key go to the writer until the store answers again and ``ttl`` has passed
+since the last position it may have missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextvars import ContextVar, Token
+from typing import Any, Protocol
+
+from ._causal import CausalFloor
+from ._context import ContextDecorator
+
+__all__ = [
+    "CAUSAL_KEY",
+    "UNKNOWN",
+    "CausalStore",
+    "SharedFloors",
+    "causal_key",
+    "combined",
+]
+
+logger = logging.getLogger("routing_db")
+
+CAUSAL_KEY: ContextVar[str | None] = ContextVar("routing_db_causal_key", default=None)
+"""The application key (user, tenant) whose stored position this context uses."""
+
+# While a store that failed is not asked again: its timeout is not paid by
+# every read of an outage.
+_RETRY_SECONDS = 1.0
+_PENDING_CAP = 10_000
+
+
+class CausalStore(Protocol):
+    """Where positions are kept per key; raises when it cannot be reached."""
+
+    ttl: float
+
+    def load(self, key: str) -> CausalFloor | None:
+        """The position stored for ``key`` (``None``: none, or expired;
+        ``UNKNOWN``: the store may have lost it, as after a restart)."""
+
+    def save(self, key: str, floor: CausalFloor) -> None:
+        """Raise ``key``'s stored position to ``floor``'s, never lower it."""
+
+
+class causal_key(ContextDecorator):
+    """Name the application key whose stored position reads and writes use:
+    context manager (``with``/``async with``) and decorator (sync and async)."""
+
+    __slots__ = ("_key", "_tokens")
+
+    def __init__(self, key: object) -> None:
+        self._key = None if key is None else str(key)
+        self._tokens: list[Token[str | None]] = []
+
+    def _enter(self) -> None:
+        self._tokens.append(CAUSAL_KEY.set(self._key))
+
+    def _exit(self) -> None:
+        CAUSAL_KEY.reset(self._tokens.pop())
+
+    def __call__(self, fn: Any) -> Any:
+        """Decorate a sync or async function."""
+        return self._decorate(fn)
+
+
+class _Unknown(CausalFloor):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: CausalFloor = _Unknown()
+"""What ``SharedFloors.floor`` returns when the store cannot say: read on the writer."""
+
+
+class SharedFloors:
+    """A router's use of its store: outages are logged once and read safely."""
+
+    def __init__(self, store: CausalStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._down = False
+        self._retry_at = 0.0
+        # Positions saved in vain during an outage may be missing from the
+        # store for up to ttl after it answers again.
+        self._unsure_until = 0.0
+        # Saves that failed, saved again once the store answers (other
+        # processes read them from then on); the oldest go first past the cap.
+        self._pending: dict[str, CausalFloor] = {}
+
+    def floor(self, key: str) -> CausalFloor | None:
+        """What a read under ``key`` must see; ``UNKNOWN`` if the store cannot say."""
+        now = time.monotonic()
+        if self._down and now < self._retry_at:
+            return UNKNOWN
+        try:
+            stored = self.store.load(key)
+        except Exception as exc:  # the read goes to the writer instead
+            self._failed(exc)
+            return UNKNOWN
+        self._answered()
+        if now < self._unsure_until:
+            return UNKNOWN
+        return stored
+
+    def wrote(self, key: str, floor: CausalFloor) -> None:
+        """Save ``floor`` for ``key`` after a commit that wrote; never raises."""
+        if self._down and time.monotonic() < self._retry_at:
+            self._missed(key, floor)
+            return
+        try:
+            self.store.save(key, floor)
+        except Exception as exc:  # the commit stands; reads use the writer
+            self._failed(exc)
+            self._missed(key, floor)
+            return
+        self._answered()
+
+    def _missed(self, key: str, floor: CausalFloor) -> None:
+        with self._lock:
+            self._unsure_until = time.monotonic() + self.store.ttl
+            self._pending.pop(key, None)
+            self._pending[key] = floor
+            while len(self._pending) > _PENDING_CAP:
+                del self._pending[next(iter(self._pending))]
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._retry_at = time.monotonic() + _RETRY_SECONDS
+            if self._down:
+                return
+            self._down = True
+        logger.warning(
+            "routing_db: the causal store cannot be reached (%s): reads under "
+            "a causal_key go to the writer until it answers",
+            type(exc).__name__,
+        )
+
+    def _answered(self) -> None:
+        if not self._down:
+            return
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self._unsure_until = max(
+                self._unsure_until, time.monotonic() + self.store.ttl
+            )
+            pending, self._pending = self._pending, {}
+        logger.warning(
+            "routing_db: the causal store answers again; reads under a "
+            "causal_key use it once its ttl has passed"
+        )
+        for key, floor in pending.items():
+            self.wrote(key, floor)
+
+
+def combined(own: CausalFloor | None, stored: CausalFloor | None) -> CausalFloor | None:
+    """The floor that covers both (``UNKNOWN`` wins)."""
+    if stored is None or stored is UNKNOWN:
+        return own if stored is None else stored
+    if own is None:
+        return stored
+    both = CausalFloor()
+    for floor in (own, stored):
+        both.raise_to(floor.lsn, floor.wrote_at, floor.server)
+    return both
