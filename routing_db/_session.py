@@ -85,6 +85,22 @@ class RoutingSyncSession(RecoveringSession):
         from ._sync_session import route_with
 
         route_with(self, router, default_role, binds=bool(kw.get("binds")))
+        self._routing_sync_face = True
+
+    # A session of routing_sync_sessionmaker (RoutingSession's sync session is
+    # driven through AsyncSessionTransaction, which ends the replica itself).
+    _routing_sync_face = False
+
+    def begin(self, nested: bool = False) -> SessionTransaction:
+        """As ``Session.begin``; a dead replica never masks the block's error."""
+        transaction = super().begin(nested=nested)
+        if not self._routing_sync_face:
+            return transaction
+        return _ReplicaFirst(self, transaction)  # type: ignore[return-value]
+
+    def begin_nested(self) -> SessionTransaction:
+        """As ``Session.begin_nested``, with ``begin()``'s replica handling."""
+        return self.begin(nested=True)
 
     def get_bind(
         self,
@@ -297,6 +313,44 @@ class RoutingSyncSession(RecoveringSession):
         return bool(
             self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty)
         )
+
+
+class _ReplicaFirst:
+    """A ``SessionTransaction`` whose rollback ends a replica's read first.
+
+    A ``with session.begin():`` block that fails, or ``rollback()`` on its
+    transaction, rolls back through ``SessionTransaction``, not
+    ``Session.rollback()``: the replica is ended here first, so that a dead
+    one cannot mask the application's error (as ``RoutingSession.begin()``).
+    """
+
+    def __init__(self, session: RoutingSyncSession, transaction: Any) -> None:
+        self._session = session
+        self._transaction = transaction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transaction, name)
+
+    def rollback(self, _to_root: bool = False) -> None:
+        """Roll back; a replica connection that died is dropped, not raised."""
+        try:
+            self._session._routing_end_replica()
+        finally:
+            self._transaction.rollback(_to_root)
+
+    def __enter__(self) -> _ReplicaFirst:
+        self._transaction.__enter__()
+        return self
+
+    def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        if type_ is not None:
+            try:
+                self._session._routing_end_replica()
+            finally:
+                self._transaction.__exit__(type_, value, traceback)
+            return
+        with committing():  # the block ended well: this commits
+            self._transaction.__exit__(type_, value, traceback)
 
 
 @event.listens_for(RoutingSyncSession, "before_flush")

@@ -319,3 +319,38 @@ def test_the_sync_example_script_runs_on_the_cluster(
     assert "['nightly report']" in same
     assert "read_only          -> replica" in done.stdout
     assert "ReadOnlyViolation, nothing sent" in done.stdout
+
+
+@pytest.mark.parametrize("end", ["rollback", "close", "begin() block raises"])
+def test_ending_a_read_whose_replica_died_raises_nothing(
+    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker, end: str
+) -> None:
+    if not sync_cluster.owned:
+        pytest.skip("fault injection needs a cluster started by this test run")
+    session = Sync()
+
+    def read_both_then_crash() -> None:
+        with read_only:
+            port, _ = where(session)
+        where(session)  # the writer too, in the same transaction
+        sync_cluster.crash_replica([n.port for n in sync_cluster.replicas].index(port))
+
+    try:
+        if end == "begin() block raises":
+            with (
+                pytest.raises(LookupError, match="the application's error"),
+                session.begin(),
+            ):
+                read_both_then_crash()
+                raise LookupError("the application's error")
+        else:
+            read_both_then_crash()
+            if end == "rollback":
+                session.rollback()
+            else:
+                session.close()
+        # The session is still usable, on the writer.
+        assert where(session) == (sync_cluster.primary.port, False)
+        session.close()
+    finally:
+        sync_cluster.heal()
