@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import routing_db
@@ -105,3 +107,17 @@ def test_no_other_module_touches_the_routers_private_attributes() -> None:
             and not (isinstance(node.value, ast.Name) and node.value.id == "self")
         }
         assert not used & private, (path, used & private)
+
+
+def test_importing_routing_db_imports_no_integration() -> None:
+    """The core never imports an edge's library: each comes with its extra."""
+    code = (
+        "import sys, routing_db; "
+        "print(sorted(m for m in ('redis', 'sqlmodel', 'opentelemetry', 'flask', "
+        "'prometheus_client', 'fastapi', 'starlette', 'werkzeug') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 import importlib
 import pkgutil
+import re
 
 import pytest
 
@@ -75,3 +76,28 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("routing_db").joinpath("py.typed").is_file()
+
+
+def test_each_integration_extra_brings_only_its_own_package() -> None:
+    """``pip install routing_db[sqlmodel]`` does not pull Redis, and so on."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads(
+        (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    )["project"]
+    extras = project["optional-dependencies"]
+    own = {
+        "sqlmodel": "sqlmodel",
+        "redis": "redis",
+        "otel": "opentelemetry-api",
+        "psycopg2": "psycopg2-binary",
+        "pymysql": "pymysql",
+        "flask": "flask",
+    }
+    for extra, package in own.items():
+        names = [re.split(r"[<>=\[ ]", spec)[0] for spec in extras[extra]]
+        assert names == [package], (extra, names)
+    # Nor does the core: none of them is a dependency of routing_db itself.
+    core = {re.split(r"[<>=\[ ]", spec)[0] for spec in project["dependencies"]}
+    assert not core & set(own.values())
