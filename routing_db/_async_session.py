@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._context import committing
-from ._decision import DefaultRole, check_default_role
+from ._decision import DefaultRole
 from ._exceptions import ConfigurationError
 from ._recovery import RecoveringSession
 from ._router import Router
 from ._session import RoutingSyncSession
-from ._sync_session import route_with
+from ._sync_session import maker_options, route_with
 
 __all__ = ["RoutingSession", "routing_sessionmaker"]
 
@@ -181,17 +181,9 @@ def routing_sessionmaker(
         raise ConfigurationError(
             f"routing_sessionmaker needs a Router, got {type(router).__name__}"
         )
-    if "bind" in kw:
-        raise ConfigurationError(
-            "routing_sessionmaker takes no bind: the router's writer is the bind"
-        )
-    role = default_role if default_role is not None else router.default_role
-    check_default_role(role)
-    class_ = kw.pop("class_", RoutingSession)
-    if not (isinstance(class_, type) and issubclass(class_, RoutingSession)):
-        raise ConfigurationError("class_ must be RoutingSession or a subclass")
-    _check_sync_class(kw.get("sync_session_class") or class_.sync_session_class)
-    if role != router.default_role:
-        kw["default_role"] = role  # else left out: one keyword less per session
+    kw = maker_options(
+        router, default_role, kw, base=RoutingSession, maker="routing_sessionmaker"
+    )
+    _check_sync_class(kw.get("sync_session_class") or kw["class_"].sync_session_class)
     bind: AsyncEngine = router.writer
-    return _RoutingSessionMaker(bind, class_=class_, router=router, **kw)
+    return _RoutingSessionMaker(bind, router=router, **kw)

@@ -4,8 +4,9 @@ out (header or cookie), its own context, its role by HTTP method."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.cookies import SimpleCookie
+from typing import Generic, TypeVar
 
 from ._causal import FLOOR, CausalFloor, causal_token, format_token
 from ._context import read_only
@@ -14,6 +15,7 @@ from ._shared_floor import causal_key
 __all__ = [
     "DEFAULT_TOKEN_HEADER",
     "READ_METHODS",
+    "TokenOptions",
     "bad_token_detail",
     "given_token",
     "request_context",
@@ -23,6 +25,37 @@ __all__ = [
 
 DEFAULT_TOKEN_HEADER = "x-routing-db-token"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+R = TypeVar("R")
+
+
+class TokenOptions(Generic[R]):
+    """What both middlewares are told: where the token travels, which methods
+    read, and the request's causal key (a function of an ASGI scope ``R``,
+    or a WSGI environ)."""
+
+    def __init__(
+        self,
+        *,
+        header: str = DEFAULT_TOKEN_HEADER,
+        cookie: str | None = None,
+        roles_by_method: bool = False,
+        read_methods: Iterable[str] = READ_METHODS,
+        causal_key: Callable[[R], object] | None = None,
+    ) -> None:
+        self.header = header.lower()
+        self.cookie = cookie
+        self.roles_by_method = roles_by_method
+        self.read_methods = frozenset(method.upper() for method in read_methods)
+        # The request's application key (a user, a tenant) for a causal store.
+        self.causal_key = causal_key
+
+    def reads(self, method: object) -> bool:
+        """Does a request of ``method`` run under ``read_only``?"""
+        return self.roles_by_method and method in self.read_methods
+
+    def key_of(self, request: R) -> object:
+        """The request's causal key, if a function gives one."""
+        return None if self.causal_key is None else self.causal_key(request)
 
 
 def given_token(

@@ -23,7 +23,7 @@ from ._positions import (
 )
 from ._topology import Topology
 
-__all__ = ["Monitor", "RoundPolicy", "select_one"]
+__all__ = ["Monitor", "RoundPolicy", "Rounds", "select_one"]
 
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
@@ -101,8 +101,8 @@ class RoundPolicy:
         replicas.record_status(engine, answer, unbounded=answer.unbounded(writer))
 
 
-class Monitor:
-    """Polls every replica each ``interval`` seconds while it runs."""
+class Rounds:
+    """What a monitor of either face holds: its topology, policy and schedule."""
 
     def __init__(
         self,
@@ -116,8 +116,13 @@ class Monitor:
         self._interval = interval
         self._check_timeout = check_timeout
         self._after_round = after_round
-        self._task: asyncio.Task[None] | None = None
         self._policy = RoundPolicy(topology)
+
+
+class Monitor(Rounds):
+    """Polls every replica each ``interval`` seconds while it runs (asyncio)."""
+
+    _task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:

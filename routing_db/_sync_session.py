@@ -12,7 +12,7 @@ from ._router_base import RouterBase
 from ._session import RoutingSyncSession
 from ._sync_router import SyncRouter
 
-__all__ = ["route_with", "routing_sync_sessionmaker"]
+__all__ = ["maker_options", "route_with", "routing_sync_sessionmaker"]
 
 
 S = TypeVar("S", bound=RoutingSyncSession)
@@ -47,18 +47,41 @@ def routing_sync_sessionmaker(
             "routing_sync_sessionmaker needs a SyncRouter, got "
             f"{type(router).__name__} (asyncio: routing_sessionmaker)"
         )
+    kw = maker_options(
+        router,
+        default_role,
+        kw,
+        base=RoutingSyncSession,
+        maker="routing_sync_sessionmaker",
+    )
+    return sessionmaker(router.writer, router=router, **kw)
+
+
+def maker_options(
+    router: RouterBase[Any],
+    default_role: DefaultRole | None,
+    kw: dict[str, Any],
+    *,
+    base: type,
+    maker: str,
+) -> dict[str, Any]:
+    """A routing sessionmaker's keywords, checked, with ``class_`` (either face).
+
+    ``default_role`` is passed on only where it differs from the router's:
+    one keyword less for every session made.
+    """
     if "bind" in kw:
         raise ConfigurationError(
-            "routing_sync_sessionmaker takes no bind: the router's writer is the bind"
+            f"{maker} takes no bind: the router's writer is the bind"
         )
     role = default_role if default_role is not None else router.default_role
     check_default_role(role)
-    class_ = kw.pop("class_", RoutingSyncSession)
-    if not (isinstance(class_, type) and issubclass(class_, RoutingSyncSession)):
-        raise ConfigurationError("class_ must be RoutingSyncSession or a subclass")
+    class_ = kw.pop("class_", base)
+    if not (isinstance(class_, type) and issubclass(class_, base)):
+        raise ConfigurationError(f"class_ must be {base.__name__} or a subclass")
     if role != router.default_role:
         kw["default_role"] = role
-    return sessionmaker(router.writer, class_=class_, router=router, **kw)
+    return {**kw, "class_": class_}
 
 
 def route_with(

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ._bounds import MONITOR_PROBING
 from ._discovery import ThreadDiscovery
-from ._monitor import RoundPolicy
+from ._monitor import Rounds
 from ._positions import ReplicaStatus, takes_writes, writer_position
 from ._topology import Topology
 
@@ -42,22 +42,11 @@ def _on(engine: Engine, check: Callable[..., T], *args: Any) -> T:
         MONITOR_PROBING.reset(probing)
 
 
-class ThreadMonitor:
+class ThreadMonitor(Rounds):
     """Polls every replica each ``interval`` seconds on a daemon thread."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        *,
-        interval: float,
-        check_timeout: float,
-        after_round: Callable[[], None] | None = None,
-    ) -> None:
-        self._topology = topology
-        self._interval = interval
-        self._check_timeout = check_timeout
-        self._after_round = after_round
-        self._policy = RoundPolicy(topology)
+    def __init__(self, topology: Topology, **schedule: Any) -> None:
+        super().__init__(topology, **schedule)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # one round at a time (poll() and thread)

@@ -15,6 +15,7 @@ from ._exceptions import ConfigurationError
 from ._http import (
     DEFAULT_TOKEN_HEADER,
     READ_METHODS,
+    TokenOptions,
     bad_token_detail,
     given_token,
     request_context,
@@ -31,7 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class RoutingMiddleware:
+class RoutingMiddleware(TokenOptions[Scope]):
     """Carries the causal token across requests; optionally routes by method."""
 
     def __init__(
@@ -44,13 +45,14 @@ class RoutingMiddleware:
         read_methods: Iterable[str] = READ_METHODS,
         causal_key: Callable[[Scope], object] | None = None,
     ) -> None:
+        super().__init__(
+            header=header,
+            cookie=cookie,
+            roles_by_method=roles_by_method,
+            read_methods=read_methods,
+            causal_key=causal_key,
+        )
         self.app = app
-        # The request's application key (a user, a tenant) for a causal store.
-        self.causal_key = causal_key
-        self.header = header.lower()
-        self.cookie = cookie
-        self.roles_by_method = roles_by_method
-        self.read_methods = frozenset(method.upper() for method in read_methods)
 
     def _given_token(self, scope: Scope) -> str | None:
         headers = (
@@ -64,13 +66,13 @@ class RoutingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        read = self.roles_by_method and scope.get("method") in self.read_methods
+        read = self.reads(scope.get("method"))
         try:
             block = causal_token(self._given_token(scope))
         except ConfigurationError:
             await _bad_token(send, self.header)
             return
-        key = None if self.causal_key is None else self.causal_key(scope)
+        key = self.key_of(scope)
         with request_context(block, read=read, key=key) as floor:
 
             async def send_with_token(message: Message) -> None:

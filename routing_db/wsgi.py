@@ -23,6 +23,7 @@ from ._exceptions import ConfigurationError
 from ._http import (
     DEFAULT_TOKEN_HEADER,
     READ_METHODS,
+    TokenOptions,
     bad_token_detail,
     given_token,
     request_context,
@@ -36,7 +37,7 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class RoutingMiddleware:
+class RoutingMiddleware(TokenOptions[dict[str, Any]]):
     """Carries the causal token across requests; optionally routes by method."""
 
     def __init__(
@@ -49,13 +50,14 @@ class RoutingMiddleware:
         read_methods: Iterable[str] = READ_METHODS,
         causal_key: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
+        super().__init__(
+            header=header,
+            cookie=cookie,
+            roles_by_method=roles_by_method,
+            read_methods=read_methods,
+            causal_key=causal_key,
+        )
         self.app = app
-        # The request's application key (a user, a tenant) for a causal store.
-        self.causal_key = causal_key
-        self.header = header.lower()
-        self.cookie = cookie
-        self.roles_by_method = roles_by_method
-        self.read_methods = frozenset(method.upper() for method in read_methods)
 
     def _given_token(self, environ: dict[str, Any]) -> str | None:
         headers = (
@@ -78,8 +80,7 @@ class RoutingMiddleware:
         environ: dict[str, Any],
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD")
-        read = self.roles_by_method and method in self.read_methods
+        read = self.reads(environ.get("REQUEST_METHOD"))
         try:
             block = causal_token(self._given_token(environ))
         except ConfigurationError:
@@ -87,7 +88,7 @@ class RoutingMiddleware:
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [body]
         scope = contextlib.ExitStack()
-        key = None if self.causal_key is None else self.causal_key(environ)
+        key = self.key_of(environ)
         floor = scope.enter_context(request_context(block, read=read, key=key))
 
         def start_with_token(status: str, headers: list[Any], *args: Any) -> Any:
