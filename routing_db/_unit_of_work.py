@@ -1,14 +1,21 @@
-"""Run a whole transaction again when it failed in a way that rerunning fixes."""
+"""Run a whole transaction again when it failed in a way that rerunning fixes.
+
+For either face: ``unit_of_work`` decorates ``async def fn(session, ...)``
+with an ``async_sessionmaker``, and ``def fn(session, ...)`` with a
+``sessionmaker`` (the sync face; its backoff sleeps the thread).
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from ._exceptions import CommitOutcomeUnknown
+from ._exceptions import CommitOutcomeUnknown, ConfigurationError
 from ._retry import RetryPolicy, is_transient_error
 
 __all__ = ["run_unit_of_work", "unit_of_work"]
@@ -16,6 +23,7 @@ __all__ = ["run_unit_of_work", "unit_of_work"]
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S", bound=AsyncSession)
+T = TypeVar("T", bound=Session)
 
 
 def _rerunnable(error: BaseException) -> bool:
@@ -24,7 +32,7 @@ def _rerunnable(error: BaseException) -> bool:
     return not isinstance(error, CommitOutcomeUnknown) and is_transient_error(error)
 
 
-def _policy(factory: async_sessionmaker[Any], retry: RetryPolicy | None) -> RetryPolicy:
+def _policy(factory: Any, retry: RetryPolicy | None) -> RetryPolicy:
     if retry is not None:
         return retry
     router = factory.kw.get("router")
@@ -61,18 +69,58 @@ async def _run(
     raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 
+def _run_sync(
+    factory: sessionmaker[Any],
+    retry: RetryPolicy | None,
+    fn: Callable[..., R],
+    *args: Any,
+    **kwargs: Any,
+) -> R:
+    for attempt in _policy(factory, retry).sync(_rerunnable):
+        with attempt, factory() as session, session.begin():
+            return fn(session, *args, **kwargs)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+@overload
 def unit_of_work(
     factory: async_sessionmaker[S], *, retry: RetryPolicy | None = None
-) -> Callable[[Callable[Concatenate[S, P], Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Decorate ``async def fn(session, ...)``: each call runs as a unit of work."""
+) -> Callable[
+    [Callable[Concatenate[S, P], Awaitable[R]]], Callable[P, Awaitable[R]]
+]: ...
 
-    def decorate(
-        fn: Callable[Concatenate[S, P], Awaitable[R]],
-    ) -> Callable[P, Awaitable[R]]:
+
+@overload
+def unit_of_work(
+    factory: sessionmaker[T], *, retry: RetryPolicy | None = None
+) -> Callable[[Callable[Concatenate[T, P], R]], Callable[P, R]]: ...
+
+
+def unit_of_work(factory: Any, *, retry: RetryPolicy | None = None) -> Any:
+    """Decorate ``fn(session, ...)``: each call runs as a unit of work.
+
+    ``async def`` with an ``async_sessionmaker``; a plain ``def`` with a
+    ``sessionmaker`` (``routing_sync_sessionmaker``).
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await _run(factory, retry, fn, *args, **kwargs)
+
+            return wrapper
+        if not isinstance(factory, sessionmaker):
+            raise ConfigurationError(
+                "unit_of_work on a plain function needs a sessionmaker "
+                "(routing_sync_sessionmaker); async def needs an async_sessionmaker"
+            )
+
         @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return await _run(factory, retry, fn, *args, **kwargs)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return _run_sync(factory, retry, fn, *args, **kwargs)
 
-        return wrapper
+        return sync_wrapper
 
     return decorate

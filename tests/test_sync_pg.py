@@ -30,6 +30,7 @@ from routing_db import (
     SyncRouter,
     read_only,
     routing_sync_sessionmaker,
+    unit_of_work,
     use_writer,
 )
 from routing_db.metrics import register_metrics
@@ -354,3 +355,33 @@ def test_ending_a_read_whose_replica_died_raises_nothing(
         session.close()
     finally:
         sync_cluster.heal()
+
+
+def test_a_sync_unit_of_work_reruns_after_its_connection_was_killed(
+    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker
+) -> None:
+    attempts: list[int] = []
+
+    @unit_of_work(Sync)
+    def add(session: Session, name: str) -> int:
+        session.add(Item(name=name))
+        session.flush()
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        attempts.append(int(pid))
+        if len(attempts) == 1:
+            # The server ends this connection (and the call waits for it);
+            # the next statement fails before COMMIT: transient, nothing was
+            # committed, so the whole function runs again.
+            ended = f"SELECT pg_terminate_backend({pid}, 10000)"
+            sync_cluster.sql(sync_cluster.primary, ended)
+            session.execute(text("SELECT 1"))
+        return len(attempts)
+
+    assert add("once") == 2
+    assert attempts[0] != attempts[1]  # a new connection the second time
+    assert (
+        sync_cluster.sql(
+            sync_cluster.primary, "SELECT string_agg(name, ',') FROM items"
+        )
+        == "once"
+    )
