@@ -116,13 +116,15 @@ def cut(driver_connection: Any) -> bool:
     the driver fails what it waits for, or its next statement, as a lost
     connection. Return whether there was a socket to shut down."""
     pgconn = getattr(driver_connection, "pgconn", None)  # psycopg 3
+    fd: int | None
     try:
-        fd = (
-            int(pgconn.socket)
-            if pgconn is not None
-            else asyncpg_socket(driver_connection) or mysql_socket(driver_connection)
-        )
-    except Exception:  # psycopg: closed already
+        if pgconn is not None:
+            fd = int(pgconn.socket)
+        elif hasattr(driver_connection, "get_backend_pid"):  # psycopg2
+            fd = int(driver_connection.fileno())
+        else:
+            fd = asyncpg_socket(driver_connection) or mysql_socket(driver_connection)
+    except Exception:  # closed already
         return False
     if fd is None:
         return False

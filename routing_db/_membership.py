@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
+from sqlalchemy.util import greenlet_spawn
 
 from ._build import EngineMaker
 from ._connections import cut, driver_of
@@ -18,6 +19,7 @@ from ._engines import AppEngine, check_url, core, dispose, engine_name
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
 from ._options import HealthOptions, ObservabilityOptions
+from ._sa_compat import pause
 from ._topology import Topology
 from ._wiring import hook_replica
 
@@ -45,23 +47,41 @@ def join(
     )  # fmt: skip
 
 
-async def drain(topology: Topology, engine: AppEngine, *, seconds: float) -> None:
+_POLL = 0.02  # seconds between looks at a draining pool
+
+
+def drain(
+    topology: Topology,
+    engine: AppEngine,
+    *,
+    seconds: float,
+    later: Callable[[Callable[[], None]], object] | None,
+) -> None:
     """Give ``engine`` no new transactions, let its open ones finish for up to
-    ``seconds``, cut those still open, dispose it."""
+    ``seconds``, cut those still open, dispose it.
+
+    Sync code for both faces: a ``Router`` runs it in SQLAlchemy's greenlet
+    (``pause`` yields to the event loop). ``later(fn)`` runs ``fn`` once the
+    event being dispatched is over, to take the listeners off again; with
+    ``None`` (threads: another thread may be dispatching) they are left on
+    the disposed engine, doing nothing.
+    """
     sync = core(engine)
     pool: Any = sync.pool
     topology.replica_set.drain(sync)
-    loop = asyncio.get_running_loop()
-    drained = asyncio.Event()
     # Connections seen running a statement meanwhile (the pool lists only
     # idle ones), and whether the timeout passed: then each is cut.
     busy: dict[int, Any] = {}
-    timed_out = False
+    timed_out = done = False
     # Transactions still open once cut: counted down as they end (a disposed
     # pool's own count means nothing).
     open_after = 0
 
     def stop_listening() -> None:
+        nonlocal done
+        done = True
+        if later is None:
+            return
         for target, name, fn in (
             (sync, "before_cursor_execute", executing),
             (pool, "checkin", checked_in),
@@ -70,22 +90,20 @@ async def drain(topology: Topology, engine: AppEngine, *, seconds: float) -> Non
             if event.contains(target, name, fn):
                 event.remove(target, name, fn)
 
-    def check() -> None:
-        if not timed_out and pool.checkedout() <= 0:
-            drained.set()
-
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         nonlocal open_after
+        if done:
+            return
         if dbapi_connection is not None:  # None: invalidated
             busy.pop(id(driver_of(dbapi_connection)), None)
-        if not timed_out:
-            loop.call_soon(check)  # once the pool has counted it back
-            return
-        open_after -= 1
-        if open_after <= 0:
-            loop.call_soon(stop_listening)  # the last cut transaction ended
+        if timed_out:
+            open_after -= 1
+            if open_after <= 0:  # the last cut transaction ended
+                stop_listening() if later is None else later(stop_listening)
 
     def executing(conn: Any, *args: Any) -> None:
+        if done:
+            return
         driver = conn.connection.driver_connection
         busy[id(driver)] = driver
         if timed_out:
@@ -94,9 +112,9 @@ async def drain(topology: Topology, engine: AppEngine, *, seconds: float) -> Non
     event.listen(pool, "checkin", checked_in)
     event.listen(sync, "before_cursor_execute", executing)
     try:
-        check()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(drained.wait(), seconds)
+        deadline = time.monotonic() + seconds
+        while pool.checkedout() > 0 and time.monotonic() < deadline:
+            pause(_POLL)
         if pool.checkedout() > 0:
             timed_out, open_after = True, pool.checkedout()
             for driver in list(busy.values()):
@@ -116,7 +134,7 @@ async def drain(topology: Topology, engine: AppEngine, *, seconds: float) -> Non
             stop_listening()
     topology.remove_replica(engine)
     topology.replica_set.forget(sync)
-    await dispose(engine)
+    sync.dispose()
 
 
 class Members:
@@ -130,6 +148,7 @@ class Members:
         health: HealthOptions,
         observability: ObservabilityOptions,
         joined: Callable[[], None],
+        sync: bool,
     ) -> None:
         self._topology = topology
         self._hooks = hooks
@@ -137,7 +156,7 @@ class Members:
         self._observability = observability
         self._joined = joined  # the router starts its monitor if it should
         # How a URL becomes an engine (from_urls and from_cluster: as they did).
-        self.make_engine = EngineMaker({}, None, pgbouncer=False)
+        self.make_engine = EngineMaker({}, None, pgbouncer=False, sync=sync)
 
     def add_replica(
         self, replica: str | URL | AppEngine, name: str | None, weight: float
@@ -150,7 +169,7 @@ class Members:
     def add_node(self, url: str | URL, name: str | None, weight: float) -> str:
         """See ``Router.add_node``."""
         discovery = self._cluster("add_node")
-        checked = check_url(url, field="add_node")
+        checked = check_url(url, field="add_node", sync=self.make_engine.sync)
         name, reader = self._join(checked, name, weight, field="add_node")
         discovery.add(name, reader)
         return name
@@ -167,7 +186,9 @@ class Members:
         if isinstance(replica, AppEngine):
             engine = replica
         else:
-            engine = self.make_engine(check_url(replica, field=field), field, name)
+            engine = self.make_engine(
+                check_url(replica, field=field, sync=self.make_engine.sync), field, name
+            )
         name = name or engine_name(engine)
         if name in {name for name, _ in topology.engines()}:
             raise ConfigurationError(f"the router already has an engine named {name}")
@@ -182,25 +203,53 @@ class Members:
 
     async def remove_replica(self, name: str, drain_timeout: float) -> None:
         """See ``Router.remove_replica``."""
+        engine = self._leaving_replica(name)
+        loop = asyncio.get_running_loop()
+        await greenlet_spawn(
+            drain, self._topology, engine, seconds=drain_timeout, later=loop.call_soon
+        )
+
+    def remove_replica_now(self, name: str, drain_timeout: float) -> None:
+        """See ``SyncRouter.remove_replica``."""
+        engine = self._leaving_replica(name)
+        drain(self._topology, engine, seconds=drain_timeout, later=None)
+
+    async def remove_node(self, name: str, drain_timeout: float) -> None:
+        """See ``Router.remove_node``."""
+        engine, probe = self._leaving_node(name)
+        loop = asyncio.get_running_loop()
+        try:
+            await greenlet_spawn(
+                drain, self._topology, engine, seconds=drain_timeout,
+                later=loop.call_soon,
+            )  # fmt: skip
+        finally:
+            await dispose(probe)
+
+    def remove_node_now(self, name: str, drain_timeout: float) -> None:
+        """See ``SyncRouter.remove_node``."""
+        engine, probe = self._leaving_node(name)
+        try:
+            drain(self._topology, engine, seconds=drain_timeout, later=None)
+        finally:
+            core(probe).dispose()
+
+    def _leaving_replica(self, name: str) -> AppEngine:
         if self._topology.discovery is not None:
             raise ConfigurationError(
                 "a from_cluster router removes nodes: remove_node()"
             )
-        await self._drain(name, drain_timeout)
+        return self._named(name)
 
-    async def remove_node(self, name: str, drain_timeout: float) -> None:
-        """See ``Router.remove_node``."""
+    def _leaving_node(self, name: str) -> tuple[AppEngine, AppEngine]:
         probe = self._cluster("remove_node").remove(name)
-        try:
-            await self._drain(name, drain_timeout)
-        finally:
-            await dispose(probe)
+        return self._named(name), probe
 
-    async def _drain(self, name: str, drain_timeout: float) -> None:
+    def _named(self, name: str) -> AppEngine:
         engine = self._topology.named(name)
         if engine is None:
             raise ConfigurationError(f"the router has no replica named {name!r}")
-        await drain(self._topology, engine, seconds=drain_timeout)
+        return engine
 
     def _cluster(self, method: str) -> Discovery:
         discovery = self._topology.discovery

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._discovery import AsyncDiscovery
@@ -41,16 +40,6 @@ class Router(RouterBase[AsyncEngine]):
         next statement (or one running then) fails as a lost connection.
         """
         await self._members.remove_replica(name, drain_timeout)
-
-    def add_node(
-        self, url: str | URL, *, name: str | None = None, weight: float = 1.0
-    ) -> str:
-        """Add a node to a ``from_cluster`` router at runtime; return its name.
-
-        The monitor asks its role in its next round; a standby serves reads
-        from then on.
-        """
-        return self._members.add_node(url, name, weight)
 
     async def remove_node(self, name: str, *, drain_timeout: float = 30.0) -> None:
         """Remove a node of a ``from_cluster`` router, as ``remove_replica`` does.

@@ -175,6 +175,7 @@ class RouterBase(Generic[E]):
             health=self.health,
             observability=self.observability,
             joined=self._joined,
+            sync=self._sync,
         )
         self._monitor = self._make_monitor()
         self._urls = tuple(safe_url(core(e).url) for _, e in self.topology.engines())
@@ -404,6 +405,16 @@ class RouterBase(Generic[E]):
         engine made as ``from_urls`` made the others.
         """
         return self._members.add_replica(replica, name, weight)
+
+    def add_node(
+        self, url: str | URL, *, name: str | None = None, weight: float = 1.0
+    ) -> str:
+        """Add a node to a ``from_cluster`` router at runtime; return its name.
+
+        The monitor asks its role in its next round; a standby serves reads
+        from then on.
+        """
+        return self._members.add_node(url, name, weight)
 
     def __repr__(self) -> str:
         if self.topology.discovery is not None:

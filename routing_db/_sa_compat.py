@@ -85,7 +85,7 @@ INTERNALS: Mapping[str, str] = {
         "a driver connect wrapped in a timeout (aiomysql and asyncmy bound "
         "only the TCP connect); create_async_engine's async_creator passes it"
     ),
-    "aiomysql and asyncmy Connection._writer": (
+    "aiomysql and asyncmy Connection._writer, pymysql Connection._sock": (
         "the socket of a MySQL connection, shut down to cut a transaction "
         "still open on a replica removed after drain_timeout"
     ),
@@ -244,7 +244,10 @@ async def aiomysql_open(connection: Any) -> Any:
 
 
 def mysql_socket(driver_connection: Any) -> int | None:
-    """The file descriptor of an aiomysql or asyncmy connection's socket."""
+    """The file descriptor of an aiomysql, asyncmy or pymysql connection's socket."""
+    sock = getattr(driver_connection, "_sock", None)  # pymysql
+    if sock is not None:
+        return None if sock.fileno() < 0 else int(sock.fileno())
     writer = getattr(driver_connection, "_writer", None)
     transport = getattr(writer, "transport", None)
     sock = None if transport is None else transport.get_extra_info("socket")

@@ -326,20 +326,20 @@ class _ReplicaFirst:
 
     def __init__(self, session: RoutingSyncSession, transaction: Any) -> None:
         self._session = session
-        self._transaction = transaction
+        self._inner = transaction
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transaction, name)
+        return getattr(self._inner, name)
 
     def rollback(self, _to_root: bool = False) -> None:
         """Roll back; a replica connection that died is dropped, not raised."""
         try:
             self._session._routing_end_replica()
         finally:
-            self._transaction.rollback(_to_root)
+            self._inner.rollback(_to_root)
 
     def __enter__(self) -> _ReplicaFirst:
-        self._transaction.__enter__()
+        self._inner.__enter__()
         return self
 
     def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
@@ -347,10 +347,10 @@ class _ReplicaFirst:
             try:
                 self._session._routing_end_replica()
             finally:
-                self._transaction.__exit__(type_, value, traceback)
+                self._inner.__exit__(type_, value, traceback)
             return
         with committing():  # the block ended well: this commits
-            self._transaction.__exit__(type_, value, traceback)
+            self._inner.__exit__(type_, value, traceback)
 
 
 @event.listens_for(RoutingSyncSession, "before_flush")

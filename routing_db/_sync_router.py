@@ -51,6 +51,21 @@ class SyncRouter(RouterBase[Engine]):
         self._stopping()
         self._monitor.stop()
 
+    def remove_replica(self, name: str, *, drain_timeout: float = 30.0) -> None:
+        """Remove a replica: no new transactions, open ones finish, pool disposed.
+
+        Transactions still on it after ``drain_timeout`` seconds are cut: their
+        next statement (or one running then) fails as a lost connection.
+        """
+        self._members.remove_replica_now(name, drain_timeout)
+
+    def remove_node(self, name: str, *, drain_timeout: float = 30.0) -> None:
+        """Remove a node of a ``from_cluster`` router, as ``remove_replica`` does.
+
+        The writer's node cannot be removed: fail over first.
+        """
+        self._members.remove_node_now(name, drain_timeout)
+
     def dispose(self) -> None:
         """Stop the monitor, close every pool, remove the hooks this router added."""
         self._closing()

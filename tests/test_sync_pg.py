@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from routing_db import (
@@ -28,6 +29,8 @@ from routing_db import (
     RoutingSettings,
     RoutingSyncSession,
     SyncRouter,
+    is_connection_error,
+    is_transient_error,
     read_only,
     routing_sync_sessionmaker,
     unit_of_work,
@@ -385,3 +388,50 @@ def test_a_sync_unit_of_work_reruns_after_its_connection_was_killed(
         )
         == "once"
     )
+
+
+def test_a_replica_removed_under_threads_drains_and_cuts_what_is_left(
+    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker
+) -> None:
+    leaving = router.status()[1]["name"]
+    port = sync_cluster.replicas[0].port
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                with Sync() as session, read_only:
+                    where(session)
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+
+    # A transaction pinned to the leaving replica, idle in it past the drain.
+    held = Sync()
+    with read_only:
+        while where(held)[0] != port:
+            held.close()
+    readers = [threading.Thread(target=read) for _ in range(8)]
+    for thread in readers:
+        thread.start()
+    try:
+        started = time.monotonic()
+        router.remove_replica(leaving, drain_timeout=1.0)
+        assert 1.0 <= time.monotonic() - started < 3  # waited for the held one
+        # Cut: its next statement fails as a lost connection (transient).
+        with pytest.raises(DBAPIError) as cut, read_only:
+            where(held)
+        assert is_connection_error(cut.value) and is_transient_error(cut.value)
+        held.close()
+        served = set()
+        for _ in range(4):
+            with Sync() as session, read_only:
+                served.add(where(session)[0])
+        assert served == {sync_cluster.replicas[1].port}
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert [row["name"] for row in router.status()][1:] != [leaving]
+    assert leaving not in [row["name"] for row in router.status()]
+    assert errors == []  # reads moved to the other replica, none failed
