@@ -169,6 +169,10 @@ class RoutingSettings(BaseSettings):
     # Read-your-writes and retries.
     sticky_seconds: Limit = 2.0
     causal_wait_timeout: Limit | None = None
+    # A Redis causal store (routing_db.redis, the redis extra): a user's
+    # position shared by processes, for reads under causal_key.
+    causal_store_url: SecretStr | None = None
+    causal_store_ttl: Seconds = 30.0
     retry_attempts: AtLeastOne = 3
     retry_max_seconds: Seconds = 10.0
 
@@ -283,6 +287,16 @@ class RoutingSettings(BaseSettings):
             "postgresql+asyncpg or postgresql+psycopg"
         )
 
+    def _causal_store(self) -> Any:
+        if self.causal_store_url is None:
+            return None
+        # Imported here: only settings that name a store need redis.
+        from .redis import RedisCausalStore
+
+        return RedisCausalStore(
+            self.causal_store_url.get_secret_value(), ttl=self.causal_store_ttl
+        )
+
     def router_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Router.from_urls``, or ``Router.from_cluster``
         with ``cluster_urls`` (they contain the secrets)."""
@@ -313,6 +327,7 @@ class RoutingSettings(BaseSettings):
                     or name in _OFF_AS_NONE
                 },
                 "weights": self.replica_weights,
+                "causal_store": self._causal_store(),
                 "retry": RetryPolicy(
                     attempts=self.retry_attempts, max_seconds=self.retry_max_seconds
                 ),

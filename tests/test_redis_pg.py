@@ -27,6 +27,7 @@ from sqlalchemy import text
 from routing_db import (
     Router,
     RoutingSession,
+    RoutingSettings,
     SyncRouter,
     causal_key,
     read_only,
@@ -277,3 +278,39 @@ def test_the_two_pods_example_runs(
     assert done.returncode == 0, done.stderr
     # Replay is paused: only the writer has the row, and pod two finds it.
     assert "reads 1 row(s)" in done.stdout and "served by the writer" in done.stdout
+
+
+async def test_the_store_from_settings(
+    rows: PostgresCluster, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-store"
+    settings = RoutingSettings(
+        writer_url=rows.writer_url,
+        causal_store_url=f"redis://:{secret}@127.0.0.1:1/0",
+        causal_store_ttl=5,
+    )
+    assert secret not in repr(settings)
+    store = settings.router_kwargs()["router_options"]["causal_store"]
+    assert isinstance(store, RedisCausalStore) and store.ttl == 5
+    assert secret not in repr(store)
+
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", rows.writer_url)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", ",".join(rows.replica_urls))
+    monkeypatch.setenv("ROUTING_DB_CAUSAL_STORE_URL", redis_server.url)
+    async with Router.from_settings() as router:
+        Session = routing_sessionmaker(router)
+        async with causal_key("cy"), Session() as session:
+            await session.execute(INSERT, {"v": "cy-1"})
+            await session.commit()
+
+        async def later() -> tuple[bool, bool]:
+            async with causal_key("cy"), Session() as session, read_only:
+                found, _, standby = (await session.execute(FIND, {"v": "cy-1"})).one()
+                return bool(found), bool(standby)
+
+        assert await asyncio.create_task(later(), context=contextvars.Context()) == (
+            True,
+            False,
+        )
+    stored = redis.Redis.from_url(redis_server.url).hgetall("routing_db:cy")
+    assert stored and int(stored[b"lsn"]) > 0
