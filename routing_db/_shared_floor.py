@@ -10,6 +10,7 @@ since the last position it may have missed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -33,10 +34,8 @@ logger = logging.getLogger("routing_db")
 CAUSAL_KEY: ContextVar[str | None] = ContextVar("routing_db_causal_key", default=None)
 """The application key (user, tenant) whose stored position this context uses."""
 
-# While a store that failed is not asked again: its timeout is not paid by
-# every read of an outage.
-_RETRY_SECONDS = 1.0
 _PENDING_CAP = 10_000
+_FLUSH_AT_ONCE = 20
 
 
 class CausalStore(Protocol):
@@ -87,8 +86,11 @@ UNKNOWN: CausalFloor = _Unknown()
 class SharedFloors:
     """A router's use of its store: outages are logged once and read safely."""
 
-    def __init__(self, store: CausalStore) -> None:
+    def __init__(self, store: CausalStore, *, retry_seconds: float = 1.0) -> None:
         self.store = store
+        # While a store that failed is not asked again: its timeout is not
+        # paid by every read of an outage.
+        self._retry_seconds = retry_seconds
         self._lock = threading.Lock()
         self._down = False
         self._retry_at = 0.0
@@ -110,7 +112,7 @@ class SharedFloors:
             self._failed(exc)
             return UNKNOWN
         self._answered()
-        if now < self._unsure_until:
+        if time.monotonic() < self._unsure_until:
             return UNKNOWN
         return stored
 
@@ -130,14 +132,15 @@ class SharedFloors:
     def _missed(self, key: str, floor: CausalFloor) -> None:
         with self._lock:
             self._unsure_until = time.monotonic() + self.store.ttl
-            self._pending.pop(key, None)
-            self._pending[key] = floor
+            newest = combined(self._pending.pop(key, None), floor)
+            assert newest is not None
+            self._pending[key] = newest
             while len(self._pending) > _PENDING_CAP:
                 del self._pending[next(iter(self._pending))]
 
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
-            self._retry_at = time.monotonic() + _RETRY_SECONDS
+            self._retry_at = time.monotonic() + self._retry_seconds
             if self._down:
                 return
             self._down = True
@@ -148,22 +151,33 @@ class SharedFloors:
         )
 
     def _answered(self) -> None:
-        if not self._down:
-            return
+        if self._down:
+            with self._lock:
+                was_down, self._down = self._down, False
+                self._unsure_until = max(
+                    self._unsure_until, time.monotonic() + self.store.ttl
+                )
+            if was_down:
+                logger.warning(
+                    "routing_db: the causal store answers again; reads under a "
+                    "causal_key use it once its ttl has passed"
+                )
+        if self._pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        # A few at a time: the operation that found the store back belongs
+        # to a request, which must not pay for a whole outage's saves.
         with self._lock:
-            if not self._down:
+            keys = list(itertools.islice(self._pending, _FLUSH_AT_ONCE))
+            batch = [(key, self._pending.pop(key)) for key in keys]
+        for key, floor in batch:
+            try:
+                self.store.save(key, floor)
+            except Exception as exc:
+                self._failed(exc)
+                self._missed(key, floor)
                 return
-            self._down = False
-            self._unsure_until = max(
-                self._unsure_until, time.monotonic() + self.store.ttl
-            )
-            pending, self._pending = self._pending, {}
-        logger.warning(
-            "routing_db: the causal store answers again; reads under a "
-            "causal_key use it once its ttl has passed"
-        )
-        for key, floor in pending.items():
-            self.wrote(key, floor)
 
 
 def combined(own: CausalFloor | None, stored: CausalFloor | None) -> CausalFloor | None:
