@@ -13,8 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._engines import AppEngine, core
 from ._hooks import Hooks
+from ._make import AppEngine, core
 from ._sa_compat import wrap_creator
 
 __all__ = [

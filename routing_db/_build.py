@@ -10,8 +10,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._discovery import Node
-from ._engines import AppEngine, core, create_engine, engine_name, url_name
 from ._exceptions import ConfigurationError
+from ._make import AppEngine, core, create_engine, engine_name, url_name
 from ._options import HealthOptions
 
 __all__ = [

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ._async_session import routing_sessionmaker
 from ._doctor import check_setup
-from ._engines import check_url, create_engine
 from ._exceptions import ConfigurationError, RoutingDBError
+from ._make import check_url, create_engine
 from ._router import Router
 from ._settings import POOL_FIELDS, RoutingSettings
 from .loadtest import (

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._bounds import install_connect_timeout
-from ._engines import AppEngine, core
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
+from ._make import AppEngine, core
 from ._positions import takes_writes
 from ._topology import Topology
 

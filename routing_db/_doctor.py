@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from ._engines import create_engine, url_name
+from ._make import create_engine, url_name
 
 __all__ = ["EngineReport", "check_setup"]
 

@@ -15,9 +15,9 @@ from sqlalchemy.util import greenlet_spawn
 from ._build import EngineMaker
 from ._connections import cut, driver_of
 from ._discovery import Discovery
-from ._engines import AppEngine, check_url, core, dispose, engine_name
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
+from ._make import AppEngine, check_url, core, dispose, engine_name
 from ._options import HealthOptions, ObservabilityOptions
 from ._sa_compat import pause
 from ._topology import Topology

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import MONITOR_PROBING
 from ._discovery import AsyncDiscovery
-from ._engines import ReplicaRestarted, dispose, pool_capacity
+from ._engines import ReplicaRestarted
+from ._make import dispose, pool_capacity
 from ._positions import (
     ReplicaStatus,
     has_positions,

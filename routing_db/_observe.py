@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 
-from ._engines import AppEngine, core
 from ._hooks import Hooks
+from ._make import AppEngine, core
 from ._sa_compat import unwrap_pool_connect, wrap_pool_connect
 
 __all__ = ["PoolListener", "PoolObserver", "observe"]

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from ._causal import CausalFloor
-from ._engines import pool_capacity
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._hooks import Hooks
+from ._make import pool_capacity
 from ._policies import BalancingPolicy, Candidate, RoundRobin
 from ._positions import replay_position_now
 from ._replica_records import ReplicaRecords

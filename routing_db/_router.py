@@ -8,7 +8,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._discovery import AsyncDiscovery
-from ._engines import dispose
+from ._make import dispose
 from ._monitor import Monitor
 from ._router_base import (
     DEFAULT_PING_AFTER_IDLE,

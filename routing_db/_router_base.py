@@ -25,10 +25,11 @@ from ._build import (
 )
 from ._decision import DefaultRole, check_default_role
 from ._discovery import Discovery
-from ._engines import check_url, core, install_writer_hooks, safe_url
+from ._engines import install_writer_hooks
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
 from ._hooks import Hooks
+from ._make import check_url, core, safe_url
 from ._membership import Members
 from ._misuse import OPENINGS
 from ._options import (

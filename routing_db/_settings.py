@@ -15,8 +15,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from ._engines import check_url
 from ._exceptions import ConfigurationError
+from ._make import check_url
 from ._retry import RetryPolicy
 from ._router import ROUTER_OPTIONS
 

@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any
 
-from ._engines import AppEngine, core
 from ._hooks import Hooks
+from ._make import AppEngine, core
 
 __all__ = ["install_slow_query_log"]
 

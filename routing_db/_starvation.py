@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from ._engines import core
+from ._make import core
 from ._observe import PoolObserver, observe
 from ._sa_compat import caller_frames
 from ._topology import Topology

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._engines import AppEngine, core, pool_capacity, safe_url
 from ._health import ReplicaState
+from ._make import AppEngine, core, pool_capacity, safe_url
 from ._topology import Topology
 
 __all__ = ["status_rows"]

@@ -8,7 +8,7 @@ from typing import ClassVar
 from sqlalchemy.engine import Engine
 
 from ._discovery import ThreadDiscovery
-from ._engines import core
+from ._make import core
 from ._router_base import RouterBase
 from ._thread_monitor import ThreadMonitor
 

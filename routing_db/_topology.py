@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
-from ._engines import AppEngine, core
 from ._events import Listeners
+from ._make import AppEngine, core
 from ._replicas import ReplicaSet
 
 if TYPE_CHECKING:

@@ -7,8 +7,9 @@ import functools
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import install_connect_guard, install_connect_timeout
-from ._engines import AppEngine, core, install_idle_ping, install_replica_setup
+from ._engines import install_idle_ping, install_replica_setup
 from ._hooks import Hooks
+from ._make import AppEngine, core
 from ._options import HealthOptions, ObservabilityOptions
 from ._read_timeout import install_read_timeout, install_socket_timeout
 from ._replicas import ReplicaSet

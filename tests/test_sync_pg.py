@@ -435,3 +435,53 @@ def test_a_replica_removed_under_threads_drains_and_cuts_what_is_left(
     assert [row["name"] for row in router.status()][1:] != [leaving]
     assert leaving not in [row["name"] for row in router.status()]
     assert errors == []  # reads moved to the other replica, none failed
+
+
+def test_a_lagging_replica_is_skipped_until_it_catches_up(
+    sync_cluster: PostgresCluster,
+) -> None:
+    if not sync_cluster.owned:
+        pytest.skip("fault injection needs a cluster started by this test run")
+    router = SyncRouter.from_urls(
+        sync_cluster.writer_url,
+        sync_cluster.replica_urls,
+        monitor_interval=0.1,
+        max_lag_bytes=256 * 1024,
+    )
+    Session = routing_sync_sessionmaker(router)
+    lagging_port = sync_cluster.replicas[0].port
+
+    def state() -> dict[str, Any]:
+        row: dict[str, Any] = router.status()[1]
+        return row
+
+    def served(reads: int) -> set[int]:
+        ports = set()
+        for _ in range(reads):
+            with Session() as session, read_only:
+                ports.add(where(session)[0])
+        return ports
+
+    try:
+        with router:
+            sync_cluster.pause_replay(0)
+            # Write until the paused replica is over the byte limit.
+            while not state()["lagging"]:
+                with Session.begin() as session:
+                    session.execute(
+                        text(
+                            "INSERT INTO items (name) SELECT repeat('x', 90) "
+                            "FROM generate_series(1, 500)"
+                        )
+                    )
+                router.poll()
+            assert state()["lag_bytes"] > 256 * 1024
+            assert fresh(lambda: served(20)) == {sync_cluster.replicas[1].port}
+            sync_cluster.resume_replay(0)
+            deadline = time.monotonic() + 5
+            while state()["lagging"]:  # the monitor thread sees it catch up
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert lagging_port in fresh(lambda: served(10))
+    finally:
+        sync_cluster.heal()
