@@ -34,8 +34,12 @@ from ._hooks import Hooks
 from ._sa_compat import aiomysql_open
 
 __all__ = [
+    "CANCEL",
+    "backend_id",
+    "expired",
     "install_read_timeout",
     "install_socket_timeout",
+    "timeout_translator",
 ]
 
 logger = logging.getLogger("routing_db")
@@ -44,17 +48,17 @@ T = TypeVar("T")
 
 # Driver connections whose statement ran past the bound: the error their
 # statement then raises (a lost connection) is the timeout's.
-_expired: weakref.WeakSet[Any] = weakref.WeakSet()
+expired: weakref.WeakSet[Any] = weakref.WeakSet()
 _cancels: set[asyncio.Future[Any]] = set()
 
 
 def _expire(connection: Any, seconds: float) -> None:
-    _expired.add(connection)
+    expired.add(connection)
     # The server may only be slow: it is asked to stop the statement (over
     # another connection, in the background); this one is cut at once, since
     # a server that stopped would answer neither.
     cancel = _cancellers.get(connection)
-    backend = _backend_id(connection)
+    backend = backend_id(connection)
     if cancel is not None and backend is not None:
         task = asyncio.ensure_future(cancel(backend))
         _cancels.add(task)
@@ -62,11 +66,13 @@ def _expire(connection: Any, seconds: float) -> None:
     cut(connection)
 
 
-def _backend_id(connection: Any) -> int | None:
+def backend_id(connection: Any) -> int | None:
     """The server's id of this connection's session (what a cancel names)."""
     with contextlib.suppress(Exception):
         if hasattr(connection, "get_server_pid"):  # asyncpg
             return int(connection.get_server_pid())
+        if hasattr(connection, "get_backend_pid"):  # psycopg2
+            return int(connection.get_backend_pid())
         if hasattr(connection, "pgconn"):  # psycopg
             return int(connection.info.backend_pid)
         thread_id = connection.thread_id  # aiomysql, asyncmy
@@ -75,7 +81,7 @@ def _backend_id(connection: Any) -> int | None:
 
 
 # How a server is asked to stop one session's statement, by dialect.
-_CANCEL = {
+CANCEL = {
     "postgresql": "SELECT pg_cancel_backend({})",
     "mysql": "KILL QUERY {}",
     "mariadb": "KILL QUERY {}",
@@ -86,7 +92,7 @@ _cancellers: weakref.WeakKeyDictionary[Any, Callable[[int], Awaitable[None]]] = 
 
 
 def _canceller(engine: AsyncEngine, seconds: float) -> Callable[[int], Awaitable[None]]:
-    statement = _CANCEL[engine.dialect.name]
+    statement = CANCEL[engine.dialect.name]
 
     async def cancel(backend: int) -> None:
         # An ejected replica takes only the monitor's connections: this is
@@ -201,6 +207,36 @@ def _discard(driver_connection: Any) -> None:
         cut(driver_connection)
 
 
+def timeout_translator(
+    seconds: float, timed_out: Callable[[BaseException], None]
+) -> Callable[[Any], BaseException | None]:
+    """A ``handle_error`` hook: the error of a statement cut past the bound
+    becomes ``ReplicaReadTimeout`` (either face)."""
+
+    def translate(context: Any) -> BaseException | None:
+        connection = context.connection
+        if connection is None or connection.invalidated:
+            return None  # connecting: connect_timeout's, not ours
+        driver_connection = connection.connection.driver_connection
+        if driver_connection not in expired:
+            return None
+        expired.discard(driver_connection)
+        error = context.original_exception
+        _discard(driver_connection)
+        context.is_disconnect = True
+        timeout = ReplicaReadTimeout(
+            context.statement, context.parameters, error, connection_invalidated=True
+        )
+        timeout.args = (
+            f"a replica read took longer than replica_read_timeout ({seconds:g} s): "
+            "it was cancelled and its connection discarded",
+        )
+        timed_out(timeout)
+        return timeout
+
+    return translate
+
+
 def _asyncpg(seconds: float) -> dict[str, Any]:
     from asyncpg import Connection
 
@@ -310,27 +346,7 @@ def install_read_timeout(
         for key, value in bound.items():
             cparams.setdefault(key, value)
 
-    def translate(context: Any) -> BaseException | None:
-        connection = context.connection
-        if connection is None or connection.invalidated:
-            return None  # connecting: connect_timeout's, not ours
-        driver_connection = connection.connection.driver_connection
-        if driver_connection not in _expired:
-            return None
-        _expired.discard(driver_connection)
-        error = context.original_exception
-        _discard(driver_connection)
-        context.is_disconnect = True
-        timeout = ReplicaReadTimeout(
-            context.statement, context.parameters, error, connection_invalidated=True
-        )
-        timeout.args = (
-            f"a replica read took longer than replica_read_timeout ({seconds:g} s): "
-            "it was cancelled and its connection discarded",
-        )
-        timed_out(timeout)
-        return timeout
-
+    translate = timeout_translator(seconds, timed_out)
     cancel = _canceller(engine, seconds)
 
     def connected(dbapi_connection: Any, record: Any) -> None:

@@ -14,6 +14,7 @@ from ._options import HealthOptions, ObservabilityOptions
 from ._read_timeout import install_read_timeout, install_socket_timeout
 from ._replicas import ReplicaSet
 from ._slowlog import install_slow_query_log
+from ._thread_read_timeout import install_thread_read_timeout
 
 __all__ = ["hook_engine", "hook_replica"]
 
@@ -72,6 +73,12 @@ def hook_replica(
             )
         else:
             install_socket_timeout(engine, hooks, health.replica_read_timeout)
+            install_thread_read_timeout(
+                engine,
+                hooks,
+                health.replica_read_timeout,
+                timed_out=functools.partial(replica_set.failed, core(engine)),
+            )
     hook_engine(engine, hooks, name=name, health=health, observability=observability)
     # Last: its connect wraps the others' (creators are wrapped in order).
     install_connect_guard(

@@ -1,0 +1,179 @@
+"""``replica_read_timeout`` for the sync face's PostgreSQL drivers.
+
+libpq (psycopg2, psycopg's sync connection) has no client-side read timeout:
+a statement on a host that stopped answering waits as long as the host
+does. As on asyncio, nothing is armed per statement: each connection has a
+small record of when its statement began (set by a cursor class of
+routing_db's, and around the pool's ROLLBACK on return), and one daemon
+thread looks every tenth of the bound; past it, the server is asked to stop
+the statement (over another connection, on a thread of its own), the socket
+is cut, and the statement raises ``ReplicaReadTimeout``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ._bounds import MONITOR_PROBING
+from ._connections import cut, driver_of
+from ._hooks import Hooks
+from ._read_timeout import CANCEL, backend_id, expired, timeout_translator
+
+__all__ = ["install_thread_read_timeout"]
+
+logger = logging.getLogger("routing_db")
+
+
+class _Running:
+    """One connection's statement: since when, and its bound."""
+
+    __slots__ = ("bound", "cancel", "since")
+
+    def __init__(self, bound: float, cancel: Callable[[int], None]) -> None:
+        self.bound = bound
+        self.cancel = cancel
+        self.since: float | None = None
+
+    def __enter__(self) -> None:
+        self.since = time.monotonic()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.since = None
+
+
+# Driver connection -> its record; weakly, so a discarded one is forgotten.
+_running: weakref.WeakKeyDictionary[Any, _Running] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+_sweeper: list[float] = []  # the interval of the sweeping thread, once started
+
+
+def _sweep_every(interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        now = time.monotonic()
+        with _lock:
+            items = list(_running.items())
+        for connection, running in items:
+            since = running.since
+            if since is not None and now - since > running.bound:
+                running.since = None  # cut once
+                _expire(connection, running)
+
+
+def _expire(connection: Any, running: _Running) -> None:
+    expired.add(connection)
+    backend = backend_id(connection)
+    if backend is not None:
+        # The server may only be slow; a thread of its own, since a server
+        # that stopped would not answer the cancel either.
+        threading.Thread(target=running.cancel, args=(backend,), daemon=True).start()
+    cut(connection)
+
+
+def _start_sweeper(bound: float) -> None:
+    # A statement is cut between 1 and 1.1 times the bound after it began.
+    interval = min(1.0, max(0.05, bound / 10))
+    with _lock:
+        if _sweeper and _sweeper[0] <= interval:
+            return
+        _sweeper[:] = [interval]
+    threading.Thread(
+        target=_sweep_every, args=(interval,), name="routing_db read timeout",
+        daemon=True,
+    ).start()  # fmt: skip
+
+
+def _cursor_class(driver: str) -> type:
+    base: Any = (
+        importlib.import_module("psycopg2.extensions").cursor
+        if driver == "psycopg2"
+        else importlib.import_module("psycopg").Cursor
+    )
+
+    class BoundedCursor(base):  # type: ignore[misc]
+        """The driver's cursor, its statements watched."""
+
+        def execute(self, *args: Any, **kw: Any) -> Any:
+            running = _running.get(self.connection)
+            if running is None:
+                return super().execute(*args, **kw)
+            with running:
+                return super().execute(*args, **kw)
+
+        def executemany(self, *args: Any, **kw: Any) -> Any:
+            running = _running.get(self.connection)
+            if running is None:
+                return super().executemany(*args, **kw)
+            with running:
+                return super().executemany(*args, **kw)
+
+    return BoundedCursor
+
+
+def _canceller(engine: Engine, seconds: float) -> Callable[[int], None]:
+    statement = CANCEL[engine.dialect.name]
+
+    def cancel(backend: int) -> None:
+        # An ejected replica takes only the monitor's connections: this is
+        # one of those.
+        probing = MONITOR_PROBING.set(True)
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(statement.format(backend))
+        except Exception as exc:  # the connection is cut anyway
+            logger.debug("routing_db: cancelling a replica statement: %r", exc)
+        finally:
+            MONITOR_PROBING.reset(probing)
+
+    return cancel
+
+
+def install_thread_read_timeout(
+    engine: Engine,
+    hooks: Hooks,
+    seconds: float,
+    *,
+    timed_out: Callable[[BaseException], None],
+) -> None:
+    """Bound each statement (and the pool's ROLLBACK) on ``engine``, a sync
+    PostgreSQL replica, to ``seconds``. A ``cursor_factory`` in
+    ``connect_args`` wins (its statements are not bounded)."""
+    if engine.dialect.driver not in ("psycopg2", "psycopg"):
+        return
+    cursor_class = _cursor_class(engine.dialect.driver)
+    cancel = _canceller(engine, seconds)
+
+    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.setdefault("cursor_factory", cursor_class)
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        with _lock:
+            _running[driver_of(dbapi_connection)] = _Running(seconds, cancel)
+        _start_sweeper(seconds)
+
+    def resetting(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+        # The pool's ROLLBACK as the connection comes back: on a host that
+        # stopped, it would hold the thread that closes the session.
+        running = _running.get(driver_of(dbapi_connection))
+        if running is not None:
+            running.since = time.monotonic()
+
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            running = _running.get(driver_of(dbapi_connection))
+            if running is not None:
+                running.since = None
+
+    hooks.listen(engine, "do_connect", bounded)
+    hooks.listen(engine, "connect", connected)
+    hooks.listen(engine, "reset", resetting)
+    hooks.listen(engine, "checkin", checked_in)
+    hooks.listen(engine, "handle_error", timeout_translator(seconds, timed_out))

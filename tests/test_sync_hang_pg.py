@@ -1,0 +1,161 @@
+"""A replica host that hangs, under the sync face: libpq would wait for ever;
+``replica_read_timeout`` ends the reads caught on it, which run again on the
+other replica (psycopg2 and psycopg's sync connection, threads)."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from routing_db import (
+    ReplicaReadTimeout,
+    SyncRouter,
+    is_transient_error,
+    read_only,
+    routing_sync_sessionmaker,
+)
+from routing_db.testing import PostgresCluster
+
+pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
+
+READ_TIMEOUT = 1.0
+READERS = 16
+HANG = 5.0
+WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def hung(
+    schema: PostgresCluster, request: pytest.FixtureRequest
+) -> Iterator[PostgresCluster]:
+    """The cluster's sync URLs; every replica resumed and healed afterwards."""
+    if not schema.owned:
+        pytest.skip("fault injection needs a cluster started by this test run")
+    try:
+        yield schema.with_driver(request.param)
+    finally:
+        schema.resume_replica(0)
+        schema.heal()
+
+
+def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
+    hung: PostgresCluster,
+) -> None:
+    cluster = hung
+    router = SyncRouter.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls,
+        replica_read_timeout=READ_TIMEOUT,
+        connect_timeout=2.0,
+        monitor_interval=0.2,
+        pool_size=READERS,
+    )
+    Session = routing_sync_sessionmaker(router)
+    latencies: dict[str, list[float]] = {}
+    errors: list[BaseException] = []
+    phase = ["before"]
+    stop = threading.Event()
+    hung_port = cluster.replicas[0].port
+    served_after: set[int] = set()
+
+    def read() -> None:
+        while not stop.is_set():
+            started, now = time.monotonic(), phase[0]
+            try:
+                with Session() as session, read_only:
+                    port, standby = session.execute(WHERE).one()
+                assert standby
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+                continue
+            latencies.setdefault(now, []).append(time.monotonic() - started)
+            if now == "after":
+                served_after.add(int(port))
+
+    with router:
+        readers = [threading.Thread(target=read) for _ in range(READERS)]
+        for thread in readers:
+            thread.start()
+        try:
+            time.sleep(1.0)  # load under way before the fault (not a wait for state)
+            phase[0] = "hung"
+            cluster.hang_replica(0)
+            time.sleep(HANG)  # the hang itself lasts this long
+            cluster.resume_replica(0)
+            phase[0] = "after"
+            deadline = time.monotonic() + 5
+            while hung_port not in served_after:  # re-admitted by the monitor
+                assert time.monotonic() < deadline, "not re-admitted within 5 s"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in readers:
+                thread.join()
+    assert errors == []
+    worst = max(max(took) for took in latencies.values())
+    p99 = statistics.quantiles(latencies["hung"], n=100)[98]
+    print(f"\nhung phase: {len(latencies['hung'])} reads, p99 {p99:.2f} s, "
+          f"slowest read {worst:.2f} s")  # fmt: skip
+    assert worst < READ_TIMEOUT + 1.5  # never the hang's length
+    assert p99 < READ_TIMEOUT + 0.5
+
+
+def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
+    hung: PostgresCluster,
+) -> None:
+    cluster = hung
+    router = SyncRouter.from_urls(
+        cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
+    )
+    Session = routing_sync_sessionmaker(router)
+    try:
+        with Session() as session, read_only:
+            assert session.execute(WHERE).one()[1]
+            cluster.hang_replica(0)
+            started = time.monotonic()
+            with pytest.raises(ReplicaReadTimeout) as caught:
+                session.execute(WHERE).one()
+            assert time.monotonic() - started < READ_TIMEOUT + 0.5
+            assert caught.value.connection_invalidated
+            assert is_transient_error(caught.value)  # unit_of_work reruns it
+        assert router.status()[1]["ejected"]
+    finally:
+        cluster.resume_replica(0)
+        router.dispose()
+
+
+def test_a_statement_past_the_bound_is_stopped_on_the_server(
+    hung: PostgresCluster,
+) -> None:
+    cluster = hung
+    replica = cluster.replicas[0]
+    router = SyncRouter.from_urls(
+        cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
+    )
+    Session = routing_sync_sessionmaker(router)
+
+    def sleeping() -> int:
+        return int(
+            cluster.sql(
+                replica,
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+            )
+        )
+
+    try:
+        with Session() as session, read_only:
+            assert session.execute(WHERE).one()[1]  # pinned: the next is later
+            with pytest.raises(ReplicaReadTimeout):
+                session.execute(text("SELECT pg_sleep(30)"))
+        deadline = time.monotonic() + 5
+        while sleeping():  # the server was asked to stop it
+            assert time.monotonic() < deadline, "still running on the server"
+            time.sleep(0.05)
+    finally:
+        router.dispose()
