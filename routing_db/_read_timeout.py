@@ -39,6 +39,7 @@ __all__ = [
     "expired",
     "install_read_timeout",
     "install_socket_timeout",
+    "timeout_error",
     "timeout_translator",
 ]
 
@@ -52,14 +53,35 @@ expired: weakref.WeakSet[Any] = weakref.WeakSet()
 _cancels: set[asyncio.Future[Any]] = set()
 
 
+def timeout_error(
+    seconds: float, statement: Any = None, parameters: Any = None, error: Any = None
+) -> ReplicaReadTimeout:
+    """The error of a replica statement (or ping, or ROLLBACK) past the bound."""
+    timeout = ReplicaReadTimeout(
+        statement, parameters, error or TimeoutError(), connection_invalidated=True
+    )
+    timeout.args = (
+        f"a replica read took longer than replica_read_timeout ({seconds:g} s): "
+        "it was cancelled and its connection discarded",
+    )
+    return timeout
+
+
 def _expire(connection: Any, seconds: float) -> None:
     expired.add(connection)
+    reactions = _reactions.get(connection)
+    if reactions is None:
+        cut(connection)
+        return
+    cancel, timed_out = reactions
+    # Ejected now, whatever was running (a statement, the pool's ping or
+    # ROLLBACK): no new work goes to the host meanwhile.
+    timed_out(timeout_error(seconds))
     # The server may only be slow: it is asked to stop the statement (over
     # another connection, in the background); this one is cut at once, since
     # a server that stopped would answer neither.
-    cancel = _cancellers.get(connection)
     backend = backend_id(connection)
-    if cancel is not None and backend is not None:
+    if backend is not None:
         task = asyncio.ensure_future(cancel(backend))
         _cancels.add(task)
         task.add_done_callback(_cancels.discard)
@@ -86,9 +108,11 @@ CANCEL = {
     "mysql": "KILL QUERY {}",
     "mariadb": "KILL QUERY {}",
 }
-_cancellers: weakref.WeakKeyDictionary[Any, Callable[[int], Awaitable[None]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Driver connection -> how to cancel its statement on the server, and whom
+# to tell that it timed out (its replica is ejected).
+_reactions: weakref.WeakKeyDictionary[
+    Any, tuple[Callable[[int], Awaitable[None]], Callable[[BaseException], None]]
+] = weakref.WeakKeyDictionary()
 
 
 def _canceller(engine: AsyncEngine, seconds: float) -> Callable[[int], Awaitable[None]]:
@@ -207,9 +231,7 @@ def _discard(driver_connection: Any) -> None:
         cut(driver_connection)
 
 
-def timeout_translator(
-    seconds: float, timed_out: Callable[[BaseException], None]
-) -> Callable[[Any], BaseException | None]:
+def timeout_translator(seconds: float) -> Callable[[Any], BaseException | None]:
     """A ``handle_error`` hook: the error of a statement cut past the bound
     becomes ``ReplicaReadTimeout`` (either face)."""
 
@@ -224,15 +246,7 @@ def timeout_translator(
         error = context.original_exception
         _discard(driver_connection)
         context.is_disconnect = True
-        timeout = ReplicaReadTimeout(
-            context.statement, context.parameters, error, connection_invalidated=True
-        )
-        timeout.args = (
-            f"a replica read took longer than replica_read_timeout ({seconds:g} s): "
-            "it was cancelled and its connection discarded",
-        )
-        timed_out(timeout)
-        return timeout
+        return timeout_error(seconds, context.statement, context.parameters, error)
 
     return translate
 
@@ -273,6 +287,16 @@ def _asyncpg(seconds: float) -> dict[str, Any]:
             with self.routing_db_running:
                 return await super().execute(*args, **kw)
 
+        # SQLAlchemy's ping at checkout (fetchrow), routing_db's replay
+        # position (fetchval): not through prepare().
+        async def fetchrow(self, *args: Any, **kw: Any) -> Any:
+            with self.routing_db_running:
+                return await super().fetchrow(*args, **kw)
+
+        async def fetchval(self, *args: Any, **kw: Any) -> Any:
+            with self.routing_db_running:
+                return await super().fetchval(*args, **kw)
+
     return {"connection_class": BoundedConnection}
 
 
@@ -305,6 +329,11 @@ def _mysql(module: str) -> Callable[[float], dict[str, Any]]:
             async def query(self, *args: Any, **kw: Any) -> Any:
                 with self.routing_db_running:
                     return await super().query(*args, **kw)
+
+            # SQLAlchemy's ping at checkout: COM_PING, not a query.
+            async def ping(self, *args: Any, **kw: Any) -> Any:
+                with self.routing_db_running:
+                    return await super().ping(*args, **kw)
 
         async def connect(**kwargs: Any) -> Any:
             connection = BoundedConnection(**kwargs)
@@ -346,11 +375,11 @@ def install_read_timeout(
         for key, value in bound.items():
             cparams.setdefault(key, value)
 
-    translate = timeout_translator(seconds, timed_out)
+    translate = timeout_translator(seconds)
     cancel = _canceller(engine, seconds)
 
     def connected(dbapi_connection: Any, record: Any) -> None:
-        _cancellers[dbapi_connection.driver_connection] = cancel
+        _reactions[dbapi_connection.driver_connection] = (cancel, timed_out)
 
     hooks.listen(engine.sync_engine, "do_connect", bounded)
     hooks.listen(engine.sync_engine, "connect", connected)

@@ -25,7 +25,13 @@ from sqlalchemy.engine import Engine
 from ._bounds import MONITOR_PROBING
 from ._connections import cut, driver_of
 from ._hooks import Hooks
-from ._read_timeout import CANCEL, backend_id, expired, timeout_translator
+from ._read_timeout import (
+    CANCEL,
+    backend_id,
+    expired,
+    timeout_error,
+    timeout_translator,
+)
 
 __all__ = ["install_thread_read_timeout"]
 
@@ -35,11 +41,17 @@ logger = logging.getLogger("routing_db")
 class _Running:
     """One connection's statement: since when, and its bound."""
 
-    __slots__ = ("bound", "cancel", "since")
+    __slots__ = ("bound", "cancel", "since", "timed_out")
 
-    def __init__(self, bound: float, cancel: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        bound: float,
+        cancel: Callable[[int], None],
+        timed_out: Callable[[BaseException], None],
+    ) -> None:
         self.bound = bound
         self.cancel = cancel
+        self.timed_out = timed_out  # its replica is ejected
         self.since: float | None = None
 
     def __enter__(self) -> None:
@@ -70,6 +82,9 @@ def _sweep_every(interval: float) -> None:
 
 def _expire(connection: Any, running: _Running) -> None:
     expired.add(connection)
+    # Ejected now, whatever was running (a statement, the pool's ping or
+    # ROLLBACK): no new work goes to the host meanwhile.
+    running.timed_out(timeout_error(running.bound))
     backend = backend_id(connection)
     if backend is not None:
         # The server may only be slow; a thread of its own, since a server
@@ -156,7 +171,7 @@ def install_thread_read_timeout(
 
     def connected(dbapi_connection: Any, record: Any) -> None:
         with _lock:
-            _running[driver_of(dbapi_connection)] = _Running(seconds, cancel)
+            _running[driver_of(dbapi_connection)] = _Running(seconds, cancel, timed_out)
         _start_sweeper(seconds)
 
     def resetting(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
@@ -176,4 +191,4 @@ def install_thread_read_timeout(
     hooks.listen(engine, "connect", connected)
     hooks.listen(engine, "reset", resetting)
     hooks.listen(engine, "checkin", checked_in)
-    hooks.listen(engine, "handle_error", timeout_translator(seconds, timed_out))
+    hooks.listen(engine, "handle_error", timeout_translator(seconds))

@@ -174,3 +174,34 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
         await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
     finally:
         await router.dispose()
+
+
+async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
+    faults: PostgresCluster,
+) -> None:
+    """A pooled connection idle past ping_after_idle is pinged at checkout:
+    on a host that hangs, that ping is bounded like a statement (CI once saw
+    a read wait out the whole hang there)."""
+    cluster = faults
+    router = Router.from_urls(
+        cluster.writer_url,
+        cluster.replica_urls[:1],
+        replica_read_timeout=READ_TIMEOUT,
+        ping_after_idle=0.1,
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session, read_only:
+            assert (await where(session))[1]  # a pooled replica connection
+        await asyncio.sleep(0.3)  # idle past ping_after_idle: pinged next
+        await cluster.ahang_replica(0)
+        started = time.monotonic()
+        async with asyncio.timeout(10), Session() as session, read_only:
+            port, standby = await where(session)  # unbounded: waits out the hang
+        took = time.monotonic() - started
+        # Ejected by the ping's timeout: the writer serves (the only replica).
+        assert (port, standby) == (cluster.primary.port, False)
+        assert took < WORST + 0.5, took
+    finally:
+        await cluster.aresume_replica(0)
+        await router.dispose()

@@ -433,6 +433,30 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
         await router.dispose()
 
 
+async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    """The idle check's COM_PING at checkout is bounded like a statement."""
+    writer, replicas = urls
+    router = Router.from_urls(
+        writer, replicas[:1], replica_read_timeout=1.0, ping_after_idle=0.1
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session, read_only:
+            assert (await where(session))[0] != PRIMARY  # a pooled replica one
+        await asyncio.sleep(0.3)  # idle past ping_after_idle: pinged next
+        await db.ahang_replica(0)
+        started = time.monotonic()
+        async with asyncio.timeout(10), Session() as session, read_only:
+            served = (await where(session))[0]  # unbounded: waits out the hang
+        assert served == PRIMARY  # the only replica was ejected by the ping
+        assert time.monotonic() - started < 2.5
+    finally:
+        await db.aresume_replica(0)
+        await router.dispose()
+
+
 async def test_a_statement_past_the_bound_is_stopped_on_the_server(
     db: MariaDBCluster, urls: tuple[str, list[str]]
 ) -> None:
