@@ -106,31 +106,40 @@ def _start_sweeper(bound: float) -> None:
     ).start()  # fmt: skip
 
 
-def _cursor_class(driver: str) -> type:
-    base: Any = (
-        importlib.import_module("psycopg2.extensions").cursor
-        if driver == "psycopg2"
-        else importlib.import_module("psycopg").Cursor
-    )
+def _watched(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of a connection or cursor, run inside its connection's record."""
 
-    class BoundedCursor(base):  # type: ignore[misc]
-        """The driver's cursor, its statements watched."""
+    def run(self: Any, *args: Any, **kw: Any) -> Any:
+        connection = self if hasattr(self, "cursor") else self.connection
+        running = _running.get(connection)
+        if running is None:
+            return method(self, *args, **kw)
+        with running:
+            return method(self, *args, **kw)
 
-        def execute(self, *args: Any, **kw: Any) -> Any:
-            running = _running.get(self.connection)
-            if running is None:
-                return super().execute(*args, **kw)
-            with running:
-                return super().execute(*args, **kw)
+    return run
 
-        def executemany(self, *args: Any, **kw: Any) -> Any:
-            running = _running.get(self.connection)
-            if running is None:
-                return super().executemany(*args, **kw)
-            with running:
-                return super().executemany(*args, **kw)
 
-    return BoundedCursor
+def _classes(driver: str) -> tuple[Any, type]:
+    """The driver's connection and cursor classes, their work watched: the
+    cursors' statements, the connection's COMMIT and ROLLBACK (the end of a
+    replica's read-only transaction)."""
+    if driver == "psycopg2":
+        module = importlib.import_module("psycopg2.extensions")
+        connection, cursor = module.connection, module.cursor
+    else:
+        module = importlib.import_module("psycopg")
+        connection, cursor = module.Connection, module.Cursor
+
+    class BoundedConnection(connection):  # type: ignore[valid-type,misc]
+        commit = _watched(connection.commit)
+        rollback = _watched(connection.rollback)
+
+    class BoundedCursor(cursor):  # type: ignore[valid-type,misc]
+        execute = _watched(cursor.execute)
+        executemany = _watched(cursor.executemany)
+
+    return BoundedConnection, BoundedCursor
 
 
 def _canceller(engine: Engine, seconds: float) -> Callable[[int], None]:
@@ -158,16 +167,24 @@ def install_thread_read_timeout(
     *,
     timed_out: Callable[[BaseException], None],
 ) -> None:
-    """Bound each statement (and the pool's ROLLBACK) on ``engine``, a sync
-    PostgreSQL replica, to ``seconds``. A ``cursor_factory`` in
-    ``connect_args`` wins (its statements are not bounded)."""
-    if engine.dialect.driver not in ("psycopg2", "psycopg"):
+    """Bound each statement, COMMIT and ROLLBACK on ``engine``, a sync
+    PostgreSQL replica, to ``seconds``. Install it after every other
+    ``do_connect`` hook. A ``cursor_factory`` in ``connect_args`` wins (its
+    statements are not bounded)."""
+    driver = engine.dialect.driver
+    if driver not in ("psycopg2", "psycopg"):
         return
-    cursor_class = _cursor_class(engine.dialect.driver)
+    connection_class, cursor_class = _classes(driver)
     cancel = _canceller(engine, seconds)
 
-    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         cparams.setdefault("cursor_factory", cursor_class)
+        if driver == "psycopg2":
+            cparams.setdefault("connection_factory", connection_class)
+            return None
+        # psycopg makes its connection in Connection.connect(): this makes
+        # it, so it is the last do_connect hook (see hook_replica).
+        return connection_class.connect(*cargs, **cparams)
 
     def connected(dbapi_connection: Any, record: Any) -> None:
         with _lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import install_connect_guard, install_connect_timeout
@@ -73,14 +74,16 @@ def hook_replica(
             )
         else:
             install_socket_timeout(engine, hooks, health.replica_read_timeout)
-            install_thread_read_timeout(
-                engine,
-                hooks,
-                health.replica_read_timeout,
-                timed_out=functools.partial(replica_set.failed, core(engine)),
-            )
     hook_engine(engine, hooks, name=name, health=health, observability=observability)
     # Last: its connect wraps the others' (creators are wrapped in order).
     install_connect_guard(
         engine, hooks, functools.partial(replica_set.may_connect, core(engine))
     )
+    if health.replica_read_timeout is not None and isinstance(engine, Engine):
+        # After the guard: for psycopg it makes the connection itself.
+        install_thread_read_timeout(
+            engine,
+            hooks,
+            health.replica_read_timeout,
+            timed_out=functools.partial(replica_set.failed, core(engine)),
+        )

@@ -24,6 +24,7 @@ from routing_db.testing import PostgresCluster
 pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
 
 READ_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 2.0  # libpq's least
 READERS = 16
 HANG = 5.0
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
@@ -51,7 +52,7 @@ def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
         cluster.writer_url,
         cluster.replica_urls,
         replica_read_timeout=READ_TIMEOUT,
-        connect_timeout=2.0,
+        connect_timeout=CONNECT_TIMEOUT,
         monitor_interval=0.2,
         pool_size=READERS,
     )
@@ -101,7 +102,9 @@ def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
     p99 = statistics.quantiles(latencies["hung"], n=100)[98]
     print(f"\nhung phase: {len(latencies['hung'])} reads, p99 {p99:.2f} s, "
           f"slowest read {worst:.2f} s")  # fmt: skip
-    assert worst < READ_TIMEOUT + 1.5  # never the hang's length
+    # Never the hang's length: a statement waits the read bound, a read that
+    # was connecting to the host libpq's connect_timeout.
+    assert worst < CONNECT_TIMEOUT + 1.0
     assert p99 < READ_TIMEOUT + 0.5
 
 
