@@ -27,3 +27,18 @@ async def stopped_on_the_server(
         with pytest.raises(ReplicaReadTimeout):
             await session.execute(slow)
     await until(lambda: running() == 0, 5.0)
+
+
+def pg_sleeping(cluster: Any, node: Any) -> Callable[[], int]:
+    """How many ``pg_sleep(30)`` statements run on ``node`` (PostgreSQL)."""
+
+    def sleeping() -> int:
+        return int(
+            cluster.sql(
+                node,
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+            )
+        )
+
+    return sleeping

@@ -23,7 +23,7 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
-from .bounds import stopped_on_the_server
+from .bounds import pg_sleeping, stopped_on_the_server
 from .conftest import where
 from .waiting import until
 
@@ -160,14 +160,7 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
     )
     Session = routing_sessionmaker(router)
 
-    def sleeping() -> int:
-        return int(
-            cluster.sql(
-                replica,
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
-            )
-        )
+    sleeping = pg_sleeping(cluster, replica)
 
     try:
         slow = text("SELECT pg_sleep(30)")

@@ -21,6 +21,8 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
+from .bounds import pg_sleeping
+
 pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
 
 READ_TIMEOUT = 1.0
@@ -142,14 +144,7 @@ def test_a_statement_past_the_bound_is_stopped_on_the_server(
     )
     Session = routing_sync_sessionmaker(router)
 
-    def sleeping() -> int:
-        return int(
-            cluster.sql(
-                replica,
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
-            )
-        )
+    sleeping = pg_sleeping(cluster, replica)
 
     try:
         with Session() as session, read_only:
