@@ -22,6 +22,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .bounds import pg_sleeping
+from .conftest import healed
 
 pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
 
@@ -36,14 +37,8 @@ WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
 def hung(
     schema: PostgresCluster, request: pytest.FixtureRequest
 ) -> Iterator[PostgresCluster]:
-    """The cluster's sync URLs; every replica resumed and healed afterwards."""
-    if not schema.owned:
-        pytest.skip("fault injection needs a cluster started by this test run")
-    try:
-        yield schema.with_driver(request.param)
-    finally:
-        schema.resume_replica(0)
-        schema.heal()
+    """The cluster's sync URLs; healed (every replica resumed) afterwards."""
+    yield from healed(schema.with_driver(request.param))
 
 
 def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(

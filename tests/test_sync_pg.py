@@ -39,7 +39,7 @@ from routing_db import (
 from routing_db.metrics import register_metrics
 from routing_db.testing import PostgresCluster
 
-from .conftest import WHERE
+from .conftest import WHERE, healed
 from .models import Item
 
 Maker = sessionmaker[RoutingSyncSession]
@@ -51,6 +51,12 @@ def sync_cluster(schema: PostgresCluster, request: pytest.FixtureRequest) -> Any
     schema.sql(schema.primary, "TRUNCATE items, children, parents RESTART IDENTITY")
     schema.wait_replicated()
     return schema.with_driver(request.param)
+
+
+@pytest.fixture
+def faulty(sync_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """The sync cluster for a test that injects faults; healed afterwards."""
+    yield from healed(sync_cluster)
 
 
 @pytest.fixture
@@ -198,10 +204,8 @@ def test_drop_in_same_results_and_same_sql_on_the_writer(
 
 
 def test_a_crashed_replica_fails_no_read_under_threads(
-    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker
+    faulty: PostgresCluster, router: SyncRouter, Sync: Maker
 ) -> None:
-    if not sync_cluster.owned:
-        pytest.skip("fault injection needs a cluster started by this test run")
     errors: list[BaseException] = []
     served: dict[int, int] = {}
     stop = threading.Event()
@@ -222,10 +226,10 @@ def test_a_crashed_replica_fails_no_read_under_threads(
     readers = [threading.Thread(target=read) for _ in range(20)]
     for thread in readers:
         thread.start()
-    dead = sync_cluster.replicas[0].port
+    dead = faulty.replicas[0].port
     try:
         time.sleep(0.3)  # load under way before the fault (not a wait for state)
-        sync_cluster.crash_replica(0)
+        faulty.crash_replica(0)
         crashed_at = sum(served.values())
         deadline = time.monotonic() + 10
         while sum(served.values()) < crashed_at + 200:
@@ -234,7 +238,7 @@ def test_a_crashed_replica_fails_no_read_under_threads(
         ejected = {row["name"]: row["state"] for row in router.status()}
         assert "ejected" in ejected.values()
         before = served.get(dead, 0)
-        sync_cluster.start_replica(0)
+        faulty.start_replica(0)
         deadline = time.monotonic() + 10
         while served.get(dead, 0) <= before:  # re-admitted by the monitor
             assert time.monotonic() < deadline, "the replica was not re-admitted"
@@ -243,7 +247,6 @@ def test_a_crashed_replica_fails_no_read_under_threads(
         stop.set()
         for thread in readers:
             thread.join()
-        sync_cluster.heal()
     assert errors == []
 
 
@@ -327,37 +330,32 @@ def test_the_sync_example_script_runs_on_the_cluster(
 
 @pytest.mark.parametrize("end", ["rollback", "close", "begin() block raises"])
 def test_ending_a_read_whose_replica_died_raises_nothing(
-    sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker, end: str
+    faulty: PostgresCluster, router: SyncRouter, Sync: Maker, end: str
 ) -> None:
-    if not sync_cluster.owned:
-        pytest.skip("fault injection needs a cluster started by this test run")
     session = Sync()
 
     def read_both_then_crash() -> None:
         with read_only:
             port, _ = where(session)
         where(session)  # the writer too, in the same transaction
-        sync_cluster.crash_replica([n.port for n in sync_cluster.replicas].index(port))
+        faulty.crash_replica([n.port for n in faulty.replicas].index(port))
 
-    try:
-        if end == "begin() block raises":
-            with (
-                pytest.raises(LookupError, match="the application's error"),
-                session.begin(),
-            ):
-                read_both_then_crash()
-                raise LookupError("the application's error")
-        else:
+    if end == "begin() block raises":
+        with (
+            pytest.raises(LookupError, match="the application's error"),
+            session.begin(),
+        ):
             read_both_then_crash()
-            if end == "rollback":
-                session.rollback()
-            else:
-                session.close()
-        # The session is still usable, on the writer.
-        assert where(session) == (sync_cluster.primary.port, False)
-        session.close()
-    finally:
-        sync_cluster.heal()
+            raise LookupError("the application's error")
+    else:
+        read_both_then_crash()
+        if end == "rollback":
+            session.rollback()
+        else:
+            session.close()
+    # The session is still usable, on the writer.
+    assert where(session) == (faulty.primary.port, False)
+    session.close()
 
 
 def test_a_sync_unit_of_work_reruns_after_its_connection_was_killed(
@@ -438,18 +436,16 @@ def test_a_replica_removed_under_threads_drains_and_cuts_what_is_left(
 
 
 def test_a_lagging_replica_is_skipped_until_it_catches_up(
-    sync_cluster: PostgresCluster,
+    faulty: PostgresCluster,
 ) -> None:
-    if not sync_cluster.owned:
-        pytest.skip("fault injection needs a cluster started by this test run")
     router = SyncRouter.from_urls(
-        sync_cluster.writer_url,
-        sync_cluster.replica_urls,
+        faulty.writer_url,
+        faulty.replica_urls,
         monitor_interval=0.1,
         max_lag_bytes=256 * 1024,
     )
     Session = routing_sync_sessionmaker(router)
-    lagging_port = sync_cluster.replicas[0].port
+    lagging_port = faulty.replicas[0].port
 
     def state() -> dict[str, Any]:
         row: dict[str, Any] = router.status()[1]
@@ -462,26 +458,23 @@ def test_a_lagging_replica_is_skipped_until_it_catches_up(
                 ports.add(where(session)[0])
         return ports
 
-    try:
-        with router:
-            sync_cluster.pause_replay(0)
-            # Write until the paused replica is over the byte limit.
-            while not state()["lagging"]:
-                with Session.begin() as session:
-                    session.execute(
-                        text(
-                            "INSERT INTO items (name) SELECT repeat('x', 90) "
-                            "FROM generate_series(1, 500)"
-                        )
+    with router:
+        faulty.pause_replay(0)
+        # Write until the paused replica is over the byte limit.
+        while not state()["lagging"]:
+            with Session.begin() as session:
+                session.execute(
+                    text(
+                        "INSERT INTO items (name) SELECT repeat('x', 90) "
+                        "FROM generate_series(1, 500)"
                     )
-                router.poll()
-            assert state()["lag_bytes"] > 256 * 1024
-            assert fresh(lambda: served(20)) == {sync_cluster.replicas[1].port}
-            sync_cluster.resume_replay(0)
-            deadline = time.monotonic() + 5
-            while state()["lagging"]:  # the monitor thread sees it catch up
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            assert lagging_port in fresh(lambda: served(10))
-    finally:
-        sync_cluster.heal()
+                )
+            router.poll()
+        assert state()["lag_bytes"] > 256 * 1024
+        assert fresh(lambda: served(20)) == {faulty.replicas[1].port}
+        faulty.resume_replay(0)
+        deadline = time.monotonic() + 5
+        while state()["lagging"]:  # the monitor thread sees it catch up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert lagging_port in fresh(lambda: served(10))
