@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import SessionTransaction
 
-from ._retry import is_connection_error
+from ._retry import is_connection_error, is_recovery_conflict
 from ._sa_compat import asyncpg_socket, held, mysql_socket
 
 __all__ = [
@@ -36,8 +36,14 @@ def close_quietly(connection: Connection) -> None:
     except DBAPIError as exc:
         # Its transaction only read, so a lost connection loses nothing: it is
         # invalidated (SQLAlchemy does not recognise every way asyncpg reports
-        # a dead socket) and closing again just releases it.
-        if not (connection.invalidated or is_connection_error(exc)):
+        # a dead socket) and closing again just releases it. Nor does a
+        # standby's recovery conflict (its FATAL form ends an idle-in-
+        # transaction session, seen only at this ROLLBACK).
+        if not (
+            connection.invalidated
+            or is_connection_error(exc)
+            or is_recovery_conflict(exc)
+        ):
             raise
         if connection.closed:
             return

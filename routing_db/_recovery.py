@@ -187,6 +187,11 @@ class RecoveringSession(WriterWaiting):
                 # A cluster's writer is gone: nothing was sent, so the
                 # statement runs on the next primary, once there is one.
                 return Rerun.AT_ONCE
+            if is_recovery_conflict(error):
+                # The standby cancelled routing_db's own work on opening
+                # the connection (its setup, the checkout ping): nothing of
+                # the application's was sent; another replica, at once.
+                return self._routing_skip_target(error, eject=False)
             if not checkout_failed(error):
                 return None
             # A full pool is busy, not broken: skip it, don't eject it.
