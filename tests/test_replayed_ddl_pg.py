@@ -1,8 +1,9 @@
-"""DDL replayed from the primary under replicas that serve the same query.
+"""DDL replayed from the primary under replicas that serve the same ORM query.
 
 ``ALTER ... TYPE`` changes the result type of a statement the replicas'
 connections have prepared (asyncpg prepares every statement): the standby
-then refuses it ("cached plan must not change result type").
+then refuses it ("cached plan must not change result type"). ``ADD COLUMN``
+in between changes the table under the same prepared statements.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Integer, column, select, table
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from routing_db import Router, read_only, routing_sessionmaker
 from routing_db.metrics import register_metrics
@@ -22,28 +24,44 @@ from .waiting import until
 
 CHANGES = 20
 READERS = 8
+TABLE = "ddl_probe"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Probe(_Base):
+    __tablename__ = TABLE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int]
+
+
+def ddl(change: int) -> str:
+    """Even changes flip ``n``'s type, odd ones add a column."""
+    if change % 2:
+        return f"ALTER TABLE {TABLE} ADD COLUMN extra_{change} int DEFAULT {change}"
+    kind = "bigint" if change % 4 == 0 else "integer"
+    return f"ALTER TABLE {TABLE} ALTER COLUMN n TYPE {kind}"
 
 
 @pytest.fixture
-def probe_table(cluster: PostgresCluster) -> Iterator[str]:
-    name = f"ddl_probe_{cluster.driver}"
+def probe_table(cluster: PostgresCluster) -> Iterator[None]:
     cluster.sql(
         cluster.primary,
-        f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, n int);"
-        f" INSERT INTO {name} SELECT g, g FROM generate_series(1, 10) g",
+        f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (id int PRIMARY KEY,"
+        f" n int); INSERT INTO {TABLE} SELECT g, g FROM generate_series(1, 10) g",
     )
     cluster.wait_replicated()
     try:
-        yield name
+        yield
     finally:
-        cluster.sql(cluster.primary, f"DROP TABLE IF EXISTS {name}")
+        cluster.sql(cluster.primary, f"DROP TABLE IF EXISTS {TABLE}")
 
 
-async def test_reads_survive_ddl_replayed_under_them(
-    cluster: PostgresCluster, probe_table: str
-) -> None:
-    probe = table(probe_table, column("id", Integer), column("n", Integer))
-    query = select(probe.c.id, probe.c.n).order_by(probe.c.id)
+@pytest.mark.usefixtures("probe_table")
+async def test_reads_survive_ddl_replayed_under_them(cluster: PostgresCluster) -> None:
+    query = select(Probe).order_by(Probe.id)
     router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
     registry = CollectorRegistry()
     register_metrics(router, registry)
@@ -54,11 +72,11 @@ async def test_reads_survive_ddl_replayed_under_them(
         while not stop.is_set():
             try:
                 async with Session() as session, read_only:
-                    rows = (await session.execute(query)).all()
+                    rows = (await session.scalars(query)).all()
             except Exception as exc:  # counted: the test wants none
                 errors.append(exc)
                 continue
-            assert [n for _, n in rows] == list(range(1, 11))
+            assert [row.n for row in rows] == list(range(1, 11))
             reads[0] += 1
 
     readers = [asyncio.create_task(read()) for _ in range(READERS)]
@@ -67,9 +85,7 @@ async def test_reads_survive_ddl_replayed_under_them(
             # Every connection has run (and prepared) the query by now.
             target = reads[0] + 20 * READERS
             await until(lambda: reads[0] >= target, 30)  # noqa: B023
-            kind = "bigint" if change % 2 == 0 else "integer"
-            sql = f"ALTER TABLE {probe_table} ALTER COLUMN n TYPE {kind}"
-            await asyncio.to_thread(cluster.sql, cluster.primary, sql)
+            await asyncio.to_thread(cluster.sql, cluster.primary, ddl(change))
             await cluster.await_replicated()
     finally:
         stop.set()
