@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
+from ._begin import RoutingSessionTransaction
 from ._context import committing
 from ._decision import DefaultRole
 from ._exceptions import ConfigurationError
-from ._recovery import RecoveringSession
 from ._router import Router
 from ._session import RoutingSyncSession
 from ._sync_session import maker_options, route_with
@@ -59,11 +59,11 @@ class RoutingSession(AsyncSession):
 
     def begin(self) -> AsyncSessionTransaction:
         """As ``AsyncSession.begin``; a dead replica never masks the block's error."""
-        return _RoutingSessionTransaction(self)
+        return RoutingSessionTransaction(self)
 
     def begin_nested(self) -> AsyncSessionTransaction:
         """As ``AsyncSession.begin_nested``, with ``begin()``'s replica handling."""
-        return _RoutingSessionTransaction(self, nested=True)
+        return RoutingSessionTransaction(self, nested=True)
 
     @property
     def router(self) -> Router | None:
@@ -101,42 +101,6 @@ def _check_sync_class(sync_class: Any) -> None:
             "with a router, sync_session_class must subclass RoutingSyncSession, "
             f"got {getattr(sync_class, '__name__', sync_class)!r}"
         )
-
-
-def _end_replica(session: Session) -> None:
-    if isinstance(session, RecoveringSession):
-        session._routing_end_replica()
-
-
-class _RoutingSessionTransaction(AsyncSessionTransaction):
-    """``AsyncSessionTransaction`` whose rollback ends a replica's read first."""
-
-    # A begin() block that fails, or rollback() called on its transaction,
-    # rolls back through SessionTransaction, not Session.rollback(): the
-    # replica is ended here first, so that a dead one cannot mask the
-    # application's error nor keep the writer's rollback from running.
-
-    async def commit(self) -> None:
-        """Commit; a lost COMMIT is ``CommitOutcomeUnknown``."""
-        with committing():
-            await super().commit()
-
-    async def rollback(self) -> None:
-        """Roll back; a replica connection that died is dropped, not raised."""
-        try:
-            await self.session.run_sync(_end_replica)
-        finally:
-            await super().rollback()
-
-    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if type_ is None:
-            with committing():  # the block ended well: this commits
-                await super().__aexit__(type_, value, traceback)
-            return
-        try:
-            await self.session.run_sync(_end_replica)
-        finally:
-            await super().__aexit__(type_, value, traceback)
 
 
 class _RoutingSessionMaker(async_sessionmaker[RoutingSession]):

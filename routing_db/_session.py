@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
+from ._begin import ReplicaFirst
 from ._causal import FLOOR, record_write
 from ._classify import Kind, classify, write_function_named
 from ._context import SCOPE, Scope, committing
@@ -96,7 +97,7 @@ class RoutingSyncSession(RecoveringSession):
         transaction = super().begin(nested=nested)
         if not self._routing_sync_face:
             return transaction
-        return _ReplicaFirst(self, transaction)  # type: ignore[return-value]
+        return ReplicaFirst(self, transaction)  # type: ignore[return-value]
 
     def begin_nested(self) -> SessionTransaction:
         """As ``Session.begin_nested``, with ``begin()``'s replica handling."""
@@ -313,44 +314,6 @@ class RoutingSyncSession(RecoveringSession):
         return bool(
             self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty)
         )
-
-
-class _ReplicaFirst:
-    """A ``SessionTransaction`` whose rollback ends a replica's read first.
-
-    A ``with session.begin():`` block that fails, or ``rollback()`` on its
-    transaction, rolls back through ``SessionTransaction``, not
-    ``Session.rollback()``: the replica is ended here first, so that a dead
-    one cannot mask the application's error (as ``RoutingSession.begin()``).
-    """
-
-    def __init__(self, session: RoutingSyncSession, transaction: Any) -> None:
-        self._session = session
-        self._inner = transaction
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def rollback(self, _to_root: bool = False) -> None:
-        """Roll back; a replica connection that died is dropped, not raised."""
-        try:
-            self._session._routing_end_replica()
-        finally:
-            self._inner.rollback(_to_root)
-
-    def __enter__(self) -> _ReplicaFirst:
-        self._inner.__enter__()
-        return self
-
-    def __exit__(self, type_: Any, value: Any, traceback: Any) -> None:
-        if type_ is not None:
-            try:
-                self._session._routing_end_replica()
-            finally:
-                self._inner.__exit__(type_, value, traceback)
-            return
-        with committing():  # the block ended well: this commits
-            self._inner.__exit__(type_, value, traceback)
 
 
 @event.listens_for(RoutingSyncSession, "before_flush")
