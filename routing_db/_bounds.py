@@ -2,7 +2,8 @@
 
 A connection attempt to a host that accepts and never answers, or never
 accepts, would otherwise wait for the driver's own default (asyncpg: 60 s)
-or the kernel's TCP timeout. Statements: ``_read_timeout``.
+or the kernel's TCP timeout. The monitor's checks are bounded here too;
+the application's replica statements: ``_read_timeout``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import asyncio
 import contextvars
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._connections import cut
 from ._hooks import Hooks
 from ._make import AppEngine, core
 from ._sa_compat import wrap_creator
@@ -20,9 +24,12 @@ from ._sa_compat import wrap_creator
 __all__ = [
     "MONITOR_PROBING",
     "ReplicaEjected",
+    "checked_within",
     "install_connect_guard",
     "install_connect_timeout",
 ]
+
+T = TypeVar("T")
 
 # Set during a monitor round (router.poll() too): its connections to an
 # ejected replica are the probes that bring it back.
@@ -128,3 +135,40 @@ def install_connect_timeout(engine: AppEngine, hooks: Hooks, seconds: float) -> 
             wrap_creator(cparams, engine.dialect.driver, within, "connect_timeout")
 
     hooks.listen(core(engine), "do_connect", bounded)
+
+
+async def checked_within(
+    engine: AsyncEngine, check: Callable[..., T], *args: Any, seconds: float
+) -> T:
+    """``check(connection, *args)`` on a connection of ``engine``; after
+    ``seconds``, ``TimeoutError`` and the check is abandoned.
+
+    Abandoned, not awaited: a driver cancelled in a statement may first ask a
+    host that hangs to cancel it (psycopg waits 10 s for that), and the
+    monitor must not wait with it. The statement's socket is cut instead, so
+    it fails at once; one still connecting is cancelled.
+    """
+    driver: list[Any] = []
+
+    async def run() -> T:
+        async with engine.connect() as connection:
+            driver.append((await connection.get_raw_connection()).driver_connection)
+            return await connection.run_sync(check, *args)
+
+    task = asyncio.ensure_future(run())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.add_done_callback(_forget)
+    if not (driver and cut(driver[0])):
+        task.cancel()
+    raise TimeoutError(f"no answer within {seconds:g} s")
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: its failure is the timeout's

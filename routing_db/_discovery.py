@@ -4,7 +4,8 @@ Every node has a reader engine (a replica of the router's replica set) and a
 one-connection probe engine of its own: role checks never queue behind reads
 or writes. The router's writer engine is one pool whose new connections go to
 the node found to be the primary (SQLAlchemy's ``do_connect`` event); when the
-primary moves, that pool is emptied.
+primary moves, that pool is emptied and its connections to the former
+primary are cut.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -21,7 +23,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from ._bounds import install_connect_timeout
+from ._bounds import checked_within, install_connect_timeout
+from ._connections import cut, driver_of
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._make import AppEngine, core
@@ -32,6 +35,9 @@ __all__ = ["AsyncDiscovery", "Discovery", "Node", "ThreadDiscovery"]
 
 logger = logging.getLogger("routing_db")
 
+# Where a writer connection being made goes: do_connect tells connect.
+_NODE = "routing_db_node"
+
 
 @dataclasses.dataclass(eq=False)
 class Node:
@@ -40,6 +46,10 @@ class Node:
     name: str
     reader: AppEngine  # its member of the replica set
     probe: AppEngine  # one connection, for role checks only
+    # The writer pool's driver connections to it (weakly: closed ones go).
+    writer_connections: weakref.WeakSet[Any] = dataclasses.field(
+        default_factory=weakref.WeakSet
+    )
 
 
 class Discovery:
@@ -73,6 +83,7 @@ class Discovery:
         probes' connects."""
         self._hooks = hooks
         hooks.listen(self._topology.writer, "do_connect", self._connect_to_primary)
+        hooks.listen(self._topology.writer, "connect", self._connected)
         for node in self.nodes:
             self._bound_probe(node)
 
@@ -91,6 +102,13 @@ class Discovery:
         for key in self._url_keys:
             cparams.pop(key, None)
         cparams.update(params)
+        record.info[_NODE] = node
+
+    @staticmethod
+    def _connected(dbapi_connection: Any, record: Any) -> None:
+        node: Node | None = record.info.pop(_NODE, None)
+        if node is not None:
+            node.writer_connections.add(driver_of(dbapi_connection))
 
     def add(self, name: str, reader: AppEngine) -> None:
         """Ask ``reader``'s node its role from the next check on."""
@@ -162,11 +180,40 @@ class Discovery:
             self.primary = node
             topology.replica_set.forget_positions()
             if old is not None:
-                # Pooled connections still go to the old primary.
-                topology.writer.dispose()
+                # Every connection to the former primary is cut, in flight or
+                # idle; the pool forgets them without a goodbye (closing one
+                # would write to a cut socket, or wait on a hung host).
+                self._fence(node)
+                topology.writer.dispose(close=False)
             topology.listeners.emit("role_changed", node.name, "replica", "writer")
             logger.warning("routing_db: node %s is the writer", node.name)
         topology.writer_found(node.name, quiet=node is not old)
+
+    def _fence(self, primary: Node) -> None:
+        """Cut the writer's connections to every node but ``primary``.
+
+        A former primary that hangs (or sits behind a partition) would hold a
+        write in flight there until the host answers again, or the kernel's
+        TCP timeout, minutes later; it has been replaced, so whatever it
+        would still commit is lost to the cluster anyway. Cut, the write fails
+        at once as a lost connection: ``unit_of_work`` reruns it on the new
+        primary, and a COMMIT in flight is ``CommitOutcomeUnknown``.
+        """
+        count = 0
+        for node in self.nodes:
+            if node is not primary:
+                connections, node.writer_connections = (
+                    node.writer_connections,
+                    weakref.WeakSet(),
+                )
+                count += sum(cut(connection) for connection in connections)
+        if count:
+            logger.warning(
+                "routing_db: %d writer connections to the former primary cut "
+                "(a transaction in flight on one fails as a lost connection, "
+                "which unit_of_work reruns)",
+                count,
+            )
 
     def _lose(self, current: Node | None, *, drop: bool, quiet: bool = False) -> None:
         """No writer now; with ``drop``, ``current`` is not the primary any more."""
@@ -198,18 +245,13 @@ class AsyncDiscovery(Discovery):
         await_only(self.check())
 
     async def _ask(self, node: Node) -> bool | None:
+        probe = node.probe
+        assert isinstance(probe, AsyncEngine)
         try:
-            return await asyncio.wait_for(self._takes_writes(node), self._bound)
+            return await checked_within(probe, takes_writes, seconds=self._bound)
         except Exception as exc:  # down, hung or restarting: no verdict
             logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
             return None
-
-    @staticmethod
-    async def _takes_writes(node: Node) -> bool:
-        probe = node.probe
-        assert isinstance(probe, AsyncEngine)
-        async with probe.connect() as connection:
-            return await connection.run_sync(takes_writes)
 
     async def _ask_all(self) -> None:
         nodes = list(self.nodes)

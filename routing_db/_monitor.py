@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._bounds import MONITOR_PROBING
+from ._bounds import MONITOR_PROBING, checked_within
 from ._discovery import AsyncDiscovery
 from ._engines import ReplicaRestarted
 from ._make import dispose, pool_capacity
@@ -201,12 +201,7 @@ class Monitor(Rounds):
         """``check(connection, *args)`` on a new connection of ``engine``, bounded."""
         app = self._topology.app_engine(engine)
         assert isinstance(app, AsyncEngine), "the asyncio monitor of a Router"
-
-        async def run() -> T:
-            async with app.connect() as connection:
-                return await connection.run_sync(check, *args)
-
-        return await asyncio.wait_for(run(), timeout=self._check_timeout)
+        return await checked_within(app, check, *args, seconds=self._check_timeout)
 
     async def _run(self) -> None:
         # Also ends once stop() has let go of this task: on Python 3.11,

@@ -198,3 +198,30 @@ async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
     finally:
         await cluster.aresume_replica(0)
         await router.dispose()
+
+
+async def test_a_monitor_round_with_a_hung_replica_is_bounded(
+    faults: PostgresCluster,
+) -> None:
+    """The monitor's check of a hung replica gives up at its bound and does not
+    wait for the driver to cancel the statement on the host (psycopg would
+    ask it, and wait 10 s for an answer that never comes)."""
+    cluster = faults
+    router = Router.from_urls(
+        cluster.writer_url, cluster.replica_urls[:1], monitor_interval=0.2
+    )
+    bound = router.health.check_timeout
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session, read_only:
+            assert (await where(session))[1]  # a pooled replica connection
+        await cluster.ahang_replica(0)
+        for _ in range(2):  # the pooled connection, then a new one
+            started = time.monotonic()
+            await router.poll()
+            took = time.monotonic() - started
+            assert took < bound + 1.0, took
+            assert router.status()[1]["state"] != "serving"
+    finally:
+        await cluster.aresume_replica(0)
+        await router.dispose()

@@ -385,6 +385,16 @@ class PostgresCluster:
         """Let a hung replica run again (SIGCONT)."""
         _hang.resume(self.replicas[index])
 
+    def hang_primary(self) -> None:
+        """Stop every process of the primary (SIGSTOP), sockets open: a hung
+        host, or one behind a partition. ``resume_primary`` (or ``heal``) lets
+        it run again."""
+        _hang.hang(self.primary)
+
+    def resume_primary(self) -> None:
+        """Let a hung primary run again (SIGCONT)."""
+        _hang.resume(self.primary)
+
     def stop_streaming(self, index: int) -> None:
         """Point replica ``index``'s ``primary_conninfo`` at a closed port and
         reload: its WAL receiver stops and cannot reconnect (it keeps serving)."""
@@ -457,6 +467,8 @@ class PostgresCluster:
     aadd_standby = async_form(add_standby)
     ahang_replica = async_form(hang_replica)
     aresume_replica = async_form(resume_replica)
+    ahang_primary = async_form(hang_primary)
+    aresume_primary = async_form(resume_primary)
     astop_streaming = async_form(stop_streaming)
     aresume_streaming = async_form(resume_streaming)
     apause_replay = async_form(pause_replay)

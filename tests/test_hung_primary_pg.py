@@ -1,0 +1,105 @@
+"""A primary that hangs (every process stopped, its sockets open: a host behind
+a partition) while a failover manager promotes a standby.
+
+Nothing closes, so no driver notices: the writes in flight on the hung host
+would wait for it until it answers again, or for the kernel's TCP timeout.
+Once ``from_cluster`` finds the promoted node, it cuts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import tenacity
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from routing_db import (
+    CommitOutcomeUnknown,
+    RetryPolicy,
+    Router,
+    routing_sessionmaker,
+)
+from routing_db import run_unit_of_work as run
+from routing_db.testing import PostgresCluster
+
+from .models import Item
+from .waiting import until
+
+pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
+
+WRITERS = 5
+# The new primary is found within two monitor rounds; a round waits at most
+# the check bound (2 s) for the hung node, once for its role and once for
+# its reader's health.
+WRITES_RESUME = 2 * 2 * 2.0 + 2.0  # with room for a loaded 2-core machine
+
+
+async def add(session: AsyncSession, name: str) -> None:
+    session.add(Item(name=name))
+
+
+@pytest.mark.usefixtures("clean")
+async def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
+    faults: PostgresCluster,
+) -> None:
+    cluster = faults
+    router = Router.from_cluster(
+        cluster.urls,
+        names=["primary", "r0", "r1"],
+        monitor_interval=0.2,
+        connect_timeout=2.0,
+        writer_wait_timeout=30,
+        retry=RetryPolicy(attempts=1000, max_seconds=60, wait=tenacity.wait_none()),
+    )
+    Session = routing_sessionmaker(router)
+    acked: dict[str, float] = {}
+    unknown: list[str] = []
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def writer(task: int) -> None:
+        count = 0
+        while not stop.is_set():
+            name, count = f"{task}-{count}", count + 1
+            try:
+                await run(Session, add, name)
+            except CommitOutcomeUnknown:  # a COMMIT in flight when cut
+                unknown.append(name)
+                continue
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+                await asyncio.sleep(0.05)
+                continue
+            acked[name] = time.monotonic()
+
+    def acked_since(moment: float) -> set[str]:
+        return {name for name, at in acked.items() if at > moment}
+
+    async with router:
+        writers = [asyncio.create_task(writer(task)) for task in range(WRITERS)]
+        try:
+            await until(lambda: len(acked) >= 20, 10)
+            await cluster.ahang_primary()
+            hung = time.monotonic()
+            await cluster.apromote(0)
+            promoted = time.monotonic()
+            # The old primary still hangs: every writer is back at work.
+            await until(lambda: len(acked_since(promoted)) >= 50, WRITES_RESUME)
+            resumed = min(acked[name] for name in acked_since(promoted)) - promoted
+            stop.set()
+            _, stuck = await asyncio.wait(writers, timeout=WRITES_RESUME)
+            assert not stuck, "writers still wait for the hung primary"
+        finally:
+            stop.set()
+            await cluster.aresume_primary()
+            await cluster.acrash_primary()  # it is fenced: a failover's end
+            await asyncio.gather(*writers, return_exceptions=True)
+        status = router.status()
+    assert errors == []
+    assert resumed < WRITES_RESUME, resumed
+    assert status[0]["node"] == "r0"
+    # What was acknowledged once the primary hung is on the promoted node.
+    names = cluster.sql(cluster.replicas[0], "SELECT string_agg(name, ',') FROM items")
+    assert acked_since(hung) <= set(names.split(","))
