@@ -10,19 +10,25 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
+import tenacity
+from sqlalchemy import orm, text
 
 from routing_db import (
+    CommitOutcomeUnknown,
     ReplicaReadTimeout,
+    RetryPolicy,
     SyncRouter,
     is_transient_error,
     read_only,
     routing_sync_sessionmaker,
+    unit_of_work,
 )
 from routing_db.testing import PostgresCluster
 
 from .bounds import pg_sleeping
 from .conftest import healed
+from .models import Item
+from .waiting import until_sync
 
 pytestmark = pytest.mark.slow  # seconds of a hung host, on the real clock
 
@@ -31,6 +37,9 @@ CONNECT_TIMEOUT = 2.0  # libpq's least
 READERS = 16
 HANG = 5.0
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
+# The new primary is found within two monitor rounds of at most the check
+# bound (2 s) each for the hung node's role and health; room for 2 cores.
+WRITES_RESUME = 2 * 2 * 2.0 + 2.0
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])
@@ -152,3 +161,75 @@ def test_a_statement_past_the_bound_is_stopped_on_the_server(
             time.sleep(0.05)
     finally:
         router.dispose()
+
+
+def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
+    hung: PostgresCluster,
+) -> None:
+    """The primary hangs, a standby is promoted: ``from_cluster`` cuts the
+    threads' writes in flight on the hung host (libpq would wait for it)."""
+    cluster = hung
+    router = SyncRouter.from_cluster(
+        cluster.urls,
+        names=["primary", "r0", "r1"],
+        monitor_interval=0.2,
+        connect_timeout=CONNECT_TIMEOUT,
+        writer_wait_timeout=30,
+        retry=RetryPolicy(attempts=1000, max_seconds=60, wait=tenacity.wait_none()),
+    )
+    Session = routing_sync_sessionmaker(router)
+    acked: dict[str, float] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    prefix = f"hung-primary-{cluster.driver}"
+
+    def write(thread: int) -> None:
+        @unit_of_work(Session)
+        def add(session: orm.Session, name: str) -> None:
+            session.add(Item(name=name))
+
+        count = 0
+        while not stop.is_set():
+            name, count = f"{prefix}-{thread}-{count}", count + 1
+            try:
+                add(name)
+            except CommitOutcomeUnknown:  # a COMMIT in flight when cut
+                continue
+            except Exception as exc:  # counted: the test wants none
+                errors.append(exc)
+                time.sleep(0.05)
+                continue
+            acked[name] = time.monotonic()
+
+    def acked_since(moment: float) -> set[str]:
+        return {name for name, at in list(acked.items()) if at > moment}
+
+    with router:
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(5)]
+        for thread in writers:
+            thread.start()
+        try:
+            until_sync(lambda: len(acked) >= 20, 10)
+            cluster.hang_primary()
+            hung_at = time.monotonic()
+            cluster.promote(0)
+            promoted = time.monotonic()
+            until_sync(lambda: len(acked_since(promoted)) >= 50, WRITES_RESUME)
+            stop.set()
+            for thread in writers:
+                thread.join(WRITES_RESUME)
+            assert not any(t.is_alive() for t in writers), "a writer waits"
+        finally:
+            stop.set()
+            cluster.resume_primary()
+            cluster.crash_primary()  # it is fenced: a failover's end
+            for thread in writers:
+                thread.join()
+        writer_node = router.status()[0]["node"]
+    assert errors == []
+    assert writer_node == "r0"
+    names = cluster.sql(
+        cluster.replicas[0],
+        f"SELECT string_agg(name, ',') FROM items WHERE name LIKE '{prefix}-%'",
+    )
+    assert acked_since(hung_at) <= set(names.split(","))

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["BACKEND_ID", "backend_waits_for_a_lock", "until"]
+__all__ = ["BACKEND_ID", "backend_waits_for_a_lock", "until", "until_sync"]
 
 
 async def until(
@@ -25,6 +25,14 @@ async def until(
             return
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
+
+
+def until_sync(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """``until`` for threads: return once ``condition()`` is true."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
 
 
 BACKEND_ID = {
