@@ -337,6 +337,14 @@ class MariaDBCluster:
         """Let a hung replica run again (SIGCONT)."""
         self._signal(self.replicas[index], signal.SIGCONT)
 
+    def hang_primary(self) -> None:
+        """Stop the primary's server (SIGSTOP), its sockets open: a hung host."""
+        self._signal(self.primary, signal.SIGSTOP)
+
+    def resume_primary(self) -> None:
+        """Let a hung primary run again (SIGCONT)."""
+        self._signal(self.primary, signal.SIGCONT)
+
     def start_replica(self, index: int) -> None:
         """Start a stopped replica again; it resumes replicating."""
         node = self.replicas[index]
@@ -389,6 +397,8 @@ class MariaDBCluster:
 
     ahang_replica = async_form(hang_replica)
     aresume_replica = async_form(resume_replica)
+    ahang_primary = async_form(hang_primary)
+    aresume_primary = async_form(resume_primary)
     acrash_primary = async_form(crash_primary)
     apromote = async_form(promote)
     afollow = async_form(follow)
