@@ -205,22 +205,34 @@ def _skew(skew: list[tuple[str, LoadSummary]]) -> list[str]:
     ]
 
 
-def _failover(bench: dict[str, Any] | None) -> list[str]:
-    if bench is None:
+def _failover(benches: dict[str, dict[str, Any]]) -> list[str]:
+    runs = {
+        fault: benches[f"test_failover_window[{fault}]"]["extra_info"]
+        for fault in ("crash", "hang")
+        if f"test_failover_window[{fault}]" in benches
+    }
+    if not runs:
         return ["Not run."]
-    info = bench["extra_info"]
-    after = _stats([r["after_promote"] for r in info["rounds"]])
-    since = _stats([r["since_crash"] for r in info["rounds"]])
-    return [
-        f"{len(info['rounds'])} failovers: the primary crashes under 5 writer "
+    lines = [
+        f"{len(next(iter(runs.values()))['rounds'])} failovers each: the primary "
+        "crashes, or hangs (SIGSTOP: a host behind a partition), under 5 writer "
         "tasks through `Router.from_cluster` (`monitor_interval="
-        f"{info['monitor_interval']:g}`), replica 0 is promoted at once.",
+        f"{next(iter(runs.values()))['monitor_interval']:g}`), and replica 0 is "
+        "promoted at once. Medians, with the range over failovers.",
         "",
-        "- First write acknowledged after `promote` returned: "
-        f"{after[0]:.2f} s (failovers {after[1]:.2f} to {after[2]:.2f}).",
-        "- Writes unavailable from the crash on (PostgreSQL's promotion "
-        f"included): {since[0]:.2f} s (failovers {since[1]:.2f} to {since[2]:.2f}).",
+        "| primary | first write after `promote` returned | writes unavailable "
+        "since the fault (promotion included) |",
+        "|---|---|---|",
     ]
+    for fault, info in runs.items():
+        after = _stats([r["after_promote"] for r in info["rounds"]])
+        since = _stats([r["since_crash"] for r in info["rounds"]])
+        lines.append(
+            f"| {'crashed' if fault == 'crash' else 'hung'} "
+            f"| {after[0]:.2f} s ({after[1]:.2f} to {after[2]:.2f}) "
+            f"| {since[0]:.2f} s ({since[1]:.2f} to {since[2]:.2f}) |"
+        )
+    return lines
 
 
 def _hung(bench: dict[str, Any] | None) -> list[str]:
@@ -294,7 +306,7 @@ def main(path: str) -> None:
         "",
         "## 6. Failover: writes unavailable after a promotion",
         "",
-        *_failover(benches.get("test_failover_window")),
+        *_failover(benches),
         "",
         "## 7. A hung replica: read latency while it stops answering",
         "",

@@ -1,9 +1,10 @@
 """6. Failover: how long writes are unavailable after a standby is promoted.
 
-Each round crashes the primary under a steady write load through a
-``from_cluster`` router, promotes replica 0 (as a failover manager would) and
-times the first write acknowledged after ``promote`` returned; then the
-cluster is healed for the next round.
+Each round crashes the primary, or hangs it (SIGSTOP: a host behind a
+partition), under a steady write load through a ``from_cluster`` router,
+promotes replica 0 (as a failover manager would) and times the first write
+acknowledged after ``promote`` returned; then the cluster is healed for the
+next round.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ WRITERS = 5
 INSERT = text("INSERT INTO routing_db_failover (k) VALUES (:k)")
 
 
-async def one_failover(cluster: PostgresCluster) -> dict[str, float]:
-    """Seconds from the crash and from ``promote`` to the first write after it."""
+async def one_failover(cluster: PostgresCluster, fault: str) -> dict[str, float]:
+    """Seconds from the fault and from ``promote`` to the first write after it."""
     router = Router.from_cluster(cluster.urls, monitor_interval=MONITOR_INTERVAL)
     Session = routing_sessionmaker(router)
     acked: list[float] = []
@@ -58,21 +59,31 @@ async def one_failover(cluster: PostgresCluster) -> dict[str, float]:
         try:
             await steady.wait()
             crashed = time.monotonic()
-            await cluster.acrash_primary()
+            await (
+                cluster.ahang_primary if fault == "hang" else cluster.acrash_primary
+            )()
             await cluster.apromote(0)
             promoted = time.monotonic()
-            await resumed.wait()
+            async with asyncio.timeout(60):
+                await resumed.wait()
             first = min(t for t in acked if t > promoted)
         finally:
             running = False
+            if fault == "hang":  # fenced, as a failover manager would
+                await cluster.aresume_primary()
+                await cluster.acrash_primary()
             await asyncio.gather(*writers)
     await cluster.aheal()
     return {"after_promote": first - promoted, "since_crash": first - crashed}
 
 
 @pytest.mark.benchmark(group="failover")
+@pytest.mark.parametrize("fault", ["crash", "hang"])
 def test_failover_window(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    bench_cluster: PostgresCluster,
+    fault: str,
 ) -> None:
     if not bench_cluster.owned:
         pytest.skip("a failover needs a cluster started by this run")
@@ -82,7 +93,7 @@ def test_failover_window(
     )
 
     async def rounds() -> list[dict[str, float]]:
-        return [await one_failover(bench_cluster) for _ in range(ROUNDS)]
+        return [await one_failover(bench_cluster, fault) for _ in range(ROUNDS)]
 
     benchmark.extra_info.update(
         rounds=record(benchmark, loop, rounds), monitor_interval=MONITOR_INTERVAL
