@@ -15,7 +15,6 @@ background), the connection is discarded at once and the statement raises
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import math
@@ -24,22 +23,19 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._bounds import MONITOR_PROBING
+from ._bounds import MONITOR_PROBING, checked_within
 from ._connections import cut
-from ._exceptions import ReplicaReadTimeout
 from ._hooks import Hooks
+from ._past_bound import CANCEL, backend_id, timeout_error
 from ._sa_compat import aiomysql_open
 
 __all__ = [
-    "CANCEL",
-    "backend_id",
     "expired",
     "install_read_timeout",
     "install_socket_timeout",
-    "timeout_error",
     "timeout_translator",
 ]
 
@@ -51,20 +47,6 @@ T = TypeVar("T")
 # statement then raises (a lost connection) is the timeout's.
 expired: weakref.WeakSet[Any] = weakref.WeakSet()
 _cancels: set[asyncio.Future[Any]] = set()
-
-
-def timeout_error(
-    seconds: float, statement: Any = None, parameters: Any = None, error: Any = None
-) -> ReplicaReadTimeout:
-    """The error of a replica statement (or ping, or ROLLBACK) past the bound."""
-    timeout = ReplicaReadTimeout(
-        statement, parameters, error or TimeoutError(), connection_invalidated=True
-    )
-    timeout.args = (
-        f"a replica read took longer than replica_read_timeout ({seconds:g} s): "
-        "it was cancelled and its connection discarded",
-    )
-    return timeout
 
 
 def _expire(connection: Any, seconds: float) -> None:
@@ -88,26 +70,6 @@ def _expire(connection: Any, seconds: float) -> None:
     cut(connection)
 
 
-def backend_id(connection: Any) -> int | None:
-    """The server's id of this connection's session (what a cancel names)."""
-    with contextlib.suppress(Exception):
-        if hasattr(connection, "get_server_pid"):  # asyncpg
-            return int(connection.get_server_pid())
-        if hasattr(connection, "get_backend_pid"):  # psycopg2
-            return int(connection.get_backend_pid())
-        if hasattr(connection, "pgconn"):  # psycopg
-            return int(connection.info.backend_pid)
-        thread_id = connection.thread_id  # aiomysql, asyncmy
-        return int(thread_id() if callable(thread_id) else thread_id)
-    return None
-
-
-# How a server is asked to stop one session's statement, by dialect.
-CANCEL = {
-    "postgresql": "SELECT pg_cancel_backend({})",
-    "mysql": "KILL QUERY {}",
-    "mariadb": "KILL QUERY {}",
-}
 # Driver connection -> how to cancel its statement on the server, and whom
 # to tell that it timed out (its replica is ejected).
 _reactions: weakref.WeakKeyDictionary[
@@ -123,8 +85,10 @@ def _canceller(engine: AsyncEngine, seconds: float) -> Callable[[int], Awaitable
         # one of those (and bounded, should the server not answer).
         probing = MONITOR_PROBING.set(True)
         try:
-            async with asyncio.timeout(seconds), engine.connect() as connection:
-                await connection.exec_driver_sql(statement.format(backend))
+            await checked_within(
+                engine, Connection.exec_driver_sql, statement.format(backend),
+                seconds=seconds,
+            )  # fmt: skip
         except Exception as exc:  # the connection is cut anyway
             logger.debug("routing_db: cancelling a replica statement: %r", exc)
         finally:

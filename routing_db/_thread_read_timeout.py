@@ -25,13 +25,8 @@ from sqlalchemy.engine import Engine
 from ._bounds import MONITOR_PROBING
 from ._connections import cut, driver_of
 from ._hooks import Hooks
-from ._read_timeout import (
-    CANCEL,
-    backend_id,
-    expired,
-    timeout_error,
-    timeout_translator,
-)
+from ._past_bound import CANCEL, backend_id, timeout_error
+from ._read_timeout import expired, timeout_translator
 
 __all__ = ["install_thread_read_timeout"]
 

@@ -7,20 +7,15 @@ cannot be undone for the next test.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
-import tenacity
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from routing_db import (
-    CommitOutcomeUnknown,
-    RetryPolicy,
     Router,
     routing_sessionmaker,
-    run_unit_of_work,
 )
 from routing_db.testing import MariaDBCluster
 
@@ -33,13 +28,11 @@ from .test_failover_under_load_pg import (
     wait_for,
     writer,
 )
+from .test_hung_primary_pg import RETRY, writes_across_a_hung_primary
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.slow]
 
 SERVER = text("SELECT @@server_id")
-# The new primary is found within two monitor rounds of at most the check
-# bound (2 s) each for the hung node's role and health; room for 2 cores.
-WRITES_RESUME = 2 * 2 * 2.0 + 2.0
 
 
 @pytest.fixture
@@ -108,49 +101,9 @@ async def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
         monitor_interval=0.2,
         connect_timeout=2.0,
         writer_wait_timeout=30,
-        retry=RetryPolicy(attempts=1000, max_seconds=60, wait=tenacity.wait_none()),
+        retry=RETRY,
     )
-    Session = routing_sessionmaker(router)
-    acked: dict[str, float] = {}
-    errors: list[BaseException] = []
-    stop = asyncio.Event()
-
-    async def write(task: int) -> None:
-        count = 0
-        while not stop.is_set():
-            key, count = f"{task}-{count}", count + 1
-            try:
-                await run_unit_of_work(Session, add, key)
-            except CommitOutcomeUnknown:  # a COMMIT in flight when cut
-                continue
-            except Exception as exc:  # counted: the test wants none
-                errors.append(exc)
-                await asyncio.sleep(0.05)
-                continue
-            acked[key] = time.monotonic()
-
-    def acked_since(moment: float) -> set[str]:
-        return {key for key, at in acked.items() if at > moment}
-
-    async with router:
-        writers = [asyncio.create_task(write(task)) for task in range(5)]
-        try:
-            await wait_for(lambda: len(acked) >= 20, 10)
-            await cluster.ahang_primary()
-            hung = time.monotonic()
-            await cluster.apromote(0)
-            promoted = time.monotonic()
-            await wait_for(lambda: len(acked_since(promoted)) >= 50, WRITES_RESUME)
-            stop.set()
-            _, stuck = await asyncio.wait(writers, timeout=WRITES_RESUME)
-            assert not stuck, "writers still wait for the hung primary"
-        finally:
-            stop.set()
-            await cluster.aresume_primary()
-            await cluster.acrash_primary()  # it is fenced: a failover's end
-            await asyncio.gather(*writers, return_exceptions=True)
-        roles = {row["name"]: row["role"] for row in router.status()}
-    assert errors == []
-    assert roles["new"] == "writer"
+    acked, hung = await writes_across_a_hung_primary(cluster, router, add)
+    assert {row["name"]: row["role"] for row in router.status()}["new"] == "writer"
     present = set(cluster.sql(new, "SELECT k FROM app.failover_writes").split())
-    assert acked_since(hung) <= present
+    assert {key for key, at in acked.items() if at > hung} <= present
