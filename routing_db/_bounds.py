@@ -12,8 +12,10 @@ import asyncio
 import contextvars
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._connections import cut
@@ -27,6 +29,7 @@ __all__ = [
     "checked_within",
     "install_connect_guard",
     "install_connect_timeout",
+    "submit_check",
 ]
 
 T = TypeVar("T")
@@ -172,3 +175,29 @@ async def checked_within(
 def _forget(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: its failure is the timeout's
+
+
+def submit_check(
+    workers: ThreadPoolExecutor, engine: Engine, check: Callable[..., T], *args: Any
+) -> tuple[Future[T], Callable[[], None]]:
+    """``check(connection, *args)`` on a connection of ``engine``, on a worker
+    thread (the sync face's monitor and discovery): its future, and a function
+    that cuts its connection when the caller gives up on it, so the worker
+    does not wait on a host that hangs (libpq would, for ever)."""
+    driver: list[Any] = []
+
+    def run() -> T:
+        # A thread of its own: the context (MONITOR_PROBING) is set there.
+        probing = MONITOR_PROBING.set(True)
+        try:
+            with engine.connect() as connection:
+                driver.append(connection.connection.driver_connection)
+                return check(connection, *args)
+        finally:
+            MONITOR_PROBING.reset(probing)
+
+    def give_up() -> None:
+        if driver:
+            cut(driver[0])
+
+    return workers.submit(run), give_up

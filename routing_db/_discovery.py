@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from ._bounds import checked_within, install_connect_timeout
+from ._bounds import checked_within, install_connect_timeout, submit_check
 from ._connections import cut, driver_of
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
@@ -31,12 +32,14 @@ from ._make import AppEngine, core
 from ._positions import takes_writes
 from ._topology import Topology
 
-__all__ = ["AsyncDiscovery", "Discovery", "Node", "ThreadDiscovery"]
+__all__ = ["ROLE_CHECK", "AsyncDiscovery", "Discovery", "Node", "ThreadDiscovery"]
 
 logger = logging.getLogger("routing_db")
 
 # Where a writer connection being made goes: do_connect tells connect.
 _NODE = "routing_db_node"
+# The name of the sync face's threads that ask a node its role.
+ROLE_CHECK = "routing_db role check"
 
 
 @dataclasses.dataclass(eq=False)
@@ -274,26 +277,39 @@ class ThreadDiscovery(Discovery):
             if self._done != seen:
                 return  # one finished while this caller waited: it is news
             nodes = list(self.nodes)
-            workers = ThreadPoolExecutor(max_workers=max(len(nodes), 1))
-            asked = [workers.submit(_takes_writes, node) for node in nodes]
-            answers = [self._answer(*pair) for pair in zip(nodes, asked, strict=True)]
-            # A hung node's worker is left to its driver (see ThreadMonitor).
+            workers = ThreadPoolExecutor(
+                max_workers=max(len(nodes), 1), thread_name_prefix=ROLE_CHECK
+            )
+            asked = [
+                submit_check(workers, _probe(node), takes_writes) for node in nodes
+            ]
+            deadline = time.monotonic() + self._bound
+            answers = [
+                self._answer(node, *check, deadline)
+                for node, check in zip(nodes, asked, strict=True)
+            ]
             workers.shutdown(wait=False, cancel_futures=True)
             self._settle(nodes, answers)
             self._done += 1
 
     check_now = check
 
-    def _answer(self, node: Node, asked: Future[bool]) -> bool | None:
+    def _answer(
+        self,
+        node: Node,
+        asked: Future[bool],
+        give_up: Callable[[], None],
+        deadline: float,
+    ) -> bool | None:
         try:
-            return asked.result(timeout=self._bound)
+            return asked.result(timeout=max(deadline - time.monotonic(), 0.0))
         except Exception as exc:  # down, hung or restarting: no verdict
+            if isinstance(exc, TimeoutError):
+                give_up()  # its worker is free again
             logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
             return None
 
 
-def _takes_writes(node: Node) -> bool:
-    probe = node.probe
-    assert isinstance(probe, Engine)
-    with probe.connect() as connection:
-        return takes_writes(connection)
+def _probe(node: Node) -> Engine:
+    assert isinstance(node.probe, Engine), "a SyncRouter's"
+    return node.probe

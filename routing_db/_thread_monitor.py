@@ -1,10 +1,10 @@
 """The sync face's monitor: the same rounds as ``Monitor``, on a daemon thread.
 
 Each check runs on a worker thread and is waited for up to ``check_timeout``:
-a server that hangs is judged failed then, while its worker waits on (for
-the driver's own timeout, if it has one; libpq has none). A server whose
-last check still waits is not checked again until that one ends, so a hung
-host holds one worker, not one per round.
+a server that hangs is judged failed then, and the check's connection is
+cut so that its worker is free again. A server whose last check still waits
+(connecting: libpq's connect_timeout bounds it) is not checked again until
+that one ends, so a hung host holds at most one worker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from ._bounds import MONITOR_PROBING
+from ._bounds import submit_check
 from ._discovery import ThreadDiscovery
 from ._monitor import Rounds
 from ._positions import ReplicaStatus, takes_writes, writer_position
@@ -32,16 +32,6 @@ T = TypeVar("T")
 _WORKERS = 16
 
 
-def _on(engine: Engine, check: Callable[..., T], *args: Any) -> T:
-    # A thread of its own: the context (MONITOR_PROBING) is set there.
-    probing = MONITOR_PROBING.set(True)
-    try:
-        with engine.connect() as connection:
-            return check(connection, *args)
-    finally:
-        MONITOR_PROBING.reset(probing)
-
-
 class ThreadMonitor(Rounds):
     """Polls every replica each ``interval`` seconds on a daemon thread."""
 
@@ -51,7 +41,8 @@ class ThreadMonitor(Rounds):
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # one round at a time (poll() and thread)
         self._workers: ThreadPoolExecutor | None = None
-        self._waiting: dict[Engine, Future[Any]] = {}
+        # Per server, its last check and how to give up on it.
+        self._waiting: dict[Engine, tuple[Future[Any], Callable[[], None]]] = {}
 
     @property
     def running(self) -> bool:
@@ -121,6 +112,7 @@ class ThreadMonitor(Rounds):
                 self._record(pending.pop(future), future, writer_lsn)
         except TimeoutError:
             for engine in pending.values():
+                self._give_up(engine)
                 policy.polled(engine, TimeoutError("no answer in time"), writer_lsn)
 
     def _submit(
@@ -131,10 +123,15 @@ class ThreadMonitor(Rounds):
         *args: Any,
     ) -> Future[T]:
         waiting = self._waiting.get(engine)
-        if waiting is not None and not waiting.done():
+        if waiting is not None and not waiting[0].done():
             raise TimeoutError("its last check still waits for an answer")
-        future = self._waiting[engine] = workers.submit(_on, engine, check, *args)
-        return future
+        self._waiting[engine] = submit_check(workers, engine, check, *args)
+        return self._waiting[engine][0]
+
+    def _give_up(self, engine: Engine) -> None:
+        waiting = self._waiting.get(engine)
+        if waiting is not None:
+            waiting[1]()
 
     def _record(self, engine: Engine, future: Future[Any], lsn: int | None) -> None:
         answer: ReplicaStatus | Exception
@@ -162,7 +159,11 @@ class ThreadMonitor(Rounds):
         check: Callable[[Connection], T],
     ) -> T:
         future = self._submit(workers, engine, check)
-        return future.result(timeout=self._check_timeout)
+        try:
+            return future.result(timeout=self._check_timeout)
+        except TimeoutError:
+            self._give_up(engine)
+            raise
 
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

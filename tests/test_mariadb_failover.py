@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -45,17 +46,23 @@ def own(mariadb_cluster: MariaDBCluster) -> Iterator[MariaDBCluster]:
         cluster.stop()
 
 
-async def test_a_mariadb_failover_under_load(own: MariaDBCluster) -> None:
-    cluster = own
+def cluster_router(cluster: MariaDBCluster, **options: Any) -> Router:
+    """The writes' table made; a router over the nodes: old, new, other."""
     old, (new, other) = cluster.primary, cluster.replicas
     cluster.sql(old, "CREATE TABLE app.failover_writes (k varchar(40) PRIMARY KEY)")
     cluster.wait_replicated()
-    router = Router.from_cluster(
+    return Router.from_cluster(
         [node.url_for() for node in (old, new, other)],
         names=["old", "new", "other"],
         monitor_interval=0.2,
-        writer_wait_timeout=10,
+        **options,
     )
+
+
+async def test_a_mariadb_failover_under_load(own: MariaDBCluster) -> None:
+    cluster = own
+    new, other = cluster.replicas
+    router = cluster_router(cluster, writer_wait_timeout=10)
     Session = routing_sessionmaker(router)
     load = Load()
     async with router:
@@ -92,18 +99,11 @@ async def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
     """The primary hangs (SIGSTOP), a replica is promoted: the writes in flight
     on the hung host are cut once the new primary is found."""
     cluster = own
-    old, (new, other) = cluster.primary, cluster.replicas
-    cluster.sql(old, "CREATE TABLE app.failover_writes (k varchar(40) PRIMARY KEY)")
-    cluster.wait_replicated()
-    router = Router.from_cluster(
-        [node.url_for() for node in (old, new, other)],
-        names=["old", "new", "other"],
-        monitor_interval=0.2,
-        connect_timeout=2.0,
-        writer_wait_timeout=30,
-        retry=RETRY,
+    router = cluster_router(
+        cluster, connect_timeout=2.0, writer_wait_timeout=30, retry=RETRY
     )
     acked, hung = await writes_across_a_hung_primary(cluster, router, add)
     assert {row["name"]: row["role"] for row in router.status()}["new"] == "writer"
+    new = cluster.replicas[0]
     present = set(cluster.sql(new, "SELECT k FROM app.failover_writes").split())
     assert {key for key, at in acked.items() if at > hung} <= present

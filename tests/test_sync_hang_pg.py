@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import tenacity
@@ -23,6 +24,7 @@ from routing_db import (
     routing_sync_sessionmaker,
     unit_of_work,
 )
+from routing_db._discovery import ROLE_CHECK
 from routing_db.testing import PostgresCluster
 
 from .bounds import pg_sleeping
@@ -163,17 +165,25 @@ def test_a_statement_past_the_bound_is_stopped_on_the_server(
         router.dispose()
 
 
+def cluster_router(cluster: PostgresCluster, **options: Any) -> SyncRouter:
+    """``SyncRouter.from_cluster`` over the nodes: primary, r0, r1."""
+    return SyncRouter.from_cluster(
+        cluster.urls,
+        names=["primary", "r0", "r1"],
+        monitor_interval=0.2,
+        connect_timeout=CONNECT_TIMEOUT,
+        **options,
+    )
+
+
 def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
     hung: PostgresCluster,
 ) -> None:
     """The primary hangs, a standby is promoted: ``from_cluster`` cuts the
     threads' writes in flight on the hung host (libpq would wait for it)."""
     cluster = hung
-    router = SyncRouter.from_cluster(
-        cluster.urls,
-        names=["primary", "r0", "r1"],
-        monitor_interval=0.2,
-        connect_timeout=CONNECT_TIMEOUT,
+    router = cluster_router(
+        cluster,
         writer_wait_timeout=30,
         retry=RetryPolicy(attempts=1000, max_seconds=60, wait=tenacity.wait_none()),
     )
@@ -233,3 +243,31 @@ def test_writes_in_flight_on_a_hung_primary_move_to_the_promoted_one(
         f"SELECT string_agg(name, ',') FROM items WHERE name LIKE '{prefix}-%'",
     )
     assert acked_since(hung_at) <= set(names.split(","))
+
+
+def test_checks_of_a_hung_node_leave_no_thread_waiting_on_it(
+    hung: PostgresCluster,
+) -> None:
+    """A role check past its bound has its connection cut: its thread does not
+    wait on the hung host (libpq would, for ever)."""
+    cluster = hung
+    router = cluster_router(cluster)
+    bound = router.health.check_timeout
+
+    def role_checks_waiting() -> int:
+        return sum(t.name.startswith(ROLE_CHECK) for t in threading.enumerate())
+
+    try:
+        router.poll()  # the writer found: every probe holds a connection
+        cluster.hang_primary()
+        for _ in range(3):
+            started = time.monotonic()
+            router.poll()
+            # The role checks, then the replicas' checks: each bounded.
+            assert time.monotonic() - started < 2 * bound + 1.0
+        assert router.status()[0]["role"] == "unknown"
+        # Connecting to the hung host is bounded by connect_timeout.
+        until_sync(lambda: role_checks_waiting() == 0, CONNECT_TIMEOUT + 3.0)
+    finally:
+        cluster.resume_primary()
+        router.dispose()
