@@ -30,6 +30,7 @@ from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._make import AppEngine, core
 from ._positions import takes_writes
+from ._sa_compat import pause
 from ._topology import Topology
 
 __all__ = ["ROLE_CHECK", "AsyncDiscovery", "Discovery", "Node", "ThreadDiscovery"]
@@ -38,6 +39,8 @@ logger = logging.getLogger("routing_db")
 
 # Where a writer connection being made goes: do_connect tells connect.
 _NODE = "routing_db_node"
+# Seconds for a driver to see that its socket was cut (an event loop's turn).
+_NOTICED = 0.05
 # The name of the sync face's threads that ask a node its role.
 ROLE_CHECK = "routing_db role check"
 
@@ -184,15 +187,16 @@ class Discovery:
             topology.replica_set.forget_positions()
             if old is not None:
                 # Every connection to the former primary is cut, in flight or
-                # idle; the pool forgets them without a goodbye (closing one
-                # would write to a cut socket, or wait on a hung host).
-                self._fence(node)
-                topology.writer.dispose(close=False)
+                # idle. Once the drivers have seen their sockets end, closing
+                # the idle ones writes nothing to a host that may hang.
+                if self._fence(node):
+                    pause(_NOTICED)
+                topology.writer.dispose()
             topology.listeners.emit("role_changed", node.name, "replica", "writer")
             logger.warning("routing_db: node %s is the writer", node.name)
         topology.writer_found(node.name, quiet=node is not old)
 
-    def _fence(self, primary: Node) -> None:
+    def _fence(self, primary: Node) -> int:
         """Cut the writer's connections to every node but ``primary``.
 
         A former primary that hangs (or sits behind a partition) would hold a
@@ -217,6 +221,7 @@ class Discovery:
                 "which unit_of_work reruns)",
                 count,
             )
+        return count
 
     def _lose(self, current: Node | None, *, drop: bool, quiet: bool = False) -> None:
         """No writer now; with ``drop``, ``current`` is not the primary any more."""
