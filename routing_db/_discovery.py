@@ -185,12 +185,14 @@ class Discovery:
         if node is not old:
             self.primary = node
             topology.replica_set.forget_positions()
+            # Every connection to a former primary is cut, in flight or idle
+            # (after a split brain, or a primary found in recovery, ``old`` is
+            # None, yet the writer may hold some). Once the drivers have seen
+            # their sockets end, closing the idle ones writes nothing to a
+            # host that may hang.
+            if self._fence(node):
+                pause(_NOTICED)
             if old is not None:
-                # Every connection to the former primary is cut, in flight or
-                # idle. Once the drivers have seen their sockets end, closing
-                # the idle ones writes nothing to a host that may hang.
-                if self._fence(node):
-                    pause(_NOTICED)
                 topology.writer.dispose()
             topology.listeners.emit("role_changed", node.name, "replica", "writer")
             logger.warning("routing_db: node %s is the writer", node.name)
