@@ -1,13 +1,14 @@
 """Benchmarks on the test cluster: every ratio is measured side by side in one run.
 
-Each benchmark builds its own event loop and engines (pytest-benchmark times
-plain callables); absolute times depend on the machine, only ratios matter.
+Each benchmark answers one question of benchmarks/README.md: it runs once under
+pytest-benchmark and leaves its section of RESULTS.md in ``extra_info``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Integer
@@ -18,6 +19,7 @@ from routing_db.loadtest import prepare
 from routing_db.testing import PostgresCluster
 
 ROWS = 1000
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -32,9 +34,16 @@ class BenchRow(Base):
 
 # Now, not at the first select: configuring replaces the entity's annotated
 # table, so the engine that ran the first select would keep a cache key built
-# on the old one, and every later lookup there would compare the two (about
-# 0.2 µs a select, measured): small, but it fell on one variant only.
+# on the old one, and every later lookup there would compare the two: small,
+# but it fell on one variant only.
 configure_mappers()
+
+
+def measure(benchmark: Any, run: Callable[[], T]) -> T:
+    """Run once under pytest-benchmark and return what ``run`` returned."""
+    result: list[T] = []
+    benchmark.pedantic(lambda: result.append(run()), rounds=1, iterations=1)
+    return result[0]
 
 
 @pytest.fixture(scope="session")
@@ -51,12 +60,3 @@ def bench_cluster(pg_cluster: PostgresCluster) -> PostgresCluster:
     asyncio.run(setup())
     pg_cluster.wait_replicated()
     return pg_cluster
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    try:
-        yield loop
-    finally:
-        loop.close()

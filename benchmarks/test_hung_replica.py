@@ -19,8 +19,8 @@ from sqlalchemy import select
 from routing_db import Router, read_only, routing_sessionmaker
 from routing_db.testing import PostgresCluster
 
-from .conftest import BenchRow
-from .test_load import record
+from .conftest import BenchRow, measure
+from .report import add_section, table
 
 READERS = 20
 HEALTHY, HUNG = 3.0, 5.0
@@ -69,14 +69,33 @@ async def hang_phases(cluster: PostgresCluster) -> dict[str, Any]:
     }
 
 
-@pytest.mark.benchmark(group="hung")
-def test_hung_replica(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
+def test_hung_replica(benchmark: Any, bench_cluster: PostgresCluster) -> None:
     if not bench_cluster.owned:
         pytest.skip("hanging a replica needs a cluster started by this run")
-    benchmark.extra_info.update(
-        phases=record(benchmark, loop, lambda: hang_phases(bench_cluster)),
-        replica_read_timeout=READ_TIMEOUT,
-        readers=READERS,
+    phases = measure(benchmark, lambda: asyncio.run(hang_phases(bench_cluster)))
+    healthy, hung = phases["healthy"], phases["hung"]
+    rate = hung["reads_per_second"] / healthy["reads_per_second"]
+    add_section(
+        benchmark,
+        "7. A hung replica: read latency while it stops answering",
+        [
+            f"{READERS} reader tasks; replica 0 stopped (SIGSTOP) under them; "
+            f"`replica_read_timeout={READ_TIMEOUT:g}`.",
+            "",
+            *table(
+                ["phase", "read p99", "slowest read", "reads/s"],
+                (
+                    (
+                        name,
+                        f"{p['p99'] * 1000:.1f} ms",
+                        f"{p['max'] * 1000:.0f} ms",
+                        f"{p['reads_per_second']:.0f}",
+                    )
+                    for name, p in phases.items()
+                ),
+            ),
+            "",
+            f"p99 hung / healthy: {hung['p99'] / healthy['p99']:.1f}x; throughput "
+            f"hung / healthy: {rate:.2f}.",
+        ],
     )

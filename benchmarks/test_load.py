@@ -1,54 +1,34 @@
 """2-4: pool starvation, replica capacity and skew, with the load harness.
 
-Each starvation and skew benchmark is one timed load run; capacity is rounds
-of runs (see there). Summaries go into ``extra_info`` (throughput, latency and
-checkout-wait percentiles, timeouts), from which ``report.py`` writes
-RESULTS.md.
+Each run is ``run_load`` for a fixed time, measured at the pools (throughput,
+latency and checkout-wait percentiles, timeouts, who served the operations).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from routing_db import Router, read_only, routing_sessionmaker
-from routing_db.loadtest import LoadSummary, Workload, run_load
+from routing_db.loadtest import LoadSummary, Workload, plot_summaries, run_load
 from routing_db.testing import PostgresCluster
 
-from .conftest import ROWS
+from . import goals
+from .conftest import ROWS, measure
+from .report import HERE, add_section, load_table, spread, verdict
 
 DURATION = 3.0
 
 
-def record(benchmark: Any, loop: asyncio.AbstractEventLoop, load: Any) -> Any:
-    """Time one run of ``load()``; a LoadSummary result goes to extra_info."""
-    result: list[Any] = []
-    benchmark.pedantic(
-        lambda: result.append(loop.run_until_complete(load())), rounds=1, iterations=1
-    )
-    if isinstance(result[0], LoadSummary):
-        benchmark.extra_info["summary"] = result[0].model_dump(mode="json")
-    return result[0]
-
-
-@pytest.mark.benchmark(group="starvation")
-@pytest.mark.parametrize("concurrency", [10, 50, 200])
-@pytest.mark.parametrize("profile", ["point_read", "hold"])
-def test_pool_starvation(
-    benchmark: Any,
-    loop: asyncio.AbstractEventLoop,
-    bench_cluster: PostgresCluster,
-    profile: str,
-    concurrency: int,
-) -> None:
+def test_pool_starvation(benchmark: Any, bench_cluster: PostgresCluster) -> None:
     """Pool 5+0, pool_timeout 2 s: short sessions vs sessions held 50 ms."""
 
-    async def load() -> LoadSummary:
+    async def load(profile: str, concurrency: int) -> LoadSummary:
         engine = create_async_engine(
             bench_cluster.writer_url, pool_size=5, max_overflow=0, pool_timeout=2
         )
@@ -63,16 +43,35 @@ def test_pool_starvation(
         finally:
             await engine.dispose()
 
-    summary = record(benchmark, loop, load)
-    if profile == "point_read":
-        assert summary.timeouts == 0
+    runs = measure(
+        benchmark,
+        lambda: [
+            (label, asyncio.run(load(profile, concurrency)))
+            for label, profile in (
+                ("held 50 ms", "hold"),
+                ("short sessions", "point_read"),
+            )
+            for concurrency in (10, 50, 200)
+        ],
+    )
+    assert all(s.timeouts == 0 for label, s in runs if label == "short sessions")
+    plot_summaries(runs, str(HERE / "starvation.png"))
+    add_section(
+        benchmark,
+        "2. Pool starvation: pool 5+0, pool_timeout 2 s, plain AsyncSession",
+        [
+            "![throughput, p99 latency and checkout wait against workers]"
+            "(starvation.png)",
+            "",
+            *load_table(runs),
+            "",
+            "Sessions held across an await drain the pool: checkout waits grow to "
+            "`pool_timeout` and requests fail, while short sessions serve the same "
+            "workers with no timeout.",
+        ],
+    )
 
 
-# Replica capacity: each configuration runs once per round, in a new random
-# order each round, and ratios are taken within a round (drift on a shared
-# machine hits all configurations of a round alike).
-CAPACITY_ROUNDS = 5
-CAPACITY_RUN_S = 2.0
 # label -> (replicas, writer_read_weight): with weight 1 the writer takes an
 # equal share of the reads; with 0 only replicas serve them.
 CAPACITY_CONFIGS = {
@@ -81,22 +80,22 @@ CAPACITY_CONFIGS = {
     "writer + 2 replicas": (2, 0.0),
     "writer + 2 replicas, writer reads too": (2, 1.0),
 }
-CAPACITY_IO_MS = 20
+ROUNDS, RUN_S, IO_MS = 5, 2.0, 20
 
 
-@pytest.mark.benchmark(group="capacity")
-def test_replica_capacity(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, bench_cluster: PostgresCluster
-) -> None:
-    """IO-bound reads (20 ms on the server), pool 5 per engine, 40 workers.
+def test_replica_capacity(benchmark: Any, bench_cluster: PostgresCluster) -> None:
+    """IO-bound reads, pool 5 per engine, 40 workers, in rounds.
 
-    20 ms: with shorter reads one Python client needs most of a core for
-    three servers' pools, and shares it with them (``client_cpu`` shows it).
+    Each configuration runs once per round, in a new random order each round,
+    and ratios are taken within a round: drift on a shared machine hits a
+    round's configurations alike. Reads take 20 ms on the server: with shorter
+    ones one Python client needs most of a core for three servers' pools, and
+    shares it with them (``client_cpu`` shows it).
     """
-    workload = Workload(rows=ROWS, io_ms=CAPACITY_IO_MS)
-    rng = random.Random(CAPACITY_IO_MS)
+    workload = Workload(rows=ROWS, io_ms=IO_MS)
+    rng = random.Random(IO_MS)
 
-    async def load() -> list[dict[str, Any]]:
+    async def load() -> list[dict[str, LoadSummary]]:
         routers = {
             label: Router.from_urls(
                 bench_cluster.writer_url,
@@ -108,54 +107,59 @@ def test_replica_capacity(
             for label, (replicas, weight) in CAPACITY_CONFIGS.items()
         }
         makers = {key: routing_sessionmaker(r) for key, r in routers.items()}
+        options: dict[str, Any] = {"profile": "io_read", "concurrency": 40}
         try:
             for maker in makers.values():  # open every pool before measuring
-                await run_load(
-                    maker,
-                    profile="io_read",
-                    concurrency=40,
-                    operations=200,
-                    workload=workload,
-                )
+                await run_load(maker, operations=200, workload=workload, **options)
             rounds = []
-            for _ in range(CAPACITY_ROUNDS):
-                order = list(makers)
-                rng.shuffle(order)
-                runs = {}
-                for key in order:
-                    summary = await run_load(
-                        makers[key],
-                        profile="io_read",
-                        concurrency=40,
-                        duration=CAPACITY_RUN_S,
-                        workload=workload,
-                    )
-                    runs[key] = summary.model_dump(mode="json")
-                rounds.append(runs)
+            for _ in range(ROUNDS):
+                order = rng.sample(list(makers), len(makers))
+                rounds.append(
+                    {
+                        key: await run_load(
+                            makers[key], duration=RUN_S, workload=workload, **options
+                        )
+                        for key in order
+                    }
+                )
             return rounds
         finally:
             for router in routers.values():
                 await router.dispose()
 
-    benchmark.extra_info.update(
-        rounds=record(benchmark, loop, load),
-        io_ms=CAPACITY_IO_MS,
-        run_seconds=CAPACITY_RUN_S,
-        configs=list(CAPACITY_CONFIGS),
-        baseline="writer only",
-        replicas_only="writer + 2 replicas",
-        shared="writer + 2 replicas, writer reads too",
+    rounds = measure(benchmark, lambda: asyncio.run(load()))
+
+    def median_round(label: str) -> LoadSummary:
+        by_throughput = sorted((r[label] for r in rounds), key=lambda s: s.throughput)
+        return by_throughput[(len(rounds) - 1) // 2]
+
+    def times(label: str) -> list[float]:
+        return [r[label].throughput / r["writer only"].throughput for r in rounds]
+
+    shared = "writer + 2 replicas, writer reads too"
+    met = statistics.median(times(shared)) >= goals.CAPACITY
+    add_section(
+        benchmark,
+        "3. Replica capacity: IO-bound reads, pool 5 per engine, 40 workers",
+        [
+            f"{IO_MS} ms on the server per read. {ROUNDS} rounds; in each, every "
+            f"configuration runs {RUN_S:g} s, in a new random order. A row is the "
+            "configuration's median round; ratios are taken within each round. "
+            "With `writer_read_weight=1` the writer takes an equal share of the "
+            "reads (in READ ONLY transactions).",
+            "",
+            *load_table((label, median_round(label)) for label in CAPACITY_CONFIGS),
+            "",
+            "Throughput x writer only: writer + 2 replicas "
+            f"{spread(times('writer + 2 replicas'), 'rounds', 2)}; {shared} "
+            f"{spread(times(shared), 'rounds', 2)} — goal ≥ {goals.CAPACITY}x: "
+            f"{verdict(met)} (the client used {median_round(shared).client_cpu:.2f} "
+            "of a core).",
+        ],
     )
 
 
-@pytest.mark.benchmark(group="skew")
-@pytest.mark.parametrize("policy", ["round_robin", "least_busy"])
-def test_slow_replica_skew(
-    benchmark: Any,
-    loop: asyncio.AbstractEventLoop,
-    bench_cluster: PostgresCluster,
-    policy: str,
-) -> None:
+def test_slow_replica_skew(benchmark: Any, bench_cluster: PostgresCluster) -> None:
     """Replica 0 answers in 50 ms, replica 1 in 5 ms (per-engine setting).
 
     4 workers: enough to keep both replicas busy under round_robin, few
@@ -163,8 +167,7 @@ def test_slow_replica_skew(
     which would put its own queueing into the p99 being compared.
     """
 
-    async def load() -> LoadSummary:
-        writer = bench_cluster.writer_url
+    async def load(policy: str) -> LoadSummary:
         slow, fast = bench_cluster.replica_urls
         engines = [
             create_async_engine(
@@ -176,7 +179,9 @@ def test_slow_replica_skew(
             for url, delay in ((slow, "0.050"), (fast, "0.005"))
         ]
         router = Router(
-            writer=create_async_engine(writer, pool_size=5, max_overflow=0),
+            writer=create_async_engine(
+                bench_cluster.writer_url, pool_size=5, max_overflow=0
+            ),
             replicas=engines,
             policy=policy,
         )
@@ -191,7 +196,20 @@ def test_slow_replica_skew(
         finally:
             await router.dispose()
 
-    record(benchmark, loop, load)
+    policies = ("least_busy", "round_robin")
+    runs = measure(benchmark, lambda: [(p, asyncio.run(load(p))) for p in policies])
+    (_, least_busy), (_, round_robin) = runs
+    ratio = least_busy.latency_ms.p99 / round_robin.latency_ms.p99
+    add_section(
+        benchmark,
+        "4. Skew: one replica answers in 50 ms, the other in 5 ms",
+        [
+            *load_table(runs),
+            "",
+            f"p99 least_busy / round_robin: {ratio:.2f}x — goal ≤ {goals.SKEW}x: "
+            f"{verdict(ratio <= goals.SKEW)}.",
+        ],
+    )
 
 
 async def _per_engine_io_read(factory: Any, workload: Workload) -> None:

@@ -153,21 +153,6 @@ class _ScopeMarker(ContextDecorator):
             raise RuntimeError("routing_db scope exited more often than entered")
         SCOPE.reset(token)
 
-    # ``async with read_only:`` is on every request's path: the same work as
-    # _enter/_exit without the extra call.
-    async def __aenter__(self) -> None:
-        current = SCOPE.get()[0]
-        frame: _Frame = [_WRITER if current is _WRITER else self._scope, None]
-        frame[1] = SCOPE.set(frame)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        SCOPE.reset(SCOPE.get()[1])
-
     @overload
     def __call__(self) -> _ScopeMarker: ...
     @overload
