@@ -63,10 +63,10 @@ def load_table(runs: Iterable[tuple[str, LoadSummary]]) -> list[str]:
     )
 
 
-def spread(values: Sequence[float], over: str, digits: int = 3) -> str:
+def spread(values: Sequence[float], over: str, digits: int = 3, unit: str = "x") -> str:
     """The median of ``values`` with their range, e.g. 1.02x (rounds 1.01 to 1.04)."""
     median, low, high = statistics.median(values), min(values), max(values)
-    return f"{median:.{digits}f}x ({over} {low:.{digits}f} to {high:.{digits}f})"
+    return f"{median:.{digits}f}{unit} ({over} {low:.{digits}f} to {high:.{digits}f})"
 
 
 def verdict(ok: bool) -> str:

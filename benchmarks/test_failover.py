@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import statistics
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from routing_db import Router, routing_sessionmaker
 from routing_db.testing import PostgresCluster
 
 from .conftest import measure
-from .report import add_section, table
+from .report import add_section, spread, table
 
 ROUNDS = 5
 MONITOR_INTERVAL = 0.2
@@ -96,9 +95,7 @@ def test_failover_window(benchmark: Any, bench_cluster: PostgresCluster) -> None
     )
 
     def seconds(fault: str, key: str) -> str:
-        values = [r[key] for r in runs[fault]]
-        low, high = min(values), max(values)
-        return f"{statistics.median(values):.2f} s ({low:.2f} to {high:.2f})"
+        return spread([r[key] for r in runs[fault]], "failovers", 2, " s")
 
     add_section(
         benchmark,
@@ -107,7 +104,7 @@ def test_failover_window(benchmark: Any, bench_cluster: PostgresCluster) -> None
             f"{ROUNDS} failovers each: the primary crashes, or hangs (SIGSTOP: a "
             f"host behind a partition), under {WRITERS} writer tasks through "
             f"`Router.from_cluster` (`monitor_interval={MONITOR_INTERVAL:g}`), and "
-            "replica 0 is promoted at once. Medians, with the range over failovers.",
+            "replica 0 is promoted at once.",
             "",
             *table(
                 [
