@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import SessionTransaction
 
 from ._retry import is_connection_error, is_recovery_conflict
-from ._sa_compat import asyncpg_socket, held, mysql_socket
+from ._sa_compat import asyncpg_socket, held, mysql_socket, mysql_transport
 
 __all__ = [
     "checkout_failed",
@@ -86,6 +86,17 @@ def driver_says_closed(driver_connection: Any) -> bool:
         # psycopg2: closed is 0 while open; idle, as for psycopg above,
         # anything to read means the server is ending the connection.
         return closed != 0 or _readable(driver_connection.fileno())
+    transport = mysql_transport(driver_connection)
+    if transport is not None and transport.is_closing():
+        return True  # asyncmy closes its transport at the end of the stream
+    fd = mysql_socket(driver_connection)
+    if fd is not None and _readable(fd):
+        # aiomysql and pymysql notice a closed socket only when a statement
+        # sent on it fails, and a write that may have been sent is never
+        # rerun. A MySQL server sends nothing unasked: on an idle connection
+        # anything to read (the end of the stream after a crash, or a
+        # KILL's error) means the server is ending it.
+        return True
     return getattr(driver_connection, "open", True) is False  # pymysql, mysqldb
 
 

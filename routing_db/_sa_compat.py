@@ -35,6 +35,7 @@ __all__ = [
     "innermost_transaction",
     "max_overflow",
     "mysql_socket",
+    "mysql_transport",
     "pause",
     "rewind_close",
     "run_io",
@@ -85,9 +86,12 @@ INTERNALS: Mapping[str, str] = {
         "a driver connect wrapped in a timeout (aiomysql and asyncmy bound "
         "only the TCP connect); create_async_engine's async_creator passes it"
     ),
-    "aiomysql and asyncmy Connection._writer, pymysql Connection._sock": (
-        "the socket of a MySQL connection, shut down to cut a transaction "
-        "still open on a replica removed after drain_timeout"
+    "aiomysql Connection._writer, asyncmy Connection._transport, "
+    "pymysql Connection._sock": (
+        "the socket of a MySQL connection: shut down to cut a transaction "
+        "still open on a replica removed after drain_timeout; checked at "
+        "checkout for the server's goodbye (the driver notices it only when "
+        "a statement sent on it fails)"
     ),
     "async_creator_fn and cursor_factory of psycopg's AsyncConnection.connect": (
         "a psycopg connection (and its cursors) whose statements and "
@@ -243,14 +247,21 @@ async def aiomysql_open(connection: Any) -> Any:
     return connection
 
 
+def mysql_transport(driver_connection: Any) -> Any:
+    """The asyncio transport of an asyncmy or aiomysql connection, if it has one."""
+    transport = getattr(driver_connection, "_transport", None)  # asyncmy
+    if transport is None:
+        writer = getattr(driver_connection, "_writer", None)  # aiomysql
+        transport = getattr(writer, "transport", None)
+    return transport
+
+
 def mysql_socket(driver_connection: Any) -> int | None:
     """The file descriptor of an aiomysql, asyncmy or pymysql connection's socket."""
     sock = getattr(driver_connection, "_sock", None)  # pymysql
-    if sock is not None:
-        return None if sock.fileno() < 0 else int(sock.fileno())
-    writer = getattr(driver_connection, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        transport = mysql_transport(driver_connection)
+        sock = None if transport is None else transport.get_extra_info("socket")
     if sock is None or sock.fileno() < 0:
         return None
     return int(sock.fileno())

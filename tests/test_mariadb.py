@@ -39,7 +39,7 @@ from .blackhole import Blackhole
 from .bounds import stopped_on_the_server
 from .errors import capture, deadlock
 from .models import Item
-from .waiting import until
+from .waiting import until, until_sync
 
 pytestmark = pytest.mark.mariadb
 
@@ -115,6 +115,19 @@ async def where(session: AsyncSession) -> tuple[int, bool, bool]:
     """(server_id, server read_only, this transaction read-only) where it ran."""
     server, global_ro, session_ro = (await session.execute(WHERE)).one()
     return int(server), bool(global_ro), bool(session_ro)
+
+
+CONNECTION_ID = text("SELECT CONNECTION_ID()")
+
+
+def end_connection(db: MariaDBCluster, connection_id: int) -> None:
+    """KILL a connection on the primary; return once the server has ended it."""
+    db.sql(db.primary, f"KILL {int(connection_id)}")
+    left = (
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+        f"WHERE ID = {int(connection_id)}"
+    )
+    until_sync(lambda: db.sql(db.primary, left) == "0")
 
 
 def replica_ids(db: MariaDBCluster) -> set[int]:
@@ -274,6 +287,34 @@ async def test_a_crashed_replica_fails_no_read_and_comes_back(
             async with Session() as session, read_only:
                 served_after.add((await where(session))[0])
         assert served_after == replica_ids(db)
+
+
+async def test_a_write_on_a_pooled_connection_the_server_ended_is_not_lost(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    """aiomysql and asyncmy find out a pooled connection is dead only when a
+    statement sent on it fails, and a write that may have been sent is never
+    rerun: the checkout check must find the server's goodbye first."""
+    router = Router.from_urls(
+        *urls, pool_size=1, max_overflow=0, ping_after_idle=60, retry=FAST
+    )
+    Session = routing_sessionmaker(router)
+    try:
+        async with Session() as session:
+            session.add(Item(name="before"))
+            await session.flush()
+            first = await session.scalar(CONNECTION_ID)
+            await session.commit()
+        await asyncio.to_thread(end_connection, db, first)
+        async with Session() as session:
+            session.add(Item(name="after"))
+            await session.flush()
+            assert await session.scalar(CONNECTION_ID) != first
+            await session.commit()
+    finally:
+        await router.dispose()
+    names = db.sql(db.primary, "SELECT name FROM app.items ORDER BY id")
+    assert names.split() == ["before", "after"]
 
 
 async def test_classification_of_real_mariadb_errors(

@@ -32,6 +32,8 @@ from routing_db._sa_compat import (
     idle,
     innermost_transaction,
     max_overflow,
+    mysql_socket,
+    mysql_transport,
     pause,
     rewind_close,
     select_list,
@@ -136,6 +138,15 @@ async def test_an_asyncpg_connection_has_a_socket_transport() -> None:
 def test_an_aiomysql_connection_is_opened_by_connect() -> None:
     aiomysql = pytest.importorskip("aiomysql")
     assert callable(aiomysql.Connection._connect)
+
+
+def test_the_mysql_drivers_keep_their_stream_where_it_is_looked_for() -> None:
+    aiomysql = pytest.importorskip("aiomysql")
+    asyncmy = pytest.importorskip("asyncmy")
+    # aiomysql sets its stream writer in __init__, asyncmy declares a slot.
+    assert "self._writer = None" in inspect.getsource(aiomysql.Connection.__init__)
+    assert hasattr(asyncmy.connection.Connection, "_transport")
+    assert mysql_transport(object()) is None and mysql_socket(object()) is None
 
 
 def _private_names(path: Path) -> set[str]:

@@ -23,7 +23,7 @@ from routing_db import (
 from routing_db.testing import MariaDBCluster
 
 from .models import Item
-from .test_mariadb import PRIMARY, WHERE, items_ddl
+from .test_mariadb import CONNECTION_ID, PRIMARY, WHERE, end_connection, items_ddl
 
 pytestmark = pytest.mark.mariadb
 
@@ -124,3 +124,35 @@ def test_a_crashed_replica_fails_no_read_and_comes_back(
         with Sync() as session, read_only:
             served_after.add(where(session)[0])
     assert served_after == {node.server_id for node in db.replicas}
+
+
+def test_a_write_on_a_pooled_connection_the_server_ended_is_not_lost(
+    db: MariaDBCluster,
+) -> None:
+    """pymysql, too, finds out only when a statement sent on the dead
+    connection fails: the checkout check must find the server's goodbye."""
+    router = SyncRouter.from_urls(
+        db.primary.url_for("pymysql"),
+        [node.url_for("pymysql") for node in db.replicas],
+        pool_size=1,
+        max_overflow=0,
+        ping_after_idle=60,
+        retry=RetryPolicy(attempts=3, wait=wait_none()),
+    )
+    Sync = routing_sync_sessionmaker(router)
+    try:
+        with Sync() as session:
+            session.add(Item(name="before"))
+            session.flush()
+            first = session.scalar(CONNECTION_ID)
+            session.commit()
+        end_connection(db, first)
+        with Sync() as session:
+            session.add(Item(name="after"))
+            session.flush()
+            assert session.scalar(CONNECTION_ID) != first
+            session.commit()
+    finally:
+        router.dispose()
+    names = db.sql(db.primary, "SELECT name FROM app.items ORDER BY id")
+    assert names.split() == ["before", "after"]
