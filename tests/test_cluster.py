@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from routing_db.testing import ClusterError, PostgresCluster, _servers, find_pg_bindir
+
+from .waiting import until_sync
 
 
 def accepts(port: int) -> bool:
@@ -135,3 +138,40 @@ def test_a_cluster_started_outside_pytest_stops_with_its_block() -> None:
         assert cluster.writer_url.startswith("postgresql+asyncpg://postgres@127.0.0.1:")
     assert not cluster.is_running(cluster.primary)
     assert cluster._basedir is not None and not cluster._basedir.exists()
+
+
+def test_a_query_the_standby_cancels_for_a_conflict_with_replay_runs_again(
+    asyncpg_faults: PostgresCluster,
+) -> None:
+    cluster = asyncpg_faults
+    primary, standby = cluster.primary, cluster.replicas[0]
+    cluster.sql(
+        primary,
+        "DROP TABLE IF EXISTS conflicted; CREATE TABLE conflicted (n int); "
+        "INSERT INTO conflicted VALUES (1)",
+    )
+    cluster.wait_replicated()
+    cluster.sql(standby, "ALTER SYSTEM SET max_standby_streaming_delay = 0")
+    cluster.sql(standby, "SELECT pg_reload_conf()")
+    try:
+        cluster.pause_replay(0)
+        cluster.sql(primary, "UPDATE conflicted SET n = 2")
+        cluster.sql(primary, "VACUUM conflicted")  # removes the row's n = 1 version
+        read = "SELECT n FROM conflicted, pg_sleep(2)"
+        running = (
+            "SELECT count(*) FROM pg_stat_activity "
+            f"WHERE query = '{read}' AND pid <> pg_backend_pid()"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(cluster.sql, standby, read)
+            until_sync(lambda: cluster.sql(standby, running) == "1")
+            # Its snapshot needs the version the vacuum removed: replaying
+            # that cancels it at once. Had it not been cancelled, it would
+            # say 1; run again after the replay, it says 2.
+            cluster.resume_replay(0)
+            assert reading.result() == "2"
+    finally:
+        cluster.resume_replay(0)
+        cluster.sql(standby, "ALTER SYSTEM RESET max_standby_streaming_delay")
+        cluster.sql(standby, "SELECT pg_reload_conf()")
+        cluster.sql(primary, "DROP TABLE conflicted")

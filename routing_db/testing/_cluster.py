@@ -38,6 +38,9 @@ __all__ = [
     "reap_orphans",
 ]
 
+# Reruns of a harness query a standby cancelled for a conflict with replay.
+_CONFLICT_RERUNS = 5
+
 
 class PostgresCluster:
     """A primary and its streaming replicas, with controls to inject faults."""
@@ -270,23 +273,32 @@ class PostgresCluster:
     # -- SQL ------------------------------------------------------------------
 
     def sql(self, node: PgNode, query: str, *, timeout: float = 30) -> str:
-        """Run one query with psql on ``node``; return its unaligned output."""
+        """Run one query with psql on ``node``; return its unaligned output.
+
+        A standby may cancel it for a conflict with replay (a short
+        ``max_standby_streaming_delay``, even one its own reload just set):
+        then it runs again, a few times.
+        """
         psql = (
             str(self._bindir / "psql") if self._bindir else shutil.which("psql")
         ) or "psql"
         env = dict(os.environ)
         if node.password is not None:
             env["PGPASSWORD"] = node.password  # not on the command line: ps shows it
-        try:
-            done = subprocess.run(
-                [psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", node.dsn, "-c", query],
-                capture_output=True, text=True, timeout=timeout, env=env,
-            )  # fmt: skip
-        except FileNotFoundError:
-            raise ClusterError("psql was not found; " + INSTALL_HINT) from None
-        if done.returncode != 0:
-            raise ClusterError(f"{node.name}: {query!r} failed: {done.stderr.strip()}")
-        return done.stdout.strip()
+        for rerun in range(_CONFLICT_RERUNS, -1, -1):
+            try:
+                done = subprocess.run(
+                    [psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", node.dsn,
+                     "-c", query],
+                    capture_output=True, text=True, timeout=timeout, env=env,
+                )  # fmt: skip
+            except FileNotFoundError:
+                raise ClusterError("psql was not found; " + INSTALL_HINT) from None
+            if done.returncode == 0:
+                return done.stdout.strip()
+            if not rerun or "conflict with recovery" not in done.stderr:
+                break
+        raise ClusterError(f"{node.name}: {query!r} failed: {done.stderr.strip()}")
 
     # -- waiting ----------------------------------------------------------------
 
