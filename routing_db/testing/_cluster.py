@@ -285,7 +285,7 @@ class PostgresCluster:
         env = dict(os.environ)
         if node.password is not None:
             env["PGPASSWORD"] = node.password  # not on the command line: ps shows it
-        for rerun in range(_CONFLICT_RERUNS, -1, -1):
+        for reruns_left in range(_CONFLICT_RERUNS, -1, -1):
             try:
                 done = subprocess.run(
                     [psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", node.dsn,
@@ -296,7 +296,7 @@ class PostgresCluster:
                 raise ClusterError("psql was not found; " + INSTALL_HINT) from None
             if done.returncode == 0:
                 return done.stdout.strip()
-            if not rerun or "conflict with recovery" not in done.stderr:
+            if not reruns_left or "conflict with recovery" not in done.stderr:
                 break
         raise ClusterError(f"{node.name}: {query!r} failed: {done.stderr.strip()}")
 
