@@ -28,6 +28,8 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
+from .test_hung_primary_pg import begun_after
+
 pytestmark = pytest.mark.slow  # a failover, a rewind and the healing
 
 WRITERS, READERS = 20, 50
@@ -121,17 +123,6 @@ async def fail_over(cluster: Any, load: Load) -> Failover:
     return Failover(crashed, crash_done, promoted, resumed)
 
 
-def acked_since(load: Load, moment: float) -> set[str]:
-    """Keys acknowledged whose write began at ``moment`` or later.
-
-    When a write was acknowledged says nothing about where it committed: a
-    task resumes after a commit whenever the event loop gets to it, possibly
-    after the crash although the old primary committed it before dying. Only
-    a write that began once the old primary was gone cannot have gone there.
-    """
-    return {k for k in load.acked if load.sent[k] >= moment}
-
-
 def check_write_errors(load: Load, failover: Failover) -> None:
     """What writes saw: never ReadOnlyViolation or a rerun write; a connection
     error only for a write under way at the crash."""
@@ -186,7 +177,7 @@ async def test_failover_under_load(faults: PostgresCluster) -> None:
     # Begun once the old primary was surely gone (pg_ctl returned): those went
     # to the new one. Before that, the old primary may have committed a write
     # that never reached the new one.
-    acked_after = acked_since(load, failover.crash_done)
+    acked_after = begun_after(load.sent, failover.crash_done)
     lost = set(load.acked) - acked_after - present
     errors = [error for _, _, error in load.write_errors]
     print(

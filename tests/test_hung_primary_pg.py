@@ -110,10 +110,11 @@ async def writes_across_a_hung_primary(
 
 
 def begun_after(began: dict[str, float], moment: float) -> set[str]:
-    """Keys whose unit of work began after ``moment``. Begun once the primary
-    hung, a write cannot have committed there: it must be on the promoted
+    """Keys whose write began after ``moment``. Begun once the primary hung or
+    crashed, a write cannot have committed there: it must be on the promoted
     node (what the old one committed last may never reach it: replication is
-    asynchronous)."""
+    asynchronous). When a write was acknowledged says nothing of where it
+    committed: a task resumes from a COMMIT whenever the loop gets to it."""
     return {key for key, start in began.items() if start > moment}
 
 
