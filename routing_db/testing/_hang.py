@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from ._servers import PgNode
@@ -34,17 +35,38 @@ def _processes(datadir: Path) -> list[int]:
     return [postmaster, *children]
 
 
-def _signal(node: PgNode, signum: signal.Signals) -> None:
+def _datadir(node: PgNode) -> Path:
     if node.datadir is None:
         raise RuntimeError(f"{node.name} is not a server this harness started")
-    for pid in _processes(node.datadir):
+    return node.datadir
+
+
+def _signal(node: PgNode, signum: signal.Signals) -> None:
+    for pid in _processes(_datadir(node)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
 
 def hang(node: PgNode) -> None:
     """Stop (SIGSTOP) the postmaster first, so it forks nothing new, then the rest."""
+    pids = _processes(_datadir(node))
+    if not pids:
+        return
+    os.kill(pids[0], signal.SIGSTOP)
+    # Its children are listed again once it is stopped: a backend it forked
+    # while the first list was read would otherwise serve on, unstopped.
+    deadline = time.monotonic() + 5
+    while not _stopped(pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.001)
     _signal(node, signal.SIGSTOP)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # gone: it forks nothing either
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def resume(node: PgNode) -> None:
