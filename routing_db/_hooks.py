@@ -1,13 +1,24 @@
-"""``Hooks``: the SQLAlchemy event listeners a router installs, removable as one."""
+"""``Hooks``: what a router installs (SQLAlchemy event listeners, and the
+background workers they need), removed as one when the router is disposed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 
-__all__ = ["Hooks"]
+__all__ = ["Hooks", "Worker"]
+
+
+class Worker(Protocol):
+    """Background work a router's hooks started: stopped with the hooks."""
+
+    def close(self) -> None:
+        """Stop, within a second, leaving nothing running."""
+
+
+W = TypeVar("W", bound=Worker)
 
 
 class Hooks:
@@ -15,14 +26,27 @@ class Hooks:
 
     def __init__(self) -> None:
         self._installed: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._workers: dict[str, Worker] = {}
 
     def listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
         """``event.listen(target, name, fn)``, to be removed with the rest."""
         event.listen(target, name, fn)
         self._installed.append((target, name, fn))
 
+    def worker(self, name: str, make: Callable[[], W]) -> W:
+        """The router's one worker called ``name``, made on first use; it is
+        closed by ``remove()`` (a router leaves no thread behind)."""
+        worker = self._workers.get(name)
+        if worker is None:
+            worker = self._workers[name] = make()
+        return worker  # type: ignore[return-value]
+
     def remove(self) -> None:
-        """Remove every listener installed through this object (idempotent)."""
+        """Remove every listener installed through this object and close its
+        workers (idempotent)."""
+        workers, self._workers = self._workers, {}
+        for worker in workers.values():
+            worker.close()
         installed, self._installed = self._installed, []
         for target, name, fn in reversed(installed):
             if event.contains(target, name, fn):

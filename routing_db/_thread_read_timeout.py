@@ -5,7 +5,8 @@ a statement on a host that stopped answering waits as long as the host
 does. As on asyncio, nothing is armed per statement: each connection has a
 small record of when its statement began (set by a cursor class of
 routing_db's, and around the pool's ROLLBACK on return), and one daemon
-thread looks every tenth of the bound; past it, the server is asked to stop
+thread per router (stopped when the router is disposed) looks every tenth
+of the bound; past it, the server is asked to stop
 the statement (over another connection, on a thread of its own), the socket
 is cut, and the statement raises ``ReplicaReadTimeout``.
 """
@@ -56,23 +57,51 @@ class _Running:
         self.since = None
 
 
-# Driver connection -> its record; weakly, so a discarded one is forgotten.
-_running: weakref.WeakKeyDictionary[Any, _Running] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-_sweeper: list[float] = []  # the interval of the sweeping thread, once started
+class Sweeper:
+    """One router's watched connections, and the daemon thread that looks at
+    them every tenth of the smallest bound; closed with the router's hooks."""
 
+    def __init__(self) -> None:
+        # Driver connection -> its record; weakly, so a discarded one is forgotten.
+        self.running: weakref.WeakKeyDictionary[Any, _Running] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._interval = 1.0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
-def _sweep_every(interval: float) -> None:
-    while True:
-        time.sleep(interval)
-        now = time.monotonic()
-        with _lock:
-            items = list(_running.items())
-        for connection, running in items:
-            since = running.since
-            if since is not None and now - since > running.bound:
-                running.since = None  # cut once
-                _expire(connection, running)
+    def watch(self, connection: Any, running: _Running) -> None:
+        """Watch ``connection``'s statements, starting the thread if need be."""
+        # A statement is cut between 1 and 1.1 times the bound after it began.
+        interval = min(1.0, max(0.05, running.bound / 10))
+        with self._lock:
+            self.running[connection] = running
+            self._interval = min(self._interval, interval)
+            if self._thread is not None or self._stopping.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._sweep, name="routing_db read timeout", daemon=True
+            )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread (it ends within one interval, at most a second)."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+
+    def _sweep(self) -> None:
+        while not self._stopping.wait(self._interval):
+            now = time.monotonic()
+            with self._lock:
+                items = list(self.running.items())
+            for connection, running in items:
+                since = running.since
+                if since is not None and now - since > running.bound:
+                    running.since = None  # cut once
+                    _expire(connection, running)
 
 
 def _expire(connection: Any, running: _Running) -> None:
@@ -88,34 +117,25 @@ def _expire(connection: Any, running: _Running) -> None:
     cut(connection)
 
 
-def _start_sweeper(bound: float) -> None:
-    # A statement is cut between 1 and 1.1 times the bound after it began.
-    interval = min(1.0, max(0.05, bound / 10))
-    with _lock:
-        if _sweeper and _sweeper[0] <= interval:
-            return
-        _sweeper[:] = [interval]
-    threading.Thread(
-        target=_sweep_every, args=(interval,), name="routing_db read timeout",
-        daemon=True,
-    ).start()  # fmt: skip
-
-
-def _watched(method: Callable[..., Any]) -> Callable[..., Any]:
+def _watched(
+    method: Callable[..., Any], running: weakref.WeakKeyDictionary[Any, _Running]
+) -> Callable[..., Any]:
     """``method`` of a connection or cursor, run inside its connection's record."""
 
     def run(self: Any, *args: Any, **kw: Any) -> Any:
         connection = self if hasattr(self, "cursor") else self.connection
-        running = _running.get(connection)
-        if running is None:
+        record = running.get(connection)
+        if record is None:
             return method(self, *args, **kw)
-        with running:
+        with record:
             return method(self, *args, **kw)
 
     return run
 
 
-def _classes(driver: str) -> tuple[Any, type]:
+def _classes(
+    driver: str, running: weakref.WeakKeyDictionary[Any, _Running]
+) -> tuple[Any, type]:
     """The driver's connection and cursor classes, their work watched: the
     cursors' statements, the connection's COMMIT and ROLLBACK (the end of a
     replica's read-only transaction)."""
@@ -127,12 +147,12 @@ def _classes(driver: str) -> tuple[Any, type]:
         connection, cursor = module.Connection, module.Cursor
 
     class BoundedConnection(connection):  # type: ignore[valid-type,misc]
-        commit = _watched(connection.commit)
-        rollback = _watched(connection.rollback)
+        commit = _watched(connection.commit, running)
+        rollback = _watched(connection.rollback, running)
 
     class BoundedCursor(cursor):  # type: ignore[valid-type,misc]
-        execute = _watched(cursor.execute)
-        executemany = _watched(cursor.executemany)
+        execute = _watched(cursor.execute, running)
+        executemany = _watched(cursor.executemany, running)
 
     return BoundedConnection, BoundedCursor
 
@@ -169,7 +189,8 @@ def install_thread_read_timeout(
     driver = engine.dialect.driver
     if driver not in ("psycopg2", "psycopg"):
         return
-    connection_class, cursor_class = _classes(driver)
+    sweeper = hooks.worker("thread read timeout", Sweeper)
+    connection_class, cursor_class = _classes(driver, sweeper.running)
     cancel = _canceller(engine, seconds)
 
     def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
@@ -182,20 +203,18 @@ def install_thread_read_timeout(
         return connection_class.connect(*cargs, **cparams)
 
     def connected(dbapi_connection: Any, record: Any) -> None:
-        with _lock:
-            _running[driver_of(dbapi_connection)] = _Running(seconds, cancel, timed_out)
-        _start_sweeper(seconds)
+        sweeper.watch(driver_of(dbapi_connection), _Running(seconds, cancel, timed_out))
 
     def resetting(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
         # The pool's ROLLBACK as the connection comes back: on a host that
         # stopped, it would hold the thread that closes the session.
-        running = _running.get(driver_of(dbapi_connection))
+        running = sweeper.running.get(driver_of(dbapi_connection))
         if running is not None:
             running.since = time.monotonic()
 
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
-            running = _running.get(driver_of(dbapi_connection))
+            running = sweeper.running.get(driver_of(dbapi_connection))
             if running is not None:
                 running.since = None
 
