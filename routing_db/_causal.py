@@ -1,36 +1,42 @@
 """Causal tokens: what a context has written, so its later reads can see it.
 
-A token is the writer's position after a commit that wrote (PostgreSQL: its
-WAL position; MariaDB: the commit's GTID), or the wall-clock time of that
-commit (backends without positions). A position is one integer: a WAL
-position, or a GTID's sequence number with its replication domain above bit
-64, so that positions of different domains never count as reached. It lives
-in ``contextvars``: the task that committed and tasks created inside it. As a
-string it can travel in an HTTP header or a job payload.
-Knows nothing of SQLAlchemy.
+A token holds, per **cluster** written to, the writer's position after the
+newest commit that wrote there (PostgreSQL: its WAL position, the cluster
+being its ``system_identifier``; MariaDB: the commit's GTID, the cluster its
+replication domain), or the wall-clock time of a commit whose position is
+unknown (backends without positions, a writer that died under its COMMIT). A
+position is one integer: a WAL position, or a GTID's sequence number with its
+replication domain above bit 64, so that positions of different domains
+never count as reached. A read compares only the positions of the cluster of
+the server that serves it. The floor lives in ``contextvars``: the task that
+committed and tasks created inside it. As a string it can travel in an HTTP
+header, a cookie or a job payload. Knows nothing of SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from contextvars import ContextVar, Token
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, NamedTuple, ParamSpec, TypeVar, overload
 
 from ._context import ContextDecorator
 from ._exceptions import ConfigurationError
 
 __all__ = [
+    "ANY_CLUSTER",
     "DOMAIN_SHIFT",
     "FLOOR",
     "CausalFloor",
+    "Mark",
     "causal_token",
     "current_causal_token",
     "current_floor",
     "encode_gtid",
     "format_lsn",
     "format_token",
+    "gtid_cluster",
     "reached",
     "record_write",
 ]
@@ -38,13 +44,20 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_MAX_TOKEN = 128
-_LSN_PART = re.compile(r"pg:([0-9A-F]{1,8})/([0-9A-F]{1,8})")
+_MAX_TOKEN = 512
+# A position with its cluster and the time it was recorded (tokens since J);
+# the bare forms are the older tokens', still accepted.
+_SUFFIX = r"(?:~([0-9A-Za-z._-]{1,40})~(\d{1,12}(?:\.\d{1,9})?))?"
+_LSN_PART = re.compile(r"pg:([0-9A-F]{1,8})/([0-9A-F]{1,8})" + _SUFFIX)
 _TIME_PART = re.compile(r"t:(\d{1,12}(?:\.\d{1,9})?)")
-_GTID_PART = re.compile(r"gtid:(\d{1,10})-(\d{1,10})-(\d{1,20})")
+_GTID_PART = re.compile(r"gtid:(\d{1,10})-(\d{1,10})-(\d{1,20})" + _SUFFIX)
 
 DOMAIN_SHIFT = 64
 _SEQ_MASK = (1 << DOMAIN_SHIFT) - 1
+
+ANY_CLUSTER = ""
+"""The cluster of a position whose cluster is not known (an older token's):
+it is compared on every cluster, as before clusters were told apart."""
 
 
 def encode_gtid(domain: int, seq: int) -> int:
@@ -52,40 +65,114 @@ def encode_gtid(domain: int, seq: int) -> int:
     return (domain << DOMAIN_SHIFT) | (seq & _SEQ_MASK)
 
 
+def gtid_cluster(domain: int) -> str:
+    """The cluster name of a MariaDB replication domain."""
+    return f"d{domain}"
+
+
 def reached(position: int, floor: int) -> bool:
     """Is ``position`` at or past ``floor`` (and in the same GTID domain)?"""
     return position >> DOMAIN_SHIFT == floor >> DOMAIN_SHIFT and position >= floor
 
 
-class CausalFloor:
-    """The newest write a context must be able to read (mutable, only grows)."""
+class Mark(NamedTuple):
+    """The newest write a context made on one cluster."""
 
-    __slots__ = ("lsn", "server", "token", "wrote", "wrote_at")
+    position: int
+    server: int | None  # the GTID's server id (MariaDB), else None
+    at: float | None  # when it was recorded (None: an older token's)
+    # Came in a token (another process, another deployment) rather than
+    # from a commit made in this context.
+    told: bool = False
+
+
+class CausalFloor:
+    """The newest writes a context must be able to read (mutable, only grows)."""
+
+    __slots__ = ("marks", "token", "wrote", "wrote_at")
 
     def __init__(
         self,
         lsn: int | None = None,
         wrote_at: float | None = None,
         server: int | None = None,
+        cluster: str = ANY_CLUSTER,
     ) -> None:
-        self.lsn = lsn
-        self.server = server  # the GTID's server id (MariaDB), else None
-        self.wrote_at = wrote_at
+        self.marks: dict[str, Mark] = {}
+        if lsn is not None:
+            self.marks[cluster] = Mark(lsn, server, None)
+        self.wrote_at = wrote_at  # a commit whose position is unknown
         self.wrote = False  # a commit in this scope raised it
         self.token: Token[CausalFloor | None] | None = None
 
+    @property
+    def lsn(self) -> int | None:
+        """The newest position of any cluster (a one-cluster floor's position)."""
+        return max((mark.position for mark in self.marks.values()), default=None)
+
+    @property
+    def server(self) -> int | None:
+        """The GTID server id of ``lsn``'s mark."""
+        newest = max(self.marks.values(), default=None, key=lambda m: m.position)
+        return None if newest is None else newest.server
+
     def raise_to(
-        self, lsn: int | None, wrote_at: float | None, server: int | None = None
+        self,
+        lsn: int | None,
+        wrote_at: float | None,
+        server: int | None = None,
+        cluster: str = ANY_CLUSTER,
+        *,
+        at: float | None = None,
+        told: bool = False,
     ) -> None:
         """Move the floor forward; never back."""
-        if lsn is not None and (self.lsn is None or lsn > self.lsn):
-            self.lsn = lsn
-            self.server = server
+        if lsn is not None:
+            self._raise_mark(cluster, Mark(lsn, server, at, told))
         if wrote_at is not None and (self.wrote_at is None or wrote_at > self.wrote_at):
             self.wrote_at = wrote_at
 
+    def _raise_mark(self, cluster: str, mark: Mark) -> None:
+        known = self.marks.get(cluster)
+        if known is None or mark.position > known.position:
+            self.marks[cluster] = mark
+        elif mark.position == known.position and not mark.told and known.told:
+            self.marks[cluster] = mark  # learned here too: no longer only told
+
+    def cover(self, other: CausalFloor) -> None:
+        """Raise this floor to cover everything ``other`` covers."""
+        for cluster, mark in other.marks.items():
+            self._raise_mark(cluster, mark)
+        self.raise_to(None, other.wrote_at)
+
+    def needs(self, clusters: Iterable[str] | None) -> list[int]:
+        """The positions a server of ``clusters`` must have replayed (``None``:
+        its cluster is not known, so every position counts)."""
+        if clusters is None:
+            return [mark.position for mark in self.marks.values()]
+        wanted = {ANY_CLUSTER, *clusters}
+        return [mark.position for c, mark in self.marks.items() if c in wanted]
+
+    def told_elsewhere(
+        self, clusters: Iterable[str] | None, now: float, window: float
+    ) -> bool:
+        """Did a token say, less than ``window`` seconds ago, that a write was
+        made on another cluster than ``clusters``? (A blue/green switch: that
+        write may reach this cluster by other means; it is not known when.)"""
+        if clusters is None:
+            return False
+        own = set(clusters)
+        return any(
+            mark.told
+            and mark.at is not None
+            and cluster not in own
+            and cluster != ANY_CLUSTER
+            and now - mark.at < window
+            for cluster, mark in self.marks.items()
+        )
+
     def __bool__(self) -> bool:
-        return self.lsn is not None or self.wrote_at is not None
+        return bool(self.marks) or self.wrote_at is not None
 
 
 FLOOR: ContextVar[CausalFloor | None] = ContextVar("routing_db_causal", default=None)
@@ -98,20 +185,25 @@ def current_floor() -> CausalFloor | None:
 
 
 def record_write(
-    *, lsn: int | None, wrote_at: float | None = None, server: int | None = None
+    *,
+    lsn: int | None,
+    wrote_at: float | None = None,
+    server: int | None = None,
+    cluster: str = ANY_CLUSTER,
 ) -> None:
     """Raise the current context's floor after a commit that wrote."""
+    now = time.time()
     if wrote_at is None and lsn is None:
-        wrote_at = time.time()
+        wrote_at = now
     floor = FLOOR.get()
-    if floor is not None:
-        floor.raise_to(lsn, wrote_at, server)
-        floor.wrote = True
-        return
-    # Deliberately set without a reset: the token must outlive the commit
-    # that made it (the request's later reads depend on it). It stays in this
-    # task's context (and its children's), never in any other request's.
-    FLOOR.set(CausalFloor(lsn, wrote_at, server))
+    if floor is None:
+        # Deliberately set without a reset: the token must outlive the commit
+        # that made it (the request's later reads depend on it). It stays in
+        # this task's context (and its children's), never in another request's.
+        floor = CausalFloor()
+        FLOOR.set(floor)
+    floor.raise_to(lsn, wrote_at, server, cluster, at=now)
+    floor.wrote = True
 
 
 def format_lsn(lsn: int) -> str:
@@ -122,14 +214,25 @@ def format_lsn(lsn: int) -> str:
 def format_token(floor: CausalFloor) -> str:
     """The opaque token string of ``floor`` (see ``current_causal_token``)."""
     parts = []
-    if floor.lsn is not None and floor.server is not None:
-        lsn = floor.lsn
-        parts.append(f"gtid:{lsn >> DOMAIN_SHIFT}-{floor.server}-{lsn & _SEQ_MASK}")
-    elif floor.lsn is not None:
-        parts.append(f"pg:{format_lsn(floor.lsn)}")
+    for cluster, mark in floor.marks.items():
+        lsn = mark.position
+        if mark.server is not None:
+            part = f"gtid:{lsn >> DOMAIN_SHIFT}-{mark.server}-{lsn & _SEQ_MASK}"
+        else:
+            part = f"pg:{format_lsn(lsn)}"
+        if cluster != ANY_CLUSTER and mark.at is not None:
+            part += f"~{cluster}~{mark.at:.3f}"
+        parts.append(part)
     if floor.wrote_at is not None:
         parts.append(f"t:{floor.wrote_at:.6f}")
     return ",".join(parts)
+
+
+def _as_of(when: str | None) -> float | None:
+    # Tokens come back from clients: a time from the future would keep
+    # their reads on the writer for ever. As of now, the time window
+    # (sticky_seconds) still covers a write made just now elsewhere.
+    return None if when is None else min(float(when), time.time())
 
 
 def _parse(token: str) -> CausalFloor:
@@ -138,17 +241,21 @@ def _parse(token: str) -> CausalFloor:
     floor = CausalFloor()
     for part in token.split(","):
         if match := _LSN_PART.fullmatch(part):
-            floor.raise_to((int(match[1], 16) << 32) | int(match[2], 16), None)
+            lsn = (int(match[1], 16) << 32) | int(match[2], 16)
+            floor.raise_to(
+                lsn, None, None, match[3] or ANY_CLUSTER, at=_as_of(match[4]),
+                told=True,
+            )  # fmt: skip
         elif match := _GTID_PART.fullmatch(part):
-            domain, server, seq = (int(group) for group in match.groups())
+            domain, server, seq = (int(group) for group in match.groups()[:3])
             if seq > _SEQ_MASK:
                 raise ConfigurationError("malformed causal token: GTID out of range")
-            floor.raise_to(encode_gtid(domain, seq), None, server)
+            floor.raise_to(
+                encode_gtid(domain, seq), None, server, match[4] or ANY_CLUSTER,
+                at=_as_of(match[5]), told=True,
+            )  # fmt: skip
         elif match := _TIME_PART.fullmatch(part):
-            # Tokens come back from clients: one from the future would keep
-            # their reads on the writer for ever. As of now, the time window
-            # (sticky_seconds) still covers a write made just now elsewhere.
-            floor.raise_to(None, min(float(match[1]), time.time()))
+            floor.raise_to(None, _as_of(match[1]))
         else:
             # Never ignore it: a token we cannot read could hide a write the
             # caller expects to see, and a silent stale read is worse.
@@ -180,7 +287,7 @@ class causal_token(ContextDecorator):
         floor = CausalFloor()
         for known in (outer, self._given):
             if known is not None:
-                floor.raise_to(known.lsn, known.wrote_at, known.server)
+                floor.cover(known)
         floor.token = FLOOR.set(floor)
 
     def _exit(self) -> None:
@@ -189,7 +296,12 @@ class causal_token(ContextDecorator):
         FLOOR.reset(inner.token)
         if inner.wrote:
             # Writes made inside the block stay visible after it.
-            record_write(lsn=inner.lsn, wrote_at=inner.wrote_at, server=inner.server)
+            outer = FLOOR.get()
+            if outer is None:
+                outer = CausalFloor()
+                FLOOR.set(outer)  # as record_write: outlives the block
+            outer.cover(inner)
+            outer.wrote = True
 
     @overload
     def __call__(

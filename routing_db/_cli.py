@@ -333,6 +333,8 @@ def _check(args: argparse.Namespace) -> int:
             print(
                 f"routing-db check: warning: {report.name}: {warning}", file=sys.stderr
             )
+        for note in report.notes:
+            print(f"routing-db check: note: {report.name}: {note}", file=sys.stderr)
     problems = [(r.name, p) for r in reports for p in r.problems]
     for name, problem in problems:
         print(f"routing-db check: {name}: {problem}", file=sys.stderr)

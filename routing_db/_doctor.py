@@ -4,7 +4,8 @@ Connects to every URL once (no pool), and checks: the writer is a primary;
 each replica is a standby of *this* writer (same ``system_identifier``); its
 lag; and whether ``(pool_size + max_overflow) x processes`` fits under each
 server's ``max_connections`` minus the reserved slots. Warns when a pooler
-(PgBouncer) sits in between and the ``pgbouncer`` option is off.
+(PgBouncer) sits in between and the ``pgbouncer`` option is off, and notes a
+replica URL that reaches more than one server (a reader endpoint).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ _ABOUT = text(
     "inet_server_port()"
 )
 _SYSTEM_ID = text("SELECT system_identifier FROM pg_control_system()")
+# Which server a connection reached (as routing_db tells servers apart).
+_SERVER = text(
+    "SELECT concat_ws(' ', inet_server_addr(), inet_server_port(), "
+    "pg_postmaster_start_time())"
+)
+# Connections opened to each replica URL to see whether it reaches more than
+# one server (a reader endpoint spreads new connections over its standbys).
+_SAMPLES = 6
 
 
 @dataclasses.dataclass
@@ -48,8 +57,10 @@ class EngineReport:
     pool_budget: int = 0  # (pool_size + max_overflow) x processes
     lag_bytes: int | None = None
     server_port: int | None = None  # as the server sees it (None: a socket)
+    servers: int | None = None  # distinct servers its connections reached
     problems: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def row(self) -> dict[str, object]:
         """One line of the table."""
@@ -102,6 +113,24 @@ async def _inspect(
                 report.system_identifier = None
     except Exception as exc:
         report.problems.append(_describe(exc, secrets))
+
+
+async def _count_servers(report: EngineReport, engine: AsyncEngine) -> None:
+    # One connection after another (each new one is what a balancer spreads).
+    seen: set[str] = set()
+    try:
+        for _ in range(_SAMPLES):
+            async with engine.connect() as conn:
+                seen.add(str(await conn.scalar(_SERVER)))
+    except Exception:  # _inspect reports an unreachable URL
+        return
+    report.servers = len(seen)
+    if len(seen) > 1:
+        report.notes.append(
+            f"this one URL reached {len(seen)} servers in {_SAMPLES} connections "
+            "(a load-balanced reader endpoint): supported, each read is judged "
+            "by the server its own connection reached"
+        )
 
 
 def _judge(writer: EngineReport, replicas: list[EngineReport]) -> None:
@@ -186,6 +215,13 @@ async def check_setup(
             *(
                 _inspect(report, engine, secrets)
                 for report, engine in zip(reports, engines, strict=True)
+            )
+        )
+        await asyncio.gather(
+            *(
+                _count_servers(report, engine)
+                for report, engine in zip(reports[1:], engines[1:], strict=True)
+                if report.reachable
             )
         )
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import DisconnectionError
 
@@ -15,11 +15,11 @@ from ._context import COMMITTING
 from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
 from ._hooks import Hooks
 from ._make import AppEngine, core
+from ._positions import CLUSTERS, SERVER
 from ._retry import is_connection_error, is_read_only_rejection, never_sent
 
 __all__ = [
     "NotAStandby",
-    "ReplicaRestarted",
     "install_idle_ping",
     "install_replica_setup",
     "install_writer_hooks",
@@ -31,33 +31,53 @@ def _close_quietly(dbapi_connection: Any) -> None:
         dbapi_connection.close()
 
 
-# What a replica's new connection finds: is it a standby, and when did its
-# server start (None where that is not asked).
-_Found = tuple[bool, str | None]
+class _Found(NamedTuple):
+    """What a replica's new connection finds about the server it reached."""
+
+    standby: bool
+    # Which server: the same on every connection to it, and different after
+    # it restarted (a standby rewound onto a new timeline restarts behind
+    # what it had replayed: its position is learned again). None: one file.
+    server: str | None
+    # The clusters whose positions it replays (None: cannot tell).
+    clusters: frozenset[str] | None
 
 
 def _postgresql(cursor: Any) -> _Found:
-    # One round trip: is it a standby, since when does it run, and make every
-    # transaction on this connection read-only (session-level set_config).
+    # One round trip: is it a standby, which server is it (where it listens,
+    # as it sees itself, so a proxy or NAT in between changes nothing, and
+    # since when it runs), its cluster, and make every transaction on this
+    # connection read-only (session-level set_config).
     cursor.execute(
-        "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text, "
+        "SELECT pg_is_in_recovery(), "
+        "concat_ws(' ', inet_server_addr(), inet_server_port(), "
+        "pg_postmaster_start_time()), "
+        "(SELECT system_identifier::text FROM pg_control_system()), "
         "set_config('default_transaction_read_only', 'on', false)"
     )
     row = cursor.fetchone()
-    return bool(row[0]), row[1]
+    return _Found(bool(row[0]), row[1], None if row[2] is None else frozenset([row[2]]))
 
 
 def _mysql(cursor: Any) -> _Found:
     cursor.execute("SET SESSION TRANSACTION READ ONLY")
-    cursor.execute("SELECT @@global.read_only")
+    # server_id is unique within a replication topology (replication
+    # requires it); a GTID position is compared within its domain, and the
+    # domains a replica has applied are its clusters.
+    cursor.execute(
+        "SELECT @@global.read_only, concat_ws(' ', @@hostname, @@port, "
+        "@@server_id), @@global.gtid_slave_pos"
+    )
     row = cursor.fetchone()
-    return bool(row[0]), None
+    domains = {gtid.split("-")[0] for gtid in (row[2] or "").split(",") if gtid}
+    clusters = frozenset(f"d{domain.strip()}" for domain in domains)
+    return _Found(bool(row[0]), row[1], clusters or None)
 
 
 def _sqlite(cursor: Any) -> _Found:
     cursor.execute("PRAGMA query_only = ON")
     # SQLite has no standbys; a read-only file handle is the replica.
-    return True, None
+    return _Found(True, None, None)
 
 
 _SETUP = {
@@ -79,11 +99,6 @@ def _translate_read_only(context: Any) -> BaseException | None:
     return None
 
 
-class ReplicaRestarted(Exception):
-    """A replica's new connection found its server restarted since a replay
-    position was learned from it: that position may predate a rewind."""
-
-
 class NotAStandby(ConfigurationError):
     """A replica's new connection found a server that is not a standby."""
 
@@ -99,15 +114,14 @@ def install_replica_setup(
     *,
     name: str,
     require_standby: bool,
-    seen: Callable[[bool], bool],
-    started: Callable[[str], bool],
+    seen: Callable[[bool, frozenset[str] | None], bool],
 ) -> None:
     """Make every new connection of ``engine`` read-only and check it is a standby.
 
-    ``seen(standby)`` records what a new connection found and says whether
-    the server was seen as a standby before; ``started(when)`` records when
-    its server started and says whether it restarted since a replay position
-    was learned (then this connection is not used: ``ReplicaRestarted``).
+    The connection's record learns which server it reached and that
+    server's clusters (see ``_positions.SERVER``). ``seen(standby,
+    clusters)`` records what a new connection found and says whether a
+    standby was reached through ``engine`` before.
     """
     dialect = engine.dialect.name
     setup = _SETUP.get(dialect)
@@ -118,7 +132,7 @@ def install_replica_setup(
         try:
             cursor = dbapi_connection.cursor()
             try:
-                standby, start_time = setup(cursor)
+                found = setup(cursor)
             finally:
                 cursor.close()
             # Commit: a session-level SET made inside a transaction that is
@@ -127,13 +141,10 @@ def install_replica_setup(
         except BaseException:
             _close_quietly(dbapi_connection)
             raise
-        if start_time is not None and started(start_time):
-            _close_quietly(dbapi_connection)
-            raise ReplicaRestarted(
-                f"replica {name} restarted: its replay position is learned again"
-            )
-        was_standby = seen(standby)
-        if require_standby and not standby:
+        connection_record.info[SERVER] = found.server
+        connection_record.info[CLUSTERS] = found.clusters
+        was_standby = seen(found.standby, found.clusters)
+        if require_standby and not found.standby:
             _close_quietly(dbapi_connection)
             if was_standby:
                 raise NotAStandby(

@@ -33,9 +33,9 @@ class ReplicaState:
         "lag_seconds",
         "lagging",
         "probe_at",
+        "reached_standby",
         "replay_lsn",
         "standby",
-        "started",
         "streaming",
         "suspect",
     )
@@ -59,8 +59,9 @@ class ReplicaState:
         self.standby: bool | None = None
         # Receives and applies its primary's changes (None: not known yet).
         self.streaming: bool | None = None
-        # When its server started, as its last new connection found.
-        self.started: str | None = None
+        # A standby was ever reached through it (a primary reached now is
+        # one promoted, or behind a reader endpoint, not a misconfiguration).
+        self.reached_standby = False
         # Added at runtime and not yet found a standby; being removed.
         self.joining = False
         self.draining = False

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._bounds import MONITOR_PROBING, checked_within
 from ._discovery import AsyncDiscovery
-from ._engines import ReplicaRestarted
 from ._make import dispose, pool_capacity
 from ._positions import (
     ReplicaStatus,
@@ -85,8 +84,6 @@ class RoundPolicy:
     ) -> None:
         """Record a replica's answer (or the error that took its place)."""
         replicas = self.topology.replica_set
-        if isinstance(answer, ReplicaRestarted):
-            return  # its position is learned again next round, not a failure
         if isinstance(answer, Exception):
             if _saturated(engine):
                 # Waiting for a connection from a full pool says the replica

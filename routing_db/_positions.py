@@ -17,13 +17,17 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
-from ._causal import DOMAIN_SHIFT, encode_gtid, reached
+from ._causal import ANY_CLUSTER, DOMAIN_SHIFT, encode_gtid, gtid_cluster, reached
 from ._retry import is_connection_error
 
 __all__ = [
+    "CLUSTERS",
+    "SERVER",
     "ReplicaStatus",
+    "clusters_of",
     "has_positions",
     "replay_position_now",
+    "replay_position_on",
     "replica_status",
     "takes_writes",
     "takes_writes_now",
@@ -33,6 +37,21 @@ __all__ = [
 
 
 logger = logging.getLogger("routing_db")
+
+# What a connection's record knows of the server it reached (learned once,
+# when the connection is made; see _engines): which server, and the clusters
+# whose positions it replays. Behind one URL (a reader endpoint) connections
+# reach different servers: positions are facts about servers, not engines.
+SERVER = "routing_db.server"
+CLUSTERS = "routing_db.clusters"
+# The writer connection's cluster, learned with its first position.
+_CLUSTER = "routing_db.cluster"
+
+
+def clusters_of(info: dict[Any, Any]) -> frozenset[str] | None:
+    """The clusters a connection's server replays (None: not known)."""
+    clusters: frozenset[str] | None = info.get(CLUSTERS)
+    return clusters
 
 
 class ReplicaStatus(NamedTuple):
@@ -44,6 +63,7 @@ class ReplicaStatus(NamedTuple):
     standby: bool  # still a standby (False: it takes writes, promoted)
     # Receiving and applying its primary's changes (None: cannot tell).
     streaming: bool | None
+    server: str | None = None  # the server the answering connection reached
 
     def unbounded(self, writer: int | None) -> bool:
         """Not streaming, behind ``writer``, and no measure of how far behind."""
@@ -58,15 +78,24 @@ class ReplicaStatus(NamedTuple):
 
 
 _PG_WRITER_SQL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+# The same, and the cluster: asked once per connection.
+_PG_WRITER_CLUSTER_SQL = (
+    "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, "
+    "(SELECT system_identifier::text FROM pg_control_system())"
+)
 _PG_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn"
 # Replay position, and the age of the last replayed transaction (the lag in
 # seconds while the replica is behind; meaningless once it has caught up).
 # And whether its WAL receiver streams (no row: it stopped, or never started).
+# A role without pg_read_all_stats sees the receiver's pid but not its status:
+# a receiver that runs counts as streaming then (no false alarm on every
+# healthy standby; a stopped receiver still shows, having no row).
 _PG_REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
     "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), "
     "pg_is_in_recovery(), "
-    "coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)"
+    "coalesce((SELECT CASE WHEN status IS NULL THEN pid IS NOT NULL "
+    "ELSE status = 'streaming' END FROM pg_stat_wal_receiver), false)"
 )
 # MariaDB: the GTID of this session's last commit; what a replica has applied
 # (gtid_slave_pos moves only when the SQL thread applies a transaction).
@@ -86,14 +115,19 @@ def _gtid_position(gtid_list: str | None, domain: int) -> int | None:
 
 
 def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
-    fetchval = getattr(driver_connection, "fetchval", None)
-    if callable(fetchval):
+    row = _row(driver_connection, dbapi_connection, sql)
+    return row[0] if row else None
+
+
+def _row(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
+    fetchrow = getattr(driver_connection, "fetchrow", None)
+    if callable(fetchrow):
         # asyncpg outside a transaction: one round trip, no BEGIN/ROLLBACK.
-        return await_only(fetchval(sql))
+        return await_only(fetchrow(sql))
     if hasattr(driver_connection, "pgconn"):  # psycopg 3, idle after COMMIT
         if inspect.iscoroutinefunction(driver_connection.set_autocommit):
-            return await_only(_psycopg_scalar(driver_connection, sql))
-        return _psycopg_sync_scalar(driver_connection, sql)
+            return await_only(_psycopg_row(driver_connection, sql))
+        return _psycopg_sync_row(driver_connection, sql)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql)
@@ -101,10 +135,10 @@ def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
     finally:
         cursor.close()
     dbapi_connection.rollback()
-    return row[0] if row else None
+    return row
 
 
-async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
+async def _psycopg_row(driver_connection: Any, sql: str) -> Any:
     # Autocommit for this one query: psycopg would otherwise send BEGIN
     # before it and the pool a ROLLBACK after it, three round trips for one.
     autocommit = driver_connection.autocommit
@@ -114,26 +148,35 @@ async def _psycopg_scalar(driver_connection: Any, sql: str) -> Any:
         row = await cursor.fetchone()
     finally:
         await driver_connection.set_autocommit(autocommit)
-    return row[0] if row else None
+    return row
 
 
-def _psycopg_sync_scalar(driver_connection: Any, sql: str) -> Any:
-    # As _psycopg_scalar, for psycopg's sync connection.
+def _psycopg_sync_row(driver_connection: Any, sql: str) -> Any:
+    # As _psycopg_row, for psycopg's sync connection.
     autocommit = driver_connection.autocommit
     driver_connection.autocommit = True
     try:
         row = driver_connection.execute(sql, prepare=False).fetchone()
     finally:
         driver_connection.autocommit = autocommit
-    return row[0] if row else None
+    return row
 
 
 class _PostgreSQL:
-    """WAL positions: the LSN as a number of bytes."""
+    """WAL positions: the LSN as a number of bytes; the cluster is the
+    ``system_identifier`` every standby shares with its primary."""
 
-    def after_commit(self, driver: Any, dbapi: Any) -> tuple[int, int | None] | None:
-        lsn = _scalar(driver, dbapi, _PG_WRITER_SQL)
-        return None if lsn is None else (int(lsn), None)
+    def after_commit(
+        self, driver: Any, dbapi: Any, info: dict[Any, Any]
+    ) -> tuple[int, int | None, str] | None:
+        cluster = info.get(_CLUSTER)
+        if cluster is None:
+            row = _row(driver, dbapi, _PG_WRITER_CLUSTER_SQL)
+            lsn, cluster = row if row else (None, None)
+            info[_CLUSTER] = cluster = cluster or ANY_CLUSTER
+        else:
+            lsn = _scalar(driver, dbapi, _PG_WRITER_SQL)
+        return None if lsn is None else (int(lsn), None, cluster)
 
     def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
         lsn = _scalar(driver, dbapi, _PG_REPLAY_SQL)
@@ -151,19 +194,22 @@ class _PostgreSQL:
         )
         standby = bool(row[2])
         return ReplicaStatus(
-            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3])
-        )
+            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3]),
+            connection.info.get(SERVER),
+        )  # fmt: skip
 
 
 class _MariaDB:
-    """GTIDs: a sequence number within its replication domain."""
+    """GTIDs: a sequence number within its replication domain (the cluster)."""
 
-    def after_commit(self, driver: Any, dbapi: Any) -> tuple[int, int | None] | None:
+    def after_commit(
+        self, driver: Any, dbapi: Any, info: dict[Any, Any]
+    ) -> tuple[int, int | None, str] | None:
         gtid = _scalar(driver, dbapi, _LAST_GTID_SQL)
         if not gtid:
             return None
         domain, server, seq = (int(part) for part in str(gtid).split("-"))
-        return encode_gtid(domain, seq), server
+        return encode_gtid(domain, seq), server, gtid_cluster(domain)
 
     def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
         applied = _scalar(driver, dbapi, _APPLIED_SQL)
@@ -181,8 +227,9 @@ class _MariaDB:
         # (NULL while its SQL thread is stopped). A replica is read_only.
         seconds = None if behind is None else float(behind)
         return ReplicaStatus(
-            _gtid_position(row[0], domain), None, seconds, bool(row[1]), streaming
-        )
+            _gtid_position(row[0], domain), None, seconds, bool(row[1]), streaming,
+            connection.info.get(SERVER),
+        )  # fmt: skip
 
 
 # ``mysql+...`` URLs (MySQL's own GTIDs, or MariaDB reached through the MySQL
@@ -200,21 +247,40 @@ def has_positions(dialect_name: str) -> bool:
 
 def writer_position_after_commit(
     connection: Connection,
-) -> tuple[int, int | None] | None:
-    """(position, GTID server id), read on ``connection`` right after its COMMIT."""
+) -> tuple[int, int | None, str] | None:
+    """(position, GTID server id, cluster), read on ``connection`` right after
+    its COMMIT."""
     backend = _BACKENDS.get(connection.dialect.name)
     if backend is None:
         return None
     proxied = connection.connection
-    return backend.after_commit(proxied.driver_connection, proxied.dbapi_connection)
+    return backend.after_commit(
+        proxied.driver_connection, proxied.dbapi_connection, proxied.info
+    )
 
 
-def replay_position_now(engine: Engine, floor: int) -> int | None:
-    """A replica's position now, in ``floor``'s domain, on a pooled connection."""
+def replay_position_on(connection: Connection, floor: int) -> int | None:
+    """The replay position, in ``floor``'s domain, of the server ``connection``
+    reached: asked on that very connection, before its transaction sends
+    anything (the read it serves is judged by its own server)."""
+    backend = _BACKENDS[connection.dialect.name]
+    proxied = connection.connection
+    return backend.replay_now(
+        proxied.driver_connection, proxied.dbapi_connection, floor
+    )
+
+
+def replay_position_now(engine: Engine, floor: int) -> tuple[int | None, str | None]:
+    """A replica's position now, in ``floor``'s domain, on a pooled connection,
+    and the server that connection reached."""
     backend = _BACKENDS[engine.dialect.name]
     raw = engine.raw_connection()
     try:
-        return backend.replay_now(raw.driver_connection, raw.dbapi_connection, floor)
+        server: str | None = raw.info.get(SERVER)
+        position = backend.replay_now(
+            raw.driver_connection, raw.dbapi_connection, floor
+        )
+        return position, server
     except BaseException as exc:
         # Whatever went wrong, this connection is not to be trusted again.
         with contextlib.suppress(Exception):

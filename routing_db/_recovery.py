@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ._bounds import ReplicaEjected
 from ._connections import checkout_failed, close_quietly, drop_if_dead
-from ._engines import NotAStandby, ReplicaRestarted
+from ._engines import NotAStandby
 from ._exceptions import ReplicaReadTimeout
 from ._retry import (
     is_connection_error,
@@ -178,9 +178,8 @@ class RecoveringSession(WriterWaiting):
                 # Its new connection found it promoted (the monitor has not
                 # polled it since): it left the read set; not a failure.
                 return self._routing_skip_target(error, eject=False)
-            if isinstance(error, (ReplicaRestarted, ReplicaEjected)):
-                # Chosen by a replay position from before its restart, or
-                # ejected while this read waited for its pool: no failure.
+            if isinstance(error, ReplicaEjected):
+                # Ejected while this read waited for its pool: no failure.
                 return self._routing_skip_target(error, eject=False)
             tx = self._routing_tx
             if (tx is None or tx.target is None) and self._routing_writer_back(error):

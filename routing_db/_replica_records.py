@@ -11,6 +11,7 @@ import time
 
 from sqlalchemy.engine import Engine
 
+from ._causal import DOMAIN_SHIFT
 from ._events import Listeners
 from ._health import HealthOptions, ReplicaState
 from ._positions import ReplicaStatus
@@ -19,11 +20,17 @@ __all__ = ["ReplicaRecords"]
 
 logger = logging.getLogger("routing_db")
 
+_MAX_SERVERS = 1024
+
 
 class ReplicaRecords:
     """Per-replica state, and the events that change it."""
 
     states: dict[Engine, ReplicaState]
+    # (server, GTID domain) -> the position it has replayed, as last learned.
+    replayed: dict[tuple[str, int], int]
+    # The clusters the replicas' servers replay (empty: none reached yet).
+    clusters: frozenset[str]
     listeners: Listeners
     half_open: bool
     cluster: bool
@@ -54,28 +61,32 @@ class ReplicaRecords:
                 type(error).__name__,
             )
 
-    def record_start(self, engine: Engine, started: str) -> bool:
-        """When ``engine``'s server started, as a new connection found; True
-        when it restarted since its replay position was learned.
-
-        A standby rewound onto a new timeline (a failover) restarts behind
-        the position it had replayed: that position is dropped, and a read
-        that chose this replica by it chooses again.
-        """
-        state = self.states.get(engine)
-        if state is None:
-            return False
-        before, state.started = state.started, started
-        if before is None or before == started or state.replay_lsn is None:
-            return False
-        state.replay_lsn = None
-        return True
-
     def forget_positions(self) -> None:
         """Forget every replay position: the writer changed, and a standby may
         be rewound onto the new primary's timeline, behind what it had replayed."""
         for state in self.states.values():
             state.replay_lsn = None
+        self.replayed.clear()
+
+    def learned(self, server: str | None, position: int) -> None:
+        """``server`` has replayed up to ``position`` (it only moves forward)."""
+        if server is None:
+            return
+        key = (server, position >> DOMAIN_SHIFT)
+        known = self.replayed.get(key)
+        if known is None or position > known:
+            if len(self.replayed) >= _MAX_SERVERS:
+                # Servers come and go (restarts, a reader endpoint's pods);
+                # the oldest entries are of servers gone long ago.
+                del self.replayed[next(iter(self.replayed))]
+            self.replayed[key] = position
+
+    def server_reached(self, server: str | None, needs: list[int]) -> bool:
+        """Has ``server``, as last learned, replayed every one of ``needs``?"""
+        return server is not None and all(
+            self.replayed.get((server, need >> DOMAIN_SHIFT), -1) >= need
+            for need in needs
+        )
 
     def succeeded(self, engine: Engine) -> None:
         """A connection to ``engine`` worked (it may be re-admitted)."""
@@ -91,9 +102,15 @@ class ReplicaRecords:
                 self._names[engine],
             )
 
-    def record_role(self, engine: Engine, standby: bool) -> bool:
+    def record_role(
+        self,
+        engine: Engine,
+        standby: bool,
+        clusters: frozenset[str] | None = None,
+    ) -> bool:
         """What ``engine`` was found to be; True when a read should just go
-        elsewhere (it was a standby before, or it is a node of a cluster).
+        elsewhere (a standby was reached through it before, or it is a node
+        of a cluster).
 
         A replica that takes writes (promoted) leaves the read set until it is
         found to be a standby again.
@@ -101,10 +118,16 @@ class ReplicaRecords:
         state = self.states.get(engine)
         if state is None:
             return False
+        if clusters:
+            self.clusters = self.clusters | clusters
         if not self._health.require_standby:
             standby = True  # a server taking writes serves reads on purpose
         before = state.standby
         state.standby = standby
+        # Behind a reader endpoint one connection may reach a standby and the
+        # next a primary (a failover under way): that is no misconfiguration.
+        was_standby = state.reached_standby
+        state.reached_standby = was_standby or standby
         if standby and state.joining:
             state.joining = False  # a new member: it serves from now on
             self._refresh()
@@ -114,7 +137,7 @@ class ReplicaRecords:
             # A cluster's nodes change roles by design: discovery reports it.
             if not self.cluster:
                 self._report_role(engine, before, standby)
-        return before is True or self.cluster
+        return was_standby or self.cluster
 
     def _report_role(self, engine: Engine, before: bool | None, standby: bool) -> None:
         name = self._names[engine]
@@ -163,6 +186,7 @@ class ReplicaRecords:
             state.streaming = status.streaming
         if status.position is None:
             return
+        self.learned(status.server, status.position)
         was = state.lagging
         state.record_lag(
             replay_lsn=status.position,

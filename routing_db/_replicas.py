@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ._causal import CausalFloor
 from ._events import Listeners
@@ -17,7 +17,7 @@ from ._health import HealthOptions, ReplicaState
 from ._hooks import Hooks
 from ._make import pool_capacity
 from ._policies import BalancingPolicy, Candidate, RoundRobin
-from ._positions import replay_position_now
+from ._positions import SERVER, clusters_of, replay_position_now, replay_position_on
 from ._replica_records import ReplicaRecords
 from ._retry import is_connection_error
 from ._sa_compat import pause
@@ -76,6 +76,8 @@ class ReplicaSet(ReplicaRecords):
         self._policy = policy
         self._health = health
         self.states = {engine: ReplicaState(health) for engine in self.engines}
+        self.replayed = {}
+        self.clusters = frozenset()
         # The writer may take a share of replica reads (writer_read_weight):
         # it is then one more member of the choice, after the replicas.
         self._writer_reader = writer_reader
@@ -223,43 +225,86 @@ class ReplicaSet(ReplicaRecords):
             return Pick.NONE, None
         if floor is None:  # nothing of this context's to read back
             return Pick.CAUGHT_UP, self._choose(available)
-        if self._within_sticky_window(floor):
-            # A recent commit whose position is unknown (it could not be read
-            # after COMMIT, or the backend has none): a replica that reached
-            # an older position of this context says nothing about it.
+        if self._unknown(floor, self.clusters or None):
             return Pick.CAUSAL, None
-        need = self._lsn_needed(floor)
-        if need is None:
+        needs = self._needs(floor, self.clusters or None)
+        if not needs:
             return Pick.CAUGHT_UP, self._choose(available)
         # The policy picks among all available replicas, so balancing does not
         # depend on which positions happen to be cached.
         chosen = self._choose(available)
-        if self.states[chosen].caught_up(need):
+        if self._caught_up(chosen, needs):
             return Pick.CAUGHT_UP, chosen  # the cached position: no round trip
-        if self._check_replay(chosen, need):
+        if self._check_replay(chosen, needs):
             return Pick.CAUGHT_UP, chosen
         ready = [
             item
             for item in available
-            if item[1] is not chosen and self.states[item[1]].caught_up(need)
+            if item[1] is not chosen and self._caught_up(item[1], needs)
         ]
         if ready:
             return Pick.CAUGHT_UP, self._choose(ready)
         engine = self._wait_for_replay(
-            [engine for _, engine in available if engine is not chosen], chosen, need
+            [engine for _, engine in available if engine is not chosen], chosen, needs
         )
         return (Pick.CAUGHT_UP, engine) if engine is not None else (Pick.CAUSAL, None)
 
-    def _lsn_needed(self, floor: CausalFloor) -> int | None:
-        if floor.lsn is None or not self._positions:
-            return None
-        return floor.lsn
+    def serves(self, connection: Connection, floor: CausalFloor) -> bool:
+        """May ``connection``, a replica's just opened for a read that must see
+        ``floor``, serve it? Judged by the server it reached (behind one URL
+        connections may reach different servers), asked on the connection
+        itself when its cached position is not enough, waiting up to
+        ``causal_wait_timeout``."""
+        engine = connection.engine
+        if engine is self._writer_reader:
+            return True
+        info = connection.info
+        clusters = clusters_of(info)
+        if self._unknown(floor, clusters):
+            return False
+        needs = self._needs(floor, clusters)
+        server: str | None = info.get(SERVER)
+        if not needs or self.server_reached(server, needs):
+            return True
+        deadline = time.monotonic() + (self.causal_wait_timeout or 0.0)
+        delay = 0.005
+        while True:
+            try:
+                for need in needs:
+                    position = replay_position_on(connection, need)
+                    if position is not None:
+                        self.learned(server, position)
+                        self.states[engine].raise_replay_lsn(position)
+            except Exception as exc:
+                # The read goes elsewhere; a broken connection is a failure.
+                self._unreadable(engine, exc)
+                return False
+            if self.server_reached(server, needs):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            pause(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
 
-    def _within_sticky_window(self, floor: CausalFloor) -> bool:
+    def _needs(self, floor: CausalFloor, clusters: frozenset[str] | None) -> list[int]:
+        if not self._positions:
+            return []
+        return floor.needs(clusters)
+
+    def _unknown(self, floor: CausalFloor, clusters: frozenset[str] | None) -> bool:
+        # A recent commit whose position is unknown (it could not be read
+        # after COMMIT, or the backend has none): a replica that reached an
+        # older position of this context says nothing about it. Likewise a
+        # token's recent write on another cluster (a blue/green switch).
         return (
             floor.wrote_at is not None
             and time.time() - floor.wrote_at < self.sticky_seconds
-        )
+        ) or floor.told_elsewhere(clusters, time.time(), self.sticky_seconds)
+
+    def _caught_up(self, engine: Engine, needs: list[int]) -> bool:
+        state = self.states[engine]
+        return all(state.caught_up(need) for need in needs)
 
     def _choose(self, available: list[tuple[int, Engine]]) -> Engine:
         if len(available) == 1:
@@ -273,30 +318,35 @@ class ReplicaSet(ReplicaRecords):
         chosen = self._policy.choose(candidates)
         return self._members[chosen.index]
 
-    def _check_replay(self, engine: Engine, need: int) -> bool:
-        """Ask ``engine`` for its replay position now; is it at ``need``?"""
+    def _check_replay(self, engine: Engine, needs: list[int]) -> bool:
+        """Ask ``engine`` for its replay position now; has it reached ``needs``?"""
         state = self.states[engine]
         try:
-            lsn = replay_position_now(engine, need)
+            for need in needs:
+                lsn, server = replay_position_now(engine, need)
+                if lsn is not None:
+                    state.raise_replay_lsn(lsn)
+                    self.learned(server, lsn)
         except Exception as exc:
-            # Never the application's problem: a replica whose position cannot
-            # be read counts as not caught up (and, if its connection broke,
-            # as failed); the read goes to another replica or the writer.
-            if is_connection_error(exc):
-                self.failed(engine, exc)
-            else:
-                logger.info(
-                    "routing_db: replay position of %s unknown (%s)",
-                    self._names[engine],
-                    type(exc).__name__,
-                )
+            self._unreadable(engine, exc)
             return False
-        if lsn is not None:
-            state.raise_replay_lsn(lsn)
-        return state.caught_up(need)
+        return self._caught_up(engine, needs)
+
+    def _unreadable(self, engine: Engine, exc: Exception) -> None:
+        # Never the application's problem: a replica whose position cannot
+        # be read counts as not caught up (and, if its connection broke, as
+        # failed); the read goes to another replica or the writer.
+        if is_connection_error(exc):
+            self.failed(engine, exc)
+        else:
+            logger.info(
+                "routing_db: replay position of %s unknown (%s)",
+                self._names[engine],
+                type(exc).__name__,
+            )
 
     def _wait_for_replay(
-        self, others: list[Engine], chosen: Engine, need: int
+        self, others: list[Engine], chosen: Engine, need: list[int]
     ) -> Engine | None:
         # Ask the others once, then keep asking every replica until
         # causal_wait_timeout when one is configured. Each replica is judged

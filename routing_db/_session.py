@@ -27,7 +27,7 @@ from ._classify import Kind, classify, write_function_named
 from ._context import SCOPE, Scope, committing
 from ._decision import DefaultRole, Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
-from ._positions import writer_position_after_commit
+from ._positions import clusters_of, writer_position_after_commit
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
 from ._replicas import Pick
 from ._shared_floor import CAUSAL_KEY, UNKNOWN, combined
@@ -207,43 +207,67 @@ class RoutingSyncSession(RecoveringSession):
         ):
             engine = quick()  # every replica well, nothing to read back
         else:
-            engine = self._routing_pick_replica(topology, writer, tx)
+            engine = self._routing_choose_replica(topology, writer)
             if engine is writer:
+                tx = self._routing_tx
                 if tx is not None:
                     tx.target = None
                 return writer
-            if replicas.states[engine].suspect:
-                # It failed lately: open its connection now, so that it is
-                # re-admitted only once that works. A failure here reruns
-                # the statement elsewhere (see _recovery).
-                state = self._routing_state()
-                state.replica = state.target = engine
-                Session.connection(self, bind_arguments={"bind": engine})
-                replicas.succeeded(engine)
-                return engine
+        tx = self._routing_tx
         if tx is None:
             tx = self._routing_tx = RoutedTransaction()
         tx.replica = tx.target = engine
         return engine
 
-    def _routing_pick_replica(
-        self, topology: Topology, writer: Engine, tx: RoutedTransaction | None
-    ) -> Engine:
-        excluded = frozenset() if tx is None else tx.excluded
+    def _routing_choose_replica(self, topology: Topology, writer: Engine) -> Engine:
+        # A replica for a read that may have something to read back: chosen,
+        # then its connection opened and judged by the server it reached.
+        replicas = topology.replica_set
         floor = FLOOR.get()
-        key = CAUSAL_KEY.get()
-        if topology.shared is not None and key is not None:
+        key = CAUSAL_KEY.get() or ""
+        shared = topology.shared if key else None
+        if shared is not None and replicas.clusters:
             # What this key wrote in any process (the store's I/O, once per
             # read transaction); a store that cannot say sends it home.
-            floor = combined(floor, topology.shared.floor(key))
+            floor = combined(floor, shared.floor(key, replicas.clusters))
+            shared = None
             if floor is UNKNOWN:
                 return writer
-        pick, replica = topology.replica_set.pick(floor, excluded)
-        if replica is not None:
-            return replica
-        if pick is Pick.CAUSAL:
-            return writer  # read-your-writes: no replica has replayed them yet
-        return self._routing_fall_back(topology, writer)
+        behind = False
+        while True:
+            tx = self._routing_tx
+            excluded = frozenset() if tx is None else tx.excluded
+            pick, engine = replicas.pick(floor, excluded)
+            if engine is None:
+                if pick is Pick.CAUSAL or behind:
+                    return writer  # read-your-writes: none has replayed them yet
+                return self._routing_fall_back(topology, writer)
+            judged = floor is not None or shared is not None
+            if engine is writer or not (judged or replicas.states[engine].suspect):
+                return engine
+            # Opened now: a replica that failed lately is re-admitted only once
+            # that works (a failure here reruns the statement elsewhere: see
+            # _recovery), and the read is judged by the server it reached.
+            state = self._routing_state()
+            state.replica = state.target = engine
+            connection = Session.connection(self, bind_arguments={"bind": engine})
+            replicas.succeeded(engine)
+            if shared is not None:
+                # The store keeps positions per cluster: this connection's
+                # cluster is the first one known.
+                floor = combined(floor, shared.floor(key, clusters_of(connection.info)))
+                shared = None
+                if floor is UNKNOWN:
+                    self._routing_end_replica()
+                    return writer
+            if floor is None or replicas.serves(connection, floor):
+                return engine
+            # Its server has not replayed this context's writes: the read goes
+            # to another replica, or the writer. The connection goes back to
+            # the pool unused.
+            self._routing_end_replica()
+            state.excluded = state.excluded | {engine}
+            behind = True
 
     def _routing_fall_back(self, topology: Topology, writer: Engine) -> Engine:
         router = self._routing_router
@@ -358,12 +382,14 @@ def _after_commit(session: RoutingSyncSession) -> None:
         position = None
     if position is None:
         record_write(lsn=None)
+        cluster = None
     else:
-        record_write(lsn=position[0], server=position[1])
+        lsn, server, cluster = position
+        record_write(lsn=lsn, server=server, cluster=cluster)
     key = CAUSAL_KEY.get()
     floor = FLOOR.get()
     if router.topology.shared is not None and key is not None and floor is not None:
-        router.topology.shared.wrote(key, floor)
+        router.topology.shared.wrote(key, floor, cluster)
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")

@@ -17,7 +17,7 @@ import time
 from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
-from ._causal import CausalFloor
+from ._causal import ANY_CLUSTER, CausalFloor
 from ._context import ContextDecorator
 
 __all__ = [
@@ -101,31 +101,52 @@ class SharedFloors:
         # processes read them from then on); the oldest go first past the cap.
         self._pending: dict[str, CausalFloor] = {}
 
-    def floor(self, key: str) -> CausalFloor | None:
-        """What a read under ``key`` must see; ``UNKNOWN`` if the store cannot say."""
+    def floor(
+        self, key: str, clusters: frozenset[str] | None = None
+    ) -> CausalFloor | None:
+        """What a read under ``key`` on a server of ``clusters`` must see;
+        ``UNKNOWN`` if the store cannot say."""
         now = time.monotonic()
         if self._down and now < self._retry_at:
             return UNKNOWN
+        found: CausalFloor | None = None
         try:
-            stored = self.store.load(key)
+            for cluster in sorted(clusters or (ANY_CLUSTER,)):
+                stored = self.store.load(_scoped(key, cluster))
+                if stored is UNKNOWN:
+                    found = UNKNOWN
+                elif stored is not None and found is not UNKNOWN:
+                    found = combined(found, _relabel(stored, cluster))
         except Exception as exc:  # the read goes to the writer instead
             self._failed(exc)
             return UNKNOWN
         self._answered()
         if time.monotonic() < self._unsure_until:
             return UNKNOWN
-        return stored
+        return found
 
-    def wrote(self, key: str, floor: CausalFloor) -> None:
-        """Save ``floor`` for ``key`` after a commit that wrote; never raises."""
+    def wrote(
+        self, key: str, floor: CausalFloor, cluster: str | None = ANY_CLUSTER
+    ) -> None:
+        """Save ``floor``'s position on ``cluster`` (None: the commit's
+        position is unknown) for ``key`` after a commit that wrote; never
+        raises. Positions are kept per cluster: a key's writes on two
+        clusters never compare."""
+        mark = None if cluster is None else floor.marks.get(cluster)
+        own = CausalFloor(
+            None if mark is None else mark.position,
+            floor.wrote_at,
+            None if mark is None else mark.server,
+        )
+        key = _scoped(key, cluster or ANY_CLUSTER)
         if self._down and time.monotonic() < self._retry_at:
-            self._missed(key, floor)
+            self._missed(key, own)
             return
         try:
-            self.store.save(key, floor)
+            self.store.save(key, own)
         except Exception as exc:  # the commit stands; reads use the writer
             self._failed(exc)
-            self._missed(key, floor)
+            self._missed(key, own)
             return
         self._answered()
 
@@ -180,6 +201,19 @@ class SharedFloors:
                 return
 
 
+def _scoped(key: str, cluster: str) -> str:
+    # The store's key: the application key, and the cluster written to.
+    return key if cluster == ANY_CLUSTER else f"{key}@{cluster}"
+
+
+def _relabel(stored: CausalFloor, cluster: str) -> CausalFloor:
+    # A stored position is its key's cluster's.
+    floor = CausalFloor(wrote_at=stored.wrote_at)
+    for mark in stored.marks.values():
+        floor.raise_to(mark.position, None, mark.server, cluster, at=mark.at)
+    return floor
+
+
 def combined(own: CausalFloor | None, stored: CausalFloor | None) -> CausalFloor | None:
     """The floor that covers both (``UNKNOWN`` wins)."""
     if stored is None or stored is UNKNOWN:
@@ -188,5 +222,5 @@ def combined(own: CausalFloor | None, stored: CausalFloor | None) -> CausalFloor
         return stored
     both = CausalFloor()
     for floor in (own, stored):
-        both.raise_to(floor.lsn, floor.wrote_at, floor.server)
+        both.cover(floor)
     return both

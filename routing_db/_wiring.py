@@ -60,7 +60,6 @@ def hook_replica(
         name=name,
         require_standby=health.require_standby,
         seen=functools.partial(replica_set.record_role, core(engine)),
-        started=functools.partial(replica_set.record_start, core(engine)),
     )
     if health.replica_read_timeout is not None:
         # Ejected wherever in a transaction it hangs: a rerun must not

@@ -124,3 +124,83 @@ async def test_tasks_see_their_parents_floor_not_the_reverse() -> None:
 def test_format_lsn() -> None:
     assert format_lsn(0) == "0/0"
     assert format_lsn((1 << 32) + 255) == "1/FF"
+
+
+def test_floors_are_kept_per_cluster() -> None:
+    big, small = (0x16 << 32) | 0xB374D848, 0x40
+
+    def body() -> tuple[str | None, list[int], list[int], list[int]]:
+        record_write(lsn=big, cluster="7001")
+        record_write(lsn=small, cluster="7002")
+        record_write(lsn=small, cluster="7001")  # never lowers 7001's
+        floor = current_floor()
+        assert floor is not None
+        return (
+            current_causal_token(),
+            floor.needs({"7001"}),
+            floor.needs({"7002"}),
+            floor.needs({"7003"}),  # a cluster this context never wrote to
+        )
+
+    token, first, second, other = run_fresh(body)
+    assert (first, second, other) == ([big], [small], [])
+    assert token is not None and token.startswith("pg:16/B374D848~7001~")
+
+    def read_back() -> tuple[list[int], list[int]]:
+        with causal_token(token):
+            floor = current_floor()
+            assert floor is not None
+            return floor.needs({"7001"}), floor.needs({"7002"})
+
+    assert run_fresh(read_back) == ([big], [small])
+
+
+def test_a_token_of_another_cluster_is_unknown_for_a_while_not_for_ever() -> None:
+    def body() -> str | None:
+        record_write(lsn=0x40, cluster="7001")
+        return current_causal_token()
+
+    token = run_fresh(body)
+    assert token is not None
+
+    def judged() -> tuple[bool, bool, bool, list[int]]:
+        with causal_token(token):
+            floor = current_floor()
+            assert floor is not None
+            now = time.time()
+            return (
+                floor.told_elsewhere({"7002"}, now, 2.0),  # a switch just now
+                floor.told_elsewhere({"7002"}, now + 3.0, 2.0),  # window over
+                floor.told_elsewhere({"7001"}, now, 2.0),  # its own cluster
+                floor.needs({"7002"}),
+            )
+
+    assert run_fresh(judged) == (True, False, False, [])
+
+    def own_writes() -> bool:
+        # A write this context made (not a token it was given) on another
+        # cluster says nothing about this one: two databases in one request.
+        record_write(lsn=0x40, cluster="7001")
+        floor = current_floor()
+        assert floor is not None
+        return floor.told_elsewhere({"7002"}, time.time(), 2.0)
+
+    assert run_fresh(own_writes) is False
+
+
+def test_old_tokens_count_on_every_cluster() -> None:
+    def body() -> tuple[list[int], list[int]]:
+        with causal_token("pg:0/40"):
+            floor = current_floor()
+            assert floor is not None
+            return floor.needs({"7001"}), floor.needs(None)
+
+    assert run_fresh(body) == ([0x40], [0x40])
+
+
+@pytest.mark.parametrize(
+    "bad", ["pg:0/1~7001", "pg:0/1~7001~", "pg:0/1~a b~1", "pg:0/1~7001~x"]
+)
+def test_malformed_cluster_parts_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="causal token"):
+        causal_token(bad)

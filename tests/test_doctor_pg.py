@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from routing_db._cli import main
-from routing_db.testing import PostgresCluster
+from routing_db.testing import Balancer, PostgresCluster
 
 SECRET = "wrong-pw-s3cret"
 
@@ -45,6 +45,22 @@ def test_a_sound_setup(
     assert all(r["in_recovery"] for r in reports[1:])
     assert len({r["system_identifier"] for r in reports}) == 1
     assert all(r["lag_bytes"] is not None for r in reports[1:])
+
+
+def test_a_replica_url_that_reaches_several_servers(
+    cluster: PostgresCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Balancer([node.port for node in cluster.replicas]) as balancer:
+        endpoint = balancer.url(cluster.replica_urls[0])
+        code, out, err = check(capsys, *urls(cluster, endpoint), "--json")
+    assert code == 0, err
+    reports = json.loads(out)
+    assert reports[1]["servers"] == 2
+    assert "reached 2 servers" in err and "supported" in err
+    # The control: one URL per server reaches one server each.
+    code, out, err = check(capsys, *urls(cluster), "--json")
+    assert [r["servers"] for r in json.loads(out)[1:]] == [1, 1]
+    assert "reached" not in err
 
 
 def test_a_replica_that_is_a_primary(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextvars import Context
 
 import pytest
 from sqlalchemy import func, select, text
@@ -33,7 +34,7 @@ from routing_db import (
     read_only,
     routing_sessionmaker,
 )
-from routing_db.testing import MariaDBCluster
+from routing_db.testing import Balancer, MariaDBCluster
 
 from .blackhole import Blackhole
 from .bounds import stopped_on_the_server
@@ -200,12 +201,60 @@ async def test_read_your_writes_by_gtid_while_replicas_apply_nothing(
             await session.commit()
         token = current_causal_token()
         assert token is not None and token.startswith("gtid:0-1-")
-        # The token is the commit's own GTID, as the primary numbers it.
-        assert token == f"gtid:{db.sql(db.primary, 'SELECT @@global.gtid_binlog_pos')}"
+        # The token is the commit's own GTID, as the primary numbers it (and
+        # its cluster, the replication domain, and when it was made).
+        gtid = db.sql(db.primary, "SELECT @@global.gtid_binlog_pos")
+        assert token.startswith(f"gtid:{gtid}~d0~")
         async with Session() as session, read_only:
             names = set(await session.scalars(select(Item.name)))
             assert f"row{n}" in names  # never a stale read
             assert (await where(session))[0] == PRIMARY  # nobody else has it
+
+
+async def test_read_your_writes_through_a_reader_endpoint(
+    db: MariaDBCluster, urls: tuple[str, list[str]]
+) -> None:
+    """One replica URL in front of both replicas (each new connection reaches
+    the next one), replica 0 applying nothing: each read is judged by the
+    server its own connection reached, never stale, never failed."""
+    db.stop_applying(0)
+    writer_url, replica_urls = urls
+    with Balancer([node.port for node in db.replicas]) as balancer:
+        router = Router.from_urls(
+            writer_url, [balancer.url(replica_urls[0])], pool_size=4, retry=FAST,
+            sticky_seconds=0,
+        )  # fmt: skip
+        Session = routing_sessionmaker(router, expire_on_commit=False)
+        served: list[int] = []
+        stale: list[str] = []
+
+        async def user(n: int) -> None:
+            for i in range(8):
+                name = f"u{n}-{i}"
+                async with Session() as session:
+                    session.add(Item(name=name))
+                    await session.commit()
+                token = current_causal_token()
+
+                async def next_request(
+                    token: str | None = token, name: str = name
+                ) -> None:
+                    with causal_token(token):
+                        async with Session() as session, read_only:
+                            names = set(await session.scalars(select(Item.name)))
+                            served.append((await where(session))[0])
+                    if name not in names:
+                        stale.append(f"{name} on server {served[-1]}")
+
+                await asyncio.create_task(next_request(), context=Context())
+
+        async with router:
+            await asyncio.gather(*(user(n) for n in range(4)))
+        assert balancer.connections >= 2  # both replicas were reached
+    assert not stale, stale[:5]
+    assert len(served) == 32
+    assert db.replicas[0].server_id not in served
+    assert db.replicas[1].server_id in served  # the one that applies served
 
 
 async def test_the_token_string_carries_read_your_writes_to_another_context(

@@ -88,3 +88,40 @@ async def test_a_replica_that_stops_streaming_stops_serving(
         finally:
             writing = False
             await writer
+
+
+async def test_a_role_without_stats_rights_sees_healthy_standbys_streaming(
+    faults: PostgresCluster,
+) -> None:
+    """An application role without ``pg_read_all_stats`` cannot read the WAL
+    receiver's status: no standby is taken for ``not_streaming`` for that,
+    and one that really stopped streaming still is."""
+    cluster = faults
+    cluster.sql(
+        cluster.primary,
+        "DROP ROLE IF EXISTS app_reader; "
+        "CREATE ROLE app_reader LOGIN PASSWORD 'app-pw'",
+    )
+    cluster.wait_replicated()
+
+    def as_app(url: str) -> str:
+        return url.replace("postgres@", "app_reader:app-pw@", 1)
+
+    assert (
+        cluster.sql(
+            cluster.replicas[0],
+            "SET ROLE app_reader; SELECT status IS NULL FROM pg_stat_wal_receiver",
+        )
+        == "t"
+    )  # what the role sees: the receiver's row, without its status
+    router = Router.from_urls(
+        as_app(cluster.writer_url),
+        [as_app(url) for url in cluster.replica_urls],
+        monitor_interval=0.2,
+    )
+    async with router:
+        await router.poll()
+        assert [row["state"] for row in router.status()[1:]] == ["serving"] * 2
+        cluster.stop_streaming(0)
+        await until(lambda: router.status()[1]["state"] == "not_streaming")
+        assert router.status()[2]["state"] == "serving"

@@ -1,16 +1,18 @@
 """Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas,
-PgBouncer, Redis.
+PgBouncer, Redis, and a reader endpoint (``Balancer``) in front of standbys.
 
 Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 ``pytest_plugins = ["routing_db.testing.plugin"]`` in a top-level conftest).
 """
 
+from ._balancer import Balancer
 from ._cluster import ClusterError, PgNode, PostgresCluster, find_pg_bindir
 from ._mariadb import MariaDBCluster, MariaDBNode, find_mariadbd
 from ._pgbouncer import PgBouncer, find_pgbouncer
 from ._redis import RedisServer, find_redis_server
 
 __all__ = [
+    "Balancer",
     "ClusterError",
     "MariaDBCluster",
     "MariaDBNode",
