@@ -53,7 +53,9 @@ Maker = async_sessionmaker[RoutingSession]
 def items_ddl() -> str:
     dialect = mysql.dialect()
     dialect.is_mariadb = True
-    return str(CreateTable(Item.__table__).compile(dialect=dialect))  # type: ignore[arg-type]
+    # IF NOT EXISTS: either MariaDB test module may run first.
+    table = CreateTable(Item.__table__, if_not_exists=True)  # type: ignore[arg-type]
+    return str(table.compile(dialect=dialect))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,8 @@ def maria(mariadb_cluster: MariaDBCluster) -> MariaDBCluster:
     mariadb_cluster.sql(
         mariadb_cluster.primary,
         "DELIMITER //\n"
-        "CREATE FUNCTION app.bump() RETURNS INT DETERMINISTIC MODIFIES SQL DATA "
+        "CREATE FUNCTION IF NOT EXISTS app.bump() RETURNS INT DETERMINISTIC "
+        "MODIFIES SQL DATA "
         "BEGIN INSERT INTO app.items (name) VALUES ('bumped'); "
         "RETURN LAST_INSERT_ID(); END //\nDELIMITER ;\n"
         "GRANT EXECUTE ON FUNCTION app.bump TO 'app'@'127.0.0.1';",

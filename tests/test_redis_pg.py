@@ -312,5 +312,11 @@ async def test_the_store_from_settings(
             True,
             False,
         )
-    stored = redis.Redis.from_url(redis_server.url).hgetall("routing_db:cy")
+    # Kept per cluster: the key names the cluster written to.
+    client = redis.Redis.from_url(redis_server.url)
+    system_id = rows.sql(
+        rows.primary, "SELECT system_identifier FROM pg_control_system()"
+    )
+    assert client.keys("routing_db:cy*") == [f"routing_db:cy@{system_id}".encode()]
+    stored = client.hgetall(f"routing_db:cy@{system_id}")
     assert stored and int(stored[b"lsn"]) > 0

@@ -33,7 +33,7 @@ Maker = sessionmaker[RoutingSyncSession]
 @pytest.fixture
 def db(mariadb_cluster: MariaDBCluster) -> Iterator[MariaDBCluster]:
     """The cluster with an empty items table, healed after the test."""
-    ddl = items_ddl().replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+    ddl = items_ddl()
     mariadb_cluster.sql(mariadb_cluster.primary, f"USE app; {ddl}; TRUNCATE app.items")
     mariadb_cluster.wait_replicated()
     try:
@@ -98,7 +98,8 @@ def test_read_your_writes_by_gtid_while_replicas_apply_nothing(
             session.add(Item(name=f"row{n}"))
             session.commit()
         token = current_causal_token()
-        assert token == f"gtid:{db.sql(db.primary, 'SELECT @@global.gtid_binlog_pos')}"
+        gtid = db.sql(db.primary, "SELECT @@global.gtid_binlog_pos")
+        assert token is not None and token.startswith(f"gtid:{gtid}~d0~")
         with Sync() as session, read_only:
             assert f"row{n}" in set(session.scalars(select(Item.name)))
             assert where(session)[0] == PRIMARY  # nobody else has it
