@@ -11,13 +11,14 @@ primary are cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
@@ -29,7 +30,8 @@ from ._connections import cut, driver_of
 from ._exceptions import ConfigurationError, NoWriterAvailable
 from ._hooks import Hooks
 from ._make import AppEngine, core
-from ._positions import takes_writes
+from ._patroni import PatroniSource, PatroniView
+from ._positions import Role, role_of
 from ._sa_compat import pause
 from ._topology import Topology
 
@@ -43,6 +45,16 @@ _NODE = "routing_db_node"
 _NOTICED = 0.05
 # The name of the sync face's threads that ask a node its role.
 ROLE_CHECK = "routing_db role check"
+# An answer slower than this came from another moment than the others': it
+# never makes a node the writer on its own (a node that hung may answer
+# "primary" after another was promoted while it was stopped).
+_LATE = 0.5
+# Seconds for Patroni's REST API to answer (a member that hangs does not).
+_REST_BOUND = 1.0
+_NO_ANSWER: tuple[Role | None, bool] = (None, False)
+# Once the verdict is clear, how long the nodes still to answer get: a node
+# that hangs is not waited for, one that is merely slower still counts.
+_GRACE = 0.25
 
 
 @dataclasses.dataclass(eq=False)
@@ -69,10 +81,28 @@ class Discovery:
         bound: float,
         make_probe: Callable[[URL], AppEngine],
         connect_timeout: float | None,
+        patroni: list[str] | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         self._topology = topology
         self.nodes = nodes
         self._bound = bound
+        self._late = min(_LATE, bound / 4)
+        # Patroni's REST API of each member (empty: roles alone decide).
+        self.patroni = (
+            None
+            if not patroni
+            else PatroniSource(patroni, bound=min(_REST_BOUND, bound))
+        )
+        # The newest timeline a primary was seen on (None: not known, or no
+        # timelines: MariaDB), and the nodes found on an older one.
+        self.timeline: int | None = None
+        self._superseded: set[str] = set()
+        # A writer that has not answered for this long is given up: its
+        # connections are cut, so no write waits on a hung host for longer
+        # than writers wait for a writer (writer_wait_timeout).
+        self._give_up_after = give_up_after
+        self._answered_at = time.monotonic()
         self._make_probe = make_probe
         self._connect_timeout = connect_timeout
         self._hooks: Hooks | None = None
@@ -110,11 +140,22 @@ class Discovery:
         cparams.update(params)
         record.info[_NODE] = node
 
-    @staticmethod
-    def _connected(dbapi_connection: Any, record: Any) -> None:
+    def _connected(self, dbapi_connection: Any, record: Any) -> None:
         node: Node | None = record.info.pop(_NODE, None)
-        if node is not None:
-            node.writer_connections.add(driver_of(dbapi_connection))
+        if node is None:
+            return
+        # Added before the primary is read again: a fence that runs between
+        # the two cuts it, and one that ran before is seen here.
+        node.writer_connections.add(driver_of(dbapi_connection))
+        if node is not self.primary:
+            # The node was judged not to be the writer while this connection
+            # was being opened: nothing is sent on it.
+            with contextlib.suppress(Exception):
+                dbapi_connection.close()
+            raise NoWriterAvailable(
+                f"no writer: {node.name} stopped being the writer while a "
+                "connection to it was opened"
+            )
 
     def add(self, name: str, reader: AppEngine) -> None:
         """Ask ``reader``'s node its role from the next check on."""
@@ -151,18 +192,61 @@ class Discovery:
         """Ask every node its role now, from SQLAlchemy's sync layer."""
         raise NotImplementedError
 
-    def _settle(self, nodes: list[Node], answers: list[bool | None]) -> None:
-        """Act on the nodes' answers (``None``: no answer). Runs as sync code on
-        either face: an asyncio router runs it in SQLAlchemy's greenlet."""
+    def _asked(self, view: PatroniView | None) -> list[Node]:
+        """The nodes whose role is asked this round: with Patroni's verdict,
+        only the leader it names (no other node is a candidate, whatever its
+        backends say, and a node that hangs is not waited for); else all."""
+        nodes = list(self.nodes)
+        if view is None or not view.known:
+            return nodes
+        return [node for node in nodes if view.leads(self._member(node, view))]
+
+    def _member(self, node: Node, view: PatroniView) -> Any:
+        url = node.probe.url
+        return view.member(url.host, url.port or 5432, node.name)
+
+    def _settle(
+        self,
+        nodes: list[Node],
+        answers: list[Role | None],
+        late: list[bool],
+        view: PatroniView | None = None,
+    ) -> None:
+        """Act on the nodes' answers (``None``: no answer; ``late``: slower
+        than the others) and Patroni's verdict (``None``: not asked). Runs as
+        sync code on either face: an asyncio router runs it in SQLAlchemy's
+        greenlet."""
         replica_set = self._topology.replica_set
-        for node, takes in zip(nodes, answers, strict=True):
-            if takes is not None:
-                replica_set.record_role(core(node.reader), standby=not takes)
-        primaries = [node for node, takes in zip(nodes, answers, strict=True) if takes]
+        for node, role in zip(nodes, answers, strict=True):
+            if role is not None:
+                replica_set.record_role(
+                    core(node.reader), standby=not role.takes_writes
+                )
+        if view is not None and view.known:
+            self._judge_readers(view)
+        timelines = [
+            role.timeline
+            for role in answers
+            if role is not None and role.takes_writes and role.timeline is not None
+        ]
+        if timelines:
+            self.timeline = max(self.timeline or 0, *timelines)
         current = self.primary
-        if len(primaries) == 1:
+        primaries = [
+            node
+            for node, role, slow in zip(nodes, answers, late, strict=True)
+            if role is not None and role.takes_writes and (not slow or node is current)
+        ]
+        if view is not None and view.known:
+            # A node its HA manager does not hold as leader is not the writer.
+            primaries = [
+                node for node in primaries if view.leads(self._member(node, view))
+            ]
+        if len(primaries) == 1 and not self._is_superseded(
+            primaries[0], answers[nodes.index(primaries[0])]
+        ):
             self._elect(primaries[0])
-        elif primaries:
+        elif len(primaries) > 1:
             names = tuple(node.name for node in primaries)
             if names != self.candidates:
                 logger.error(
@@ -174,14 +258,84 @@ class Discovery:
             self._lose(current, drop=True, quiet=True)
         else:
             self.candidates = ()
-            # Dropped only when the primary says it is in recovery: a primary
-            # that did not answer this time may still hold good connections.
-            answered = current is not None and answers[nodes.index(current)] is False
-            self._lose(current, drop=answered)
+            # Dropped only when the writer is known not to be it any more: a
+            # primary that did not answer this time may still hold good
+            # connections.
+            self._lose(
+                current, drop=self._known_not_writer(current, nodes, answers, view)
+            )
+
+    def _known_not_writer(
+        self,
+        current: Node | None,
+        nodes: list[Node],
+        answers: list[Role | None],
+        view: PatroniView | None,
+    ) -> bool:
+        if current is None:
+            return False
+        if (
+            view is not None
+            and view.known
+            and not view.leads(self._member(current, view))
+        ):
+            return True  # its lease is gone, or another member leads
+        if current not in nodes:
+            return False
+        role = answers[nodes.index(current)]
+        if role is None:
+            silent = time.monotonic() - self._answered_at
+            return self._give_up_after is not None and silent > self._give_up_after
+        self._answered_at = time.monotonic()
+        return not role.takes_writes or self._is_superseded(current, role)
+
+    def _decided(self, answers: list[tuple[Role | None, bool]]) -> bool:
+        """Is the verdict clear before every node answered? So when a node
+        answered, in time, that it is a primary on a newer timeline than any
+        seen before: the others get a short grace (a primary among them is a
+        split brain), and a node that hangs is not waited for."""
+        return self.timeline is not None and any(
+            role is not None
+            and role.takes_writes
+            and role.timeline is not None
+            and role.timeline > (self.timeline or 0)
+            and not slow
+            for role, slow in answers
+        )
+
+    def _is_superseded(self, node: Node, role: Role | None) -> bool:
+        """A primary on an older timeline than one seen: never the writer again."""
+        if role is None or role.timeline is None or self.timeline is None:
+            return False
+        if role.timeline >= self.timeline:
+            self._superseded.discard(node.name)
+            return False
+        if node.name not in self._superseded:
+            self._superseded.add(node.name)
+            logger.error(
+                "routing_db: node %s takes writes on timeline %d, older than %d: "
+                "it was superseded by a failover and is not the writer",
+                node.name,
+                role.timeline,
+                self.timeline,
+            )
+        return True
+
+    def _judge_readers(self, view: PatroniView) -> None:
+        leader = view.leader
+        timeline = None if leader is None else leader.timeline
+        for node in self.nodes:
+            member = self._member(node, view)
+            if member is None or view.leads(member):
+                continue
+            self._topology.replica_set.set_diverged(
+                core(node.reader), not member.readable(timeline)
+            )
 
     def _elect(self, node: Node) -> None:
         topology, old = self._topology, self.primary
         self.candidates = ()
+        self._answered_at = time.monotonic()
         if node is not old:
             self.primary = node
             topology.replica_set.forget_positions()
@@ -198,7 +352,7 @@ class Discovery:
             logger.warning("routing_db: node %s is the writer", node.name)
         topology.writer_found(node.name, quiet=node is not old)
 
-    def _fence(self, primary: Node) -> int:
+    def _fence(self, primary: Node | None) -> int:
         """Cut the writer's connections to every node but ``primary``.
 
         A former primary that hangs (or sits behind a partition) would hold a
@@ -226,10 +380,14 @@ class Discovery:
         return count
 
     def _lose(self, current: Node | None, *, drop: bool, quiet: bool = False) -> None:
-        """No writer now; with ``drop``, ``current`` is not the primary any more."""
+        """No writer now; with ``drop``, ``current`` is not the primary any more:
+        every writer connection is cut, in flight or idle, so nothing more is
+        sent to it (a write in flight fails as a lost connection)."""
         topology = self._topology
         if drop and current is not None:
             self.primary = None
+            if self._fence(None):
+                pause(_NOTICED)
             topology.writer.dispose()
         topology.writer_lost(None if current is None else current.name, quiet=quiet)
 
@@ -254,19 +412,44 @@ class AsyncDiscovery(Discovery):
         """Ask every node its role now, from SQLAlchemy's sync layer."""
         await_only(self.check())
 
-    async def _ask(self, node: Node) -> bool | None:
+    async def _ask(self, node: Node) -> tuple[Role | None, bool]:
         probe = node.probe
         assert isinstance(probe, AsyncEngine)
+        started = time.monotonic()
         try:
-            return await checked_within(probe, takes_writes, seconds=self._bound)
+            role = await checked_within(probe, role_of, seconds=self._bound)
         except Exception as exc:  # down, hung or restarting: no verdict
             logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
-            return None
+            return None, False
+        return role, time.monotonic() - started > self._late
 
     async def _ask_all(self) -> None:
-        nodes = list(self.nodes)
-        answers = await asyncio.gather(*(self._ask(node) for node in nodes))
-        await greenlet_spawn(self._settle, nodes, answers)
+        view = None if self.patroni is None else await self.patroni.view_async()
+        nodes = self._asked(view)
+        tasks = [asyncio.ensure_future(self._ask(node)) for node in nodes]
+        pending = set(tasks)
+        deadline: float | None = None  # once decided, a grace for the others
+        try:
+            while pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                _, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if deadline is None and self._decided(
+                    [task.result() if task.done() else _NO_ANSWER for task in tasks]
+                ):
+                    deadline = time.monotonic() + _GRACE
+        finally:
+            for task in pending:
+                task.cancel()
+        asked = [
+            task.result() if task.done() and not task.cancelled() else _NO_ANSWER
+            for task in tasks
+        ]
+        answers, late = [role for role, _ in asked], [slow for _, slow in asked]
+        await greenlet_spawn(self._settle, nodes, answers, late, view)
 
 
 class ThreadDiscovery(Discovery):
@@ -283,38 +466,52 @@ class ThreadDiscovery(Discovery):
         with self._lock:
             if self._done != seen:
                 return  # one finished while this caller waited: it is news
-            nodes = list(self.nodes)
             workers = ThreadPoolExecutor(
-                max_workers=max(len(nodes), 1), thread_name_prefix=ROLE_CHECK
+                max_workers=len(self.nodes)
+                + (0 if self.patroni is None else len(self.patroni.urls))
+                + 1,
+                thread_name_prefix=ROLE_CHECK,
             )
-            asked = [
-                submit_check(workers, _probe(node), takes_writes) for node in nodes
-            ]
-            deadline = time.monotonic() + self._bound
-            answers = [
-                self._answer(node, *check, deadline)
-                for node, check in zip(nodes, asked, strict=True)
-            ]
-            workers.shutdown(wait=False, cancel_futures=True)
-            self._settle(nodes, answers)
+            try:
+                view = self._view(workers)
+                nodes = self._asked(view)
+                answers, late = self._ask_all(workers, nodes)
+            finally:
+                workers.shutdown(wait=False, cancel_futures=True)
+            self._settle(nodes, answers, late, view)
             self._done += 1
 
     check_now = check
 
-    def _answer(
-        self,
-        node: Node,
-        asked: Future[bool],
-        give_up: Callable[[], None],
-        deadline: float,
-    ) -> bool | None:
-        try:
-            return asked.result(timeout=max(deadline - time.monotonic(), 0.0))
-        except Exception as exc:  # down, hung or restarting: no verdict
-            if isinstance(exc, TimeoutError):
-                give_up()  # its worker is free again
-            logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
-            return None
+    def _view(self, workers: ThreadPoolExecutor) -> PatroniView | None:
+        return None if self.patroni is None else self.patroni.view(workers)
+
+    def _ask_all(
+        self, workers: ThreadPoolExecutor, nodes: list[Node]
+    ) -> tuple[list[Role | None], list[bool]]:
+        started = time.monotonic()
+        deadline = started + self._bound
+        asked = [submit_check(workers, _probe(node), role_of) for node in nodes]
+        results = [_NO_ANSWER] * len(nodes)
+        pending = {future: i for i, (future, _) in enumerate(asked)}
+        while pending and (left := deadline - time.monotonic()) > 0:
+            done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                try:
+                    role = future.result()
+                except Exception as exc:  # down, hung or restarting: no verdict
+                    logger.debug(
+                        "routing_db: role of %s unknown: %r", nodes[i].name, exc
+                    )
+                    continue
+                results[i] = (role, time.monotonic() - started > self._late)
+            if pending and self._decided(results):
+                deadline = min(deadline, time.monotonic() + _GRACE)
+        for i in pending.values():
+            asked[i][1]()  # given up: its connection is cut, its worker free
+            logger.debug("routing_db: role of %s unknown: no answer", nodes[i].name)
+        return [role for role, _ in results], [slow for _, slow in results]
 
 
 def _probe(node: Node) -> Engine:

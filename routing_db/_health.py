@@ -25,6 +25,7 @@ class ReplicaState:
         "_failures",
         "_options",
         "backoff",
+        "diverged",
         "draining",
         "ejected",
         "ejections",
@@ -65,6 +66,9 @@ class ReplicaState:
         # Added at runtime and not yet found a standby; being removed.
         self.joining = False
         self.draining = False
+        # Its HA manager says it does not follow the current timeline (not
+        # yet rejoined, or rewound): it serves no reads, whatever it replayed.
+        self.diverged = False
 
     def available(self, now: float, half_open: bool = True) -> bool:
         """May this replica serve a new transaction at ``now``?
@@ -74,7 +78,13 @@ class ReplicaState:
         and probes), only the monitor re-admits it: no request pays a
         connect timeout to find a host still gone.
         """
-        if self.lagging or self.joining or self.draining or self.standby is False:
+        if (
+            self.lagging
+            or self.joining
+            or self.draining
+            or self.diverged
+            or self.standby is False
+        ):
             return False
         return not self.ejected or (half_open and now >= self.probe_at)
 

@@ -24,11 +24,13 @@ __all__ = [
     "CLUSTERS",
     "SERVER",
     "ReplicaStatus",
+    "Role",
     "clusters_of",
     "has_positions",
     "replay_position_now",
     "replay_position_on",
     "replica_status",
+    "role_of",
     "takes_writes",
     "takes_writes_now",
     "writer_position",
@@ -289,6 +291,32 @@ def replay_position_now(engine: Engine, floor: int) -> tuple[int | None, str | N
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()
+
+
+class Role(NamedTuple):
+    """What a node says of itself when discovery asks."""
+
+    takes_writes: bool
+    # A primary's timeline (PostgreSQL; None elsewhere, or for a standby):
+    # a primary on an older timeline than one seen has been superseded.
+    timeline: int | None
+
+
+# The timeline is the first 8 hex digits of the current WAL file's name
+# (exact at once after a promotion; the control file's waits for a checkpoint).
+_ROLE_SQL = {
+    "postgresql": "SELECT NOT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
+    "THEN NULL ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+    "::bit(32)::int END",
+    "mysql": "SELECT @@global.read_only = 0, NULL",
+    "mariadb": "SELECT @@global.read_only = 0, NULL",
+}
+
+
+def role_of(connection: Connection) -> Role:
+    """Does the server take writes now, and on which timeline? (Discovery's check.)"""
+    row: Any = connection.exec_driver_sql(_ROLE_SQL[connection.dialect.name]).one()
+    return Role(bool(row[0]), None if row[1] is None else int(row[1]))
 
 
 # Does the server take writes (a primary, not a standby or a read_only replica)?

@@ -61,6 +61,23 @@ class ReplicaRecords:
                 type(error).__name__,
             )
 
+    def set_diverged(self, engine: Engine, diverged: bool) -> None:
+        """What the HA manager says: does ``engine``'s node follow the current
+        timeline (False) or not (True: it serves no reads)?"""
+        state = self.states.get(engine)
+        if state is None or state.diverged == diverged:
+            return
+        state.diverged = diverged
+        self._refresh()
+        logger.warning(
+            "routing_db: replica %s %s",
+            self._names[engine],
+            "is not on the current timeline (its HA manager says so): it serves "
+            "no reads"
+            if diverged
+            else "follows the current timeline again: it serves reads",
+        )
+
     def forget_positions(self) -> None:
         """Forget every replay position: the writer changed, and a standby may
         be rewound onto the new primary's timeline, behind what it had replayed."""

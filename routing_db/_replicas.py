@@ -372,6 +372,7 @@ class ReplicaSet(ReplicaRecords):
             or state.lagging
             or state.suspect
             or state.joining
+            or state.diverged
             or state.standby is False
             for engine, state in self.states.items()
             if engine in self._members

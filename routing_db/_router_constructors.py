@@ -16,6 +16,7 @@ from ._build import EngineMaker, cluster_engines, engine_names, idle_check
 from ._discovery import Discovery
 from ._exceptions import ConfigurationError
 from ._make import check_url
+from ._patroni import check_rest_urls
 
 if TYPE_CHECKING:
     from ._hooks import Hooks
@@ -104,10 +105,18 @@ class Constructors:
         router_options: Mapping[str, Any] | None = None,
         pgbouncer: bool = False,
         names: Sequence[str] | None = None,
+        patroni: Sequence[str] | None = None,
         **engine_kwargs: Any,
     ) -> Self:
         """Every URL is a node of one replication cluster: the writer is the
         node that takes writes, found and followed by asking every node.
+
+        ``patroni``: the members' Patroni REST API URLs
+        (``http://host:8008``). Then the writer is the node Patroni holds as
+        leader (and that takes writes): a leader whose lease is gone is
+        fenced at once, whatever its backends answer, and members Patroni
+        lists as not following the current timeline serve no reads. Nodes
+        are matched to members by host and port (else by name).
 
         Keywords as in ``from_urls``: ``writer_kwargs`` go to the writer's pool
         (its connections go to whichever node is the primary), ``replica_kwargs``
@@ -117,6 +126,7 @@ class Constructors:
         """
         if isinstance(urls, str | URL) or not urls:
             raise ConfigurationError("cluster_urls must be a non-empty list of URLs")
+        rest = None if patroni is None else check_rest_urls(patroni)
         options = split_options(cls, router_options, engine_kwargs)
         if options.get("writer_read_weight"):
             raise ConfigurationError(
@@ -142,6 +152,8 @@ class Constructors:
             bound=router.health.check_timeout,
             make_probe=make_probe,
             connect_timeout=router.health.connect_timeout,
+            patroni=rest,
+            give_up_after=router.health.writer_wait_timeout,
         )
         topology.replica_set.cluster = True
         topology.writer_ok = False  # not known until the nodes are asked

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from ._exceptions import ConfigurationError
 from ._make import check_url
+from ._patroni import check_rest_urls
 from ._retry import RetryPolicy
 from ._router import ROUTER_OPTIONS
 
@@ -93,6 +94,8 @@ class RoutingSettings(BaseSettings):
     # Every node of one cluster, the writer found among them (from_cluster);
     # instead of writer_url and replica_urls.
     cluster_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # The members' Patroni REST API (with cluster_urls): the leader it names.
+    patroni_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     # Labels in metrics, logs and status() instead of host:port/db.
     writer_name: str | None = None
     replica_names: Annotated[list[str], NoDecode] | None = None
@@ -189,6 +192,7 @@ class RoutingSettings(BaseSettings):
         "replica_names",
         "cluster_urls",
         "cluster_names",
+        "patroni_urls",
         mode="before",
     )
     @classmethod
@@ -234,7 +238,14 @@ class RoutingSettings(BaseSettings):
                     "or the other (ROUTING_DB_CLUSTER_URLS)"
                 )
             _one_each(self.cluster_names, self.cluster_urls, "cluster")
+            if self.patroni_urls:
+                check_rest_urls([u.get_secret_value() for u in self.patroni_urls])
             return self
+        if self.patroni_urls:
+            raise ValueError(
+                "patroni_urls go with cluster_urls (ROUTING_DB_CLUSTER_URLS): "
+                "Patroni names the leader among a cluster's nodes"
+            )
         if self.writer_url is None or not self.writer_url.get_secret_value():
             raise ValueError(
                 "writer_url is required (set ROUTING_DB_WRITER_URL, or "
@@ -304,6 +315,7 @@ class RoutingSettings(BaseSettings):
             urls: dict[str, Any] = {
                 "urls": [url.get_secret_value() for url in self.cluster_urls],
                 "names": self.cluster_names,
+                "patroni": [u.get_secret_value() for u in self.patroni_urls] or None,
             }
         else:
             assert self.writer_url is not None  # enforced by _require_writer

@@ -37,6 +37,8 @@ def _state(replica: ReplicaState) -> str:
         return "draining"
     if replica.ejected or replica.joining or replica.standby is False:
         return "ejected"  # not answering, not yet, or not a standby of ours
+    if replica.diverged:
+        return "not_streaming"  # not on the current timeline: no reads
     if replica.streaming is False:
         return "not_streaming"  # it serves while within the lag limits
     return "lagging" if replica.lagging else "serving"

@@ -1,5 +1,6 @@
 """Test helpers: throwaway PostgreSQL and MariaDB primaries with replicas,
-PgBouncer, Redis, and a reader endpoint (``Balancer``) in front of standbys.
+PgBouncer, Redis, a Patroni cluster, and a reader endpoint (``Balancer``) in
+front of standbys.
 
 Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 ``pytest_plugins = ["routing_db.testing.plugin"]`` in a top-level conftest).
@@ -8,6 +9,7 @@ Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 from ._balancer import Balancer
 from ._cluster import ClusterError, PgNode, PostgresCluster, find_pg_bindir
 from ._mariadb import MariaDBCluster, MariaDBNode, find_mariadbd
+from ._patroni import PatroniCluster, PatroniMember, find_etcd, find_patroni
 from ._pgbouncer import PgBouncer, find_pgbouncer
 from ._redis import RedisServer, find_redis_server
 
@@ -16,11 +18,15 @@ __all__ = [
     "ClusterError",
     "MariaDBCluster",
     "MariaDBNode",
+    "PatroniCluster",
+    "PatroniMember",
     "PgBouncer",
     "PgNode",
     "PostgresCluster",
     "RedisServer",
+    "find_etcd",
     "find_mariadbd",
+    "find_patroni",
     "find_pg_bindir",
     "find_pgbouncer",
     "find_redis_server",

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -280,26 +281,42 @@ class PatroniCluster:
         """The member called ``name``."""
         return next(member for member in self.members if member.name == name)
 
-    def view(self, timeout: float = 1.0) -> dict[str, Any] | None:
-        """``/cluster`` as the first member that answers sees it."""
-        for member in self.members:
+    def views(self, timeout: float = 0.5) -> list[dict[str, Any]]:
+        """``/cluster`` as each member that answers within ``timeout`` sees it
+        (asked at once: a hung member costs the timeout once, not per member)."""
+
+        def ask(member: PatroniMember) -> dict[str, Any] | None:
             try:
                 with urllib.request.urlopen(
                     f"{member.rest_url}/cluster", timeout=timeout
                 ) as answer:
                     data: dict[str, Any] = json.load(answer)
                     return data
-            except OSError:
-                continue
-        return None
+            except (OSError, ValueError):
+                return None
+
+        with ThreadPoolExecutor(len(self.members)) as workers:
+            answers = list(workers.map(ask, self.members))
+        return [answer for answer in answers if answer is not None]
+
+    def view(self, timeout: float = 0.5) -> dict[str, Any] | None:
+        """``/cluster`` as the first member that answers sees it."""
+        views = self.views(timeout)
+        return views[0] if views else None
 
     def leader(self) -> PatroniMember | None:
-        """The member Patroni holds as leader, running, now (None: none)."""
-        view = self.view()
-        for item in (view or {}).get("members", []):
-            if item.get("role") == "leader" and item.get("state") == "running":
-                return self.member(item["name"])
-        return None
+        """The member every answering member holds as leader, running (None:
+        none, or they disagree)."""
+        named = set()
+        for view in self.views():
+            leaders = [
+                item["name"]
+                for item in view.get("members", [])
+                if item.get("role") == "leader" and item.get("state") == "running"
+            ]
+            named.add(leaders[0] if leaders else None)
+        name = named.pop() if len(named) == 1 else None
+        return None if name is None else self.member(name)
 
     def wait_streaming(self, timeout: float = 90) -> None:
         """Wait until one member leads and every other streams from it."""

@@ -1,5 +1,5 @@
 """pytest plugin: session-scoped servers (``pg_cluster``, ``mariadb_cluster``,
-``pgbouncer``, ``redis_server``)."""
+``pgbouncer``, ``redis_server``, ``patroni_cluster``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,18 @@ import pytest
 
 from ._cluster import PostgresCluster
 from ._mariadb import MariaDBCluster, find_mariadbd
+from ._patroni import PatroniCluster, find_etcd, find_patroni
 from ._pgbouncer import PgBouncer, find_pgbouncer
 from ._redis import RedisServer, find_redis_server
 from ._servers import ClusterError
 
-__all__ = ["mariadb_cluster", "pg_cluster", "pgbouncer", "redis_server"]
+__all__ = [
+    "mariadb_cluster",
+    "patroni_cluster",
+    "pg_cluster",
+    "pgbouncer",
+    "redis_server",
+]
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +86,27 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def patroni_cluster() -> Iterator[PatroniCluster]:
+    """Three PostgreSQL members under Patroni, with etcd, for the whole session."""
+
+    def found() -> Path:
+        etcd, patroni = find_etcd(), find_patroni()
+        if etcd is None or patroni is None:
+            raise ClusterError(
+                "Patroni tests need etcd (apt-get install etcd-server) and Patroni "
+                "(tools/install-servers installs both)"
+            )
+        return patroni
+
+    _require(found, "Patroni")
+    cluster = PatroniCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _require(find: Callable[[], Path], server: str) -> None:
