@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-api docs servers test test-sqlalchemy20 test-sqlalchemy-suite soak bench lint \
-	typecheck unit clean
+.PHONY: demo demo-api docs servers test test-patroni test-sqlalchemy20 \
+	test-sqlalchemy-suite soak bench lint typecheck unit clean
 
 $(VENV)/.installed-%: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("routing_db needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -30,7 +30,12 @@ typecheck: $(VENV)/.installed-dev
 # The full suite starts its own throwaway servers; tools/install-servers
 # installs the missing ones as root (else their tests are skipped, saying why).
 test: servers lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not patroni"
+
+# The Patroni suite (etcd + three members; switchover, killed postmaster, hung
+# leader and node under load): minutes of failovers, so a step of its own.
+test-patroni: servers $(VENV)/.installed-dev
+	$(PY) -m pytest -m patroni -p no:cacheprovider
 
 servers:
 	@tools/install-servers
@@ -51,7 +56,7 @@ SA20_PACKAGES := -e ".[dev]" "sqlalchemy>=2.0.30,<2.1"
 $(eval $(call extra_venv,$(SA20),$(SA20_PACKAGES)))
 
 test-sqlalchemy20: servers $(SA20)/.installed
-	$(SA20)/bin/python -m pytest -p no:cacheprovider
+	$(SA20)/bin/python -m pytest -m "not patroni" -p no:cacheprovider
 
 # The seeded chaos soak for longer: make soak SECONDS=600 SEED=1234 (make test
 # runs it for 40 s per driver; the seed is printed either way).

@@ -26,7 +26,7 @@ def allowed(error: BaseException) -> bool:
     if isinstance(error, RoutingDBError):
         return not type(error).__name__.startswith("_")
     root = type(error).__module__.split(".")[0]
-    return root in ("sqlalchemy", "asyncpg", "psycopg")
+    return root in ("sqlalchemy", "asyncpg", "psycopg", "psycopg2")
 
 
 @dataclasses.dataclass
