@@ -89,7 +89,7 @@ class Mark(NamedTuple):
 class CausalFloor:
     """The newest writes a context must be able to read (mutable, only grows)."""
 
-    __slots__ = ("marks", "token", "wrote", "wrote_at")
+    __slots__ = ("marks", "token", "unsure", "wrote", "wrote_at")
 
     def __init__(
         self,
@@ -102,6 +102,10 @@ class CausalFloor:
         if lsn is not None:
             self.marks[cluster] = Mark(lsn, server, None)
         self.wrote_at = wrote_at  # a commit whose position is unknown
+        # When a commit on a backend with positions could not read its own
+        # (its connection died under it): until the writer's position is
+        # known again, this context's reads stay on the writer.
+        self.unsure: float | None = None
         self.wrote = False  # a commit in this scope raised it
         self.token: Token[CausalFloor | None] | None = None
 
@@ -144,6 +148,16 @@ class CausalFloor:
         for cluster, mark in other.marks.items():
             self._raise_mark(cluster, mark)
         self.raise_to(None, other.wrote_at)
+        if other.unsure is not None:
+            self.unsure = max(self.unsure or 0.0, other.unsure)
+
+    def settle(self, position: int, cluster: str) -> None:
+        """The writer's position now, read after a commit whose own could not
+        be: it covers that commit, so the floor is sure again."""
+        self.raise_to(position, None, None, cluster, at=time.time())
+        if self.wrote_at is not None and self.wrote_at == self.unsure:
+            self.wrote_at = None  # the time window stood in for the position
+        self.unsure = None
 
     def needs(self, clusters: Iterable[str] | None) -> list[int]:
         """The positions a server of ``clusters`` must have replayed (``None``:
@@ -190,8 +204,10 @@ def record_write(
     wrote_at: float | None = None,
     server: int | None = None,
     cluster: str = ANY_CLUSTER,
+    unsure: bool = False,
 ) -> None:
-    """Raise the current context's floor after a commit that wrote."""
+    """Raise the current context's floor after a commit that wrote
+    (``unsure``: its position should have been read, and could not be)."""
     now = time.time()
     if wrote_at is None and lsn is None:
         wrote_at = now
@@ -203,6 +219,8 @@ def record_write(
         floor = CausalFloor()
         FLOOR.set(floor)
     floor.raise_to(lsn, wrote_at, server, cluster, at=now)
+    if unsure:
+        floor.unsure = wrote_at
     floor.wrote = True
 
 

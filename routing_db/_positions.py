@@ -35,6 +35,7 @@ __all__ = [
     "takes_writes_now",
     "writer_position",
     "writer_position_after_commit",
+    "writer_position_now",
 ]
 
 
@@ -342,6 +343,18 @@ def takes_writes(connection: Connection) -> bool:
     """Does the server take writes now? (The monitor's check.)"""
     sql = _TAKES_WRITES_SQL[connection.dialect.name]
     return bool(connection.exec_driver_sql(sql).scalar())
+
+
+def writer_position_now(engine: Engine) -> tuple[int, str] | None:
+    """The writer's newest position and its cluster, on a new connection."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            row: Any = connection.exec_driver_sql(_PG_WRITER_CLUSTER_SQL).one()
+            return None if row[0] is None else (int(row[0]), str(row[1]))
+        position = writer_position(connection)
+        if position is None:
+            return None
+        return position, gtid_cluster(position >> DOMAIN_SHIFT)
 
 
 def writer_position(connection: Connection) -> int | None:

@@ -22,12 +22,17 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._begin import ReplicaFirst
-from ._causal import FLOOR, record_write
+from ._causal import FLOOR, CausalFloor, record_write
 from ._classify import Kind, classify, write_function_named
 from ._context import SCOPE, Scope, committing
 from ._decision import DefaultRole, Route, decide_why
 from ._exceptions import ConfigurationError, NoReplicaAvailable, ReadOnlyViolation
-from ._positions import clusters_of, writer_position_after_commit
+from ._positions import (
+    clusters_of,
+    has_positions,
+    writer_position_after_commit,
+    writer_position_now,
+)
 from ._recovery import RecoveringSession, RoutedTransaction, first_statement
 from ._replicas import Pick
 from ._shared_floor import CAUSAL_KEY, UNKNOWN, combined
@@ -224,6 +229,12 @@ class RoutingSyncSession(RecoveringSession):
         # then its connection opened and judged by the server it reached.
         replicas = topology.replica_set
         floor = FLOOR.get()
+        if (
+            floor is not None
+            and floor.unsure is not None
+            and not self._routing_sure(topology, floor)
+        ):
+            return writer
         key = CAUSAL_KEY.get() or ""
         shared = topology.shared if key else None
         if shared is not None and replicas.clusters:
@@ -268,6 +279,21 @@ class RoutingSyncSession(RecoveringSession):
             self._routing_end_replica()
             state.excluded = state.excluded | {engine}
             behind = True
+
+    @staticmethod
+    def _routing_sure(topology: Topology, floor: CausalFloor) -> bool:
+        # A commit of this context whose position could not be read: its
+        # reads stay on the writer until the writer answers with its position
+        # now (which covers that commit), not for a fixed time.
+        try:
+            now = writer_position_now(topology.writer)
+        except Exception as exc:  # the writer is gone or restarting: stay on it
+            logger.debug("routing_db: the writer's position is unknown: %r", exc)
+            return False
+        if now is None:
+            return False
+        floor.settle(*now)
+        return True
 
     def _routing_fall_back(self, topology: Topology, writer: Engine) -> Engine:
         router = self._routing_router
@@ -381,7 +407,9 @@ def _after_commit(session: RoutingSyncSession) -> None:
         logger.debug("routing_db: no replication position after commit: %r", exc)
         position = None
     if position is None:
-        record_write(lsn=None)
+        # Where positions exist, the context stays on the writer until its
+        # position is known again; elsewhere the time window (sticky_seconds).
+        record_write(lsn=None, unsure=has_positions(connection.dialect.name))
         cluster = None
     else:
         lsn, server, cluster = position

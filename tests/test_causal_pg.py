@@ -308,3 +308,42 @@ async def test_a_commit_of_unknown_position_is_not_served_by_an_older_one(
                 assert list(await session.scalars(select(Item.name))) == ["newer"]
     finally:
         await router.dispose()
+
+
+async def test_a_commit_of_unknown_position_keeps_reads_on_the_writer_until_known(
+    faults: PostgresCluster, writer_without_positions: str, ports: dict[str, Any]
+) -> None:
+    """Not for a fixed time: until the writer answers with its position."""
+    for index in range(len(faults.replicas)):
+        await faults.apause_replay(index)
+    router = Router.from_urls(
+        writer_without_positions, faults.replica_urls, sticky_seconds=0.05
+    )
+    Session = routing_sessionmaker(router)
+
+    async def read() -> tuple[int, bool]:
+        async with Session() as session, read_only:
+            served = await where(session)
+            names = list(await session.scalars(select(Item.name)))
+        assert names == ["unsure"]  # never stale, wherever it was served
+        return served
+
+    try:
+        async with Session() as session:
+            session.add(Item(name="unsure"))
+            await session.commit()  # its position cannot be read
+        # The time window is long over (a wall-clock wait, not replication's).
+        await asyncio.sleep(0.2)
+        assert await read() == (ports["writer"], False)
+        # The writer answers with its position again, and the replicas
+        # replay it: the context's reads go back to them.
+        faults.sql(
+            faults.primary, "GRANT EXECUTE ON FUNCTION pg_current_wal_lsn() TO nolsn"
+        )
+        for index in range(len(faults.replicas)):
+            faults.resume_replay(index)
+        await faults.await_replicated()
+        port, standby = await read()
+        assert standby and port in ports["replicas"]
+    finally:
+        await router.dispose()
