@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._connections import cut
+from ._exceptions import RoutingDBError
 from ._hooks import Hooks
 from ._make import AppEngine, core
 from ._sa_compat import wrap_creator
@@ -44,8 +45,9 @@ MONITOR_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar(
 _RECHECK = 0.05  # seconds between looks at a replica a read is connecting to
 
 
-class ReplicaEjected(ConnectionError):
-    """A read was about to open a connection to an ejected replica."""
+class ReplicaEjected(RoutingDBError, ConnectionError):
+    """A read was about to open a connection to an ejected replica (the read
+    runs elsewhere; a ``RoutingDBError`` should it ever reach the caller)."""
 
 
 def install_connect_guard(

@@ -3,6 +3,8 @@
     Exception
     └── RoutingDBError
         ├── ConfigurationError        (also ValueError)
+        │   └── NotAStandby           (internal: a replica URL reached a primary)
+        ├── ReplicaEjected            (internal, also ConnectionError)
         ├── ReadOnlyViolation         (also sqlalchemy.exc.InvalidRequestError)
         ├── NoReplicaAvailable        (also ConnectionError)
         ├── NoWriterAvailable         (also ConnectionError)
@@ -18,6 +20,8 @@ meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
 ``ReadOnlyViolation``, chained to the driver error; the writer rejecting one
 so, because it is not the primary any more, ``NoWriterAvailable``; a COMMIT
 on the writer that loses its connection becomes ``CommitOutcomeUnknown``).
+The internal leaves are handled inside routing_db (the read runs elsewhere);
+should one ever reach the caller, it is still a ``RoutingDBError``.
 """
 
 from __future__ import annotations
