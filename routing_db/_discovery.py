@@ -103,6 +103,8 @@ class Discovery:
         # than writers wait for a writer (writer_wait_timeout).
         self._give_up_after = give_up_after
         self._answered_at = time.monotonic()
+        # Nodes that did not answer last round: not waited for again.
+        self._silent: set[str] = set()
         self._make_probe = make_probe
         self._connect_timeout = connect_timeout
         self._hooks: Hooks | None = None
@@ -217,6 +219,9 @@ class Discovery:
         sync code on either face: an asyncio router runs it in SQLAlchemy's
         greenlet."""
         replica_set = self._topology.replica_set
+        self._silent = {
+            node.name for node, role in zip(nodes, answers, strict=True) if role is None
+        }
         for node, role in zip(nodes, answers, strict=True):
             if role is not None:
                 replica_set.record_role(
@@ -289,11 +294,23 @@ class Discovery:
         self._answered_at = time.monotonic()
         return not role.takes_writes or self._is_superseded(current, role)
 
-    def _decided(self, answers: list[tuple[Role | None, bool]]) -> bool:
+    def _decided(
+        self,
+        nodes: list[Node],
+        answers: list[tuple[Role | None, bool]],
+        done: list[bool],
+    ) -> bool:
         """Is the verdict clear before every node answered? So when a node
         answered, in time, that it is a primary on a newer timeline than any
-        seen before: the others get a short grace (a primary among them is a
-        split brain), and a node that hangs is not waited for."""
+        seen before, or when every node but those silent last round has
+        answered: the others get a short grace (a primary among them is a
+        split brain), and a node that hangs is not waited for round after
+        round."""
+        if all(
+            finished or node.name in self._silent
+            for node, finished in zip(nodes, done, strict=True)
+        ):
+            return True
         return self.timeline is not None and any(
             role is not None
             and role.takes_writes
@@ -428,7 +445,13 @@ class AsyncDiscovery(Discovery):
         nodes = self._asked(view)
         tasks = [asyncio.ensure_future(self._ask(node)) for node in nodes]
         pending = set(tasks)
-        deadline: float | None = None  # once decided, a grace for the others
+        # Once decided, a grace for the others (at once: only silent ones).
+        none = [False] * len(nodes)
+        deadline: float | None = (
+            time.monotonic() + _GRACE
+            if nodes and self._decided(nodes, [_NO_ANSWER] * len(nodes), none)
+            else None
+        )
         try:
             while pending:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -438,7 +461,9 @@ class AsyncDiscovery(Discovery):
                     pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
                 if deadline is None and self._decided(
-                    [task.result() if task.done() else _NO_ANSWER for task in tasks]
+                    nodes,
+                    [task.result() if task.done() else _NO_ANSWER for task in tasks],
+                    [task.done() for task in tasks],
                 ):
                     deadline = time.monotonic() + _GRACE
         finally:
@@ -494,6 +519,8 @@ class ThreadDiscovery(Discovery):
         asked = [submit_check(workers, _probe(node), role_of) for node in nodes]
         results = [_NO_ANSWER] * len(nodes)
         pending = {future: i for i, (future, _) in enumerate(asked)}
+        if nodes and self._decided(nodes, results, [False] * len(nodes)):
+            deadline = started + _GRACE  # only silent ones: not waited for
         while pending and (left := deadline - time.monotonic()) > 0:
             done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
             for future in done:
@@ -506,7 +533,8 @@ class ThreadDiscovery(Discovery):
                     )
                     continue
                 results[i] = (role, time.monotonic() - started > self._late)
-            if pending and self._decided(results):
+            finished = [i not in pending.values() for i in range(len(nodes))]
+            if pending and self._decided(nodes, results, finished):
                 deadline = min(deadline, time.monotonic() + _GRACE)
         for i in pending.values():
             asked[i][1]()  # given up: its connection is cut, its worker free

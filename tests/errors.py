@@ -8,9 +8,23 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from routing_db import RoutingDBError
+
 from .waiting import BACKEND_ID, backend_waits_for_a_lock, until
 
-__all__ = ["capture", "deadlock"]
+__all__ = ["allowed", "capture", "deadlock"]
+
+# The drivers whose errors may pass through to an application unchanged.
+_DRIVERS = ("sqlalchemy", "asyncpg", "psycopg", "psycopg2", "aiomysql", "asyncmy")
+
+
+def allowed(error: BaseException) -> bool:
+    """May ``error`` reach an application? routing_db's own errors (every one
+    a ``RoutingDBError``), SQLAlchemy's and the drivers'; nothing private and
+    foreign, nothing of the standard library's raised by routing_db."""
+    if isinstance(error, RoutingDBError):
+        return True
+    return type(error).__module__.split(".")[0] in _DRIVERS
 
 
 async def capture(coro: Any) -> BaseException:

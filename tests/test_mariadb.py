@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextvars import Context
 
 import pytest
 from sqlalchemy import func, select, text
@@ -40,6 +39,7 @@ from .blackhole import Blackhole
 from .bounds import stopped_on_the_server
 from .errors import capture, deadlock
 from .models import Item
+from .read_back import read_back
 from .waiting import until, until_sync
 
 pytestmark = pytest.mark.mariadb
@@ -228,36 +228,18 @@ async def test_read_your_writes_through_a_reader_endpoint(
             sticky_seconds=0,
         )  # fmt: skip
         Session = routing_sessionmaker(router, expire_on_commit=False)
-        served: list[int] = []
-        stale: list[str] = []
 
-        async def user(n: int) -> None:
-            for i in range(8):
-                name = f"u{n}-{i}"
-                async with Session() as session:
-                    session.add(Item(name=name))
-                    await session.commit()
-                token = current_causal_token()
-
-                async def next_request(
-                    token: str | None = token, name: str = name
-                ) -> None:
-                    with causal_token(token):
-                        async with Session() as session, read_only:
-                            names = set(await session.scalars(select(Item.name)))
-                            served.append((await where(session))[0])
-                    if name not in names:
-                        stale.append(f"{name} on server {served[-1]}")
-
-                await asyncio.create_task(next_request(), context=Context())
+        async def server_id(session: AsyncSession) -> int:
+            return (await where(session))[0]
 
         async with router:
-            await asyncio.gather(*(user(n) for n in range(4)))
+            seen = await read_back(Session, server_id, users=4, writes=8)
         assert balancer.connections >= 2  # both replicas were reached
-    assert not stale, stale[:5]
-    assert len(served) == 32
-    assert db.replicas[0].server_id not in served
-    assert db.replicas[1].server_id in served  # the one that applies served
+    assert not seen.errors, seen.errors[:3]
+    assert not seen.stale, seen.stale[:5]
+    assert len(seen.served) == 32
+    assert db.replicas[0].server_id not in seen.served
+    assert db.replicas[1].server_id in seen.served  # the one that applies served
 
 
 async def test_the_token_string_carries_read_your_writes_to_another_context(

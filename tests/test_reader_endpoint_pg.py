@@ -5,26 +5,19 @@ per server (issue J, section 1)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from routing_db import (
-    Router,
-    RoutingDBError,
-    causal_token,
-    current_causal_token,
-    read_only,
-    routing_sessionmaker,
-)
+from routing_db import Router, read_only, routing_sessionmaker
 from routing_db.testing import Balancer, PostgresCluster
 
 from .conftest import where
-from .models import Item
+from .errors import allowed
+from .read_back import read_back
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -35,17 +28,6 @@ def endpoint(faults: PostgresCluster) -> Iterator[str]:
     to the next one."""
     with Balancer([node.port for node in faults.replicas]) as balancer:
         yield balancer.url(faults.replica_urls[0])
-
-
-def allowed(error: BaseException) -> bool:
-    """What may reach the application: routing_db's errors, SQLAlchemy's and
-    the driver's (none are expected in these tests)."""
-    module = type(error).__module__
-    return isinstance(error, RoutingDBError) or module.split(".")[0] in (
-        "sqlalchemy",
-        "asyncpg",
-        "psycopg",
-    )
 
 
 @pytest.mark.parametrize("wait", [None, 0.0])
@@ -60,40 +42,17 @@ async def test_read_your_writes_through_a_reader_endpoint(
         faults.writer_url, [endpoint], pool_size=4, causal_wait_timeout=wait
     )
     Session = routing_sessionmaker(router, expire_on_commit=False)
-    served: Counter[int] = Counter()
-    stale: list[str] = []
-    errors: list[BaseException] = []
 
-    async def user(n: int) -> None:
-        for i in range(15):
-            name = f"u{n}-{i}"
-            async with Session() as session:
-                session.add(Item(name=name))
-                await session.commit()
-            token = current_causal_token()
-            assert token is not None
-
-            async def next_request(token: str = token, name: str = name) -> None:
-                with causal_token(token):
-                    async with Session() as session, read_only:
-                        found = await session.scalar(
-                            select(func.count()).where(Item.name == name)
-                        )
-                        port, _ = await where(session)
-                served[port] += 1
-                if found != 1:
-                    stale.append(f"{name} read on port {port}")
-
-            try:
-                await asyncio.create_task(next_request(), context=contextvars.Context())
-            except Exception as exc:  # counted: the test wants none
-                errors.append(exc)
+    async def port(session: AsyncSession) -> int:
+        return (await where(session))[0]
 
     async with router:
-        await asyncio.gather(*(user(n) for n in range(8)))
-    assert not errors, errors[:3]
-    assert not stale, stale[:5]
-    assert sum(served.values()) == 120
+        seen = await read_back(Session, port, users=8, writes=15)
+    assert all(allowed(error) for error in seen.errors), seen.errors[:3]
+    assert not seen.errors, seen.errors[:3]
+    assert not seen.stale, seen.stale[:5]
+    assert len(seen.served) == 120
+    served = Counter(seen.served)
     # The paused standby served nothing it could not: never these reads.
     assert paused not in served
     # And the standby that replays took its share (not everything fell back).

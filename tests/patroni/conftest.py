@@ -3,7 +3,13 @@ here is marked ``patroni``, which ``make test`` leaves out."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from routing_db.testing import PatroniCluster
+
+from .load import DDL
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -11,3 +17,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/patroni/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.patroni)
+
+
+@pytest.fixture
+def patroni(patroni_cluster: PatroniCluster) -> Iterator[PatroniCluster]:
+    """The cluster with an empty table, every member streaming; healed after."""
+    cluster = patroni_cluster
+    leader = cluster.leader()
+    assert leader is not None
+    cluster.sql(leader, f"{DDL}; TRUNCATE pat_items")
+    cluster.wait_streaming()
+    try:
+        yield cluster
+    finally:
+        cluster.heal()

@@ -11,22 +11,26 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from routing_db import RoutingDBError, RoutingSession, read_only
+from routing_db import RoutingSession, read_only
 from routing_db.testing import PatroniCluster
+
+from ..errors import allowed
 
 INSERT = text("INSERT INTO pat_items (key) VALUES (:key)")
 FIND = text("SELECT count(*) FROM pat_items WHERE key = :key")
 COUNT = text("SELECT count(*) FROM pat_items")
 DDL = "CREATE TABLE IF NOT EXISTS pat_items (key text NOT NULL)"
 
-
-def allowed(error: BaseException) -> bool:
-    """What may reach an application: routing_db's errors (public ones),
-    SQLAlchemy's and the driver's."""
-    if isinstance(error, RoutingDBError):
-        return not type(error).__name__.startswith("_")
-    root = type(error).__module__.split(".")[0]
-    return root in ("sqlalchemy", "asyncpg", "psycopg", "psycopg2")
+__all__ = [
+    "COUNT",
+    "DDL",
+    "FIND",
+    "INSERT",
+    "Load",
+    "allowed",
+    "keys_on",
+    "watch_leader",
+]
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ import pytest
 from routing_db import Router, routing_sessionmaker
 from routing_db.testing import PatroniCluster, PatroniMember
 
-from .load import DDL, Load, allowed, keys_on, watch_leader
+from .load import Load, allowed, keys_on, watch_leader
 
 # Longer than a failover with a hung leader here (about 22 s: Patroni's ttl,
 # then its check of the old leader's API), so that writes wait through it.
@@ -32,23 +32,15 @@ WRITER_WAIT = 30.0
 RESUME_WITHIN = 1.0
 
 
-@pytest.fixture
-def patroni(patroni_cluster: PatroniCluster) -> Iterator[PatroniCluster]:
-    """The cluster with an empty table, every member streaming; healed after."""
-    cluster = patroni_cluster
-    leader = cluster.leader()
-    assert leader is not None
-    cluster.sql(leader, f"{DDL}; TRUNCATE pat_items")
-    cluster.wait_streaming()
-    try:
-        yield cluster
-    finally:
-        cluster.heal()
-
-
 @pytest.fixture(params=["patroni", "roles"])
 def source(request: pytest.FixtureRequest) -> str:
     """With Patroni's REST API as the source of the leader, or roles alone."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["asyncpg", "psycopg"])
+def driver(request: pytest.FixtureRequest) -> str:
+    """Each PostgreSQL driver in turn."""
     return str(request.param)
 
 
@@ -68,11 +60,13 @@ async def _loaded(
     patroni: bool,
     fault: Callable[[PatroniMember], None],
     changed: Callable[[str, str], bool],
-    resume: bool = True,
+    rejoin: bool = False,
 ) -> dict[str, Any]:
     """Run the load, inject ``fault`` on the leader, wait until Patroni
     reports a leader for which ``changed(old, new)`` is true, load on for a
-    while, heal; what happened."""
+    while (with ``rejoin``, resume the old leader under the load: Patroni
+    restarts it in recovery, rewinds it and makes it follow the new leader),
+    heal; what happened."""
     router = make_router(cluster, patroni=patroni)
     Session = routing_sessionmaker(router, expire_on_commit=False)
     old = cluster.leader()
@@ -88,13 +82,14 @@ async def _loaded(
                 watch_leader(cluster, lambda name: changed(old.name, name), seen),
                 timeout=90,
             )
-            await asyncio.sleep(3.0)  # and after it
+            await asyncio.sleep(2.0)  # and after it
+            if rejoin:
+                await asyncio.to_thread(cluster.resume, old)
+                await asyncio.to_thread(cluster.wait_streaming)
+                await asyncio.sleep(1.0)
         finally:
             await load.stop()
-    if resume:
-        await asyncio.to_thread(cluster.heal)
-    else:
-        await asyncio.to_thread(cluster.wait_streaming)
+    await asyncio.to_thread(cluster.heal)
     keys = await asyncio.to_thread(keys_on, cluster)
     return {"load": load, "fault_at": fault_at, "reported": seen["at"], "keys": keys}
 
@@ -137,9 +132,9 @@ def _judge(outcome: dict[str, Any]) -> None:
     assert window <= RESUME_WITHIN, f"writes resumed {window:.2f} s after the report"
 
 
-async def test_switchover(patroni: PatroniCluster, source: str) -> None:
+async def test_switchover(patroni: PatroniCluster, source: str, driver: str) -> None:
     outcome = await _loaded(
-        patroni,
+        patroni.with_driver(driver),
         patroni=source == "patroni",
         fault=lambda old: patroni.switchover(),  # type: ignore[arg-type]
         changed=lambda old, new: new != old,
@@ -164,25 +159,29 @@ async def test_killed_postmaster(patroni: PatroniCluster, source: str) -> None:
     _judge(outcome)
 
 
-async def test_hung_leader(patroni: PatroniCluster) -> None:
+async def test_hung_leader_and_its_rejoin(patroni: PatroniCluster, driver: str) -> None:
     """Patroni and the postmaster of the leader stopped: its running backends
-    keep answering as a primary. Only Patroni's lease tells: with it, writes
-    stop going there before another member is promoted."""
+    keep answering as a primary. Only Patroni tells: with it, writes stop
+    going there before another member is promoted. Then it resumes under the
+    load: restarted in recovery before its rewind, it serves no reads."""
     outcome = await _loaded(
-        patroni,
+        patroni.with_driver(driver),
         patroni=True,
         fault=lambda old: patroni.hang(old),
         changed=lambda old, new: new != old,
+        rejoin=True,
     )
     _judge(outcome)
 
 
-async def test_hung_node(patroni: PatroniCluster, source: str) -> None:
-    """Every process of the leader stopped (a hung host)."""
+async def test_hung_node_and_its_rejoin(patroni: PatroniCluster, source: str) -> None:
+    """Every process of the leader stopped (a hung host), then resumed under
+    the load."""
     outcome = await _loaded(
         patroni,
         patroni=source == "patroni",
         fault=lambda old: patroni.hang(old, every_process=True),
         changed=lambda old, new: new != old,
+        rejoin=True,
     )
     _judge(outcome)

@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from routing_db import SyncRouter, read_only, routing_sync_sessionmaker
 from routing_db.testing import PatroniCluster
 
-from .load import COUNT, DDL, FIND, INSERT, allowed, keys_on
-
-
-@pytest.fixture
-def patroni(patroni_cluster: PatroniCluster) -> Iterator[PatroniCluster]:
-    cluster = patroni_cluster.with_driver("psycopg2")
-    leader = cluster.leader()
-    assert leader is not None
-    cluster.sql(leader, f"{DDL}; TRUNCATE pat_items")
-    cluster.wait_streaming()
-    try:
-        yield cluster
-    finally:
-        cluster.heal()
+from .load import COUNT, FIND, INSERT, allowed, keys_on
 
 
 def test_a_hung_leader_loses_no_acknowledged_write(patroni: PatroniCluster) -> None:
+    patroni = patroni.with_driver("psycopg2")
     router = SyncRouter.from_cluster(
         patroni.urls,
         names=[member.name for member in patroni.members],
