@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ._bounds import ReplicaEjected
 from ._connections import checkout_failed, close_quietly, drop_if_dead
+from ._context import SCOPE, Scope
 from ._engines import NotAStandby
 from ._exceptions import ReplicaReadTimeout
 from ._retry import (
@@ -203,6 +204,14 @@ class RecoveringSession(WriterWaiting):
         if isinstance(error, DBAPIError) and self._routing_rerunnable(error):
             self._routing_drop_replica(error)
             return Rerun.AT_ONCE
+        # A read_only read the writer served (no replica had caught up, or
+        # none was left) lost its connection before returning anything: it
+        # wrote nothing (writes are refused in read_only), so it runs again,
+        # on a replica if one serves now, after the backoff (the writer may
+        # be restarting, or failing over).
+        if isinstance(error, DBAPIError) and self._routing_rereadable(error):
+            self._routing_drop_connection(error, None)
+            return Rerun.AFTER_BACKOFF
         # The writer refused it as read-only, and is found not to be the
         # primary any more (a failover): nothing was written, so it runs
         # again once the writer takes writes, within writer_wait_timeout.
@@ -306,6 +315,15 @@ class RecoveringSession(WriterWaiting):
                 or is_recovery_conflict(error)
                 or is_stale_plan(error)
             )
+        )
+
+    def _routing_rereadable(self, error: DBAPIError) -> bool:
+        tx = self._routing_tx
+        return (
+            SCOPE.get()[0] is Scope.READ_ONLY
+            and (tx is None or (not tx.wrote and tx.replica is None))
+            and self._routing_writer_connection() is not None
+            and (is_connection_error(error) or is_recovery_conflict(error))
         )
 
     def _routing_drop_replica(self, error: DBAPIError) -> None:

@@ -24,6 +24,11 @@ def allowed(error: BaseException) -> bool:
     foreign, nothing of the standard library's raised by routing_db."""
     if isinstance(error, RoutingDBError):
         return True
+    if isinstance(error, OSError):
+        # A driver's connection failure as the driver raised it: asyncpg
+        # raises the built-in ConnectionError when a proxy closes a
+        # connection it is opening, and SQLAlchemy passes it on.
+        return True
     return type(error).__module__.split(".")[0] in _DRIVERS
 
 

@@ -39,7 +39,13 @@ from ._servers import (
     poll,
 )
 
-__all__ = ["PatroniCluster", "PatroniMember", "find_etcd", "find_patroni"]
+__all__ = [
+    "PatroniCluster",
+    "PatroniMember",
+    "find_etcd",
+    "find_haproxy",
+    "find_patroni",
+]
 
 PREFIX = "routing_db_patroni_"
 SCOPE = "routing-db-test"
@@ -51,6 +57,42 @@ def find_etcd() -> Path | None:
         "/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None
     )
     return None if found is None else Path(found)
+
+
+def find_haproxy() -> Path | None:
+    """HAProxy's binary, if installed."""
+    found = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+    )
+    return None if found is None else Path(found)
+
+
+# Patroni's documented HAProxy set-up: a port for the leader, checked with
+# GET /primary on each member's REST API, one for the replicas (/replica),
+# sessions shut down when a member is marked down.
+_HAPROXY = """\
+global
+    maxconn 500
+defaults
+    mode tcp
+    timeout connect 4s
+    timeout client 30m
+    timeout server 30m
+    timeout check 5s
+listen primary
+    bind 127.0.0.1:{primary}
+    option httpchk OPTIONS /primary
+    http-check expect status 200
+    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
+{primary_servers}
+listen replicas
+    bind 127.0.0.1:{replicas}
+    balance roundrobin
+    option httpchk OPTIONS /replica
+    http-check expect status 200
+    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions
+{replica_servers}
+"""
 
 
 # Where tools/install-servers puts Patroni when root: a Python the postgres
@@ -104,6 +146,8 @@ class PatroniCluster:
         self.ttl = 10
         self.loop_wait = 1
         self._patroni = "patroni"
+        self._haproxy: subprocess.Popen[bytes] | None = None
+        self.haproxy_ports = (0, 0)
 
     # -- construction -----------------------------------------------------
 
@@ -318,6 +362,71 @@ class PatroniCluster:
         name = named.pop() if len(named) == 1 else None
         return None if name is None else self.member(name)
 
+    def start_haproxy(self) -> tuple[int, int]:
+        """Start HAProxy as Patroni documents it; its (leader, replicas) ports."""
+        haproxy = find_haproxy()
+        if haproxy is None:
+            raise ClusterError("HAProxy is not installed (apt-get install haproxy)")
+        primary, replicas = free_ports(2)
+        servers = "\n".join(
+            f"    server {m.name} 127.0.0.1:{m.port} check port {m.rest_port}"
+            for m in self.members
+        )
+        config = self.basedir / "haproxy.cfg"
+        config.write_text(
+            _HAPROXY.format(
+                primary=primary,
+                replicas=replicas,
+                primary_servers=servers,
+                replica_servers=servers,
+            )
+        )
+        log = (self.basedir / "haproxy.log").open("wb")
+        self._haproxy = subprocess.Popen(
+            [str(haproxy), "-db", "-f", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd="/",
+        )  # fmt: skip
+        self.haproxy_ports = (primary, replicas)
+        leader = self.leader()
+        assert leader is not None
+        poll(
+            "HAProxy to reach the leader",
+            lambda: self._through(primary) == "f",
+            30,
+            0.1,
+        )
+        return primary, replicas
+
+    def _through(self, port: int) -> str:
+        bindir = find_pg_bindir()
+        done = subprocess.run(
+            [
+                str(bindir / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1",
+                "-p", str(port), "-U", "postgres", "-d", "postgres",
+                "-c", "SELECT pg_is_in_recovery()",
+            ],
+            capture_output=True, text=True, timeout=10, cwd="/",
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise ClusterError(done.stderr.strip())
+        return done.stdout.strip()
+
+    def haproxy_urls(self) -> tuple[str, str]:
+        """(writer URL, reader URL) through HAProxy's ports, for this driver."""
+        primary, replicas = self.haproxy_ports
+        return (
+            f"postgresql+{self.driver}://postgres@127.0.0.1:{primary}/postgres",
+            f"postgresql+{self.driver}://postgres@127.0.0.1:{replicas}/postgres",
+        )
+
+    def stop_haproxy(self) -> None:
+        """Stop HAProxy, if started."""
+        process, self._haproxy = self._haproxy, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+
     def wait_streaming(self, timeout: float = 90) -> None:
         """Wait until one member leads and every other streams from it."""
 
@@ -433,6 +542,7 @@ class PatroniCluster:
                     self._signal_patroni(member, signal.SIGKILL)
             with contextlib.suppress(Exception):  # a postgres left behind
                 os.kill(self._postmaster(member), signal.SIGQUIT)
+        self.stop_haproxy()
         if self._etcd is not None:
             self._etcd.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):

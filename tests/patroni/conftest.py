@@ -31,3 +31,14 @@ def patroni(patroni_cluster: PatroniCluster) -> Iterator[PatroniCluster]:
         yield cluster
     finally:
         cluster.heal()
+
+
+@pytest.fixture(scope="session")
+def haproxy(patroni_cluster: PatroniCluster) -> Iterator[PatroniCluster]:
+    """HAProxy in front of the cluster, as Patroni documents it (the leader's
+    port and the replicas' port, checked on Patroni's REST API)."""
+    patroni_cluster.start_haproxy()
+    try:
+        yield patroni_cluster
+    finally:
+        patroni_cluster.stop_haproxy()
