@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,7 +33,14 @@ from ._retry import (
     never_sent,
     rerun_kind,
 )
-from ._sa_compat import detach, held, idle, innermost_transaction, rewind_close
+from ._sa_compat import (
+    detach,
+    held,
+    idle,
+    innermost_transaction,
+    pause,
+    rewind_close,
+)
 from ._writer_wait import WriterWaiting
 
 __all__ = ["RecoveringSession", "RoutedTransaction", "first_statement"]
@@ -298,9 +306,53 @@ class RecoveringSession(WriterWaiting):
         else:
             topology.listeners.emit("retried", kind, "succeeded")
             return result
+        if self._routing_may_wait_to_read(error):
+            try:
+                result = self._routing_read_when_served(attempt, error)
+            except Exception:
+                topology.listeners.emit("retried", kind, "failed")
+                raise
+            topology.listeners.emit("retried", kind, "succeeded")
+            return result
         topology.listeners.emit("retried", kind, "failed")
         # Raised outside the except block: the user sees the driver's error
         # and its own chain, not our marker.
+        raise error
+
+    def _routing_may_wait_to_read(self, error: BaseException) -> bool:
+        # A read_only read that found no server to read from (every replica
+        # and the writer failed to connect: a proxy with no server up behind
+        # it during a failover, say). It wrote nothing and returned nothing,
+        # so it waits for one, as a write waits for a writer.
+        tx = self._routing_tx
+        return (
+            SCOPE.get()[0] is Scope.READ_ONLY
+            and (tx is None or not tx.wrote)
+            and checkout_failed(error)
+            and not isinstance(error, sa_exc.TimeoutError)  # busy, not down
+        )
+
+    def _routing_read_when_served(
+        self, attempt: Callable[[], T], error: Exception
+    ) -> T:
+        """Run ``attempt`` again with a growing pause until it is served, up to
+        ``writer_wait_timeout``; then raise the last error."""
+        router = self._routing_router
+        assert router is not None
+        deadline = time.monotonic() + router.health.writer_wait_timeout
+        delay = 0.05
+        while (remaining := deadline - time.monotonic()) > 0:
+            pause(min(delay, remaining))
+            delay = min(delay * 2, 0.5)
+            tx = self._routing_tx
+            if tx is not None:
+                tx.excluded = frozenset()  # each server may be back by now
+            try:
+                return attempt()
+            except _Rerun as again:
+                error = again.error
+                if not self._routing_may_wait_to_read(error):
+                    break
         raise error
 
     def _routing_rerunnable(self, error: DBAPIError) -> bool:

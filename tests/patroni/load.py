@@ -91,7 +91,7 @@ class Load:
                     found = await session.scalar(FIND, {"key": write.key})
                 self.reads += 1
                 if found != 1:
-                    self.stale.append(write.key)
+                    self.stale.append(f"{write.key} found {found}")
             except Exception as exc:  # counted: the tests want none
                 self.read_errors.append(exc)
             await asyncio.sleep(0.005)
