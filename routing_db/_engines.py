@@ -12,14 +12,20 @@ from sqlalchemy.exc import DisconnectionError
 
 from ._connections import driver_of, driver_says_closed
 from ._context import COMMITTING
-from ._exceptions import CommitOutcomeUnknown, ConfigurationError, ReadOnlyViolation
+from ._exceptions import (
+    CommitOutcomeUnknown,
+    ConfigurationError,
+    NoWriterAvailable,
+    ReadOnlyViolation,
+)
 from ._hooks import Hooks
 from ._make import AppEngine, core
-from ._positions import CLUSTERS, SERVER
+from ._positions import CLUSTERS, SERVER, scalar_on
 from ._retry import is_connection_error, is_read_only_rejection, never_sent
 
 __all__ = [
     "NotAStandby",
+    "WriterIsAStandby",
     "install_idle_ping",
     "install_replica_setup",
     "install_writer_hooks",
@@ -188,10 +194,59 @@ def _translate_lost_commit(context: Any) -> BaseException | None:
     return lost
 
 
-def install_writer_hooks(
-    engine: AppEngine, hooks: Hooks, *, reader: AppEngine | None
+class WriterIsAStandby(NoWriterAvailable):
+    """A new writer connection reached a standby: the writer URL does not
+    point at the primary (a proxy or DNS name still moving after a failover,
+    a load balancer that has not checked its servers yet)."""
+
+
+# Is the server a standby (PostgreSQL) or read-only (MySQL, MariaDB)?
+_STANDBY_SQL = {
+    "postgresql": "SELECT pg_is_in_recovery()",
+    "mysql": "SELECT @@global.read_only",
+    "mariadb": "SELECT @@global.read_only",
+}
+
+
+def _refuse_standbys(
+    engine: AppEngine, hooks: Hooks, name: str, lost: Callable[[], None]
 ) -> None:
-    """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``.
+    # Checked once per new connection: a read served by the writer (read-
+    # your-writes) on a standby behind the writer's URL would be stale, and
+    # a write there refused.
+    sql = _STANDBY_SQL.get(engine.dialect.name)
+    if sql is None:
+        return
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        try:
+            standby = bool(
+                scalar_on(driver_of(dbapi_connection), dbapi_connection, sql)
+            )
+        except BaseException:
+            _close_quietly(dbapi_connection)
+            raise
+        if standby:
+            _close_quietly(dbapi_connection)
+            lost()
+            raise WriterIsAStandby(
+                f"no writer: a new connection of {name} reached a standby (its "
+                "URL does not point at the primary now)"
+            )
+
+    hooks.listen(core(engine), "connect", on_connect)
+
+
+def install_writer_hooks(
+    engine: AppEngine,
+    hooks: Hooks,
+    *,
+    reader: AppEngine | None,
+    name: str = "writer",
+    lost: Callable[[], None] = lambda: None,
+) -> None:
+    """Make a COMMIT that loses the writer's connection a ``CommitOutcomeUnknown``,
+    and refuse a new connection that reached a standby (``lost()`` is told).
 
     ``reader``: the writer's engine for a share of replica reads (READ ONLY
     transactions), where a refused write is a ``ReadOnlyViolation``. On the
@@ -200,6 +255,8 @@ def install_writer_hooks(
     """
     sync = core(engine)
     reads = None if reader is None else core(reader)
+    for target in (engine, *([] if reader is None else [reader])):
+        _refuse_standbys(target, hooks, name, lost)
 
     def lost_commit(context: Any) -> BaseException | None:
         # While a routing session commits, the one failure without a

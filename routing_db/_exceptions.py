@@ -8,6 +8,7 @@
         ├── ReadOnlyViolation         (also sqlalchemy.exc.InvalidRequestError)
         ├── NoReplicaAvailable        (also ConnectionError)
         ├── NoWriterAvailable         (also ConnectionError)
+        │   └── WriterIsAStandby      (internal: the writer URL reached a standby)
         ├── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
         ├── ReplicaReadTimeout        (also sqlalchemy.exc.OperationalError)
         └── LoadProcessError          (also RuntimeError)

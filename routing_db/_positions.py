@@ -31,6 +31,7 @@ __all__ = [
     "replay_position_on",
     "replica_status",
     "role_of",
+    "scalar_on",
     "takes_writes",
     "takes_writes_now",
     "writer_position",
@@ -115,6 +116,12 @@ def _gtid_position(gtid_list: str | None, domain: int) -> int | None:
         if len(parts) == 3 and int(parts[0]) == domain:
             return encode_gtid(domain, int(parts[2]))
     return None
+
+
+def scalar_on(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
+    """One value of ``sql`` on a connection outside any transaction of
+    SQLAlchemy's (asyncpg: one round trip; psycopg: autocommit for it)."""
+    return _scalar(driver_connection, dbapi_connection, sql)
 
 
 def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:

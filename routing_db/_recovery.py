@@ -163,13 +163,18 @@ class RecoveringSession(WriterWaiting):
         assert router is not None
 
         def open_() -> None:
-            try:
-                Session.connection(self, bind_arguments={"bind": engine})
-            except Exception as exc:
-                if not self._routing_writer_back(exc):
-                    raise
-                # The next primary takes writes now: open on it.
-                Session.connection(self, bind_arguments={"bind": engine})
+            deadline = time.monotonic() + router.health.writer_wait_timeout
+            while True:
+                try:
+                    Session.connection(self, bind_arguments={"bind": engine})
+                    return
+                except Exception as exc:
+                    # The writer was gone (or its URL reached a standby): the
+                    # next primary takes writes now, open on it.
+                    if time.monotonic() > deadline or not self._routing_writer_back(
+                        exc
+                    ):
+                        raise
 
         router.retry.call(open_, retry_if=checkout_failed)
 

@@ -220,7 +220,13 @@ class RouterBase(Constructors, Generic[E]):
         replica_set.install_hooks(hooks)
         if self.topology.discovery is not None:
             self.topology.discovery.install(hooks)
-        install_writer_hooks(self.writer, hooks, reader=self._reader)
+        install_writer_hooks(
+            self.writer,
+            hooks,
+            reader=self._reader,
+            name=self.topology.name(self.writer),
+            lost=self._writer_reached_a_standby,
+        )
         hook_engine(
             self.writer, hooks, name=self.topology.name(self.writer), health=health,
             observability=watch,
@@ -231,6 +237,12 @@ class RouterBase(Constructors, Generic[E]):
                     replica, hooks, name=name, health=health, observability=watch,
                     replica_set=replica_set,
                 )  # fmt: skip
+
+    def _writer_reached_a_standby(self) -> None:
+        # A cluster's writer is discovery's to judge; a URL's is lost until a
+        # connection reaches a server that takes writes again.
+        if self.topology.discovery is None:
+            self.topology.writer_lost()
 
     @property
     def ping_after_idle(self) -> float | None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ._connections import checkout_failed
+from ._engines import WriterIsAStandby
 from ._exceptions import NoWriterAvailable
 from ._positions import takes_writes_now
 from ._retry import is_read_only_rejection
@@ -64,8 +65,14 @@ class WriterWaiting(Session):
         """After a connection to a cluster's writer could not be had: is the
         writer gone (a failover)? Then wait for the next one and say so."""
         router = self._routing_router
-        if router is None or router.topology.discovery is None:
-            return False  # a static writer: the retry policy tries it again
+        if router is None:
+            return False
+        if router.topology.discovery is None:
+            if not isinstance(error, WriterIsAStandby):
+                return False  # a static writer: the retry policy tries it again
+            # Its URL reached a standby: wait until it reaches the primary.
+            self._routing_wait_for_writer()
+            return True
         if not (checkout_failed(error) or isinstance(error, NoWriterAvailable)):
             return False
         router.topology.discovery.check_now()

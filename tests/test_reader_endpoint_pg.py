@@ -87,3 +87,28 @@ async def test_reads_through_a_reader_endpoint_never_fail(
     assert all(allowed(error) for error in errors), errors[:3]
     assert not errors, errors[:3]
     assert served[True] > 0
+
+
+async def test_a_writer_url_that_also_reaches_a_standby(
+    faults: PostgresCluster, ports: dict[str, Any]
+) -> None:
+    """The writer's URL is a proxy that sends some new connections to a
+    standby (HAProxy before its checks settled, a DNS name still moving): a
+    writer connection that reached a standby is refused, so no write fails
+    as read-only and no read served by the writer is stale."""
+    faults.pause_replay(1)  # the one replica left for reads replays nothing
+    with Balancer([faults.primary.port, faults.replicas[0].port]) as balancer:
+        router = Router.from_urls(
+            balancer.url(faults.writer_url), faults.replica_urls[1:], pool_size=4
+        )
+        Session = routing_sessionmaker(router, expire_on_commit=False)
+
+        async def port(session: AsyncSession) -> int:
+            return (await where(session))[0]
+
+        async with router:
+            seen = await read_back(Session, port, users=4, writes=10)
+        assert balancer.connections > 2  # the standby was reached, and refused
+    assert not seen.errors, seen.errors[:3]
+    assert not seen.stale, seen.stale[:5]
+    assert set(seen.served) == {ports["writer"]}  # the paused replica: never
