@@ -52,6 +52,8 @@ class WriterWaiting(Session):
         if topology.writer_ok:
             try:
                 takes = takes_writes_now(topology.writer)
+            except WriterIsAStandby:
+                takes = False  # a new connection found it a standby
             except Exception:  # unknown: the error stands as it is
                 return False
             if takes:
