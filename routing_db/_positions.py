@@ -121,10 +121,6 @@ def _gtid_position(gtid_list: str | None, domain: int) -> int | None:
 def scalar_on(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
     """One value of ``sql`` on a connection outside any transaction of
     SQLAlchemy's (asyncpg: one round trip; psycopg: autocommit for it)."""
-    return _scalar(driver_connection, dbapi_connection, sql)
-
-
-def _scalar(driver_connection: Any, dbapi_connection: Any, sql: str) -> Any:
     row = _row(driver_connection, dbapi_connection, sql)
     return row[0] if row else None
 
@@ -185,11 +181,11 @@ class _PostgreSQL:
             lsn, cluster = row if row else (None, None)
             info[_CLUSTER] = cluster = cluster or ANY_CLUSTER
         else:
-            lsn = _scalar(driver, dbapi, _PG_WRITER_SQL)
+            lsn = scalar_on(driver, dbapi, _PG_WRITER_SQL)
         return None if lsn is None else (int(lsn), None, cluster)
 
     def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
-        lsn = _scalar(driver, dbapi, _PG_REPLAY_SQL)
+        lsn = scalar_on(driver, dbapi, _PG_REPLAY_SQL)
         return None if lsn is None else int(lsn)
 
     def writer(self, connection: Connection) -> int | None:
@@ -215,14 +211,14 @@ class _MariaDB:
     def after_commit(
         self, driver: Any, dbapi: Any, info: dict[Any, Any]
     ) -> tuple[int, int | None, str] | None:
-        gtid = _scalar(driver, dbapi, _LAST_GTID_SQL)
+        gtid = scalar_on(driver, dbapi, _LAST_GTID_SQL)
         if not gtid:
             return None
         domain, server, seq = (int(part) for part in str(gtid).split("-"))
         return encode_gtid(domain, seq), server, gtid_cluster(domain)
 
     def replay_now(self, driver: Any, dbapi: Any, floor: int) -> int | None:
-        applied = _scalar(driver, dbapi, _APPLIED_SQL)
+        applied = scalar_on(driver, dbapi, _APPLIED_SQL)
         return _gtid_position(applied, floor >> DOMAIN_SHIFT)
 
     def writer(self, connection: Connection) -> int | None:
@@ -340,7 +336,7 @@ def takes_writes_now(engine: Engine) -> bool:
     raw = engine.raw_connection()
     try:
         sql = _TAKES_WRITES_SQL[engine.dialect.name]
-        return bool(_scalar(raw.driver_connection, raw.dbapi_connection, sql))
+        return bool(scalar_on(raw.driver_connection, raw.dbapi_connection, sql))
     finally:
         with contextlib.suppress(Exception):  # returning it to the pool
             raw.close()
