@@ -98,6 +98,10 @@ class Discovery:
         # timelines: MariaDB), and the nodes found on an older one.
         self.timeline: int | None = None
         self._superseded: set[str] = set()
+        # The newest timeline each node was seen take writes on: a former
+        # primary that is now in recovery may hold writes the cluster threw
+        # away until it is shown to be on the current timeline.
+        self._was_primary: dict[str, int] = {}
         # A writer that has not answered for this long is given up: its
         # connections are cut, so no write waits on a hung host for longer
         # than writers wait for a writer (writer_wait_timeout).
@@ -269,6 +273,8 @@ class Discovery:
             self._lose(
                 current, drop=self._known_not_writer(current, nodes, answers, view)
             )
+        if view is None or not view.known:
+            self._judge_timelines(nodes, answers)
 
     def _known_not_writer(
         self,
@@ -338,6 +344,39 @@ class Discovery:
             )
         return True
 
+    def _judge_timelines(self, nodes: list[Node], answers: list[Role | None]) -> None:
+        """A standby not on the writer's timeline serves no reads (without
+        Patroni, which says so itself).
+
+        A standby's WAL receiver names its timeline, where the role may see
+        it. An ordinary role sees only the control file's timeline, which
+        waits for a restartpoint: it is trusted only for a node seen take
+        writes on an older timeline (a demoted primary restarted before it
+        was rewound holds writes the cluster threw away), so a healthy
+        standby is never held back by it. With no writer (a split brain, or
+        none answered) nothing is judged.
+        """
+        roles = dict(zip((node.name for node in nodes), answers, strict=True))
+        for name, role in roles.items():
+            if role is not None and role.takes_writes and role.timeline is not None:
+                seen = self._was_primary.get(name, 0)
+                self._was_primary[name] = max(seen, role.timeline)
+        writer = None if self.primary is None else roles.get(self.primary.name)
+        if writer is None or writer.timeline is None:
+            return
+        current = writer.timeline
+        for node in nodes:
+            role = roles[node.name]
+            if role is None or role.takes_writes or role.timeline is None:
+                continue
+            streams_older = role.receiving is not None and role.receiving < current
+            former = self._was_primary.get(node.name, current) < current
+            self._topology.replica_set.set_diverged(
+                core(node.reader),
+                streams_older or (former and role.timeline < current),
+                why=f"not shown to be on the writer's timeline {current}",
+            )
+
     def _judge_readers(self, view: PatroniView) -> None:
         leader = view.leader
         timeline = None if leader is None else leader.timeline
@@ -346,7 +385,9 @@ class Discovery:
             if member is None or view.leads(member):
                 continue
             self._topology.replica_set.set_diverged(
-                core(node.reader), not member.readable(timeline)
+                core(node.reader),
+                not member.readable(timeline),
+                why="not on the current timeline (Patroni says so)",
             )
 
     def _elect(self, node: Node) -> None:

@@ -301,26 +301,41 @@ class Role(NamedTuple):
     """What a node says of itself when discovery asks."""
 
     takes_writes: bool
-    # A primary's timeline (PostgreSQL; None elsewhere, or for a standby):
-    # a primary on an older timeline than one seen has been superseded.
+    # PostgreSQL (None elsewhere). A primary: its timeline; one on an older
+    # timeline than one seen has been superseded. A standby: the newest
+    # timeline it is known to be on (its control file's, which waits for a
+    # restartpoint, or the one its WAL receiver streams).
     timeline: int | None
+    # A standby's WAL receiver's timeline: None when it has none, or when the
+    # role may not see it (pg_read_all_stats).
+    receiving: int | None = None
 
 
-# The timeline is the first 8 hex digits of the current WAL file's name
-# (exact at once after a promotion; the control file's waits for a checkpoint).
+# The primary's timeline is the first 8 hex digits of its current WAL file's
+# name (exact at once after a promotion; the control file's waits for a
+# checkpoint). A standby cannot name its WAL file: it says what an ordinary
+# role can read (the control file's timelines), and what its receiver streams
+# where the role may see that.
+_RECEIVING = "(SELECT max(received_tli) FROM pg_stat_wal_receiver)"
 _ROLE_SQL = {
     "postgresql": "SELECT NOT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
-    "THEN NULL ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
-    "::bit(32)::int END",
-    "mysql": "SELECT @@global.read_only = 0, NULL",
-    "mariadb": "SELECT @@global.read_only = 0, NULL",
+    "THEN GREATEST((pg_control_checkpoint()).timeline_id, "
+    f"(pg_control_recovery()).min_recovery_end_timeline, {_RECEIVING}) "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+    f"::bit(32)::int END, CASE WHEN pg_is_in_recovery() THEN {_RECEIVING} END",
+    "mysql": "SELECT @@global.read_only = 0, NULL, NULL",
+    "mariadb": "SELECT @@global.read_only = 0, NULL, NULL",
 }
 
 
 def role_of(connection: Connection) -> Role:
     """Does the server take writes now, and on which timeline? (Discovery's check.)"""
     row: Any = connection.exec_driver_sql(_ROLE_SQL[connection.dialect.name]).one()
-    return Role(bool(row[0]), None if row[1] is None else int(row[1]))
+    return Role(
+        bool(row[0]),
+        None if row[1] is None else int(row[1]),
+        None if row[2] is None else int(row[2]),
+    )
 
 
 # Does the server take writes (a primary, not a standby or a read_only replica)?

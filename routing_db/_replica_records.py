@@ -61,9 +61,9 @@ class ReplicaRecords:
                 type(error).__name__,
             )
 
-    def set_diverged(self, engine: Engine, diverged: bool) -> None:
-        """What the HA manager says: does ``engine``'s node follow the current
-        timeline (False) or not (True: it serves no reads)?"""
+    def set_diverged(self, engine: Engine, diverged: bool, *, why: str) -> None:
+        """Does ``engine``'s node follow the current timeline (False) or not
+        (True: it serves no reads)? ``why`` says who judged it so."""
         state = self.states.get(engine)
         if state is None or state.diverged == diverged:
             return
@@ -72,8 +72,7 @@ class ReplicaRecords:
         logger.warning(
             "routing_db: replica %s %s",
             self._names[engine],
-            "is not on the current timeline (its HA manager says so): it serves "
-            "no reads"
+            f"is {why}: it serves no reads"
             if diverged
             else "follows the current timeline again: it serves reads",
         )

@@ -199,3 +199,69 @@ async def test_nodes_added_and_removed_under_load(faults: PostgresCluster) -> No
             stop.set()
             await asyncio.gather(*readers)
     assert errors == []
+
+
+@pytest.mark.slow  # a failover, a restart in recovery and a rewind take seconds
+@pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("role", ["postgres", "app_reader"])
+async def test_a_demoted_primary_not_yet_rewound_serves_no_reads(
+    faults: PostgresCluster, role: str
+) -> None:
+    """The old primary restarted in recovery before it is rewound (as Patroni
+    does) holds a write the cluster threw away and cannot follow the new
+    timeline: it serves no reads until it is rewound. A superuser sees its WAL
+    receiver's timeline; a role without ``pg_read_all_stats`` does not, and
+    is kept safe by the node's past as a primary."""
+    cluster = faults
+    old, other = cluster.primary, cluster.replicas[1]
+    cluster.sql(
+        old,
+        "DO $$ BEGIN CREATE ROLE app_reader LOGIN PASSWORD 'app-pw'; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$; "
+        "GRANT SELECT ON items TO app_reader",
+    )
+    await cluster.await_replicated()
+    urls = [
+        url.replace("postgres@", f"{role}:app-pw@", 1)
+        for url in (*cluster.replica_urls, cluster.writer_url)
+    ]
+    router = Router.from_cluster(urls, names=NAMES, monitor_interval=0.1)
+    Session = routing_sessionmaker(router)
+    lost = text("SELECT inet_server_port(), count(*) FROM items WHERE name = 'lost'")
+
+    async def served() -> collections.Counter[tuple[int, int]]:
+        counts: collections.Counter[tuple[int, int]] = collections.Counter()
+        for _ in range(40):
+            async with Session() as session, read_only:
+                port, rows = (await session.execute(lost)).one()
+            counts[int(port), int(rows)] += 1
+        return counts
+
+    async with router:
+        await router.poll()
+        assert router.status()[0]["node"] == "primary"
+        # A write the standbys never receive, then a failover to r0.
+        cluster.stop_streaming(0)
+        cluster.stop_streaming(1)
+        cluster.sql(old, "INSERT INTO items (name) VALUES ('lost')")
+        cluster.crash_primary()
+        await cluster.apromote(0)
+        cluster.follow(1, new_primary=0)
+        await until(lambda: router.status()[0]["node"] == "r0", 10)
+        cluster.restart_in_recovery(old, of=0)
+        assert cluster.sql(old, "SELECT count(*) FROM items WHERE name = 'lost'") == "1"
+
+        async def asked_again() -> bool:  # the restart broke its connections
+            await router.poll()
+            roles = {row["name"]: row["role"] for row in router.status()}
+            return roles["primary"] == "replica"
+
+        await until(asked_again, 10)
+        assert await served() == {(other.port, 0): 40}
+
+        cluster.rebuild_as_standby(old, of=0)
+
+        async def serves_again() -> bool:
+            return (old.port, 0) in await served()
+
+        await until(serves_again, 20)

@@ -379,6 +379,12 @@ class PostgresCluster:
         """
         failover.rebuild(self, node, self._node(of))
 
+    def restart_in_recovery(self, node: PgNode, *, of: int | PgNode) -> None:
+        """Restart ``node`` (an old primary, say) as a standby of replica ``of``
+        without rewinding it, as Patroni does before ``pg_rewind``: if it
+        wrote what ``of`` never received, it cannot follow ``of``."""
+        failover.restart_in_recovery(self, node, self._node(of))
+
     def _node(self, node: int | PgNode) -> PgNode:
         return self.replicas[node] if isinstance(node, int) else node
 

@@ -6,6 +6,7 @@ cluster's construction and its simpler faults.
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ __all__ = [
     "promote",
     "rebuild",
     "repoint",
+    "restart_in_recovery",
     "streams_from",
 ]
 
@@ -129,6 +131,24 @@ def rebuild(cluster: PostgresCluster, node: PgNode, source: PgNode) -> None:
         60,
         0.05,
     )
+
+
+def restart_in_recovery(cluster: PostgresCluster, node: PgNode, source: PgNode) -> None:
+    """Restart ``node`` in recovery under ``source``, not rewound: as an HA
+    manager restarts a demoted primary before ``pg_rewind`` (Patroni's
+    ``starting``). If it wrote past the point where ``source`` forked off, it
+    holds what the cluster threw away and never follows ``source``."""
+    assert node.datadir is not None
+    if cluster.is_running(node):
+        cluster._pg_ctl(node, "stop", "-m", "fast")
+    signal = node.datadir / "standby.signal"
+    signal.touch()
+    shutil.copymode(node.datadir / "postgresql.conf", signal)
+    owner = node.datadir.stat()
+    os.chown(signal, owner.st_uid, owner.st_gid)
+    cluster._conf(node, primary_conninfo=_conninfo(source))
+    cluster._start_node(node)
+    poll(f"{node.name} to start in recovery", lambda: in_recovery(cluster, node), 60)
 
 
 def add_standby(cluster: PostgresCluster) -> PgNode:
