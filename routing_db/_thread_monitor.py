@@ -69,7 +69,12 @@ class ThreadMonitor(Rounds):
             thread.join()
         workers, self._workers = self._workers, None
         if workers is not None:
-            # A check still waiting on a hung host is left to its driver.
+            # A check still waiting on a hung host has its connection cut, so
+            # its thread ends now; one still connecting ends at its connect
+            # timeout (a blocking connect cannot be interrupted).
+            for future, give_up in list(self._waiting.values()):
+                if not future.done():
+                    give_up()
             workers.shutdown(wait=False, cancel_futures=True)
 
     def poll_once(self) -> None:

@@ -4,10 +4,7 @@ second, on both faces (issue J, section 3)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -21,20 +18,9 @@ from routing_db import (
 )
 from routing_db.testing import PostgresCluster
 
+from .leftovers import left_over, tasks, tasks_left_over, threads
+
 WHERE = text("SELECT inet_server_port()")
-
-
-def _threads() -> set[threading.Thread]:
-    return {thread for thread in threading.enumerate() if thread.is_alive()}
-
-
-def _left_over(before: set[threading.Thread], deadline: float) -> set[str]:
-    # Polled up to the deadline: a thread told to stop ends on its next look.
-    while True:
-        left = {thread.name for thread in _threads() - before}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("shape", ["from_urls", "from_cluster"])
@@ -43,7 +29,7 @@ def test_a_sync_router_leaves_no_thread_behind(
     schema: PostgresCluster, driver: str, shape: str
 ) -> None:
     cluster = schema.with_driver(driver)
-    before = _threads()
+    before = threads()
     for _ in range(3):  # every `with router:` of a test suite
         router: SyncRouter = (
             SyncRouter.from_urls(cluster.writer_url, cluster.replica_urls)
@@ -57,20 +43,16 @@ def test_a_sync_router_leaves_no_thread_behind(
             with Session() as session:
                 session.execute(WHERE).one()
             # The monitor, and the read-timeout sweeper of the sync drivers.
-            assert _threads() - before
-        left = _left_over(before, time.monotonic() + 1.0)
+            assert threads() - before
+        left = left_over(before, time.monotonic() + 1.0)
         assert not left, f"threads still running after the router was left: {left}"
-
-
-def _tasks() -> set[asyncio.Task[Any]]:
-    return {task for task in asyncio.all_tasks() if not task.done()}
 
 
 @pytest.mark.parametrize("shape", ["from_urls", "from_cluster"])
 async def test_an_async_router_leaves_no_task_or_thread_behind(
     cluster: PostgresCluster, shape: str
 ) -> None:
-    threads, tasks = _threads(), _tasks()
+    threads_before, tasks_before = threads(), tasks()
     for _ in range(3):
         router = (
             Router.from_urls(cluster.writer_url, cluster.replica_urls)
@@ -82,11 +64,8 @@ async def test_an_async_router_leaves_no_task_or_thread_behind(
             async with Session() as session:
                 with read_only:
                     await session.execute(WHERE)
-            assert _tasks() - tasks  # the monitor runs
+            assert tasks() - tasks_before  # the monitor runs
         deadline = time.monotonic() + 1.0
-        left = _tasks() - tasks
-        if left:  # given until the deadline to end
-            await asyncio.wait(left, timeout=deadline - time.monotonic())
-            left = _tasks() - tasks
+        left = await tasks_left_over(tasks_before, deadline)
         assert not left, f"tasks still running after the router was left: {left}"
-        assert not _left_over(threads, deadline)
+        assert not left_over(threads_before, deadline)
