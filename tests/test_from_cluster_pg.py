@@ -253,7 +253,7 @@ async def test_a_demoted_primary_not_yet_rewound_serves_no_reads(
 
         async def asked_again() -> bool:  # the restart broke its connections
             await router.poll()
-            roles = {row["name"]: row["role"] for row in router.status()}
+            roles = {row["name"]: str(row["role"]) for row in router.status()}
             return roles["primary"] == "replica"
 
         await until(asked_again, 10)
