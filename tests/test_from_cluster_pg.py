@@ -203,7 +203,7 @@ async def test_nodes_added_and_removed_under_load(faults: PostgresCluster) -> No
 
 @pytest.mark.slow  # a failover, a restart in recovery and a rewind take seconds
 @pytest.mark.usefixtures("clean")
-@pytest.mark.parametrize("role", ["postgres", "app_reader"])
+@pytest.mark.parametrize("role", ["postgres", "app_former"])
 async def test_a_demoted_primary_not_yet_rewound_serves_no_reads(
     faults: PostgresCluster, role: str
 ) -> None:
@@ -216,9 +216,9 @@ async def test_a_demoted_primary_not_yet_rewound_serves_no_reads(
     old, other = cluster.primary, cluster.replicas[1]
     cluster.sql(
         old,
-        "DO $$ BEGIN CREATE ROLE app_reader LOGIN PASSWORD 'app-pw'; "
+        "DO $$ BEGIN CREATE ROLE app_former LOGIN PASSWORD 'app-pw'; "
         "EXCEPTION WHEN duplicate_object THEN NULL; END $$; "
-        "GRANT SELECT ON items TO app_reader",
+        "GRANT SELECT ON items TO app_former",
     )
     await cluster.await_replicated()
     urls = [
