@@ -88,13 +88,9 @@ bench: $(BENCH)/.installed
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
 
-# Only the tests that need no PostgreSQL cluster.
+# Every test that needs no database server (by rule: see tests/conftest.py).
 unit: $(VENV)/.installed-dev
-	$(PY) -m pytest tests/test_public_api.py tests/test_classify.py \
-		tests/test_decision.py tests/test_context.py tests/test_settings.py \
-		tests/test_session_args.py tests/test_health_state.py \
-		tests/test_policies.py tests/test_causal_tokens.py tests/test_retry_policy.py \
-		tests/test_sqlite.py
+	$(PY) -m pytest -m "not servers and not patroni" -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(SA20) $(BENCH) .pytest_cache .mypy_cache .ruff_cache \

@@ -1,7 +1,7 @@
 """mkdocs hook: pages' generated parts, made from the code when the site is built.
 
 The configuration page's table comes from ``RoutingSettings`` and the design
-decisions' list of SQLAlchemy internals from ``_sa_compat.INTERNALS``, so
+decisions' list of SQLAlchemy internals from ``_compat.INTERNALS``, so
 neither can disagree with the code.
 """
 
@@ -12,7 +12,8 @@ import typing
 from typing import Any
 
 from routing_db import RoutingSettings
-from routing_db._sa_compat import INTERNALS
+from routing_db._options import BY_NAME
+from routing_db._compat import INTERNALS
 
 MARKER = "<!-- settings-table -->"
 INTERNALS_MARKER = "<!-- sqlalchemy-internals -->"
@@ -42,23 +43,33 @@ def _default(field: Any) -> str:
     return f"`{field.default!r}`"
 
 
+def _description(name: str, field: Any) -> str:
+    option = BY_NAME.get(name)
+    if option is None:
+        return str(field.description or "")
+    rule = option.rule()
+    return option.doc if rule == "set" else f"{option.doc} Range: {rule}."
+
+
 def settings_table() -> str:
-    """One row per field: name, environment variable, type, default."""
+    """One row per field: name, environment variable, type, default, and what
+    it does (a router option's from the table that declares it)."""
     prefix = RoutingSettings.model_config.get("env_prefix", "")
     rows = [
-        "| setting | environment variable | type | default |",
-        "|---|---|---|---|",
+        "| setting | environment variable | type | default | description |",
+        "|---|---|---|---|---|",
     ]
     for name, field in RoutingSettings.model_fields.items():
         rows.append(
             f"| `{name}` | `{prefix}{name.upper()}` | "
-            f"`{_type_name(field.annotation)}` | {_default(field)} |"
+            f"`{_type_name(field.annotation)}` | {_default(field)} | "
+            f"{_description(name, field)} |"
         )
     return "\n".join(rows)
 
 
 def internals_list() -> str:
-    """One bullet per private attribute ``_sa_compat`` uses, with its reason."""
+    """One bullet per private attribute ``_compat`` uses, with its reason."""
     return "\n".join(f"- `{name}`: {why}." for name, why in INTERNALS.items())
 
 

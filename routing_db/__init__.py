@@ -1,8 +1,9 @@
 """Read/write routing sessions for SQLAlchemy 2: asyncio and sync."""
 
-from ._async_session import RoutingSession, routing_sessionmaker
-from ._causal import causal_token, current_causal_token
-from ._context import read_only, use_writer
+from ._causal.floor import causal_token, current_causal_token
+from ._causal.store import CausalStore, causal_key
+from ._decide.context import read_only, use_writer
+from ._decide.misuse import RoutingDBWarning
 from ._events import RoutingListener
 from ._exceptions import (
     CommitOutcomeUnknown,
@@ -14,9 +15,8 @@ from ._exceptions import (
     ReplicaReadTimeout,
     RoutingDBError,
 )
-from ._misuse import RoutingDBWarning
 from ._options import ConsistencyOptions, HealthOptions, ObservabilityOptions
-from ._policies import (
+from ._replicas.policies import (
     BalancingPolicy,
     Candidate,
     LeastBusy,
@@ -30,13 +30,13 @@ from ._retry import (
     is_recovery_conflict,
     is_transient_error,
 )
-from ._router import Router
-from ._session import RoutingSyncSession
+from ._router.router import Router
+from ._router.sync_router import SyncRouter
+from ._session.async_session import RoutingSession, routing_sessionmaker
+from ._session.makers import routing_sync_sessionmaker
+from ._session.sync_session import RoutingSyncSession
+from ._session.unit_of_work import run_unit_of_work, unit_of_work
 from ._settings import RoutingSettings, SyncRoutingSettings
-from ._shared_floor import CausalStore, causal_key
-from ._sync_router import SyncRouter
-from ._sync_session import routing_sync_sessionmaker
-from ._unit_of_work import run_unit_of_work, unit_of_work
 
 __all__ = [
     "BalancingPolicy",

@@ -14,7 +14,7 @@
         └── LoadProcessError          (also RuntimeError)
 
     UserWarning
-    └── RoutingDBWarning              (misuse we can see: routing_db._misuse)
+    └── RoutingDBWarning              (misuse we can see: routing_db._decide.misuse)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes

@@ -25,8 +25,8 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from ._compat import pause
 from ._exceptions import ConfigurationError, ReplicaReadTimeout, RoutingDBError
-from ._sa_compat import pause
 
 T = TypeVar("T")
 

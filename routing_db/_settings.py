@@ -15,11 +15,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from ._engines.make import check_url
 from ._exceptions import ConfigurationError
-from ._make import check_url
-from ._patroni import check_rest_urls
+from ._options import BY_NAME, OPTIONS, default
 from ._retry import RetryPolicy
-from ._router import ROUTER_OPTIONS
+from ._topology.patroni import check_rest_urls
 
 __all__ = ["POOL_FIELDS", "RoutingSettings", "SyncRoutingSettings"]
 
@@ -39,18 +39,20 @@ _SESSION_SETTINGS = {
     "search_path": "search_path",
 }
 
-# The router's own options that map one to one onto settings fields.
+# The router's own options that map one to one onto settings fields (each
+# declared in _options, with its default, range and description).
 # Settings are flat: the option groups' fields are settings of their own.
 _ROUTER_FIELDS = tuple(
-    sorted(
-        ROUTER_OPTIONS
-        - {"weights", "retry", "health", "consistency", "observability", "causal_store"}
-    )
+    option.name
+    for option in OPTIONS
+    if option.keyword and option.name not in {"weights", "retry", "causal_store"}
 )
 
 # Router options whose None means "off", not "the router's default".
-_OFF_AS_NONE = frozenset(
-    {"max_lag_bytes", "max_lag_seconds", "connect_timeout", "replica_read_timeout"}
+_OFF_AS_NONE = tuple(
+    option.name
+    for option in OPTIONS
+    if option.off and option.default is not None and option.name in _ROUTER_FIELDS
 )
 
 PoolCount = Annotated[int, Field(ge=0)]
@@ -108,7 +110,7 @@ class RoutingSettings(BaseSettings):
     # None: routing_db's idle check (ping_after_idle) instead of SQLAlchemy's
     # ping on every checkout; true: SQLAlchemy's pre-ping; false: no check.
     pool_pre_ping: bool | None = None
-    ping_after_idle: Limit | None = None
+    ping_after_idle: float | None = default("ping_after_idle")
 
     writer_pool_size: PoolCount | None = None
     writer_max_overflow: PoolCount | None = None
@@ -121,34 +123,32 @@ class RoutingSettings(BaseSettings):
     replica_pool_recycle: Recycle | None = None
     replica_pool_pre_ping: bool | None = None
 
-    default_role: Literal["writer", "auto"] = "writer"
-    fallback_to_writer: bool = True
-    require_standby: bool = True
+    # The router's options (_options.OPTIONS: defaults, ranges, descriptions);
+    # "off" sets those whose None turns them off.
+    default_role: Literal["writer", "auto"] = default("default_role")
+    fallback_to_writer: bool = default("fallback_to_writer")
+    require_standby: bool = default("require_standby")
 
-    # Balancing, health and lag (issue B); None means off.
-    policy: Literal["round_robin", "random", "weighted", "least_busy"] = "round_robin"
+    policy: Literal["round_robin", "random", "weighted", "least_busy"] = default(
+        "policy"
+    )
     replica_weights: Annotated[list[Limit], NoDecode] | None = None
-    # On by default; "off" turns a limit off.
-    max_lag_bytes: PoolCount | None = 16 * 1024 * 1024
-    max_lag_seconds: Limit | None = 60.0
-    monitor_interval: Seconds = 0.5
-    eject_after: AtLeastOne = 1
-    eject_window: Seconds = 10.0
-    max_writer_fallbacks: PoolCount | None = None
-    # How long writes wait for the writer to take writes again (failover).
-    writer_wait_timeout: Limit = 10.0
-    # Seconds a new connection may take; "off": the driver's own default.
-    connect_timeout: Limit | None = 5.0
-    # Seconds a replica statement may take; "off": unbounded.
-    replica_read_timeout: Limit | None = 30.0
-    # The writer's share of replica reads (0: replicas only).
-    writer_read_weight: Limit = 0.0
+    max_lag_bytes: int | None = default("max_lag_bytes")
+    max_lag_seconds: float | None = default("max_lag_seconds")
+    monitor_interval: float = default("monitor_interval")
+    eject_after: int = default("eject_after")
+    eject_window: float = default("eject_window")
+    max_writer_fallbacks: int | None = default("max_writer_fallbacks")
+    writer_wait_timeout: float = default("writer_wait_timeout")
+    connect_timeout: float | None = default("connect_timeout")
+    replica_read_timeout: float | None = default("replica_read_timeout")
+    writer_read_weight: float = default("writer_read_weight")
 
     # Observability: slow-query log and starvation detector (None: off).
-    slow_query_seconds: Limit | None = None
-    log_slow_parameters: bool = False
-    hold_warning_seconds: Limit | None = None
-    checkout_wait_warning: Annotated[float, Field(gt=0, le=1)] | None = None
+    slow_query_seconds: float | None = default("slow_query_seconds")
+    log_slow_parameters: bool = default("log_slow_parameters")
+    hold_warning_seconds: float | None = default("hold_warning_seconds")
+    checkout_wait_warning: float | None = default("checkout_wait_warning")
 
     # Session settings for every new connection (asyncpg server_settings,
     # psycopg startup options),
@@ -170,8 +170,8 @@ class RoutingSettings(BaseSettings):
     pgbouncer: bool = False
 
     # Read-your-writes and retries.
-    sticky_seconds: Limit = 2.0
-    causal_wait_timeout: Limit | None = None
+    sticky_seconds: float = default("sticky_seconds")
+    causal_wait_timeout: float | None = default("causal_wait_timeout")
     # A Redis causal store (routing_db.redis, the redis extra): a user's
     # position shared by processes, for reads under causal_key.
     causal_store_url: SecretStr | None = None
@@ -201,13 +201,7 @@ class RoutingSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator(
-        "max_lag_bytes",
-        "max_lag_seconds",
-        "connect_timeout",
-        "replica_read_timeout",
-        mode="before",
-    )
+    @field_validator(*_OFF_AS_NONE, mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:
@@ -228,6 +222,13 @@ class RoutingSettings(BaseSettings):
             field = f"{info.field_name}[{i}]"
             check_url(url.get_secret_value(), field=field, sync=cls._sync_urls)
         return value
+
+    @model_validator(mode="after")
+    def _check_options(self) -> RoutingSettings:
+        # The router's own checks: the same answer here as from Router().
+        for name in _ROUTER_FIELDS:
+            BY_NAME[name].check(getattr(self, name))
+        return self
 
     @model_validator(mode="after")
     def _require_writer(self) -> RoutingSettings:

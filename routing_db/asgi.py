@@ -10,9 +10,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._causal import causal_token
-from ._exceptions import ConfigurationError
-from ._http import (
+from ._causal.floor import causal_token
+from ._causal.http import (
     DEFAULT_TOKEN_HEADER,
     READ_METHODS,
     TokenOptions,
@@ -22,6 +21,7 @@ from ._http import (
     token_cookie,
     token_to_send,
 )
+from ._exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware"]
 

@@ -13,11 +13,11 @@ from typing import Any
 from starlette.requests import Request
 
 from . import asgi
-from ._async_session import RoutingSession, routing_sessionmaker
-from ._http import READ_METHODS
-from ._router import Router
+from ._causal.http import READ_METHODS
+from ._causal.store import causal_key as key_scope
+from ._router.router import Router
+from ._session.async_session import RoutingSession, routing_sessionmaker
 from ._settings import RoutingSettings
-from ._shared_floor import causal_key as key_scope
 from .asgi import DEFAULT_TOKEN_HEADER
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware", "get_db", "routing_lifespan"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ._engines.observe import observe
 from ._exceptions import ConfigurationError
-from ._observe import observe
-from ._router_base import RouterBase
+from ._router.base import RouterBase
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram

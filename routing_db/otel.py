@@ -22,7 +22,7 @@ from typing import Any
 
 from ._events import RoutingListener
 from ._exceptions import ConfigurationError
-from ._router_base import RouterBase
+from ._router.base import RouterBase
 
 try:
     from opentelemetry import trace

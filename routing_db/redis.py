@@ -22,10 +22,10 @@ import asyncio
 import weakref
 from typing import Any
 
-from ._causal import CausalFloor
+from ._causal.floor import CausalFloor
+from ._causal.store import UNKNOWN
+from ._compat import run_io
 from ._exceptions import ConfigurationError
-from ._sa_compat import run_io
-from ._shared_floor import UNKNOWN
 
 try:
     import redis

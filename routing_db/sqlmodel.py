@@ -15,8 +15,9 @@ sync face's.
 
 from __future__ import annotations
 
-from . import _async_session, _session
 from ._exceptions import ConfigurationError
+from ._session import async_session as _async_session
+from ._session import sync_session as _session
 
 try:
     import sqlmodel

@@ -18,9 +18,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._causal import causal_token
-from ._exceptions import ConfigurationError
-from ._http import (
+from ._causal.floor import causal_token
+from ._causal.http import (
     DEFAULT_TOKEN_HEADER,
     READ_METHODS,
     TokenOptions,
@@ -30,6 +29,7 @@ from ._http import (
     token_cookie,
     token_to_send,
 )
+from ._exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware"]
 

@@ -11,12 +11,26 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from routing_db import Router, RoutingSession, routing_sessionmaker
-from routing_db._causal import FLOOR
+from routing_db._causal.floor import FLOOR
 from routing_db.testing import PostgresCluster
 
 from .models import ddl
 
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
+
+# The fixtures that start servers. A test that uses one, itself or through
+# another fixture, is marked ``servers``: ``make unit`` runs every other test.
+# A test that starts servers of its own carries the mark itself.
+SERVER_FIXTURES = frozenset(
+    {"pg_cluster", "mariadb_cluster", "pgbouncer", "redis_server", "patroni_cluster"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``servers`` every test that needs a server fixture."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from routing_db import ConfigurationError, causal_token, current_causal_token
-from routing_db._causal import current_floor, format_lsn, record_write
+from routing_db._causal.floor import current_floor, format_lsn, record_write
 
 T = TypeVar("T")
 

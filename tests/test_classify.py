@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.schema import CreateTable, DropTable
 
-from routing_db._classify import (
+from routing_db._decide.classify import (
     Kind,
     classify,
     classify_sql,

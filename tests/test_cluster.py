@@ -32,6 +32,7 @@ def server_processes(basedir: Path) -> list[str]:
     return found
 
 
+@pytest.mark.servers  # starts its own
 def test_start_streams_and_stop_leaves_nothing_behind() -> None:
     cluster = PostgresCluster.start(replicas=1)
     basedir = cluster._basedir
@@ -97,6 +98,7 @@ def test_external_cluster_from_the_environment(
     ]
 
 
+@pytest.mark.servers  # starts its own
 def test_clusters_of_killed_processes_are_reaped() -> None:
     import signal
     import subprocess
@@ -132,6 +134,7 @@ def test_clusters_of_killed_processes_are_reaped() -> None:
     assert server_processes(Path(basedir)) == []
 
 
+@pytest.mark.servers  # starts its own
 def test_a_cluster_started_outside_pytest_stops_with_its_block() -> None:
     with PostgresCluster.start(replicas=1) as cluster:
         assert cluster.sql(cluster.replicas[0], "SELECT pg_is_in_recovery()") == "t"

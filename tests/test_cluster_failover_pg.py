@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routing_db.testing import PostgresCluster
-from routing_db.testing._pg_failover import in_recovery, streams_from
+from routing_db.testing._cluster import in_recovery, streams_from
 
 pytestmark = pytest.mark.slow  # a failover and its healing take seconds
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from routing_db import read_only, use_writer
-from routing_db._context import Scope, current_scope
+from routing_db._decide.context import Scope, current_scope
 
 
 def test_default_is_no_scope() -> None:

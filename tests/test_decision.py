@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing_db._classify import Kind
-from routing_db._context import Scope
-from routing_db._decision import DefaultRole, RoleOption, Route, decide
+from routing_db._decide.classify import Kind
+from routing_db._decide.context import Scope
+from routing_db._decide.decision import DefaultRole, RoleOption, Route, decide
 
 SCOPES = list(Scope)
 KINDS = list(Kind)

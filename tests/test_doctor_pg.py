@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from routing_db._cli import main
+from routing_db._cli.main import main
 from routing_db.testing import Balancer, PostgresCluster
 
 SECRET = "wrong-pw-s3cret"
@@ -190,7 +190,7 @@ def test_a_missing_driver_is_a_clean_configuration_error(
         argv += ["--replica-url", url]
     program = (
         "import sys; sys.modules['psycopg'] = None; "
-        "from routing_db._cli import main; sys.exit(main(sys.argv[1:]))"
+        "from routing_db._cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", program, *argv],

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from routing_db import ReadOnlyViolation, Router, read_only, routing_sessionmaker
 from routing_db import use_writer as use_writer_scope
-from routing_db._classify import Kind
-from routing_db._context import Scope
-from routing_db._decision import DefaultRole, RoleOption, Route, decide
+from routing_db._decide.classify import Kind
+from routing_db._decide.context import Scope
+from routing_db._decide.decision import DefaultRole, RoleOption, Route, decide
 
 table = Table("t", MetaData(), Column("id", Integer, primary_key=True))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routing_db import ConfigurationError
-from routing_db._health import HealthOptions, ReplicaState
+from routing_db._replicas.health import HealthOptions, ReplicaState
 
 
 def test_one_failure_ejects_by_default_and_backoff_grows() -> None:

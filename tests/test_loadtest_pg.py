@@ -25,7 +25,7 @@ from routing_db import (
     RoutingSettings,
     routing_sessionmaker,
 )
-from routing_db._cli import _plain_writer, main
+from routing_db._cli.main import _plain_writer, main
 from routing_db.loadtest import Workload, prepare, run_load, run_load_in_processes
 from routing_db.testing import PostgresCluster
 

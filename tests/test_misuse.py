@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from routing_db import Router, RoutingDBWarning
-from routing_db._misuse import OPEN_ROUTERS_WARNING, Openings
+from routing_db._decide.misuse import OPEN_ROUTERS_WARNING, Openings
 
 
 @pytest.fixture

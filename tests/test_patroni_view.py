@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from routing_db import ConfigurationError
-from routing_db._patroni import SILENT, check_rest_urls, judge
+from routing_db._topology.patroni import SILENT, check_rest_urls, judge
 
 URLS = [f"http://127.0.0.1:800{i}" for i in range(3)]
 

@@ -25,7 +25,7 @@ from routing_db import (
     read_only,
     routing_sessionmaker,
 )
-from routing_db._cli import main
+from routing_db._cli.main import main
 from routing_db.testing import PgBouncer, PostgresCluster
 
 from .models import Item

@@ -17,7 +17,7 @@ from routing_db import (
     RoundRobin,
     Weighted,
 )
-from routing_db._policies import make_policy
+from routing_db._replicas.policies import make_policy
 
 
 def candidates(

@@ -73,6 +73,6 @@ async def test_least_busy_avoids_the_busy_replica(
         # ages out; then, idle again, both serve.
         served = await ports_served(router, 4)
         assert set(served) == {cluster.replicas[1].port}
-        monkeypatch.setattr("routing_db._replicas._LATENCY_TTL", 0.0)
+        monkeypatch.setattr("routing_db._replicas.replica_set._LATENCY_TTL", 0.0)
         served = await ports_served(router, 4)
     assert set(served) == {node.port for node in cluster.replicas}

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from routing_db import _read_timeout
+from routing_db._bounds import read_timeout as _read_timeout
 
 
 class _Connection:

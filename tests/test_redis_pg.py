@@ -34,7 +34,7 @@ from routing_db import (
     routing_sessionmaker,
     routing_sync_sessionmaker,
 )
-from routing_db._causal import CausalFloor
+from routing_db._causal.floor import CausalFloor
 from routing_db.fastapi import RoutingMiddleware, get_db, routing_lifespan
 from routing_db.redis import RedisCausalStore
 from routing_db.testing import PostgresCluster, RedisServer

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -17,10 +18,11 @@ from routing_db import (
     HealthOptions,
     ObservabilityOptions,
     Router,
+    RoutingSettings,
     read_only,
     routing_sessionmaker,
 )
-from routing_db._router import DEFAULT_PING_AFTER_IDLE, ROUTER_OPTIONS
+from routing_db._options import BY_NAME, OPTIONS, ROUTER_KEYWORDS
 
 GROUPS = {
     "health": HealthOptions,
@@ -34,9 +36,72 @@ def _keywords() -> dict[str, inspect.Parameter]:
     return {name: p for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
-def test_the_option_list_is_the_signature() -> None:
-    assert set(_keywords()) - {"writer", "replicas"} == ROUTER_OPTIONS
-    assert set(GROUPS) <= ROUTER_OPTIONS
+def test_the_option_table_is_the_signature() -> None:
+    """Router's keywords are the declared options, with their defaults."""
+    keywords = _keywords()
+    assert set(keywords) - {"writer", "replicas"} == ROUTER_KEYWORDS
+    assert set(GROUPS) <= ROUTER_KEYWORDS
+    for option in OPTIONS:
+        if option.keyword:
+            assert keywords[option.name].default == option.default, option.name
+
+
+def test_each_group_field_is_a_declared_option() -> None:
+    for group, cls in GROUPS.items():
+        for field in dataclasses.fields(cls):
+            option = BY_NAME[field.name]
+            assert (option.group, field.default) == (group, option.default)
+    fields = {f.name for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+    routers = {option.name for option in OPTIONS if option.group == "router"}
+    assert fields | routers == set(BY_NAME)
+
+
+def test_each_settings_field_of_an_option_has_its_default() -> None:
+    fields = RoutingSettings.model_fields
+    for option in OPTIONS:
+        if option.name in {"weights", "retry", "causal_store"} or not option.keyword:
+            assert option.name not in fields
+            continue
+        assert fields[option.name].default == option.default, option.name
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in OPTIONS if o.minimum is not None], ids=lambda o: o.name
+)
+@pytest.mark.parametrize("value", [0, -1])
+def test_zero_and_negatives_get_one_answer_everywhere(option: Any, value: int) -> None:
+    """The router, its group and the settings all accept the value, or all
+    refuse it with the same words (ROUTING_DB_CONNECT_TIMEOUT=0 once passed
+    the settings and failed when the router was built)."""
+    answers: list[str | None] = []
+
+    def answer(make: Any) -> None:
+        try:
+            make()
+        except (ConfigurationError, ValidationError) as error:
+            answers.append(option.rule() if option.rule() in str(error) else str(error))
+        else:
+            answers.append(None)
+
+    answer(lambda: option.check(value))
+    if option.group != "router":
+        group = GROUPS[option.group]
+        answer(lambda: group(**{option.name: value}))
+    if option.name in RoutingSettings.model_fields:
+        answer(
+            lambda: RoutingSettings(
+                writer_url="postgresql+asyncpg://u@h/db", **{option.name: value}
+            )
+        )
+    assert len(answers) >= 2
+    assert len(set(answers)) == 1, answers
+    if value < 0:
+        assert answers[0] == option.rule()
+
+
+def test_connect_timeout_zero_is_refused_by_the_settings() -> None:
+    with pytest.raises(ValidationError, match=r"connect_timeout must be > 0 seconds"):
+        RoutingSettings(writer_url="postgresql+asyncpg://u@h/db", connect_timeout=0)
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -126,7 +191,7 @@ async def test_from_urls_takes_groups_by_name(tmp_path: Path) -> None:
         assert router.observability.slow_query_seconds == 1.5
         assert router.health.eject_after == 2
         # As with the keywords: without pool_pre_ping, the idle check is on.
-        assert router.health.ping_after_idle == DEFAULT_PING_AFTER_IDLE
+        assert router.health.ping_after_idle == BY_NAME["ping_after_idle"].built
     finally:
         await router.dispose()
 

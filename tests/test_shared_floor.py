@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from routing_db._causal import CausalFloor
-from routing_db._shared_floor import CAUSAL_KEY, UNKNOWN, SharedFloors, causal_key
+from routing_db._causal.floor import CausalFloor
+from routing_db._causal.store import CAUSAL_KEY, UNKNOWN, SharedFloors, causal_key
 
 
 class Flaky:

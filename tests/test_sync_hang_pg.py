@@ -24,7 +24,7 @@ from routing_db import (
     routing_sync_sessionmaker,
     unit_of_work,
 )
-from routing_db._discovery import ROLE_CHECK
+from routing_db._topology.discovery import ROLE_CHECK
 from routing_db.testing import PostgresCluster
 
 from .bounds import pg_sleeping

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from .._context import read_only
+from .._decide.context import read_only
 from .._exceptions import ConfigurationError
 
 __all__ = ["PROFILES", "Profile", "Workload", "prepare", "resolve_profile"]

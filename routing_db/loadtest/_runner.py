@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from .._engines.make import engine_name
+from .._engines.observe import PoolObserver, observe
 from .._exceptions import ConfigurationError
-from .._make import engine_name
-from .._observe import PoolObserver, observe
 from ._profiles import Profile, Workload, resolve_profile
 from ._summary import EngineStats, LoadSummary, distribution
 

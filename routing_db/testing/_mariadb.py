@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _maria_failover as failover
 from ._servers import OWNER, ClusterError, async_form, free_ports, owner_alive, poll
 
 __all__ = ["MariaDBCluster", "MariaDBNode", "find_mariadbd"]
@@ -358,18 +357,18 @@ class MariaDBCluster:
     def promote(self, index: int) -> None:
         """Make replica ``index`` the primary (``read_only = 0``), once it has
         applied everything it received."""
-        failover.promote(self, self.replicas[index])
+        promote(self, self.replicas[index])
 
     def follow(self, index: int, *, new_primary: int) -> None:
         """Make replica ``index`` replicate from replica ``new_primary`` (GTID)."""
-        failover.follow(self, self.replicas[index], self.replicas[new_primary])
+        follow(self, self.replicas[index], self.replicas[new_primary])
 
     @property
     def current_primary(self) -> MariaDBNode:
         """The node that takes writes now: the primary, or a promoted replica."""
         stopped = self._stopped_nodes()
         for node in (self.primary, *self.replicas):
-            if node.name not in stopped and failover.takes_writes(self, node):
+            if node.name not in stopped and takes_writes(self, node):
                 return node
         raise ClusterError("no node of the cluster takes writes")
 
@@ -382,7 +381,7 @@ class MariaDBCluster:
             self._signal(node, signal.SIGCONT)
         stopped = self._stopped_nodes()
         if self.primary.name in stopped or any(
-            failover.takes_writes(self, node)
+            takes_writes(self, node)
             for node in self.replicas
             if node.name not in stopped
         ):
@@ -406,3 +405,58 @@ class MariaDBCluster:
     def __repr__(self) -> str:
         nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
         return f"<MariaDBCluster {nodes}>"
+
+
+def takes_writes(cluster: MariaDBCluster, node: MariaDBNode) -> bool:
+    """Is ``node`` writable (``@@global.read_only = 0``)?"""
+    return cluster.sql(node, "SELECT @@global.read_only", timeout=10) == "0"
+
+
+def _status(cluster: MariaDBCluster, node: MariaDBNode) -> dict[str, str]:
+    out = cluster.sql(node, "SHOW SLAVE STATUS\\G", names=True)
+    fields = (line.strip().partition(":") for line in out.splitlines())
+    status = {key: value.strip() for key, colon, value in fields if colon}
+    if not status:
+        raise ClusterError(f"{node.name} is not a replica")
+    return status
+
+
+def _applied(cluster: MariaDBCluster, node: MariaDBNode) -> bool:
+    """Has ``node`` executed all it received from its primary?"""
+    status = _status(cluster, node)
+    return status.get("Master_Log_File") == status.get(
+        "Relay_Master_Log_File"
+    ) and status.get("Read_Master_Log_Pos") == status.get("Exec_Master_Log_Pos")
+
+
+def promote(cluster: MariaDBCluster, node: MariaDBNode) -> None:
+    """Make replica ``node`` the primary once it applied all it received."""
+    cluster.sql(node, "STOP SLAVE IO_THREAD")
+    poll(
+        f"{node.name} to apply its relay log", lambda: _applied(cluster, node), 60, 0.05
+    )
+    cluster.sql(node, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
+
+
+def follow(cluster: MariaDBCluster, node: MariaDBNode, source: MariaDBNode) -> None:
+    """Make replica ``node`` replicate from ``source`` by GTID (slave_pos)."""
+    cluster.sql(
+        node,
+        f"STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', "
+        f"MASTER_PORT={source.port}, MASTER_USE_GTID=slave_pos; START SLAVE",
+    )
+    target = cluster.sql(source, "SELECT @@global.gtid_binlog_pos")
+
+    def applied() -> bool:
+        status = _status(cluster, node)
+        if status.get("Last_IO_Error"):
+            raise ClusterError(
+                f"{node.name} cannot follow {source.name} (it may have applied "
+                f"more than {source.name} has): {status['Last_IO_Error']}"
+            )
+        query = f"SELECT MASTER_GTID_WAIT('{target}', 0)"
+        return status.get("Slave_IO_Running") == "Yes" and (
+            cluster.sql(node, query) == "0"
+        )
+
+    poll(f"{node.name} to follow {source.name}", applied, 60, 0.05)

@@ -14,7 +14,7 @@ from ._mariadb import MariaDBCluster, find_mariadbd
 from ._patroni import PatroniCluster, find_etcd, find_patroni
 from ._pgbouncer import PgBouncer, find_pgbouncer
 from ._redis import RedisServer, find_redis_server
-from ._servers import ClusterError
+from ._servers import ClusterError, find_pg_bindir
 
 __all__ = [
     "mariadb_cluster",
@@ -37,6 +37,7 @@ def pg_cluster() -> Iterator[PostgresCluster]:
     if external is not None:
         yield external
         return
+    _require(find_pg_bindir, "PostgreSQL")
     cluster = PostgresCluster.start(replicas=2)
     try:
         yield cluster

@@ -1,0 +1,3 @@
+"""The routing-db command: check (the doctor) and loadtest."""
+
+__all__: list[str] = []

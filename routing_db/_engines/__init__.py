@@ -1,0 +1,5 @@
+"""Engines as routing_db makes and watches them: engine creation and URL
+checks, the hooks a router installs (and removes), pool observation and the
+slow-query log."""
+
+__all__: list[str] = []

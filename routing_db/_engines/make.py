@@ -1,0 +1,213 @@
+"""A router's engines made: URLs checked, engines created and named (either face)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import sqlalchemy
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .._compat import max_overflow
+from .._exceptions import ConfigurationError
+
+__all__ = [
+    "AppEngine",
+    "behind_pgbouncer",
+    "check_url",
+    "core",
+    "create_engine",
+    "dispose",
+    "engine_name",
+    "pool_capacity",
+    "safe_url",
+    "url_name",
+]
+
+# backend -> (async drivers we accept, the one to suggest instead of a sync one)
+_ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
+    "postgresql": (frozenset({"asyncpg", "psycopg", "psycopg_async"}), "asyncpg"),
+    "mysql": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
+    "mariadb": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
+    "sqlite": (frozenset({"aiosqlite"}), "aiosqlite"),
+}
+# The same for SyncRouter's engines (create_engine).
+_SYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
+    "postgresql": (frozenset({"psycopg2", "psycopg"}), "psycopg"),
+    "mysql": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
+    "mariadb": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
+    "sqlite": (frozenset({"pysqlite"}), "pysqlite"),
+}
+_DRIVER_PACKAGES = {"psycopg_async": "psycopg", "psycopg": "psycopg[binary]"}
+
+_URL_FORM = "dialect+driver://user:password@host:port/database"
+
+
+AppEngine = AsyncEngine | Engine
+
+
+def core(engine: AppEngine) -> Engine:
+    """The ``Engine`` routing works with: an ``AsyncEngine``'s ``sync_engine``."""
+    return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+
+async def dispose(engine: AppEngine) -> None:
+    """Close ``engine``'s pooled connections, as its face does it."""
+    if isinstance(engine, AsyncEngine):
+        await engine.dispose()
+    else:
+        engine.dispose()
+
+
+def safe_url(url: URL) -> str:
+    """Render ``url`` with its password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def check_url(value: str | URL, *, field: str, sync: bool = False) -> URL:
+    """Parse ``value`` and require an asyncio driver (``sync``: a synchronous
+    one, for ``SyncRouter``); errors never show a password."""
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError, TypeError):
+        # ``from None``: SQLAlchemy's message repeats the whole URL string.
+        raise ConfigurationError(
+            f"{field} is not a valid database URL; expected {_URL_FORM}"
+        ) from None
+    drivers = _SYNC_DRIVERS if sync else _ASYNC_DRIVERS
+    backend = url.get_backend_name()
+    if backend not in drivers:
+        raise ConfigurationError(
+            f"{field} uses the unsupported database '{backend}'; supported: "
+            + ", ".join(sorted(drivers))
+        )
+    accepted, suggested = drivers[backend]
+    try:
+        driver = url.get_driver_name()
+    except Exception:
+        raise ConfigurationError(
+            f"{field} names an unknown driver '{url.drivername}'; "
+            f"use {backend}+{suggested}"
+        ) from None
+    if driver not in accepted and sync:
+        raise ConfigurationError(
+            f"{field} uses '{url.drivername}', which resolves to the driver "
+            f"'{driver}'; SyncRouter needs a synchronous driver: use "
+            f"{backend}+{suggested}:// (accepted: "
+            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
+            + "); Router takes the asyncio drivers"
+        )
+    if driver not in accepted:
+        raise ConfigurationError(
+            f"{field} uses '{url.drivername}', which resolves to the synchronous "
+            f"driver '{driver}'; routing_db needs an asyncio driver: "
+            f"use {backend}+{suggested}:// (accepted: "
+            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
+            + ")"
+        )
+    return url
+
+
+@overload
+def create_engine(
+    url: URL,
+    *,
+    field: str,
+    pgbouncer: bool = ...,
+    sync: Literal[False] = ...,
+    **kwargs: Any,
+) -> AsyncEngine: ...
+
+
+@overload
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = ..., sync: Literal[True], **kwargs: Any
+) -> Engine: ...
+
+
+@overload
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = ..., sync: bool, **kwargs: Any
+) -> AppEngine: ...
+
+
+def create_engine(
+    url: URL, *, field: str, pgbouncer: bool = False, sync: bool = False, **kwargs: Any
+) -> AppEngine:
+    """``create_async_engine`` (``sync``: ``create_engine``) with errors that
+    name the setting, not the password.
+
+    ``pgbouncer``: adjusted for PgBouncer's transaction pooling first.
+    """
+    if pgbouncer:
+        url, kwargs = behind_pgbouncer(url, kwargs)
+    try:
+        if sync:
+            return sqlalchemy.create_engine(url, **kwargs)
+        return create_async_engine(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        driver = url.get_driver_name()
+        package = _DRIVER_PACKAGES.get(driver, driver)
+        raise ConfigurationError(
+            f"{field} needs the driver '{driver}', which is not installed "
+            f"(pip install {package}): {exc.name} is missing"
+        ) from None
+    except (ArgumentError, TypeError) as exc:
+        raise ConfigurationError(f"{field}: {exc}") from None
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def behind_pgbouncer(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """``url`` and engine ``kwargs`` for a PgBouncer in transaction pooling mode.
+
+    Each transaction may get another server connection, so no prepared
+    statement may outlive the transaction that made it: asyncpg gets no
+    statement cache (neither its own nor SQLAlchemy's) and a unique name for
+    each statement; psycopg never prepares. (PgBouncer >= 1.21 with
+    ``max_prepared_statements`` makes this unnecessary.)
+    """
+    driver = url.get_driver_name()
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if driver == "asyncpg":
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args.setdefault("statement_cache_size", 0)
+        connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
+    elif driver in ("psycopg", "psycopg_async"):
+        connect_args.setdefault("prepare_threshold", None)
+    elif driver == "psycopg2":
+        pass  # it never prepares on the server
+    else:
+        raise ConfigurationError(
+            f"pgbouncer=True is for PostgreSQL URLs (asyncpg or psycopg), "
+            f"not {url.drivername}"
+        )
+    return url, {**kwargs, "connect_args": connect_args}
+
+
+def pool_capacity(pool: Any) -> int:
+    """``pool_size + max_overflow`` of a queue pool; 0 when it has no such limit."""
+    size = getattr(pool, "size", None)
+    if not callable(size):
+        return 0
+    return int(size()) + max(max_overflow(pool), 0)
+
+
+def engine_name(engine: AppEngine) -> str:
+    """An engine's label: its ``logging_name`` if given, else ``host:port/db``."""
+    # logging_name is SQLAlchemy's own name for an engine (create_engine's
+    # argument, also in its log lines), so a name is given where engines are.
+    given: str | None = core(engine).logging_name
+    return given if given else url_name(engine.url)
+
+
+def url_name(url: URL) -> str:
+    """A label for a URL, ``host:port/database``, never with a password."""
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite:{url.database or ':memory:'}"
+    return f"{url.host or 'localhost'}:{url.port or ''}/{url.database or ''}"
