@@ -495,14 +495,15 @@ class RoutingSyncSession(Session):
 
     def _routing_may_wait_to_read(self, error: BaseException) -> bool:
         # A read_only read that found no server to read from (every replica
-        # and the writer failed to connect: a proxy with no server up behind
-        # it during a failover, say). It wrote nothing and returned nothing,
-        # so it waits for one, as a write waits for a writer.
+        # and the writer failed to connect, or the writer's new connections
+        # kept reaching a standby: a proxy whose checks have not settled
+        # during a failover, say). It wrote nothing and returned nothing, so
+        # it waits for one, as a write waits for a writer.
         tx = self._routing_tx
         return (
             SCOPE.get()[0] is Scope.READ_ONLY
             and (tx is None or not tx.wrote)
-            and checkout_failed(error)
+            and (checkout_failed(error) or isinstance(error, WriterIsAStandby))
             and not isinstance(error, sa_exc.TimeoutError)  # busy, not down
         )
 
