@@ -3,17 +3,16 @@
 from ._causal.floor import causal_token, current_causal_token
 from ._causal.store import CausalStore, causal_key
 from ._decide.context import read_only, use_writer
-from ._decide.misuse import RoutingDBWarning
 from ._events import RoutingListener
 from ._exceptions import (
     CommitOutcomeUnknown,
     ConfigurationError,
-    LoadProcessError,
     NoReplicaAvailable,
     NoWriterAvailable,
     ReadOnlyViolation,
     ReplicaReadTimeout,
     RoutingDBError,
+    RoutingDBWarning,
 )
 from ._options import ConsistencyOptions, HealthOptions, ObservabilityOptions
 from ._replicas.policies import (
@@ -37,6 +36,7 @@ from ._session.makers import routing_sync_sessionmaker
 from ._session.sync_session import RoutingSyncSession
 from ._session.unit_of_work import run_unit_of_work, unit_of_work
 from ._settings import RoutingSettings, SyncRoutingSettings
+from .loadtest import LoadProcessError
 
 __all__ = [
     "BalancingPolicy",

@@ -11,10 +11,10 @@
         │   └── WriterIsAStandby      (internal: the writer URL reached a standby)
         ├── CommitOutcomeUnknown      (also sqlalchemy.exc.DBAPIError)
         ├── ReplicaReadTimeout        (also sqlalchemy.exc.OperationalError)
-        └── LoadProcessError          (also RuntimeError)
+        └── LoadProcessError          (also RuntimeError; routing_db.loadtest's)
 
     UserWarning
-    └── RoutingDBWarning              (misuse we can see: routing_db._decide.misuse)
+    └── RoutingDBWarning              (misuse routing_db can see)
 
 Driver and SQLAlchemy errors pass through unchanged unless routing_db adds
 meaning to them (a replica rejecting a write with SQLSTATE 25006 becomes
@@ -32,12 +32,12 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
-    "LoadProcessError",
     "NoReplicaAvailable",
     "NoWriterAvailable",
     "ReadOnlyViolation",
     "ReplicaReadTimeout",
     "RoutingDBError",
+    "RoutingDBWarning",
 ]
 
 
@@ -72,5 +72,5 @@ class ReplicaReadTimeout(RoutingDBError, OperationalError):
     was discarded, so ``unit_of_work`` runs the transaction again."""
 
 
-class LoadProcessError(RoutingDBError, RuntimeError):
-    """A process of a multi-process load run failed; the message says how."""
+class RoutingDBWarning(UserWarning):
+    """Misuse routing_db can see, such as routers created over and over."""

@@ -15,7 +15,9 @@ import threading
 import warnings
 from collections import Counter
 
-__all__ = ["OPENINGS", "OPEN_ROUTERS_WARNING", "Openings", "RoutingDBWarning"]
+from .._exceptions import RoutingDBWarning
+
+__all__ = ["OPENINGS", "OPEN_ROUTERS_WARNING", "Openings"]
 
 # Open at once over the same URLs before we say so. An application needs one
 # (a few with several event loops or processes' worth of threads); a test
@@ -24,10 +26,6 @@ OPEN_ROUTERS_WARNING = 10
 
 # routing_db itself (this module sits in routing_db/_decide/).
 _PACKAGE = os.path.dirname(os.path.dirname(__file__))
-
-
-class RoutingDBWarning(UserWarning):
-    """Misuse routing_db can see, such as routers created over and over."""
 
 
 class Openings:

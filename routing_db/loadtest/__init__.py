@@ -6,7 +6,7 @@ the pools (checkout wait, timeouts, peak connections) to show pool starvation.
 """
 
 from ._plot import plot_summaries
-from ._processes import SessionFactoryMaker, run_load_in_processes
+from ._processes import LoadProcessError, SessionFactoryMaker, run_load_in_processes
 from ._profiles import PROFILES, Profile, Workload, prepare
 from ._runner import run_load
 from ._summary import Distribution, EngineStats, LoadSummary
@@ -15,6 +15,7 @@ __all__ = [
     "PROFILES",
     "Distribution",
     "EngineStats",
+    "LoadProcessError",
     "LoadSummary",
     "Profile",
     "SessionFactoryMaker",

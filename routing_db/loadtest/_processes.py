@@ -11,12 +11,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from .._exceptions import ConfigurationError, LoadProcessError
+from .._exceptions import ConfigurationError, RoutingDBError
 from ._profiles import Workload
 from ._runner import Samples, check_stop, measure, merge, summarize
 from ._summary import LoadSummary
 
-__all__ = ["SessionFactoryMaker", "run_load_in_processes"]
+__all__ = ["LoadProcessError", "SessionFactoryMaker", "run_load_in_processes"]
+
+
+class LoadProcessError(RoutingDBError, RuntimeError):
+    """A process of a multi-process load run failed; the message says how."""
+
 
 SessionFactoryMaker = Callable[
     [], contextlib.AbstractAsyncContextManager[async_sessionmaker[Any]]
