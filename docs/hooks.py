@@ -12,8 +12,8 @@ import typing
 from typing import Any
 
 from routing_db import RoutingSettings
-from routing_db._options import BY_NAME
 from routing_db._compat import INTERNALS
+from routing_db._options import BY_NAME
 
 MARKER = "<!-- settings-table -->"
 INTERNALS_MARKER = "<!-- sqlalchemy-internals -->"
@@ -44,6 +44,10 @@ def _default(field: Any) -> str:
 
 
 def _description(name: str, field: Any) -> str:
+    role, _, base = name.partition("_")
+    fields = RoutingSettings.model_fields
+    if field.description is None and role in ("writer", "replica") and base in fields:
+        return f"As `{base}`, for the {role}'s engine only."
     option = BY_NAME.get(name)
     if option is None:
         return str(field.description or "")

@@ -91,25 +91,68 @@ class RoutingSettings(BaseSettings):
         extra="forbid",
     )
 
-    writer_url: SecretStr | None = None
-    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Every node of one cluster, the writer found among them (from_cluster);
-    # instead of writer_url and replica_urls.
-    cluster_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # The members' Patroni REST API (with cluster_urls): the leader it names.
-    patroni_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Labels in metrics, logs and status() instead of host:port/db.
-    writer_name: str | None = None
-    replica_names: Annotated[list[str], NoDecode] | None = None
-    cluster_names: Annotated[list[str], NoDecode] | None = None
+    writer_url: SecretStr | None = Field(
+        None,
+        description="The writer's URL (with its driver: postgresql+asyncpg://...).",
+    )
+    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="The replicas' URLs, comma-separated.",
+    )
+    cluster_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Every node of one cluster, comma-separated: the writer is found "
+            "among them (instead of writer_url and replica_urls)."
+        ),
+    )
+    patroni_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "The members' Patroni REST API URLs (with cluster_urls): the writer is the "
+            "leader Patroni names."
+        ),
+    )
+    writer_name: str | None = Field(
+        None,
+        description=(
+            "The writer's label in metrics, logs and status() (else host:port/db)."
+        ),
+    )
+    replica_names: Annotated[list[str], NoDecode] | None = Field(
+        None,
+        description="The replicas' labels, one per replica URL.",
+    )
+    cluster_names: Annotated[list[str], NoDecode] | None = Field(
+        None,
+        description="The nodes' labels, one per cluster URL.",
+    )
 
-    pool_size: PoolCount = 5
-    max_overflow: PoolCount = 10
-    pool_timeout: Seconds = 30.0
-    pool_recycle: Recycle = -1
+    pool_size: PoolCount = Field(
+        5,
+        description="Connections each engine's pool keeps (SQLAlchemy's pool_size).",
+    )
+    max_overflow: PoolCount = Field(
+        10,
+        description="Connections a pool may open beyond pool_size.",
+    )
+    pool_timeout: Seconds = Field(
+        30.0,
+        description="Seconds a checkout waits for a pooled connection.",
+    )
+    pool_recycle: Recycle = Field(
+        -1,
+        description="Seconds after which a pooled connection is replaced (-1: never).",
+    )
     # None: routing_db's idle check (ping_after_idle) instead of SQLAlchemy's
     # ping on every checkout; true: SQLAlchemy's pre-ping; false: no check.
-    pool_pre_ping: bool | None = None
+    pool_pre_ping: bool | None = Field(
+        None,
+        description=(
+            "SQLAlchemy's ping on every checkout (unset: routing_db's cheaper "
+            "idle check, ping_after_idle)."
+        ),
+    )
     ping_after_idle: float | None = default("ping_after_idle")
 
     writer_pool_size: PoolCount | None = None
@@ -132,7 +175,10 @@ class RoutingSettings(BaseSettings):
     policy: Literal["round_robin", "random", "weighted", "least_busy"] = default(
         "policy"
     )
-    replica_weights: Annotated[list[Limit], NoDecode] | None = None
+    replica_weights: Annotated[list[Limit], NoDecode] | None = Field(
+        None,
+        description="One weight per replica URL, for the weighted policy.",
+    )
     max_lag_bytes: int | None = default("max_lag_bytes")
     max_lag_seconds: float | None = default("max_lag_seconds")
     monitor_interval: float = default("monitor_interval")
@@ -153,10 +199,22 @@ class RoutingSettings(BaseSettings):
     # Session settings for every new connection (asyncpg server_settings,
     # psycopg startup options),
     # with writer_/replica_ overrides. Replicas stay read-only regardless.
-    statement_timeout_ms: PoolCount | None = None
-    timezone: str | None = None
-    application_name: str | None = None
-    search_path: str | None = None
+    statement_timeout_ms: PoolCount | None = Field(
+        None,
+        description="PostgreSQL statement_timeout for every new connection, in ms.",
+    )
+    timezone: str | None = Field(
+        None,
+        description="PostgreSQL TimeZone for every new connection.",
+    )
+    application_name: str | None = Field(
+        None,
+        description="PostgreSQL application_name for every new connection.",
+    )
+    search_path: str | None = Field(
+        None,
+        description="PostgreSQL search_path for every new connection.",
+    )
     writer_statement_timeout_ms: PoolCount | None = None
     writer_timezone: str | None = None
     writer_application_name: str | None = None
@@ -167,17 +225,34 @@ class RoutingSettings(BaseSettings):
     replica_search_path: str | None = None
 
     # PgBouncer in transaction pooling mode in front of the servers.
-    pgbouncer: bool = False
+    pgbouncer: bool = Field(
+        False,
+        description="The servers sit behind PgBouncer in transaction pooling mode.",
+    )
 
     # Read-your-writes and retries.
     sticky_seconds: float = default("sticky_seconds")
     causal_wait_timeout: float | None = default("causal_wait_timeout")
     # A Redis causal store (routing_db.redis, the redis extra): a user's
     # position shared by processes, for reads under causal_key.
-    causal_store_url: SecretStr | None = None
-    causal_store_ttl: Seconds = 30.0
-    retry_attempts: AtLeastOne = 3
-    retry_max_seconds: Seconds = 10.0
+    causal_store_url: SecretStr | None = Field(
+        None,
+        description=(
+            "A Redis URL: a user's position shared by processes (routing_db.redis)."
+        ),
+    )
+    causal_store_ttl: Seconds = Field(
+        30.0,
+        description="Seconds the Redis causal store keeps a position.",
+    )
+    retry_attempts: AtLeastOne = Field(
+        3,
+        description="Attempts of a connection-level retry (RetryPolicy).",
+    )
+    retry_max_seconds: Seconds = Field(
+        10.0,
+        description="Seconds a connection-level retry may take in all.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:

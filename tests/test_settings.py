@@ -9,6 +9,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from routing_db import ConfigurationError, Router, RoutingSettings
+from routing_db._options import BY_NAME
 
 SECRET = "s3cr3t-pw"
 WRITER = f"postgresql+asyncpg://app:{SECRET}@db.example:5432/app"
@@ -388,3 +389,14 @@ async def test_lag_limits_are_on_by_default_and_off_by_name(
         assert router.health.max_lag_seconds is None
     finally:
         await router.dispose()
+
+
+def test_every_setting_is_described() -> None:
+    """The configuration page's description column has no hole: a field says
+    what it does, or is a router option (described in the option table), or
+    a writer_/replica_ override of a described field."""
+    fields = RoutingSettings.model_fields
+    for name, field in fields.items():
+        role, _, base = name.partition("_")
+        override = role in ("writer", "replica") and base in fields
+        assert field.description or name in BY_NAME or override, name
