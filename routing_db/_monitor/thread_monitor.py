@@ -21,7 +21,7 @@ from .._backends.positions import ReplicaStatus, takes_writes, writer_position
 from .._bounds.connect import submit_check
 from .._topology.discovery import ThreadDiscovery
 from .._topology.topology import Topology
-from .async_monitor import Rounds
+from .rounds import Rounds
 
 __all__ = ["ThreadMonitor"]
 
