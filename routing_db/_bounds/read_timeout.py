@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import math
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._backends.connections import cut
@@ -35,7 +34,6 @@ from .past_bound import CANCEL, backend_id, expired, timeout_error, timeout_tran
 __all__ = [
     "expired",
     "install_read_timeout",
-    "install_socket_timeout",
     "timeout_translator",
 ]
 
@@ -315,22 +313,3 @@ def install_read_timeout(
     hooks.listen(engine.sync_engine, "do_connect", bounded)
     hooks.listen(engine.sync_engine, "connect", connected)
     hooks.listen(engine.sync_engine, "handle_error", translate)
-
-
-# The sync drivers' own socket timeouts: a statement past it fails as a lost
-# connection (a first statement runs again elsewhere and ejects the replica).
-# psycopg2 and psycopg's sync connection have none: libpq waits for ever.
-_SOCKET_TIMEOUT = {"pymysql": "read_timeout", "mysqldb": "read_timeout"}
-
-
-def install_socket_timeout(engine: Engine, hooks: Hooks, seconds: float) -> None:
-    """Bound each read of ``engine``'s (a sync replica's) socket, where its
-    driver can; arguments in ``connect_args`` win."""
-    argument = _SOCKET_TIMEOUT.get(engine.dialect.driver)
-    if argument is None:
-        return
-
-    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        cparams.setdefault(argument, math.ceil(seconds))
-
-    hooks.listen(engine, "do_connect", bounded)

@@ -1,4 +1,5 @@
-"""``replica_read_timeout`` for the sync face's PostgreSQL drivers.
+"""``replica_read_timeout`` for the sync face: its PostgreSQL drivers, and
+the MySQL drivers' own socket timeout.
 
 libpq (psycopg2, psycopg's sync connection) has no client-side read timeout:
 a statement on a host that stopped answering waits as long as the host
@@ -6,15 +7,17 @@ does. As on asyncio, nothing is armed per statement: each connection has a
 small record of when its statement began (set by a cursor class of
 routing_db's, and around the pool's ROLLBACK on return), and one daemon
 thread per router (stopped when the router is disposed) looks every tenth
-of the bound; past it, the server is asked to stop
-the statement (over another connection, on a thread of its own), the socket
-is cut, and the statement raises ``ReplicaReadTimeout``.
+of the bound; past it, the server is asked to stop the statement (over
+another connection, on a thread of its own), the socket is cut, and the
+statement raises ``ReplicaReadTimeout``. pymysql bounds its socket reads
+itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -28,7 +31,7 @@ from .._engines.hooks import Hooks
 from .connect import MONITOR_PROBING
 from .past_bound import CANCEL, backend_id, expired, timeout_error, timeout_translator
 
-__all__ = ["install_thread_read_timeout"]
+__all__ = ["install_socket_timeout", "install_thread_read_timeout"]
 
 logger = logging.getLogger("routing_db")
 
@@ -222,3 +225,22 @@ def install_thread_read_timeout(
     hooks.listen(engine, "reset", resetting)
     hooks.listen(engine, "checkin", checked_in)
     hooks.listen(engine, "handle_error", timeout_translator(seconds))
+
+
+# The sync drivers' own socket timeouts: a statement past it fails as a lost
+# connection (a first statement runs again elsewhere and ejects the replica).
+# psycopg2 and psycopg's sync connection have none: libpq waits for ever.
+_SOCKET_TIMEOUT = {"pymysql": "read_timeout", "mysqldb": "read_timeout"}
+
+
+def install_socket_timeout(engine: Engine, hooks: Hooks, seconds: float) -> None:
+    """Bound each read of ``engine``'s (a sync replica's) socket, where its
+    driver can; arguments in ``connect_args`` win."""
+    argument = _SOCKET_TIMEOUT.get(engine.dialect.driver)
+    if argument is None:
+        return
+
+    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.setdefault(argument, math.ceil(seconds))
+
+    hooks.listen(engine, "do_connect", bounded)

@@ -9,8 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._backends.setup import install_idle_ping, install_replica_setup
 from .._bounds.connect import install_connect_guard, install_connect_timeout
-from .._bounds.read_timeout import install_read_timeout, install_socket_timeout
-from .._bounds.thread_read_timeout import install_thread_read_timeout
+from .._bounds.read_timeout import install_read_timeout
+from .._bounds.thread_read_timeout import (
+    install_socket_timeout,
+    install_thread_read_timeout,
+)
 from .._engines.hooks import Hooks
 from .._engines.make import AppEngine, core
 from .._engines.slowlog import install_slow_query_log
