@@ -25,11 +25,19 @@ __all__ = ["Monitor"]
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
 
+# How long stop() lets a round in flight finish before it cancels it. A
+# round's checks take moments; one cancelled while its connection is being
+# made can leave that connection half made (aiosqlite under SQLAlchemy 2.0
+# then never closes it, and asyncio.run() never ends). A check on a host
+# that hangs is still cancelled, within this.
+_STOP_GRACE = 0.5
+
 
 class Monitor(Rounds):
     """Polls every replica each ``interval`` seconds while it runs (asyncio)."""
 
     _task: asyncio.Task[None] | None = None
+    _in_round = False
 
     @property
     def running(self) -> bool:
@@ -47,6 +55,10 @@ class Monitor(Rounds):
         """Stop polling and wait for the task to end."""
         task, self._task = self._task, None
         if task is not None:
+            if self._in_round:  # it ends after this round: let it, briefly
+                done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
+                if done:
+                    return
             task.cancel()
             # asyncio.wait neither raises the task's CancelledError nor
             # absorbs one sent to our caller (awaiting the task under
@@ -114,10 +126,15 @@ class Monitor(Rounds):
         # asyncio.wait_for (in _bounded) can swallow the cancellation that
         # stop() sends (cpython#86296), and stop() would then wait forever.
         while asyncio.current_task() is self._task:
+            self._in_round = True
             try:
                 await self.poll_once()
                 if self._after_round is not None:
                     self._after_round()
             except Exception:  # pragma: no cover - a bug must not end the loop
                 logger.exception("routing_db monitor: poll failed")
+            finally:
+                self._in_round = False
+            if asyncio.current_task() is not self._task:
+                break  # stop() is waiting for this round to end
             await asyncio.sleep(self._interval)
