@@ -53,6 +53,9 @@ class Option:
     exclusive: bool = False
     maximum: float | None = None
     off: bool = False
+    # Infinity refused too (a weight must be a real share; a timeout or a
+    # limit of infinity means "never", as a large number would).
+    finite: bool = False
     unit: str = ""
     # Where routing_db makes the engines (from_urls, from_cluster,
     # from_settings) and this default differs: that one.
@@ -73,7 +76,8 @@ class Option:
         low = self.minimum
         too_low = low is not None and (value <= low if self.exclusive else value < low)
         too_high = self.maximum is not None and value > self.maximum
-        if too_low or too_high or math.isnan(value) or math.isinf(value):
+        unbounded = self.finite and math.isinf(value)
+        if too_low or too_high or unbounded or math.isnan(value):
             raise ConfigurationError(f"{self.name} must be {self.rule()}")
 
     def rule(self) -> str:
@@ -84,6 +88,8 @@ class Option:
         if self.maximum is not None:
             parts.append(f"<= {self.maximum:g}")
         rule = " and ".join(parts) + self.unit if parts else "set"
+        if self.finite:
+            rule = f"a finite number {rule}"
         return f"{rule} or None (off)" if self.off else rule
 
     @property
@@ -141,6 +147,7 @@ OPTIONS: tuple[Option, ...] = (
         group="router",
         default=0.0,
         minimum=0,
+        finite=True,
         doc="The writer's share of replica reads, as one more weighted reader "
         "(0: replicas only).",
     ),

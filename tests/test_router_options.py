@@ -277,3 +277,13 @@ async def test_each_keyword_reaches_its_group(
         assert getattr(getattr(router, group), field.name) == value
     finally:
         await router.dispose()
+
+
+def test_infinity_is_a_limit_but_not_a_weight() -> None:
+    """As before the option table: a timeout or limit of infinity means
+    never; a weight must be a real share."""
+    assert HealthOptions(writer_wait_timeout=float("inf")).writer_wait_timeout > 0
+    with pytest.raises(ConfigurationError, match="a finite number >= 0"):
+        BY_NAME["writer_read_weight"].check(float("inf"))
+    with pytest.raises(ConfigurationError, match="eject_window"):
+        HealthOptions(eject_window=float("nan"))
