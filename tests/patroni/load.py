@@ -4,6 +4,7 @@ write back under ``read_only``, and plain readers; everything they saw."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -61,6 +62,7 @@ class Load:
         self.read_errors: list[BaseException] = []
         self.stale: list[str] = []
         self._stop = asyncio.Event()
+        self._ack = asyncio.Event()  # set on each acknowledged write
         self._tasks = [
             *(asyncio.create_task(self._writer(i)) for i in range(writers)),
             *(asyncio.create_task(self._reader()) for _ in range(readers)),
@@ -82,6 +84,7 @@ class Load:
                     await session.execute(INSERT, {"key": write.key})
                     await session.commit()
                 write.acked = write.ended = time.monotonic()
+                self._ack.set()
             except Exception as exc:  # judged by the test (lost, private?)
                 write.error, write.ended = exc, time.monotonic()
                 await asyncio.sleep(0.05)
@@ -105,6 +108,18 @@ class Load:
             except Exception as exc:  # counted: the tests want none
                 self.read_errors.append(exc)
             await asyncio.sleep(0.005)
+
+    async def acked_after(self, moment: float, *, within: float) -> None:
+        """Return once a write is acknowledged at or after ``moment``, or
+        ``within`` seconds passed (the test judges which)."""
+
+        async def first() -> None:
+            while not any((w.acked or 0.0) >= moment for w in self.writes):
+                self._ack.clear()
+                await self._ack.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first(), within)
 
     def acked(self) -> list[Write]:
         """The writes the application was told were committed."""
