@@ -10,7 +10,6 @@ generated from ``INTERNALS``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -270,34 +269,17 @@ def mysql_socket(driver_connection: Any) -> int | None:
 # -- connecting --------------------------------------------------------------
 
 
-# What each asyncio DBAPI adapter calls to connect, unless given one.
-_CREATORS = {
-    "asyncpg": ("asyncpg", "connect"),
-    "psycopg": ("psycopg", "AsyncConnection.connect"),
-    "psycopg_async": ("psycopg", "AsyncConnection.connect"),
-    "aiomysql": ("aiomysql", "connect"),
-    "asyncmy": ("asyncmy", "connect"),
-}
-
-
-def _default_creator(driver: str) -> Callable[..., Any]:
-    module, path = _CREATORS[driver]
-    found: Any = importlib.import_module(module)
-    for name in path.split("."):
-        found = getattr(found, name)
-    return found  # type: ignore[no-any-return]
-
-
 def wrap_creator(
     cparams: dict[str, Any],
-    driver: str,
+    default: Callable[[], Callable[..., Any]],
     wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
     mark: str,
 ) -> None:
-    """Wrap the connect that ``driver``'s DBAPI adapter calls (``cparams``'
-    ``async_creator_fn``, else its own) in ``wrap``; once for each ``mark``,
-    since SQLAlchemy passes the same ``cparams`` to every connect."""
-    connect = cparams.get("async_creator_fn") or _default_creator(driver)
+    """Wrap the connect that an asyncio DBAPI adapter calls (``cparams``'
+    ``async_creator_fn``, else ``default()``, its own) in ``wrap``; once for
+    each ``mark``, since SQLAlchemy passes the same ``cparams`` to every
+    connect."""
+    connect = cparams.get("async_creator_fn") or default()
     marks: frozenset[str] = getattr(connect, "routing_db_marks", frozenset())
     if mark in marks:
         return

@@ -19,10 +19,11 @@ PACKAGE = Path(routing_db.__file__).parent
 # architecture page draws the same map.
 LAYERS: list[set[str]] = [
     {"_exceptions", "_compat"},
-    {"_engines", "_retry", "_events"},
+    {"_retry", "_events"},
     {"_decide"},
     {"_causal"},
     {"_backends", "_options"},
+    {"_engines"},
     {"_bounds", "_replicas"},
     {"_topology"},
     {"_monitor"},

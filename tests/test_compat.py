@@ -22,6 +22,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 import routing_db
 from routing_db import _compat
+from routing_db._backends.registry import backend_for
 from routing_db._compat import (
     INTERNALS,
     asyncpg_socket,
@@ -190,11 +191,13 @@ async def test_the_dbapi_adapters_connect_through_async_creator_fn(url: str) -> 
 
     dbapi = engine.sync_engine.dialect.loaded_dbapi
     arguments: dict[str, Any] = {"async_creator_fn": connect}
-    driver = engine.sync_engine.dialect.driver
-    wrap_creator(arguments, driver, lambda inner: inner, "a")
-    wrap_creator(arguments, driver, lambda inner: lambda *a, **k: inner(*a, **k), "b")
+    backend = backend_for(engine.dialect.name)
+    assert backend is not None
+    default = backend.creators[engine.dialect.driver]
+    wrap_creator(arguments, default, lambda inner: inner, "a")
+    wrap_creator(arguments, default, lambda inner: lambda *a, **k: inner(*a, **k), "b")
     wrapped = arguments["async_creator_fn"]
-    wrap_creator(arguments, driver, lambda inner: inner, "a")  # once for each mark
+    wrap_creator(arguments, default, lambda inner: inner, "a")  # once for each mark
     assert arguments["async_creator_fn"] is wrapped
     arguments["host"] = "h"
     with pytest.raises(_Reached):

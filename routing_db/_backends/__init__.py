@@ -1,5 +1,5 @@
-"""What each database backend knows: its SQL for roles and replay positions,
-the identity of the server a connection reached, connection setup (read-only
-replicas, a writer that is a standby), driver tables and socket checks."""
+"""What each database backend and its drivers know, one module per backend
+(``postgresql``, ``mysql``, ``sqlite``): a new driver or backend is one place.
+The rest of routing_db asks ``registry`` which backend it deals with."""
 
 __all__: list[str] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._backends.connections import cut
+from .._backends.registry import backend_for
 from .._compat import wrap_creator
 from .._engines.hooks import Hooks
 from .._engines.make import AppEngine, core
@@ -79,50 +79,29 @@ def install_connect_guard(
 
         return connecting
 
+    backend = backend_for(engine.dialect.name)
+    creator = None if backend is None else backend.creators.get(engine.dialect.driver)
+
     def guard(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if not (may_connect() or MONITOR_PROBING.get()):
             raise ReplicaEjected(f"{where} is ejected")
-        if engine.dialect.is_async and engine.dialect.driver in _CONNECT_TIMEOUT:
+        if creator is not None and engine.dialect.is_async:
             # Not SQLite; a sync face's connect is bounded by connect_timeout.
-            wrap_creator(cparams, engine.dialect.driver, abandoned_if_ejected, "guard")
+            wrap_creator(cparams, creator, abandoned_if_ejected, "guard")
 
     hooks.listen(core(engine), "do_connect", guard)
-
-
-def _asyncpg(seconds: float) -> dict[str, Any]:
-    return {"timeout": seconds}  # the whole connect, startup included
-
-
-def _libpq(seconds: float) -> dict[str, Any]:
-    # libpq takes whole seconds, and treats less than 2 as 2.
-    return {"connect_timeout": max(2, math.ceil(seconds))}
-
-
-def _mysql(seconds: float) -> dict[str, Any]:
-    return {"connect_timeout": seconds}  # the TCP connect only: see below
-
-
-_CONNECT_TIMEOUT: dict[str, Callable[[float], dict[str, Any]]] = {
-    "asyncpg": _asyncpg,
-    "psycopg": _libpq,
-    "psycopg_async": _libpq,
-    "psycopg2": _libpq,
-    "aiomysql": _mysql,
-    "asyncmy": _mysql,
-    # Their connect_timeout covers the greeting too: no wrapping needed.
-    "pymysql": _mysql,
-    "mysqldb": _mysql,
-}
 
 
 def install_connect_timeout(engine: AppEngine, hooks: Hooks, seconds: float) -> None:
     """Bound each new connection of ``engine`` to ``seconds``, unless its
     ``connect_args`` (or URL) set the driver's own timeout already."""
-    arguments = _CONNECT_TIMEOUT.get(engine.dialect.driver)
-    if arguments is None:
+    backend = backend_for(engine.dialect.name)
+    driver = engine.dialect.driver
+    bound = {} if backend is None else backend.connect_timeout_args(driver, seconds)
+    if backend is None or not bound:
         return  # SQLite: no network
-    bound = arguments(seconds)
-    mysql = arguments is _mysql
+    creator = backend.creators.get(driver)
+    greeting = engine.dialect.is_async and backend.greeting_unbounded(driver)
 
     def within(connect: Callable[..., Any]) -> Callable[..., Any]:
         async def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -133,11 +112,11 @@ def install_connect_timeout(engine: AppEngine, hooks: Hooks, seconds: float) -> 
     def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         for key, value in bound.items():
             cparams.setdefault(key, value)
-        if mysql and engine.dialect.is_async:
-            # The MySQL drivers' connect_timeout covers the TCP connect only:
-            # a host that accepts and never sends its greeting would hold the
-            # connect for ever. (Around any creator: replica_read_timeout's.)
-            wrap_creator(cparams, engine.dialect.driver, within, "connect_timeout")
+        if greeting and creator is not None:
+            # Its connect_timeout leaves the server's greeting unbounded: a
+            # host that accepts and never sends it would hold the connect for
+            # ever. (Around any creator: replica_read_timeout's.)
+            wrap_creator(cparams, creator, within, "connect_timeout")
 
     hooks.listen(core(engine), "do_connect", bounded)
 

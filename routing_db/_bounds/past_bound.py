@@ -1,29 +1,89 @@
-"""A replica statement past its bound, what both faces share: the error it
-raises (translated from the lost connection it dies of), and how its server
-is asked to stop it (the server may only be slow)."""
+"""A replica statement past its bound: the policy both faces drive.
+
+A bounded replica engine's driver connections are ``Watched`` (its backend
+makes them so): each knows since when its statement runs. A face's driver
+(an event loop's timer, or a thread) sweeps them every tenth of the bound;
+past it the replica is ejected, the server is asked to stop the statement
+(the server may only be slow; over another connection, in the background),
+and the socket is cut at once (a server that stopped would answer neither).
+The statement then fails as a lost connection, and its error becomes
+``ReplicaReadTimeout``.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from .._backends.connections import cut
+from .._backends.registry import backend_of
 from .._exceptions import ReplicaReadTimeout
 
-__all__ = ["CANCEL", "backend_id", "expired", "timeout_error", "timeout_translator"]
+__all__ = [
+    "ReadBound",
+    "Watcher",
+    "sweep_interval",
+    "swept",
+    "timeout_error",
+    "timeout_translator",
+]
 
-# Driver connections whose statement ran past the bound: the error their
-# statement then raises (a lost connection) is the timeout's.
-expired: weakref.WeakSet[Any] = weakref.WeakSet()
 
-# How a server is asked to stop one session's statement, by dialect.
-CANCEL = {
-    "postgresql": "SELECT pg_cancel_backend({})",
-    "mysql": "KILL QUERY {}",
-    "mariadb": "KILL QUERY {}",
-}
+class Watcher(Protocol):
+    """A face's driver: sweeps the connections it was given (``swept``)."""
+
+    def watch(self, connection: Any, interval: float) -> None:
+        """Sweep ``connection`` every ``interval`` seconds or more often."""
+
+
+def sweep_interval(seconds: float) -> float:
+    """How often to look: a statement is cut between 1 and 1.1 times the
+    bound after it began."""
+    return min(1.0, max(0.05, seconds / 10))
+
+
+class ReadBound:
+    """One replica engine's bound: its watched connections, and what is done
+    to one whose statement ran past it."""
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        watcher: Watcher,
+        cancel: Callable[[str], None],
+        timed_out: Callable[[BaseException], None],
+    ) -> None:
+        self.seconds = seconds
+        self._watcher = watcher
+        self._cancel = cancel  # runs a cancel statement, in the background
+        self._timed_out = timed_out  # its replica is ejected
+
+    def watch(self, connection: Any) -> None:
+        """Sweep ``connection`` from now on (a ``Watched`` calls it when made)."""
+        self._watcher.watch(connection, sweep_interval(self.seconds))
+
+    def expire(self, connection: Any) -> None:
+        """``connection``'s statement ran past the bound."""
+        connection.routing_db_expired = True
+        # Ejected now, whatever was running (a statement, the pool's ping or
+        # ROLLBACK): no new work goes to the host meanwhile.
+        self._timed_out(timeout_error(self.seconds))
+        backend = backend_of(connection)
+        session = backend.session_id(connection)
+        if session is not None and backend.cancel_sql is not None:
+            self._cancel(backend.cancel_sql.format(session))
+        cut(connection)
+
+
+def swept(connections: Iterable[Any], now: float) -> None:
+    """Expire, once, each connection whose statement runs past its bound."""
+    for connection in connections:
+        since = connection.routing_db_since
+        bound = connection.routing_db_bound
+        if since is not None and now - since > bound.seconds:
+            connection.routing_db_since = None  # cut once
+            bound.expire(connection)
 
 
 def timeout_error(
@@ -40,30 +100,6 @@ def timeout_error(
     return timeout
 
 
-def backend_id(connection: Any) -> int | None:
-    """The server's id of this connection's session (what a cancel names)."""
-    with contextlib.suppress(Exception):
-        if hasattr(connection, "get_server_pid"):  # asyncpg
-            return int(connection.get_server_pid())
-        if hasattr(connection, "get_backend_pid"):  # psycopg2
-            return int(connection.get_backend_pid())
-        if hasattr(connection, "pgconn"):  # psycopg
-            return int(connection.info.backend_pid)
-        thread_id = connection.thread_id  # aiomysql, asyncmy
-        return int(thread_id() if callable(thread_id) else thread_id)
-    return None
-
-
-def _discard(driver_connection: Any) -> None:
-    # At once: SQLAlchemy closes an invalidated connection gracefully, which
-    # waits on a server that does not answer.
-    terminate = getattr(driver_connection, "terminate", None)
-    if callable(terminate):  # asyncpg
-        terminate()
-    else:
-        cut(driver_connection)
-
-
 def timeout_translator(seconds: float) -> Callable[[Any], BaseException | None]:
     """A ``handle_error`` hook: the error of a statement cut past the bound
     becomes ``ReplicaReadTimeout`` (either face)."""
@@ -73,11 +109,13 @@ def timeout_translator(seconds: float) -> Callable[[Any], BaseException | None]:
         if connection is None or connection.invalidated:
             return None  # connecting: connect_timeout's, not ours
         driver_connection = connection.connection.driver_connection
-        if driver_connection not in expired:
+        if not getattr(driver_connection, "routing_db_expired", False):
             return None
-        expired.discard(driver_connection)
+        driver_connection.routing_db_expired = False
         error = context.original_exception
-        _discard(driver_connection)
+        # At once: SQLAlchemy closes an invalidated connection gracefully,
+        # which waits on a server that does not answer.
+        backend_of(driver_connection).discard(driver_connection)
         context.is_disconnect = True
         return timeout_error(seconds, context.statement, context.parameters, error)
 

@@ -3,21 +3,15 @@ the MySQL drivers' own socket timeout.
 
 libpq (psycopg2, psycopg's sync connection) has no client-side read timeout:
 a statement on a host that stopped answering waits as long as the host
-does. As on asyncio, nothing is armed per statement: each connection has a
-small record of when its statement began (set by a cursor class of
-routing_db's, and around the pool's ROLLBACK on return), and one daemon
-thread per router (stopped when the router is disposed) looks every tenth
-of the bound; past it, the server is asked to stop the statement (over
-another connection, on a thread of its own), the socket is cut, and the
-statement raises ``ReplicaReadTimeout``. pymysql bounds its socket reads
-itself.
+does. The policy is ``past_bound``'s; this face drives it with one daemon
+thread per router (``Sweeper``, stopped when the router is disposed), and
+cancels on threads of their own. pymysql and mysqldb bound their socket
+reads themselves.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import math
 import threading
 import time
 import weakref
@@ -26,59 +20,32 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .._backends.connections import cut, driver_of
+from .._backends.connections import driver_of
+from .._backends.registry import backend_for
 from .._engines.hooks import Hooks
 from .connect import MONITOR_PROBING
-from .past_bound import CANCEL, backend_id, expired, timeout_error, timeout_translator
+from .past_bound import ReadBound, swept, timeout_translator
 
-__all__ = ["install_socket_timeout", "install_thread_read_timeout"]
+__all__ = ["Sweeper", "install_socket_timeout", "install_thread_read_timeout"]
 
 logger = logging.getLogger("routing_db")
 
 
-class _Running:
-    """One connection's statement: since when, and its bound."""
-
-    __slots__ = ("bound", "cancel", "since", "timed_out")
-
-    def __init__(
-        self,
-        bound: float,
-        cancel: Callable[[int], None],
-        timed_out: Callable[[BaseException], None],
-    ) -> None:
-        self.bound = bound
-        self.cancel = cancel
-        self.timed_out = timed_out  # its replica is ejected
-        self.since: float | None = None
-
-    def __enter__(self) -> None:
-        self.since = time.monotonic()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.since = None
-
-
 class Sweeper:
-    """One router's watched connections, and the daemon thread that looks at
+    """One router's watched connections, and the daemon thread that sweeps
     them every tenth of the smallest bound; closed with the router's hooks."""
 
     def __init__(self) -> None:
-        # Driver connection -> its record; weakly, so a discarded one is forgotten.
-        self.running: weakref.WeakKeyDictionary[Any, _Running] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._interval = 1.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, connection: Any, running: _Running) -> None:
-        """Watch ``connection``'s statements, starting the thread if need be."""
-        # A statement is cut between 1 and 1.1 times the bound after it began.
-        interval = min(1.0, max(0.05, running.bound / 10))
+    def watch(self, connection: Any, interval: float) -> None:
+        """Sweep ``connection`` from now on, starting the thread if need be."""
         with self._lock:
-            self.running[connection] = running
+            self._watched.add(connection)
             self._interval = min(self._interval, interval)
             if self._thread is not None or self._stopping.is_set():
                 return
@@ -96,85 +63,9 @@ class Sweeper:
 
     def _sweep(self) -> None:
         while not self._stopping.wait(self._interval):
-            now = time.monotonic()
             with self._lock:
-                items = list(self.running.items())
-            for connection, running in items:
-                since = running.since
-                if since is not None and now - since > running.bound:
-                    running.since = None  # cut once
-                    _expire(connection, running)
-
-
-def _expire(connection: Any, running: _Running) -> None:
-    expired.add(connection)
-    # Ejected now, whatever was running (a statement, the pool's ping or
-    # ROLLBACK): no new work goes to the host meanwhile.
-    running.timed_out(timeout_error(running.bound))
-    backend = backend_id(connection)
-    if backend is not None:
-        # The server may only be slow; a thread of its own, since a server
-        # that stopped would not answer the cancel either.
-        threading.Thread(target=running.cancel, args=(backend,), daemon=True).start()
-    cut(connection)
-
-
-def _watched(
-    method: Callable[..., Any], running: weakref.WeakKeyDictionary[Any, _Running]
-) -> Callable[..., Any]:
-    """``method`` of a connection or cursor, run inside its connection's record."""
-
-    def run(self: Any, *args: Any, **kw: Any) -> Any:
-        connection = self if hasattr(self, "cursor") else self.connection
-        record = running.get(connection)
-        if record is None:
-            return method(self, *args, **kw)
-        with record:
-            return method(self, *args, **kw)
-
-    return run
-
-
-def _classes(
-    driver: str, running: weakref.WeakKeyDictionary[Any, _Running]
-) -> tuple[Any, type]:
-    """The driver's connection and cursor classes, their work watched: the
-    cursors' statements, the connection's COMMIT and ROLLBACK (the end of a
-    replica's read-only transaction)."""
-    if driver == "psycopg2":
-        module = importlib.import_module("psycopg2.extensions")
-        connection, cursor = module.connection, module.cursor
-    else:
-        module = importlib.import_module("psycopg")
-        connection, cursor = module.Connection, module.Cursor
-
-    class BoundedConnection(connection):  # type: ignore[valid-type,misc]
-        commit = _watched(connection.commit, running)
-        rollback = _watched(connection.rollback, running)
-
-    class BoundedCursor(cursor):  # type: ignore[valid-type,misc]
-        execute = _watched(cursor.execute, running)
-        executemany = _watched(cursor.executemany, running)
-
-    return BoundedConnection, BoundedCursor
-
-
-def _canceller(engine: Engine, seconds: float) -> Callable[[int], None]:
-    statement = CANCEL[engine.dialect.name]
-
-    def cancel(backend: int) -> None:
-        # An ejected replica takes only the monitor's connections: this is
-        # one of those.
-        probing = MONITOR_PROBING.set(True)
-        try:
-            with engine.connect() as connection:
-                connection.exec_driver_sql(statement.format(backend))
-        except Exception as exc:  # the connection is cut anyway
-            logger.debug("routing_db: cancelling a replica statement: %r", exc)
-        finally:
-            MONITOR_PROBING.reset(probing)
-
-    return cancel
+                connections = list(self._watched)
+            swept(connections, time.monotonic())
 
 
 def install_thread_read_timeout(
@@ -185,62 +76,81 @@ def install_thread_read_timeout(
     timed_out: Callable[[BaseException], None],
 ) -> None:
     """Bound each statement, COMMIT and ROLLBACK on ``engine``, a sync
-    PostgreSQL replica, to ``seconds``. Install it after every other
-    ``do_connect`` hook. A ``cursor_factory`` in ``connect_args`` wins (its
-    statements are not bounded)."""
-    driver = engine.dialect.driver
-    if driver not in ("psycopg2", "psycopg"):
+    replica, to ``seconds``, where its driver has no bound of its own.
+    Install it after every other ``do_connect`` hook. A ``cursor_factory`` in
+    ``connect_args`` wins (its statements are not bounded)."""
+    backend = backend_for(engine.dialect.name)
+    if backend is None:
         return
     sweeper = hooks.worker("thread read timeout", Sweeper)
-    connection_class, cursor_class = _classes(driver, sweeper.running)
-    cancel = _canceller(engine, seconds)
 
-    def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        cparams.setdefault("cursor_factory", cursor_class)
-        if driver == "psycopg2":
-            cparams.setdefault("connection_factory", connection_class)
-            return None
+    def cancel(statement: str) -> None:
+        # A thread of its own: a server that stopped would not answer it.
+        threading.Thread(
+            target=_cancelled, args=(engine, statement), daemon=True
+        ).start()
+
+    bound = ReadBound(seconds, watcher=sweeper, cancel=cancel, timed_out=timed_out)
+    bounded = backend.read_timeout(engine.dialect.driver, bound, is_async=False)
+    if bounded is None:
+        return
+    connect = bounded.connect
+
+    def with_bound(
+        dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]
+    ) -> Any:
+        for key, value in bounded.arguments.items():
+            cparams.setdefault(key, value)
         # psycopg makes its connection in Connection.connect(): this makes
         # it, so it is the last do_connect hook (see hook_replica).
-        return connection_class.connect(*cargs, **cparams)
-
-    def connected(dbapi_connection: Any, record: Any) -> None:
-        sweeper.watch(driver_of(dbapi_connection), _Running(seconds, cancel, timed_out))
+        return None if connect is None else connect(*cargs, **cparams)
 
     def resetting(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
         # The pool's ROLLBACK as the connection comes back: on a host that
         # stopped, it would hold the thread that closes the session.
-        running = sweeper.running.get(driver_of(dbapi_connection))
-        if running is not None:
-            running.since = time.monotonic()
+        connection = driver_of(dbapi_connection)
+        if hasattr(connection, "routing_db_running"):
+            connection.routing_db_since = time.monotonic()
 
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
-            running = sweeper.running.get(driver_of(dbapi_connection))
-            if running is not None:
-                running.since = None
+            connection = driver_of(dbapi_connection)
+            if hasattr(connection, "routing_db_running"):
+                connection.routing_db_since = None
 
-    hooks.listen(engine, "do_connect", bounded)
-    hooks.listen(engine, "connect", connected)
+    hooks.listen(engine, "do_connect", with_bound)
     hooks.listen(engine, "reset", resetting)
     hooks.listen(engine, "checkin", checked_in)
     hooks.listen(engine, "handle_error", timeout_translator(seconds))
 
 
-# The sync drivers' own socket timeouts: a statement past it fails as a lost
-# connection (a first statement runs again elsewhere and ejects the replica).
-# psycopg2 and psycopg's sync connection have none: libpq waits for ever.
-_SOCKET_TIMEOUT = {"pymysql": "read_timeout", "mysqldb": "read_timeout"}
+def _cancelled(engine: Engine, statement: str) -> None:
+    # An ejected replica takes only the monitor's connections: this is one
+    # of those.
+    probing = MONITOR_PROBING.set(True)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(statement)
+    except Exception as exc:  # the connection is cut anyway
+        logger.debug("routing_db: cancelling a replica statement: %r", exc)
+    finally:
+        MONITOR_PROBING.reset(probing)
 
 
 def install_socket_timeout(engine: Engine, hooks: Hooks, seconds: float) -> None:
     """Bound each read of ``engine``'s (a sync replica's) socket, where its
     driver can; arguments in ``connect_args`` win."""
-    argument = _SOCKET_TIMEOUT.get(engine.dialect.driver)
-    if argument is None:
+    backend = backend_for(engine.dialect.name)
+    arguments = (
+        {}
+        if backend is None
+        else backend.socket_timeout_args(engine.dialect.driver, seconds)
+    )
+    if not arguments:
         return
 
     def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        cparams.setdefault(argument, math.ceil(seconds))
+        for key, value in arguments.items():
+            cparams.setdefault(key, value)
 
     hooks.listen(engine, "do_connect", bounded)

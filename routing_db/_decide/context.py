@@ -47,7 +47,7 @@ _WRITER = Scope.WRITER  # a module name: an enum member read goes through its cl
 _ROOT: _Frame = [Scope.NONE, None]
 SCOPE: ContextVar[_Frame] = ContextVar("routing_db_scope", default=_ROOT)
 # True while a routing session commits: a connection lost then with no
-# statement in flight was lost during its COMMIT (see _backends.setup).
+# statement in flight was lost during its COMMIT (see _engines.setup).
 COMMITTING: ContextVar[bool] = ContextVar("routing_db_committing", default=False)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
 from typing import Any, Literal, overload
 
 import sqlalchemy
@@ -11,6 +9,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .._backends.registry import BACKENDS, backend_for
 from .._compat import max_overflow
 from .._exceptions import ConfigurationError
 
@@ -26,22 +25,6 @@ __all__ = [
     "safe_url",
     "url_name",
 ]
-
-# backend -> (async drivers we accept, the one to suggest instead of a sync one)
-_ASYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
-    "postgresql": (frozenset({"asyncpg", "psycopg", "psycopg_async"}), "asyncpg"),
-    "mysql": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
-    "mariadb": (frozenset({"aiomysql", "asyncmy"}), "aiomysql"),
-    "sqlite": (frozenset({"aiosqlite"}), "aiosqlite"),
-}
-# The same for SyncRouter's engines (create_engine).
-_SYNC_DRIVERS: Mapping[str, tuple[frozenset[str], str]] = {
-    "postgresql": (frozenset({"psycopg2", "psycopg"}), "psycopg"),
-    "mysql": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
-    "mariadb": (frozenset({"pymysql", "mysqldb"}), "pymysql"),
-    "sqlite": (frozenset({"pysqlite"}), "pysqlite"),
-}
-_DRIVER_PACKAGES = {"psycopg_async": "psycopg", "psycopg": "psycopg[binary]"}
 
 _URL_FORM = "dialect+driver://user:password@host:port/database"
 
@@ -77,14 +60,15 @@ def check_url(value: str | URL, *, field: str, sync: bool = False) -> URL:
         raise ConfigurationError(
             f"{field} is not a valid database URL; expected {_URL_FORM}"
         ) from None
-    drivers = _SYNC_DRIVERS if sync else _ASYNC_DRIVERS
     backend = url.get_backend_name()
-    if backend not in drivers:
+    known = backend_for(backend)
+    if known is None:
         raise ConfigurationError(
             f"{field} uses the unsupported database '{backend}'; supported: "
-            + ", ".join(sorted(drivers))
+            + ", ".join(sorted(BACKENDS))
         )
-    accepted, suggested = drivers[backend]
+    accepted = known.sync_drivers if sync else known.async_drivers
+    suggested = known.sync_default if sync else known.async_default
     try:
         driver = url.get_driver_name()
     except Exception:
@@ -150,7 +134,8 @@ def create_engine(
         return create_async_engine(url, **kwargs)
     except ModuleNotFoundError as exc:
         driver = url.get_driver_name()
-        package = _DRIVER_PACKAGES.get(driver, driver)
+        known = backend_for(url.get_backend_name())
+        package = driver if known is None else known.packages.get(driver, driver)
         raise ConfigurationError(
             f"{field} needs the driver '{driver}', which is not installed "
             f"(pip install {package}): {exc.name} is missing"
@@ -159,35 +144,13 @@ def create_engine(
         raise ConfigurationError(f"{field}: {exc}") from None
 
 
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4()}__"
-
-
 def behind_pgbouncer(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
-    """``url`` and engine ``kwargs`` for a PgBouncer in transaction pooling mode.
-
-    Each transaction may get another server connection, so no prepared
-    statement may outlive the transaction that made it: asyncpg gets no
-    statement cache (neither its own nor SQLAlchemy's) and a unique name for
-    each statement; psycopg never prepares. (PgBouncer >= 1.21 with
-    ``max_prepared_statements`` makes this unnecessary.)
-    """
-    driver = url.get_driver_name()
-    connect_args = dict(kwargs.get("connect_args") or {})
-    if driver == "asyncpg":
-        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
-        connect_args.setdefault("statement_cache_size", 0)
-        connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
-    elif driver in ("psycopg", "psycopg_async"):
-        connect_args.setdefault("prepare_threshold", None)
-    elif driver == "psycopg2":
-        pass  # it never prepares on the server
-    else:
-        raise ConfigurationError(
-            f"pgbouncer=True is for PostgreSQL URLs (asyncpg or psycopg), "
-            f"not {url.drivername}"
-        )
-    return url, {**kwargs, "connect_args": connect_args}
+    """``url`` and engine ``kwargs`` for a PgBouncer in transaction pooling mode
+    (PgBouncer >= 1.21 with ``max_prepared_statements`` makes this unnecessary)."""
+    known = backend_for(url.get_backend_name())
+    if known is None:
+        known = BACKENDS["sqlite"]  # refuses, naming the URL's driver
+    return known.behind_pgbouncer(url, kwargs)
 
 
 def pool_capacity(pool: Any) -> int:

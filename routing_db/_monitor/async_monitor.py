@@ -10,11 +10,8 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .._backends.positions import (
-    ReplicaStatus,
-    takes_writes,
-    writer_position,
-)
+from .._backends.backend import ReplicaStatus
+from .._backends.positions import takes_writes, writer_position
 from .._bounds.connect import MONITOR_PROBING, checked_within
 from .._engines.make import dispose
 from .._topology.discovery import AsyncDiscovery

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from .._backends.positions import ReplicaStatus, has_positions, replica_status
+from .._backends.backend import ReplicaStatus
+from .._backends.positions import has_positions, replica_status
 from .._engines.make import pool_capacity
 from .._topology.topology import Topology
 

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from .._backends.positions import ReplicaStatus, takes_writes, writer_position
+from .._backends.backend import ReplicaStatus
+from .._backends.positions import takes_writes, writer_position
 from .._bounds.connect import submit_check
 from .._topology.discovery import ThreadDiscovery
 from .._topology.topology import Topology

@@ -11,13 +11,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from .._backends.positions import (
-    SERVER,
-    ReplicaStatus,
-    clusters_of,
-    replay_position_now,
-    replay_position_on,
-)
+from .._backends.backend import SERVER, ReplicaStatus, clusters_of
+from .._backends.positions import replay_position_now, replay_position_on
 from .._causal.floor import DOMAIN_SHIFT, CausalFloor
 from .._compat import pause
 from .._engines.hooks import Hooks

@@ -14,12 +14,12 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._backends.positions import has_positions
-from .._backends.setup import install_writer_hooks
 from .._causal.store import CausalStore, SharedFloors
 from .._decide.decision import DefaultRole, check_default_role
 from .._decide.misuse import OPENINGS
 from .._engines.hooks import Hooks
 from .._engines.make import check_url, core, safe_url
+from .._engines.setup import install_writer_hooks
 from .._events import RoutingListener
 from .._exceptions import ConfigurationError
 from .._options import (

@@ -7,7 +7,6 @@ import functools
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .._backends.setup import install_idle_ping, install_replica_setup
 from .._bounds.connect import install_connect_guard, install_connect_timeout
 from .._bounds.read_timeout import install_read_timeout
 from .._bounds.thread_read_timeout import (
@@ -16,6 +15,7 @@ from .._bounds.thread_read_timeout import (
 )
 from .._engines.hooks import Hooks
 from .._engines.make import AppEngine, core
+from .._engines.setup import install_idle_ping, install_replica_setup
 from .._engines.slowlog import install_slow_query_log
 from .._options import HealthOptions, ObservabilityOptions
 from .._replicas.replica_set import ReplicaSet

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from .._backends.connections import checkout_failed
 from .._backends.positions import takes_writes_now
-from .._backends.setup import WriterIsAStandby
 from .._compat import pause
+from .._engines.setup import WriterIsAStandby
 from .._exceptions import NoWriterAvailable
 from .._retry import is_read_only_rejection
 
@@ -48,14 +48,13 @@ from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
+from .._backends.backend import clusters_of
 from .._backends.connections import close_quietly, drop_if_dead
 from .._backends.positions import (
-    clusters_of,
     has_positions,
     writer_position_after_commit,
     writer_position_now,
 )
-from .._backends.setup import NotAStandby
 from .._bounds.connect import ReplicaEjected
 from .._causal.floor import FLOOR, CausalFloor, record_write
 from .._causal.store import CAUSAL_KEY, UNKNOWN, combined
@@ -69,6 +68,7 @@ from .._compat import (
 from .._decide.classify import Kind, classify, write_function_named
 from .._decide.context import SCOPE, Scope, committing
 from .._decide.decision import DefaultRole, Route, check_default_role, decide_why
+from .._engines.setup import NotAStandby
 from .._exceptions import (
     ConfigurationError,
     NoReplicaAvailable,

@@ -25,8 +25,9 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from .._backends.backend import Role
 from .._backends.connections import cut, driver_of
-from .._backends.positions import Role, role_of
+from .._backends.positions import role_of
 from .._bounds.connect import checked_within, install_connect_timeout, submit_check
 from .._compat import pause
 from .._engines.hooks import Hooks

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy.exc import DisconnectionError
 
+from .._backends.backend import CLUSTERS, SERVER
+from .._backends.connections import driver_of, driver_says_closed
+from .._backends.registry import backend_for
 from .._decide.context import COMMITTING
-from .._engines.hooks import Hooks
-from .._engines.make import AppEngine, core
 from .._exceptions import (
     CommitOutcomeUnknown,
     ConfigurationError,
@@ -20,8 +21,8 @@ from .._exceptions import (
     ReadOnlyViolation,
 )
 from .._retry import is_connection_error, is_read_only_rejection, never_sent
-from .connections import driver_of, driver_says_closed
-from .positions import CLUSTERS, SERVER, scalar_on
+from .hooks import Hooks
+from .make import AppEngine, core
 
 __all__ = [
     "NotAStandby",
@@ -35,63 +36,6 @@ __all__ = [
 def _close_quietly(dbapi_connection: Any) -> None:
     with contextlib.suppress(Exception):  # it is being discarded either way
         dbapi_connection.close()
-
-
-class _Found(NamedTuple):
-    """What a replica's new connection finds about the server it reached."""
-
-    standby: bool
-    # Which server: the same on every connection to it, and different after
-    # it restarted (a standby rewound onto a new timeline restarts behind
-    # what it had replayed: its position is learned again). None: one file.
-    server: str | None
-    # The clusters whose positions it replays (None: cannot tell).
-    clusters: frozenset[str] | None
-
-
-def _postgresql(cursor: Any) -> _Found:
-    # One round trip: is it a standby, which server is it (where it listens,
-    # as it sees itself, so a proxy or NAT in between changes nothing, and
-    # since when it runs), its cluster, and make every transaction on this
-    # connection read-only (session-level set_config).
-    cursor.execute(
-        "SELECT pg_is_in_recovery(), "
-        "concat_ws(' ', inet_server_addr(), inet_server_port(), "
-        "pg_postmaster_start_time()), "
-        "(SELECT system_identifier::text FROM pg_control_system()), "
-        "set_config('default_transaction_read_only', 'on', false)"
-    )
-    row = cursor.fetchone()
-    return _Found(bool(row[0]), row[1], None if row[2] is None else frozenset([row[2]]))
-
-
-def _mysql(cursor: Any) -> _Found:
-    cursor.execute("SET SESSION TRANSACTION READ ONLY")
-    # server_id is unique within a replication topology (replication
-    # requires it); a GTID position is compared within its domain, and the
-    # domains a replica has applied are its clusters.
-    cursor.execute(
-        "SELECT @@global.read_only, concat_ws(' ', @@hostname, @@port, "
-        "@@server_id), @@global.gtid_slave_pos"
-    )
-    row = cursor.fetchone()
-    domains = {gtid.split("-")[0] for gtid in (row[2] or "").split(",") if gtid}
-    clusters = frozenset(f"d{domain.strip()}" for domain in domains)
-    return _Found(bool(row[0]), row[1], clusters or None)
-
-
-def _sqlite(cursor: Any) -> _Found:
-    cursor.execute("PRAGMA query_only = ON")
-    # SQLite has no standbys; a read-only file handle is the replica.
-    return _Found(True, None, None)
-
-
-_SETUP = {
-    "postgresql": _postgresql,
-    "mysql": _mysql,
-    "mariadb": _mysql,
-    "sqlite": _sqlite,
-}
 
 
 def _translate_read_only(context: Any) -> BaseException | None:
@@ -130,15 +74,15 @@ def install_replica_setup(
     standby was reached through ``engine`` before.
     """
     dialect = engine.dialect.name
-    setup = _SETUP.get(dialect)
-    if setup is None:
+    backend = backend_for(dialect)
+    if backend is None:
         raise ConfigurationError(f"replica {name}: unsupported dialect '{dialect}'")
 
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         try:
             cursor = dbapi_connection.cursor()
             try:
-                found = setup(cursor)
+                found = backend.setup_replica(cursor)
             finally:
                 cursor.close()
             # Commit: a session-level SET made inside a transaction that is
@@ -200,29 +144,22 @@ class WriterIsAStandby(NoWriterAvailable):
     a load balancer that has not checked its servers yet)."""
 
 
-# Is the server a standby (PostgreSQL) or read-only (MySQL, MariaDB)?
-_STANDBY_SQL = {
-    "postgresql": "SELECT pg_is_in_recovery()",
-    "mysql": "SELECT @@global.read_only",
-    "mariadb": "SELECT @@global.read_only",
-}
-
-
 def _refuse_standbys(
     engine: AppEngine, hooks: Hooks, name: str, lost: Callable[[], None]
 ) -> None:
     # Checked once per new connection: a read served by the writer (read-
     # your-writes) on a standby behind the writer's URL would be stale, and
     # a write there refused.
-    sql = _STANDBY_SQL.get(engine.dialect.name)
-    if sql is None:
+    backend = backend_for(engine.dialect.name)
+    sql = None if backend is None else backend.standby_sql
+    if backend is None or sql is None:
         return
 
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         try:
-            standby = bool(
-                scalar_on(driver_of(dbapi_connection), dbapi_connection, sql)
-            )
+            driver = driver_of(dbapi_connection)
+            row = backend.one_row(driver, dbapi_connection, sql)
+            standby = bool(row and row[0])
         except BaseException:
             _close_quietly(dbapi_connection)
             raise
