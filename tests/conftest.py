@@ -15,6 +15,7 @@ from routing_db._causal.floor import FLOOR
 from routing_db.testing import PostgresCluster
 
 from .models import ddl
+from .routers import RouterMaker
 
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
 
@@ -77,32 +78,35 @@ def ports(cluster: PostgresCluster) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sqlite_router(tmp_path: Path) -> AsyncIterator[Router]:
-    """A router over one SQLite file (its replica: the file opened read-only)."""
-    path = tmp_path / "x.db"
-    router = Router.from_urls(
-        f"sqlite+aiosqlite:///{path}",
-        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
-    )
+async def make_router() -> AsyncIterator[RouterMaker]:
+    """Make routers in a test without disposing them by hand."""
+    maker = RouterMaker()
     try:
-        yield router
+        yield maker
     finally:
-        await router.dispose()
+        await maker.dispose()
 
 
 @pytest.fixture
-async def router(cluster: PostgresCluster) -> AsyncIterator[Router]:
-    router = Router.from_urls(
+def sqlite_router(tmp_path: Path, make_router: RouterMaker) -> Router:
+    """A router over one SQLite file (its replica: the file opened read-only)."""
+    path = tmp_path / "x.db"
+    return make_router(
+        f"sqlite+aiosqlite:///{path}",
+        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
+    )
+
+
+@pytest.fixture
+def router(cluster: PostgresCluster, make_router: RouterMaker) -> Router:
+    """A router over the cluster, with a small pool."""
+    return make_router(
         cluster.writer_url,
         cluster.replica_urls,
         pool_size=5,
         max_overflow=5,
         pool_timeout=10,
     )
-    try:
-        yield router
-    finally:
-        await router.dispose()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import where
 from .models import Item
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.slow  # a failover with a rewind
@@ -104,47 +105,47 @@ async def test_tokens_across_a_failover(faults: PostgresCluster) -> None:
 @pytest.mark.usefixtures("clean")
 async def test_a_rewound_replica_is_not_trusted_with_its_old_position(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     """No monitor: only reads learn `other`'s position, and nothing but its
     restart (rewound onto the new timeline) says that position is gone."""
     cluster = faults
     new, other = cluster.replicas
     # No time window after a write: only positions decide where reads go.
-    router = Router.from_cluster(
-        cluster.urls, names=["old", "new", "other"], sticky_seconds=0
+    router = make_router.keep(
+        Router.from_cluster(
+            cluster.urls, names=["old", "new", "other"], sticky_seconds=0
+        )
     )
     Session = routing_sessionmaker(router)
-    try:
-        await cluster.astop_replica(0)
-        lost = await write(Session, "lost", rows=20000)
-        # Move the old timeline's position far ahead (a WAL segment each),
-        # beyond where the new primary's writes will be for a while.
-        for _ in range(8):
-            cluster.sql(
-                cluster.primary,
-                "INSERT INTO items (name) VALUES ('switch'); SELECT pg_switch_wal()",
-            )
-        await cluster.await_replicated([other])
-        await cluster.acrash_primary()
-        await cluster.astart_replica(0, wait_streaming=False)
-        await cluster.apromote(0)
-        await write(Session, "elected")  # the router finds the new primary
-        # `other` is still on the old timeline, past the fork: a read of the
-        # lost write's token learns (and caches) that position there.
-        seen, where_ = await count(Session, lost, "lost")
-        assert (seen, where_) == (20000, (other.port, True))
+    await cluster.astop_replica(0)
+    lost = await write(Session, "lost", rows=20000)
+    # Move the old timeline's position far ahead (a WAL segment each),
+    # beyond where the new primary's writes will be for a while.
+    for _ in range(8):
+        cluster.sql(
+            cluster.primary,
+            "INSERT INTO items (name) VALUES ('switch'); SELECT pg_switch_wal()",
+        )
+    await cluster.await_replicated([other])
+    await cluster.acrash_primary()
+    await cluster.astart_replica(0, wait_streaming=False)
+    await cluster.apromote(0)
+    await write(Session, "elected")  # the router finds the new primary
+    # `other` is still on the old timeline, past the fork: a read of the
+    # lost write's token learns (and caches) that position there.
+    seen, where_ = await count(Session, lost, "lost")
+    assert (seen, where_) == (20000, (other.port, True))
 
-        await cluster.afollow(1, new_primary=0)  # rewound, restarted
-        cluster.pause_replay(1)
-        try:
-            # The new primary's positions are below the cached one.
-            fresh = await write(Session, "fresh")
-            high, low = fresh.removeprefix("pg:").split("~")[0].split("/")
-            cached = router.status()[3]["replay_lsn"]
-            assert (int(high, 16) << 32) + int(low, 16) < cached  # looks replayed
-            seen, where_ = await count(Session, fresh, "fresh")
-            assert (seen, where_) == (1, (new.port, False))
-        finally:
-            cluster.resume_replay(1)
+    await cluster.afollow(1, new_primary=0)  # rewound, restarted
+    cluster.pause_replay(1)
+    try:
+        # The new primary's positions are below the cached one.
+        fresh = await write(Session, "fresh")
+        high, low = fresh.removeprefix("pg:").split("~")[0].split("/")
+        cached = router.status()[3]["replay_lsn"]
+        assert (int(high, 16) << 32) + int(low, 16) < cached  # looks replayed
+        seen, where_ = await count(Session, fresh, "fresh")
+        assert (seen, where_) == (1, (new.port, False))
     finally:
-        await router.dispose()
+        cluster.resume_replay(1)

@@ -25,6 +25,7 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import where
 from .models import Item
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.usefixtures("clean")
@@ -248,18 +249,16 @@ async def test_causal_wait_timeout_waits_for_a_replica(
 
 async def test_a_router_without_positions_uses_the_time_window(
     cluster: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     # sticky_seconds on a PostgreSQL router only matters for a token that has
     # no position; one carried from a backend without positions, for example.
-    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
-    try:
-        Session = routing_sessionmaker(router)
-        async with causal_token("t:9999999999.0"), Session() as session, read_only:
-            assert (await where(session))[1] is False
-        async with causal_token("t:1.0"), Session() as session, read_only:
-            assert (await where(session))[1] is True
-    finally:
-        await router.dispose()
+    router = make_router(cluster.writer_url, cluster.replica_urls)
+    Session = routing_sessionmaker(router)
+    async with causal_token("t:9999999999.0"), Session() as session, read_only:
+        assert (await where(session))[1] is False
+    async with causal_token("t:1.0"), Session() as session, read_only:
+        assert (await where(session))[1] is True
 
 
 @pytest.fixture
@@ -287,36 +286,39 @@ def writer_without_positions(faults: PostgresCluster) -> Iterator[str]:
 
 
 async def test_a_commit_of_unknown_position_is_not_served_by_an_older_one(
-    faults: PostgresCluster, writer_without_positions: str, ports: dict[str, Any]
+    faults: PostgresCluster,
+    writer_without_positions: str,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
 ) -> None:
     """An older position reached says nothing of a newer commit's."""
     older = await faults.await_replicated()
     for index in range(len(faults.replicas)):
         await faults.apause_replay(index)
-    router = Router.from_urls(
+    router = make_router(
         writer_without_positions, faults.replica_urls, sticky_seconds=60
     )
     Session = routing_sessionmaker(router)
-    try:
-        async with causal_token(f"pg:{older}"):  # every replica has reached it
-            async with Session() as session:
-                session.add(Item(name="newer"))
-                await session.commit()  # its position cannot be read
-            assert current_causal_token() is not None
-            async with Session() as session, read_only:
-                assert await where(session) == (ports["writer"], False)
-                assert list(await session.scalars(select(Item.name))) == ["newer"]
-    finally:
-        await router.dispose()
+    async with causal_token(f"pg:{older}"):  # every replica has reached it
+        async with Session() as session:
+            session.add(Item(name="newer"))
+            await session.commit()  # its position cannot be read
+        assert current_causal_token() is not None
+        async with Session() as session, read_only:
+            assert await where(session) == (ports["writer"], False)
+            assert list(await session.scalars(select(Item.name))) == ["newer"]
 
 
 async def test_a_commit_of_unknown_position_keeps_reads_on_the_writer_until_known(
-    faults: PostgresCluster, writer_without_positions: str, ports: dict[str, Any]
+    faults: PostgresCluster,
+    writer_without_positions: str,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
 ) -> None:
     """Not for a fixed time: until the writer answers with its position."""
     for index in range(len(faults.replicas)):
         await faults.apause_replay(index)
-    router = Router.from_urls(
+    router = make_router(
         writer_without_positions, faults.replica_urls, sticky_seconds=0.05
     )
     Session = routing_sessionmaker(router)
@@ -328,22 +330,19 @@ async def test_a_commit_of_unknown_position_keeps_reads_on_the_writer_until_know
         assert names == ["unsure"]  # never stale, wherever it was served
         return served
 
-    try:
-        async with Session() as session:
-            session.add(Item(name="unsure"))
-            await session.commit()  # its position cannot be read
-        # The time window is long over (a wall-clock wait, not replication's).
-        await asyncio.sleep(0.2)
-        assert await read() == (ports["writer"], False)
-        # The writer answers with its position again, and the replicas
-        # replay it: the context's reads go back to them.
-        faults.sql(
-            faults.primary, "GRANT EXECUTE ON FUNCTION pg_current_wal_lsn() TO nolsn"
-        )
-        for index in range(len(faults.replicas)):
-            faults.resume_replay(index)
-        await faults.await_replicated()
-        port, standby = await read()
-        assert standby and port in ports["replicas"]
-    finally:
-        await router.dispose()
+    async with Session() as session:
+        session.add(Item(name="unsure"))
+        await session.commit()  # its position cannot be read
+    # The time window is long over (a wall-clock wait, not replication's).
+    await asyncio.sleep(0.2)
+    assert await read() == (ports["writer"], False)
+    # The writer answers with its position again, and the replicas
+    # replay it: the context's reads go back to them.
+    faults.sql(
+        faults.primary, "GRANT EXECUTE ON FUNCTION pg_current_wal_lsn() TO nolsn"
+    )
+    for index in range(len(faults.replicas)):
+        faults.resume_replay(index)
+    await faults.await_replicated()
+    port, standby = await read()
+    assert standby and port in ports["replicas"]

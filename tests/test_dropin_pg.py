@@ -15,6 +15,7 @@ from routing_db import Router, RoutingSession, routing_sessionmaker
 from routing_db.testing import PostgresCluster
 
 from .models import Child, Item, Parent
+from .routers import RouterMaker
 
 Factory = Callable[[], AsyncSession]
 
@@ -136,49 +137,41 @@ async def test_same_results_and_same_sql_as_a_plain_async_session(
 
 
 async def test_constructed_like_an_async_session(
-    router: Router, cluster: PostgresCluster
+    router: Router, cluster: PostgresCluster, make_router: RouterMaker
 ) -> None:
-    other = Router.from_urls(cluster.writer_url)
-    try:
-        # bind=, binds= and an explicit bind argument resolve as in AsyncSession
-        session = RoutingSession(bind=router.writer)
-        assert isinstance(session, AsyncSession)
-        assert session.bind is router.writer
-        assert session.get_bind() is router.writer.sync_engine
-        await session.close()
-        session = RoutingSession(binds={Item: other.writer, Parent: router.writer})
-        assert session.get_bind(Item) is other.writer.sync_engine
-        assert session.get_bind(Parent) is router.writer.sync_engine
-        await session.close()
-        session = routing_sessionmaker(router)()
-        assert session.bind is router.writer
-        assert (
-            session.get_bind(bind=other.writer.sync_engine) is other.writer.sync_engine
-        )
-        await session.close()
-        # a custom sync_session_class still works without a router
-        session = RoutingSession(bind=router.writer, sync_session_class=SyncSession)
-        assert type(session.sync_session) is SyncSession
-        assert await session.scalar(text("SELECT 1")) == 1
-        await session.close()
-    finally:
-        await other.dispose()
+    other = make_router(cluster.writer_url)
+    # bind=, binds= and an explicit bind argument resolve as in AsyncSession
+    session = RoutingSession(bind=router.writer)
+    assert isinstance(session, AsyncSession)
+    assert session.bind is router.writer
+    assert session.get_bind() is router.writer.sync_engine
+    await session.close()
+    session = RoutingSession(binds={Item: other.writer, Parent: router.writer})
+    assert session.get_bind(Item) is other.writer.sync_engine
+    assert session.get_bind(Parent) is router.writer.sync_engine
+    await session.close()
+    session = routing_sessionmaker(router)()
+    assert session.bind is router.writer
+    assert session.get_bind(bind=other.writer.sync_engine) is other.writer.sync_engine
+    await session.close()
+    # a custom sync_session_class still works without a router
+    session = RoutingSession(bind=router.writer, sync_session_class=SyncSession)
+    assert type(session.sync_session) is SyncSession
+    assert await session.scalar(text("SELECT 1")) == 1
+    await session.close()
 
 
 async def test_binds_for_another_database_are_not_routed(
-    router: Router, cluster: PostgresCluster
+    router: Router, cluster: PostgresCluster, make_router: RouterMaker
 ) -> None:
     from routing_db import read_only
 
-    other = Router.from_urls(cluster.writer_url)
-    try:
-        maker = routing_sessionmaker(router, binds={Item: other.writer})
-        async with maker() as session, read_only:
-            assert session.get_bind(Item) is other.writer.sync_engine
-            # Parent is not in binds: it falls back to the router's writer and
-            # is routed to a replica.
-            assert session.get_bind(Parent, clause=select(Parent)) in [
-                r.sync_engine for r in router.replicas
-            ]
-    finally:
-        await other.dispose()
+    other = make_router(cluster.writer_url)
+    maker = routing_sessionmaker(router, binds={Item: other.writer})
+    async with maker() as session, read_only:
+        assert session.get_bind(Item) is other.writer.sync_engine
+        # Parent is not in binds: it falls back to the router's writer and
+        # is routed to a replica.
+        assert session.get_bind(Parent, clause=select(Parent)) in [
+            r.sync_engine for r in router.replicas
+        ]

@@ -21,6 +21,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.faults
@@ -156,17 +157,15 @@ async def _where_writer(maker: Maker) -> tuple[int, bool]:
 
 async def test_without_pre_ping_a_restart_surfaces_as_an_error(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     # The control for the test above: it shows that test can fail.
-    router = Router.from_urls(faults.writer_url, pool_pre_ping=False)
-    try:
-        maker = routing_sessionmaker(router)
-        await fill_pool(maker, 1)
-        await faults.arestart_primary()
-        with pytest.raises(DBAPIError):
-            await _where_writer(maker)
-    finally:
-        await router.dispose()
+    router = make_router(faults.writer_url, pool_pre_ping=False)
+    maker = routing_sessionmaker(router)
+    await fill_pool(maker, 1)
+    await faults.arestart_primary()
+    with pytest.raises(DBAPIError):
+        await _where_writer(maker)
 
 
 @pytest.mark.parametrize("routed", [False, True], ids=["AsyncSession", "routing"])
@@ -254,40 +253,37 @@ async def test_closing_inside_begin_nested_whose_replica_died_raises_nothing(
 
 
 async def test_a_read_only_read_on_the_writer_that_lost_its_connection_runs_again(
-    faults: PostgresCluster, ports: dict[str, Any]
+    faults: PostgresCluster, ports: dict[str, Any], make_router: RouterMaker
 ) -> None:
     """No replica serves (both paused behind a write of this context), so the
     writer serves the read_only read; its backend is ended while the first
     statement runs: nothing was written or returned, so it runs again."""
-    router = Router.from_urls(faults.writer_url, faults.replica_urls)
+    router = make_router(faults.writer_url, faults.replica_urls)
     Session = routing_sessionmaker(router)
     for index in range(len(faults.replicas)):
         await faults.apause_replay(index)
     slow = text("SELECT pg_backend_pid(), pg_sleep(0.5), inet_server_port()")
-    try:
-        async with Session() as session:
-            await session.execute(text("INSERT INTO items (name) VALUES ('x')"))
-            await session.commit()  # the replicas have not replayed it
+    async with Session() as session:
+        await session.execute(text("INSERT INTO items (name) VALUES ('x')"))
+        await session.commit()  # the replicas have not replayed it
 
-        running = (
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE "
-            "'SELECT pg_backend_pid(), pg_sleep%' AND pid <> pg_backend_pid()"
-        )
-        ended: list[int] = []
+    running = (
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE "
+        "'SELECT pg_backend_pid(), pg_sleep%' AND pid <> pg_backend_pid()"
+    )
+    ended: list[int] = []
 
-        async def end_the_first_run() -> bool:
-            found = await asyncio.to_thread(faults.sql, faults.primary, running)
-            if not found:
-                return False
-            ended.append(int(found.splitlines()[0]))
-            end = f"SELECT pg_terminate_backend({ended[0]})"
-            return await asyncio.to_thread(faults.sql, faults.primary, end) == "t"
+    async def end_the_first_run() -> bool:
+        found = await asyncio.to_thread(faults.sql, faults.primary, running)
+        if not found:
+            return False
+        ended.append(int(found.splitlines()[0]))
+        end = f"SELECT pg_terminate_backend({ended[0]})"
+        return await asyncio.to_thread(faults.sql, faults.primary, end) == "t"
 
-        async with Session() as session, read_only:
-            ender = asyncio.create_task(until(end_the_first_run))
-            pid, _, port = (await session.execute(slow)).one()
-            await ender
-        assert ended and pid != ended[0]  # ran again, on another backend
-        assert port == ports["writer"]
-    finally:
-        await router.dispose()
+    async with Session() as session, read_only:
+        ender = asyncio.create_task(until(end_the_first_run))
+        pid, _, port = (await session.execute(slow)).one()
+        await ender
+    assert ended and pid != ended[0]  # ran again, on another backend
+    assert port == ports["writer"]

@@ -25,6 +25,7 @@ from routing_db.testing import PostgresCluster
 
 from .bounds import pg_sleeping, stopped_on_the_server
 from .conftest import where
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.slow  # ten seconds of a hung host, on the real clock
@@ -151,22 +152,20 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
 
 async def test_a_statement_past_the_bound_is_stopped_on_the_server(
     cluster: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     # A server that is only slow: the statement must not run on after the
     # client gave up on it.
     replica = cluster.replicas[0]
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
     )
     Session = routing_sessionmaker(router)
 
     sleeping = pg_sleeping(cluster, replica)
 
-    try:
-        slow = text("SELECT pg_sleep(30)")
-        await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
-    finally:
-        await router.dispose()
+    slow = text("SELECT pg_sleep(30)")
+    await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
 
 
 async def test_the_checkout_ping_on_a_hung_replica_is_bounded(

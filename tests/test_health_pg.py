@@ -26,6 +26,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
+from .routers import RouterMaker
 
 
 async def until(check: Callable[[], bool], within: float, what: str) -> float:
@@ -176,39 +177,36 @@ async def test_all_replicas_down_fall_back_or_raise(
 
 
 async def test_writer_fallbacks_are_capped(
-    cluster: PostgresCluster, faults: PostgresCluster
+    cluster: PostgresCluster, faults: PostgresCluster, make_router: RouterMaker
 ) -> None:
     faults.stop_replica(0)
     faults.stop_replica(1)
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls, max_writer_fallbacks=2
     )
     Session = routing_sessionmaker(router)
-    try:
-        async with Session() as one, Session() as two, read_only:
-            assert (await where(one))[1] is False
-            assert (await where(two))[1] is False
-            with pytest.raises(NoReplicaAvailable, match="max_writer_fallbacks"):
-                async with Session() as three:
-                    await three.execute(text("SELECT 1"))
-        # Ending those transactions gives the slots back.
-        async with Session() as four, read_only:
-            assert (await where(four))[1] is False
-        assert router.topology.fallbacks == 0
-        # So does a session dropped without close(), once it is collected.
-        dropped = Session()
-        async with read_only:
-            assert (await where(dropped))[1] is False
-        assert router.topology.fallbacks == 1
-        with warnings.catch_warnings():
-            # SQLAlchemy warns that the dropped session's connection was
-            # garbage collected: that is the point here.
-            warnings.simplefilter("ignore")
-            del dropped
-            gc.collect()
-        assert router.topology.fallbacks == 0
-    finally:
-        await router.dispose()
+    async with Session() as one, Session() as two, read_only:
+        assert (await where(one))[1] is False
+        assert (await where(two))[1] is False
+        with pytest.raises(NoReplicaAvailable, match="max_writer_fallbacks"):
+            async with Session() as three:
+                await three.execute(text("SELECT 1"))
+    # Ending those transactions gives the slots back.
+    async with Session() as four, read_only:
+        assert (await where(four))[1] is False
+    assert router.topology.fallbacks == 0
+    # So does a session dropped without close(), once it is collected.
+    dropped = Session()
+    async with read_only:
+        assert (await where(dropped))[1] is False
+    assert router.topology.fallbacks == 1
+    with warnings.catch_warnings():
+        # SQLAlchemy warns that the dropped session's connection was
+        # garbage collected: that is the point here.
+        warnings.simplefilter("ignore")
+        del dropped
+        gc.collect()
+    assert router.topology.fallbacks == 0
 
 
 async def test_crash_while_sessions_hold_replica_connections(
@@ -272,22 +270,21 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(
     assert ports["writer"] not in {port for port, _ in served}
 
 
-async def test_a_full_pool_is_skipped_not_ejected(cluster: PostgresCluster) -> None:
-    router = Router.from_urls(
+async def test_a_full_pool_is_skipped_not_ejected(
+    cluster: PostgresCluster, make_router: RouterMaker
+) -> None:
+    router = make_router(
         cluster.writer_url,
         cluster.replica_urls,
         replica_kwargs={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2},
         monitor_interval=0.1,
     )
     Session = routing_sessionmaker(router)
-    try:
-        async with router.replicas[0].connect():  # its only connection, held
-            served, failed = await reads(Session, 4)
-            assert failed == 0
-            assert set(served) == {(cluster.replicas[1].port, True)}
-            await router.poll()
-            assert replica_state(router, 0)["ejected"] is False
-        served, _ = await reads(Session, 4)
-        assert (cluster.replicas[0].port, True) in served
-    finally:
-        await router.dispose()
+    async with router.replicas[0].connect():  # its only connection, held
+        served, failed = await reads(Session, 4)
+        assert failed == 0
+        assert set(served) == {(cluster.replicas[1].port, True)}
+        await router.poll()
+        assert replica_state(router, 0)["ejected"] is False
+    served, _ = await reads(Session, 4)
+    assert (cluster.replicas[0].port, True) in served

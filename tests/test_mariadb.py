@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select, text
@@ -40,6 +40,7 @@ from .bounds import stopped_on_the_server
 from .errors import capture, deadlock
 from .models import Item
 from .read_back import read_back
+from .routers import RouterMaker
 from .waiting import until, until_sync
 
 pytestmark = pytest.mark.mariadb
@@ -95,19 +96,15 @@ def urls(db: MariaDBCluster, request: pytest.FixtureRequest) -> tuple[str, list[
 
 
 @pytest.fixture
-async def router(urls: tuple[str, list[str]]) -> AsyncIterator[Router]:
+def router(urls: tuple[str, list[str]], make_router: RouterMaker) -> Router:
     # No time window: only GTID positions stand between a read and stale data.
-    router = Router.from_urls(
+    return make_router(
         *urls,
         pool_size=5,
         retry=FAST,
         monitor_interval=0.1,
         sticky_seconds=0,
     )
-    try:
-        yield router
-    finally:
-        await router.dispose()
 
 
 @pytest.fixture
@@ -379,14 +376,12 @@ async def test_classification_of_real_mariadb_errors(
 
 async def test_a_replica_that_is_really_a_primary_is_refused(
     urls: tuple[str, list[str]],
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(urls[0], [urls[0]])
-    try:
-        with pytest.raises(ConfigurationError, match="not a standby"):
-            async with routing_sessionmaker(router)() as session, read_only:
-                await where(session)
-    finally:
-        await router.dispose()
+    router = make_router(urls[0], [urls[0]])
+    with pytest.raises(ConfigurationError, match="not a standby"):
+        async with routing_sessionmaker(router)() as session, read_only:
+            await where(session)
 
 
 async def test_a_replica_whose_replication_stopped_stops_serving(
@@ -533,10 +528,10 @@ async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
 
 
 async def test_a_statement_past_the_bound_is_stopped_on_the_server(
-    db: MariaDBCluster, urls: tuple[str, list[str]]
+    db: MariaDBCluster, urls: tuple[str, list[str]], make_router: RouterMaker
 ) -> None:
     writer, replicas = urls
-    router = Router.from_urls(writer, replicas[:1], replica_read_timeout=1.0)
+    router = make_router(writer, replicas[:1], replica_read_timeout=1.0)
     Session = routing_sessionmaker(router)
 
     def sleeping() -> int:
@@ -548,8 +543,5 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
             )
         )
 
-    try:
-        slow = text("SELECT SLEEP(30)")
-        await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)
-    finally:
-        await router.dispose()
+    slow = text("SELECT SLEEP(30)")
+    await stopped_on_the_server(Session, pin=where, slow=slow, running=sleeping)

@@ -24,6 +24,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.slow  # a new standby is a base backup
@@ -74,17 +75,16 @@ async def test_a_replica_added_and_one_drained_under_load(
     assert errors == []
 
 
-async def test_membership_changes_are_checked(cluster: PostgresCluster) -> None:
-    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
-    try:
-        with pytest.raises(ConfigurationError, match="already has an engine named"):
-            router.add_replica(cluster.replica_urls[0])
-        with pytest.raises(ConfigurationError, match="no replica named"):
-            await router.remove_replica("nowhere")
-        with pytest.raises(ConfigurationError, match="not a valid database URL"):
-            router.add_replica("not a url")
-    finally:
-        await router.dispose()
+async def test_membership_changes_are_checked(
+    cluster: PostgresCluster, make_router: RouterMaker
+) -> None:
+    router = make_router(cluster.writer_url, cluster.replica_urls)
+    with pytest.raises(ConfigurationError, match="already has an engine named"):
+        router.add_replica(cluster.replica_urls[0])
+    with pytest.raises(ConfigurationError, match="no replica named"):
+        await router.remove_replica("nowhere")
+    with pytest.raises(ConfigurationError, match="not a valid database URL"):
+        router.add_replica("not a url")
 
 
 async def pinned(Session: Any, port: int) -> AsyncSession:

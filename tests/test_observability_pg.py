@@ -22,6 +22,7 @@ from routing_db.metrics import register_metrics
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
+from .routers import RouterMaker
 
 SECRET = "s3cret-pw"
 
@@ -118,7 +119,7 @@ async def test_a_listener_implements_only_what_it_needs(
 
 
 async def test_session_settings_per_role(
-    cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+    cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch, make_router: RouterMaker
 ) -> None:
     settings = RoutingSettings(
         writer_url=cluster.writer_url,
@@ -129,33 +130,30 @@ async def test_session_settings_per_role(
         timezone="Europe/Paris",
         search_path="public, pg_catalog",  # a space: escaped for psycopg
     )
-    router = Router.from_settings(settings)
+    router = make_router.keep(Router.from_settings(settings))
     show = text(
         "SELECT current_setting('statement_timeout'), "
         "current_setting('application_name'), current_setting('TimeZone'), "
         "current_setting('search_path'), "
         "current_setting('default_transaction_read_only')"
     )
-    try:
-        Session = routing_sessionmaker(router)
-        async with Session() as session:
-            assert tuple((await session.execute(show)).one()) == (
-                "1234ms",
-                "orders-api",
-                "Europe/Paris",
-                "public, pg_catalog",
-                "off",
-            )
-        async with Session() as session, read_only:
-            assert tuple((await session.execute(show)).one()) == (
-                "5678ms",
-                "orders-api",
-                "Europe/Paris",
-                "public, pg_catalog",
-                "on",  # replicas stay read-only
-            )
-    finally:
-        await router.dispose()
+    Session = routing_sessionmaker(router)
+    async with Session() as session:
+        assert tuple((await session.execute(show)).one()) == (
+            "1234ms",
+            "orders-api",
+            "Europe/Paris",
+            "public, pg_catalog",
+            "off",
+        )
+    async with Session() as session, read_only:
+        assert tuple((await session.execute(show)).one()) == (
+            "5678ms",
+            "orders-api",
+            "Europe/Paris",
+            "public, pg_catalog",
+            "on",  # replicas stay read-only
+        )
 
 
 def test_session_settings_need_one_postgresql_driver_per_role() -> None:

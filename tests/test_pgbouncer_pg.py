@@ -11,7 +11,6 @@ PgBouncer's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select, text
@@ -29,6 +28,7 @@ from routing_db._cli.main import main
 from routing_db.testing import PgBouncer, PostgresCluster
 
 from .models import Item
+from .routers import RouterMaker
 
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery(), pg_backend_pid()")
 
@@ -57,14 +57,10 @@ async def test_without_the_option_prepared_statements_break(
 
 
 @pytest.fixture
-async def router(
-    pgbouncer: PgBouncer, cluster: PostgresCluster
-) -> AsyncIterator[Router]:
-    router = Router.from_urls(*bounced(pgbouncer, cluster.driver), pgbouncer=True)
-    try:
-        yield router
-    finally:
-        await router.dispose()
+def router(
+    pgbouncer: PgBouncer, cluster: PostgresCluster, make_router: RouterMaker
+) -> Router:
+    return make_router(*bounced(pgbouncer, cluster.driver), pgbouncer=True)
 
 
 @pytest.mark.usefixtures("clean")

@@ -14,6 +14,7 @@ from routing_db import Router, RoutingListener, read_only, routing_sessionmaker
 from routing_db.testing import PostgresCluster
 
 from .conftest import where
+from .routers import RouterMaker
 from .waiting import until
 
 pytestmark = pytest.mark.slow  # promotions and rebuilds take seconds
@@ -71,24 +72,22 @@ async def test_a_promoted_replica_leaves_the_read_set_and_comes_back(
 
 async def test_a_new_connection_to_a_promoted_replica_is_routed_around(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     cluster = faults
     other = cluster.replicas[1].port
     # No monitor: only the replicas' own connections say what they are.
-    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
+    router = make_router(cluster.writer_url, cluster.replica_urls)
     Session = routing_sessionmaker(router)
-    try:
-        seen: set[int] = set()
+    seen: set[int] = set()
 
-        async def both_seen() -> bool:
-            seen.add(await _read_port(Session))
-            return len(seen) == 2
+    async def both_seen() -> bool:
+        seen.add(await _read_port(Session))
+        return len(seen) == 2
 
-        await until(both_seen, 10)
-        await cluster.apromote(0)
-        await router.replicas[0].dispose()  # its next checkout connects anew
-        ports = [await _read_port(Session) for _ in range(20)]
-        assert set(ports) == {other}
-        assert router.status()[1]["role"] == "unknown"
-    finally:
-        await router.dispose()
+    await until(both_seen, 10)
+    await cluster.apromote(0)
+    await router.replicas[0].dispose()  # its next checkout connects anew
+    ports = [await _read_port(Session) for _ in range(20)]
+    assert set(ports) == {other}
+    assert router.status()[1]["role"] == "unknown"

@@ -31,6 +31,7 @@ from routing_db.testing import PostgresCluster
 from .conftest import StatementLog, where
 from .errors import capture, deadlock
 from .models import Item
+from .routers import RouterMaker
 from .waiting import until
 
 FAST = RetryPolicy(attempts=3, wait=wait_none())
@@ -174,48 +175,42 @@ async def test_killing_a_replica_under_read_load_fails_no_read(
 
 
 async def test_a_lost_first_read_is_rerun_on_another_node(
-    cluster: PostgresCluster, faults: PostgresCluster
+    cluster: PostgresCluster, faults: PostgresCluster, make_router: RouterMaker
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls, pool_pre_ping=False, retry=FAST
     )
     Session = routing_sessionmaker(router)
-    try:
-        # One pooled connection on each replica, then the servers drop them.
-        for _ in range(2):
-            async with Session() as session, read_only:
-                await where(session)
-        terminate(faults, faults.replicas[0])
-        log = StatementLog({"r0": router.replicas[0], "r1": router.replicas[1]})
-        served = set()
-        for _ in range(2):  # round robin: one of them meets the dead connection
-            async with Session() as session, read_only:
-                served.add(await where(session))
-        log.close()
-        assert all(standby for _, standby in served)
-        # Three sends for two reads: one on the dead connection, then again.
-        assert len(log.sent) == 3
-        assert router.status()[1]["ejected"] is True
-    finally:
-        await router.dispose()
+    # One pooled connection on each replica, then the servers drop them.
+    for _ in range(2):
+        async with Session() as session, read_only:
+            await where(session)
+    terminate(faults, faults.replicas[0])
+    log = StatementLog({"r0": router.replicas[0], "r1": router.replicas[1]})
+    served = set()
+    for _ in range(2):  # round robin: one of them meets the dead connection
+        async with Session() as session, read_only:
+            served.add(await where(session))
+    log.close()
+    assert all(standby for _, standby in served)
+    # Three sends for two reads: one on the dead connection, then again.
+    assert len(log.sent) == 3
+    assert router.status()[1]["ejected"] is True
 
 
 async def test_a_lost_later_read_is_raised_and_the_session_recovers(
-    cluster: PostgresCluster, faults: PostgresCluster
+    cluster: PostgresCluster, faults: PostgresCluster, make_router: RouterMaker
 ) -> None:
-    router = Router.from_urls(cluster.writer_url, cluster.replica_urls, retry=FAST)
+    router = make_router(cluster.writer_url, cluster.replica_urls, retry=FAST)
     Session = routing_sessionmaker(router)
-    try:
-        async with Session() as session, read_only:
-            port, _ = await where(session)
-            node = next(n for n in faults.replicas if n.port == port)
-            terminate(faults, node)
-            with pytest.raises(DBAPIError):
-                await where(session)
-            await session.rollback()
-            assert (await where(session))[1] is True
-    finally:
-        await router.dispose()
+    async with Session() as session, read_only:
+        port, _ = await where(session)
+        node = next(n for n in faults.replicas if n.port == port)
+        terminate(faults, node)
+        with pytest.raises(DBAPIError):
+            await where(session)
+        await session.rollback()
+        assert (await where(session))[1] is True
 
 
 async def _wrote_then_lost_the_writer(
@@ -396,7 +391,9 @@ async def test_primary_restart_under_write_load(
     assert min(t for t in successes if t > restarted_at[0]) - restarted_at[0] < 10
 
 
-async def test_writer_connect_is_retried(cluster: PostgresCluster) -> None:
+async def test_writer_connect_is_retried(
+    cluster: PostgresCluster, make_router: RouterMaker
+) -> None:
     # A writer URL whose first connects are refused: a port nobody listens on
     # is swapped for the real one after two failures, via the engine's
     # do_connect event (the real server then serves the retried connect).
@@ -410,13 +407,10 @@ async def test_writer_connect_is_retried(cluster: PostgresCluster) -> None:
         if tries <= 2:
             cparams["port"] = 1  # nothing listens there: connection refused
 
-    router = Router(writer=engine, retry=FAST)
-    try:
-        async with routing_sessionmaker(router)() as session:
-            assert (await where(session))[1] is False
-        assert tries == 3
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router(writer=engine, retry=FAST))
+    async with routing_sessionmaker(router)() as session:
+        assert (await where(session))[1] is False
+    assert tries == 3
 
 
 @pytest.mark.usefixtures("clean")

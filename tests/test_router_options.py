@@ -24,6 +24,8 @@ from routing_db import (
 )
 from routing_db._options import BY_NAME, OPTIONS, ROUTER_KEYWORDS
 
+from .routers import RouterMaker
+
 GROUPS = {
     "health": HealthOptions,
     "consistency": ConsistencyOptions,
@@ -181,19 +183,18 @@ def test_a_group_checks_its_range_when_made(
         group(**kwargs)
 
 
-async def test_from_urls_takes_groups_by_name(tmp_path: Path) -> None:
-    router = Router.from_urls(
+async def test_from_urls_takes_groups_by_name(
+    tmp_path: Path, make_router: RouterMaker
+) -> None:
+    router = make_router(
         f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
         observability=ObservabilityOptions(slow_query_seconds=1.5),
         health=HealthOptions(eject_after=2),
     )
-    try:
-        assert router.observability.slow_query_seconds == 1.5
-        assert router.health.eject_after == 2
-        # As with the keywords: without pool_pre_ping, the idle check is on.
-        assert router.health.ping_after_idle == BY_NAME["ping_after_idle"].built
-    finally:
-        await router.dispose()
+    assert router.observability.slow_query_seconds == 1.5
+    assert router.health.eject_after == 2
+    # As with the keywords: without pool_pre_ping, the idle check is on.
+    assert router.health.ping_after_idle == BY_NAME["ping_after_idle"].built
 
 
 def _listeners(engine: AsyncEngine) -> tuple[int, ...]:
@@ -268,15 +269,15 @@ def _other_value(field: dataclasses.Field[Any]) -> Any:
     ids=lambda item: getattr(item, "name", item),
 )
 async def test_each_keyword_reaches_its_group(
-    engines: tuple[AsyncEngine, AsyncEngine], group: str, field: Any
+    engines: tuple[AsyncEngine, AsyncEngine],
+    group: str,
+    field: Any,
+    make_router: RouterMaker,
 ) -> None:
     writer, _ = engines
     value = _other_value(field)
-    router = Router(writer=writer, **{field.name: value})
-    try:
-        assert getattr(getattr(router, group), field.name) == value
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router(writer=writer, **{field.name: value}))
+    assert getattr(getattr(router, group), field.name) == value
 
 
 def test_infinity_is_a_limit_but_not_a_weight() -> None:

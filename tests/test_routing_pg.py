@@ -24,6 +24,7 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import WHERE, StatementLog, where
 from .models import SEQUENCE, Item, refused_write
+from .routers import RouterMaker
 
 pytestmark = pytest.mark.usefixtures("clean")
 
@@ -469,15 +470,13 @@ async def test_no_replicas_falls_back_to_the_writer_or_raises(
 
 async def test_a_replica_that_is_really_a_primary_is_refused(
     cluster: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(cluster.writer_url, [cluster.writer_url])
-    try:
-        async with routing_sessionmaker(router)() as session, read_only:
-            with pytest.raises(ConfigurationError, match="not a standby"):
-                await where(session)
-        assert router.replicas[0].sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await router.dispose()
+    router = make_router(cluster.writer_url, [cluster.writer_url])
+    async with routing_sessionmaker(router)() as session, read_only:
+        with pytest.raises(ConfigurationError, match="not a standby"):
+            await where(session)
+    assert router.replicas[0].sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 async def test_primary_as_replica_when_allowed_is_still_read_only(

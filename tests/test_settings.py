@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from routing_db import ConfigurationError, Router, RoutingSettings
 from routing_db._options import BY_NAME
 
+from .routers import RouterMaker
+
 SECRET = "s3cr3t-pw"
 WRITER = f"postgresql+asyncpg://app:{SECRET}@db.example:5432/app"
 REPLICA = f"postgresql+asyncpg://app:{SECRET}@replica.example:5432/app"
@@ -240,28 +242,25 @@ def test_router_rejects_wrong_engines(tmp_path: Path) -> None:
         Router(writer=writer, replicas=[other, other])
 
 
-async def test_router_repr_and_status_hide_passwords() -> None:
-    router = Router.from_urls(WRITER, [REPLICA], pool_size=2)
-    try:
-        for text in (repr(router), str(router), str(router.status())):
-            assert SECRET not in text
-            assert "***" in text or "db.example" in text
-        import json
+async def test_router_repr_and_status_hide_passwords(make_router: RouterMaker) -> None:
+    router = make_router(WRITER, [REPLICA], pool_size=2)
+    for text in (repr(router), str(router), str(router.status())):
+        assert SECRET not in text
+        assert "***" in text or "db.example" in text
+    import json
 
-        status = json.loads(json.dumps(router.status()))
-        assert [e["role"] for e in status] == ["writer", "replica"]
-        assert status[0]["name"] == "db.example:5432/app"
-        assert status[0]["pool"]["size"] == 2
-        assert status[0]["pool"]["checked_out"] == 0
-        # An idle pool has no overflow (SQLAlchemy counts it as -2 here).
-        assert router.writer.sync_engine.pool.overflow() == -2  # type: ignore[attr-defined]
-        assert status[0]["pool"]["overflow"] == 0
-        assert status[0]["pool"]["capacity"] == 2 + 10  # SQLAlchemy's max_overflow
-        # Pooled connections are checked by the idle check, not pre-ping.
-        assert router.writer.pool._pre_ping is False
-        assert router.ping_after_idle == 1.0
-    finally:
-        await router.dispose()
+    status = json.loads(json.dumps(router.status()))
+    assert [e["role"] for e in status] == ["writer", "replica"]
+    assert status[0]["name"] == "db.example:5432/app"
+    assert status[0]["pool"]["size"] == 2
+    assert status[0]["pool"]["checked_out"] == 0
+    # An idle pool has no overflow (SQLAlchemy counts it as -2 here).
+    assert router.writer.sync_engine.pool.overflow() == -2  # type: ignore[attr-defined]
+    assert status[0]["pool"]["overflow"] == 0
+    assert status[0]["pool"]["capacity"] == 2 + 10  # SQLAlchemy's max_overflow
+    # Pooled connections are checked by the idle check, not pre-ping.
+    assert router.writer.pool._pre_ping is False
+    assert router.ping_after_idle == 1.0
 
 
 async def test_engines_named_by_the_user(
@@ -299,68 +298,60 @@ async def test_engines_named_by_the_user(
         RoutingSettings()
 
 
-async def test_per_role_engine_options() -> None:
-    router = Router.from_urls(
+async def test_per_role_engine_options(make_router: RouterMaker) -> None:
+    router = make_router(
         WRITER,
         [REPLICA],
         pool_size=4,
         replica_kwargs={"pool_size": 9, "pool_pre_ping": False},
     )
-    try:
-        assert router.writer.pool.size() == 4  # type: ignore[attr-defined]
-        assert router.replicas[0].pool.size() == 9  # type: ignore[attr-defined]
-        assert router.replicas[0].pool._pre_ping is False
-    finally:
-        await router.dispose()
+    assert router.writer.pool.size() == 4  # type: ignore[attr-defined]
+    assert router.replicas[0].pool.size() == 9  # type: ignore[attr-defined]
+    assert router.replicas[0].pool._pre_ping is False
 
 
 async def test_from_settings_uses_the_environment(
     monkeypatch: pytest.MonkeyPatch,
+    make_router: RouterMaker,
 ) -> None:
     monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
     monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", REPLICA)
     monkeypatch.setenv("ROUTING_DB_WRITER_POOL_SIZE", "3")
     monkeypatch.setenv("ROUTING_DB_DEFAULT_ROLE", "auto")
-    router = Router.from_settings()
-    try:
-        assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
-        assert router.replicas[0].pool.size() == 5  # type: ignore[attr-defined]
-        assert router.default_role == "auto"
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router.from_settings())
+    assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
+    assert router.replicas[0].pool.size() == 5  # type: ignore[attr-defined]
+    assert router.default_role == "auto"
 
 
 async def test_cluster_urls_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
+    make_router: RouterMaker,
 ) -> None:
     monkeypatch.setenv("ROUTING_DB_CLUSTER_URLS", f"{WRITER}, {REPLICA}")
     monkeypatch.setenv("ROUTING_DB_CLUSTER_NAMES", "a,b")
     monkeypatch.setenv("ROUTING_DB_WRITER_POOL_SIZE", "3")
     monkeypatch.setenv("ROUTING_DB_MONITOR_INTERVAL", "0.2")
-    router = Router.from_settings()
-    try:
-        assert router.topology.discovery is not None
-        assert [row["name"] for row in router.status()] == ["writer", "a", "b"]
-        assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
-        assert router.replicas[1].pool.size() == 5  # type: ignore[attr-defined]
-        assert router.health.monitor_interval == 0.2
-        assert SECRET not in repr(router)
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router.from_settings())
+    assert router.topology.discovery is not None
+    assert [row["name"] for row in router.status()] == ["writer", "a", "b"]
+    assert router.writer.pool.size() == 3  # type: ignore[attr-defined]
+    assert router.replicas[1].pool.size() == 5  # type: ignore[attr-defined]
+    assert router.health.monitor_interval == 0.2
+    assert SECRET not in repr(router)
 
 
-async def test_pgbouncer_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pgbouncer_from_environment(
+    monkeypatch: pytest.MonkeyPatch, make_router: RouterMaker
+) -> None:
     monkeypatch.setenv("ROUTING_DB_WRITER_URL", "postgresql+asyncpg://u:pw@h1/db")
     monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", "postgresql+psycopg://u:pw@h2/db")
     monkeypatch.setenv("ROUTING_DB_PGBOUNCER", "true")
-    router = Router.from_settings()
-    try:
-        # asyncpg: SQLAlchemy's own statement cache off (a URL setting); the
-        # driver's settings are connect arguments, tested on a real PgBouncer.
-        assert router.writer.url.query["prepared_statement_cache_size"] == "0"
-        assert "prepared_statement_cache_size" not in router.replicas[0].url.query
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router.from_settings())
+    # asyncpg: SQLAlchemy's own statement cache off (a URL setting); the
+    # driver's settings are connect arguments, tested on a real PgBouncer.
+    assert router.writer.url.query["prepared_statement_cache_size"] == "0"
+    assert "prepared_statement_cache_size" not in router.replicas[0].url.query
 
 
 def test_a_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -373,6 +364,7 @@ def test_a_missing_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) 
 
 async def test_lag_limits_are_on_by_default_and_off_by_name(
     monkeypatch: pytest.MonkeyPatch,
+    make_router: RouterMaker,
 ) -> None:
     monkeypatch.setenv("ROUTING_DB_WRITER_URL", WRITER)
     router = Router.from_settings()
@@ -383,12 +375,9 @@ async def test_lag_limits_are_on_by_default_and_off_by_name(
         await router.dispose()
     monkeypatch.setenv("ROUTING_DB_MAX_LAG_BYTES", "off")
     monkeypatch.setenv("ROUTING_DB_MAX_LAG_SECONDS", "off")
-    router = Router.from_settings()
-    try:
-        assert router.health.max_lag_bytes is None
-        assert router.health.max_lag_seconds is None
-    finally:
-        await router.dispose()
+    router = make_router.keep(Router.from_settings())
+    assert router.health.max_lag_bytes is None
+    assert router.health.max_lag_seconds is None
 
 
 def test_every_setting_is_described() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,21 +27,20 @@ from routing_db import (
     use_writer,
 )
 
+from .routers import RouterMaker
+
 
 @pytest.fixture
-async def router(tmp_path: Path) -> AsyncIterator[Router]:
+async def router(tmp_path: Path, make_router: RouterMaker) -> Router:
     path = tmp_path / "demo.db"
-    router = Router.from_urls(
+    router = make_router(
         f"sqlite+aiosqlite:///{path}",
         [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
         sticky_seconds=30,
     )
     async with router.writer.begin() as conn:
         await conn.execute(text("CREATE TABLE notes (body TEXT)"))
-    try:
-        yield router
-    finally:
-        await router.dispose()
+    return router
 
 
 async def on_replica(session: AsyncSession) -> bool:

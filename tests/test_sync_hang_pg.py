@@ -30,6 +30,7 @@ from routing_db.testing import PostgresCluster
 from .bounds import pg_sleeping
 from .conftest import healed
 from .models import Item
+from .routers import RouterMaker
 from .test_hung_primary_pg import begun_after
 from .waiting import until_sync
 
@@ -143,27 +144,25 @@ def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
 
 def test_a_statement_past_the_bound_is_stopped_on_the_server(
     hung: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     cluster = hung
     replica = cluster.replicas[0]
-    router = SyncRouter.from_urls(
+    router = make_router.sync(
         cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
     )
     Session = routing_sync_sessionmaker(router)
 
     sleeping = pg_sleeping(cluster, replica)
 
-    try:
-        with Session() as session, read_only:
-            assert session.execute(WHERE).one()[1]  # pinned: the next is later
-            with pytest.raises(ReplicaReadTimeout):
-                session.execute(text("SELECT pg_sleep(30)"))
-        deadline = time.monotonic() + 5
-        while sleeping():  # the server was asked to stop it
-            assert time.monotonic() < deadline, "still running on the server"
-            time.sleep(0.05)
-    finally:
-        router.dispose()
+    with Session() as session, read_only:
+        assert session.execute(WHERE).one()[1]  # pinned: the next is later
+        with pytest.raises(ReplicaReadTimeout):
+            session.execute(text("SELECT pg_sleep(30)"))
+    deadline = time.monotonic() + 5
+    while sleeping():  # the server was asked to stop it
+        assert time.monotonic() < deadline, "still running on the server"
+        time.sleep(0.05)
 
 
 def cluster_router(cluster: PostgresCluster, **options: Any) -> SyncRouter:

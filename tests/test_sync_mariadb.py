@@ -23,6 +23,7 @@ from routing_db import (
 from routing_db.testing import MariaDBCluster
 
 from .models import Item
+from .routers import RouterMaker
 from .test_mariadb import CONNECTION_ID, PRIMARY, WHERE, end_connection, items_ddl
 
 pytestmark = pytest.mark.mariadb
@@ -43,17 +44,17 @@ def db(mariadb_cluster: MariaDBCluster) -> Iterator[MariaDBCluster]:
 
 
 @pytest.fixture
-def router(db: MariaDBCluster) -> Iterator[SyncRouter]:
+def router(db: MariaDBCluster, make_router: RouterMaker) -> SyncRouter:
     # No time window: only GTID positions stand between a read and stale data.
-    router = SyncRouter.from_urls(
+    router = make_router.sync(
         db.primary.url_for("pymysql"),
         [node.url_for("pymysql") for node in db.replicas],
         retry=RetryPolicy(attempts=3, wait=wait_none()),
         monitor_interval=0.1,
         sticky_seconds=0,
     )
-    with router:
-        yield router
+    router.start()
+    return router
 
 
 @pytest.fixture

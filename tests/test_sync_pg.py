@@ -41,6 +41,7 @@ from routing_db.testing import PostgresCluster
 
 from .conftest import WHERE, healed
 from .models import Item
+from .routers import RouterMaker
 
 Maker = sessionmaker[RoutingSyncSession]
 
@@ -60,15 +61,15 @@ def faulty(sync_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
-def router(sync_cluster: PostgresCluster) -> Iterator[SyncRouter]:
-    router = SyncRouter.from_urls(
+def router(sync_cluster: PostgresCluster, make_router: RouterMaker) -> SyncRouter:
+    router = make_router.sync(
         sync_cluster.writer_url,
         sync_cluster.replica_urls,
         pool_size=10,
         monitor_interval=0.2,
     )
-    with router:
-        yield router
+    router.start()
+    return router
 
 
 @pytest.fixture

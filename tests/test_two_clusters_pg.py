@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from routing_db import (
 from routing_db.testing import PostgresCluster
 
 from .models import Item, ddl
+from .routers import RouterMaker
 from .waiting import until
 
 WHERE = text("SELECT inet_server_port(), pg_is_in_recovery()")
@@ -64,13 +65,14 @@ def clusters(
 
 @pytest.fixture
 async def routers(
-    clusters: tuple[PostgresCluster, PostgresCluster],
-) -> AsyncIterator[tuple[Router, Router]]:
+    clusters: tuple[PostgresCluster, PostgresCluster], make_router: RouterMaker
+) -> tuple[Router, Router]:
     first, second = clusters
-    a = Router.from_urls(first.writer_url, first.replica_urls, sticky_seconds=1.0)
-    b = Router.from_urls(second.writer_url, second.replica_urls, sticky_seconds=1.0)
-    async with a, b:
-        yield a, b
+    a = make_router(first.writer_url, first.replica_urls, sticky_seconds=1.0)
+    b = make_router(second.writer_url, second.replica_urls, sticky_seconds=1.0)
+    await a.start()
+    await b.start()
+    return a, b
 
 
 async def _where(Session: Any, name: str | None = None) -> tuple[bool, int | None]:

@@ -25,6 +25,7 @@ from routing_db.metrics import register_metrics
 from routing_db.testing import PostgresCluster
 
 from .models import Item
+from .routers import RouterMaker
 
 INSERT = text("INSERT INTO items (name) VALUES (:name)")
 
@@ -43,10 +44,11 @@ class RoleLog(RoutingListener):
 @pytest.mark.usefixtures("clean")
 async def test_a_demoted_writer_is_waited_for_then_no_writer(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     cluster = faults
     # No monitor: what the writer answers is all the router learns.
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls[1:], writer_wait_timeout=1.0
     )
     roles = RoleLog()
@@ -59,43 +61,40 @@ async def test_a_demoted_writer_is_waited_for_then_no_writer(
     def metric(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(f"routing_db_{name}", labels)
 
-    try:
-        assert metric("writer_available", engine=writer) == 1.0
-        async with Session() as session:
-            session.add(Item(name="before"))
+    assert metric("writer_available", engine=writer) == 1.0
+    async with Session() as session:
+        session.add(Item(name="before"))
+        await session.commit()
+
+    await cluster.acrash_primary()
+    await cluster.apromote(0)
+    await cluster.arebuild_as_standby(cluster.primary, of=0)
+    started = time.monotonic()
+    with pytest.raises(NoWriterAvailable, match="not the primary") as caught:
+        async with Session() as session:  # the first statement: waited for
+            await session.execute(INSERT, {"name": "refused"})
+    waited = time.monotonic() - started
+    assert not isinstance(caught.value, ReadOnlyViolation)
+    assert 1.0 <= waited < 10
+    assert roles.changes == [(writer, "writer", "unknown")]
+    assert router.status()[0]["role"] == "unknown"
+    assert metric("writer_available", engine=writer) == 0.0
+    assert metric("role_changes_total", engine=writer, role="unknown") == 1.0
+    with pytest.raises(NoWriterAvailable):
+        async with Session() as session:  # a flush waits the same way
+            session.add(Item(name="refused too"))
             await session.commit()
 
-        await cluster.acrash_primary()
-        await cluster.apromote(0)
-        await cluster.arebuild_as_standby(cluster.primary, of=0)
-        started = time.monotonic()
-        with pytest.raises(NoWriterAvailable, match="not the primary") as caught:
-            async with Session() as session:  # the first statement: waited for
-                await session.execute(INSERT, {"name": "refused"})
-        waited = time.monotonic() - started
-        assert not isinstance(caught.value, ReadOnlyViolation)
-        assert 1.0 <= waited < 10
-        assert roles.changes == [(writer, "writer", "unknown")]
-        assert router.status()[0]["role"] == "unknown"
-        assert metric("writer_available", engine=writer) == 0.0
-        assert metric("role_changes_total", engine=writer, role="unknown") == 1.0
-        with pytest.raises(NoWriterAvailable):
-            async with Session() as session:  # a flush waits the same way
-                session.add(Item(name="refused too"))
-                await session.commit()
-
-        # The same node takes writes again: no restart of the application.
-        await cluster.apromote(cluster.primary)
-        async with Session() as session:
-            session.add(Item(name="after"))
-            await session.commit()
-        assert roles.changes[-1] == (writer, "unknown", "writer")
-        assert router.status()[0]["role"] == "writer"
-        assert metric("writer_available", engine=writer) == 1.0
-        names = cluster.sql(cluster.primary, "SELECT string_agg(name, ',') FROM items")
-        assert sorted(names.split(",")) == ["after", "before"]
-    finally:
-        await router.dispose()
+    # The same node takes writes again: no restart of the application.
+    await cluster.apromote(cluster.primary)
+    async with Session() as session:
+        session.add(Item(name="after"))
+        await session.commit()
+    assert roles.changes[-1] == (writer, "unknown", "writer")
+    assert router.status()[0]["role"] == "writer"
+    assert metric("writer_available", engine=writer) == 1.0
+    names = cluster.sql(cluster.primary, "SELECT string_agg(name, ',') FROM items")
+    assert sorted(names.split(",")) == ["after", "before"]
 
 
 @pytest.mark.usefixtures("clean")
