@@ -6,21 +6,10 @@ package beyond routing_db.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._causal.floor import causal_token
-from ._causal.http import (
-    DEFAULT_TOKEN_HEADER,
-    READ_METHODS,
-    TokenOptions,
-    bad_token_detail,
-    given_token,
-    request_context,
-    token_cookie,
-    token_to_send,
-)
+from ._causal.http import DEFAULT_TOKEN_HEADER, Middleware
 from ._exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware"]
@@ -32,65 +21,39 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class RoutingMiddleware(TokenOptions[Scope]):
+class RoutingMiddleware(Middleware[Scope, ASGIApp]):
     """Carries the causal token across requests; optionally routes by method."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        header: str = DEFAULT_TOKEN_HEADER,
-        cookie: str | None = None,
-        roles_by_method: bool = False,
-        read_methods: Iterable[str] = READ_METHODS,
-        causal_key: Callable[[Scope], object] | None = None,
-    ) -> None:
-        super().__init__(
-            header=header,
-            cookie=cookie,
-            roles_by_method=roles_by_method,
-            read_methods=read_methods,
-            causal_key=causal_key,
-        )
-        self.app = app
-
-    def _given_token(self, scope: Scope) -> str | None:
-        headers = (
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope.get("headers", ())
-        )
-        return given_token(headers, self.header, self.cookie)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request inside its causal token (and role, if configured)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        read = self.reads(scope.get("method"))
+        headers = (
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope.get("headers", ())
+        )
         try:
-            block = causal_token(self._given_token(scope))
+            context = self.context_of(scope, headers, scope.get("method"))
         except ConfigurationError:
-            await _bad_token(send, self.header)
+            await _bad_token(send, self.bad_token_body())
             return
-        key = self.key_of(scope)
-        with request_context(block, read=read, key=key) as floor:
+        with context as floor:
 
             async def send_with_token(message: Message) -> None:
-                token = token_to_send(floor)
-                if message["type"] == "http.response.start" and token is not None:
-                    headers = list(message.get("headers", []))
-                    headers.append((self.header.encode(), token.encode()))
-                    if self.cookie is not None:
-                        cookie = token_cookie(self.cookie, token)
-                        headers.append((b"set-cookie", cookie.encode("latin-1")))
-                    message["headers"] = headers
+                if message["type"] == "http.response.start":
+                    extra = [
+                        (name.lower().encode("latin-1"), value.encode("latin-1"))
+                        for name, value in self.token_headers(floor)
+                    ]
+                    if extra:
+                        message["headers"] = [*message.get("headers", []), *extra]
                 await send(message)
 
             await self.app(scope, receive, send_with_token)
 
 
-async def _bad_token(send: Send, header: str) -> None:
-    # JSON, in the shape FastAPI gives its own errors: APIs answer in JSON.
+async def _bad_token(send: Send, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -98,5 +61,4 @@ async def _bad_token(send: Send, header: str) -> None:
             "headers": [(b"content-type", b"application/json")],
         }
     )
-    body = json.dumps({"detail": bad_token_detail(header)}).encode()
     await send({"type": "http.response.body", "body": body})

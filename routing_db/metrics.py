@@ -110,67 +110,60 @@ class RouterMetrics:
         self._registry = registry
         self._unregistered = False
         ns = namespace
-        self.statements = Counter(
-            f"{ns}_statements",
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"{ns}_{name}", doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str, buckets: Any, *labels: str) -> Histogram:
+            return Histogram(
+                f"{ns}_{name}", doc, labels, buckets=buckets, registry=registry
+            )
+
+        self.statements = counter(
+            "statements",
             "Statements routed, by engine, role and reason.",
-            ["engine", "role", "reason"],
-            registry=registry,
+            "engine",
+            "role",
+            "reason",
         )
-        self.fallbacks = Counter(
-            f"{ns}_writer_fallbacks",
+        self.fallbacks = counter(
+            "writer_fallbacks",
             "Replica reads served by the writer because no replica was available.",
-            ["engine"],
-            registry=registry,
+            "engine",
         )
-        self.ejections = Counter(
-            f"{ns}_replica_ejections",
-            "Replicas ejected.",
-            ["engine"],
-            registry=registry,
-        )
-        self.role_changes = Counter(
-            f"{ns}_role_changes",
+        self.ejections = counter("replica_ejections", "Replicas ejected.", "engine")
+        self.role_changes = counter(
+            "role_changes",
             "Nodes found in another role, by engine and the role found.",
-            ["engine", "role"],
-            registry=registry,
+            "engine",
+            "role",
         )
-        self.readmissions = Counter(
-            f"{ns}_replica_readmissions",
-            "Ejected replicas re-admitted.",
-            ["engine"],
-            registry=registry,
+        self.readmissions = counter(
+            "replica_readmissions", "Ejected replicas re-admitted.", "engine"
         )
-        self.retries = Counter(
-            f"{ns}_retries",
-            "Retry sequences, by kind and outcome.",
-            ["kind", "outcome"],
-            registry=registry,
+        self.retries = counter(
+            "retries", "Retry sequences, by kind and outcome.", "kind", "outcome"
         )
-        self.starvation = Counter(
-            f"{ns}_starvation_warnings",
+        self.starvation = counter(
+            "starvation_warnings",
             "Starvation detector warnings, by engine and kind (hold, checkout_wait).",
-            ["engine", "kind"],
-            registry=registry,
+            "engine",
+            "kind",
         )
-        self.checkout_wait = Histogram(
-            f"{ns}_checkout_wait_seconds",
+        self.checkout_wait = histogram(
+            "checkout_wait_seconds",
             "Time to obtain a pooled connection.",
-            ["engine"],
-            buckets=_WAIT_BUCKETS,
-            registry=registry,
+            _WAIT_BUCKETS,
+            "engine",
         )
-        self.checkout_timeouts = Counter(
-            f"{ns}_checkout_timeouts",
-            "Checkouts that waited out pool_timeout.",
-            ["engine"],
-            registry=registry,
+        self.checkout_timeouts = counter(
+            "checkout_timeouts", "Checkouts that waited out pool_timeout.", "engine"
         )
-        self.hold = Histogram(
-            f"{ns}_connection_hold_seconds",
+        self.hold = histogram(
+            "connection_hold_seconds",
             "How long a connection stayed checked out.",
-            ["engine"],
-            buckets=_HOLD_BUCKETS,
-            registry=registry,
+            _HOLD_BUCKETS,
+            "engine",
         )
         self._status = _StatusCollector(router, ns)
         registry.register(self._status)

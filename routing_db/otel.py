@@ -34,21 +34,28 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = ["SpanAttributes", "instrument"]
 
 
+def _record(event: str, attributes: dict[str, Any]) -> None:
+    # On the span current where the decision was made, as attributes (the
+    # last decision) and as an event (each one).
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+        span.add_event(event, attributes)
+
+
 class SpanAttributes(RoutingListener):
     """Puts each routing decision on the span current where it was made."""
 
     def routed(self, engine: str, role: str, reason: str) -> None:
         """Record where a statement went, and why."""
-        span = trace.get_current_span()
-        if not span.is_recording():
-            return
-        attributes = {
-            "routing_db.role": role,
-            "routing_db.engine": engine,
-            "routing_db.reason": reason,
-        }
-        span.set_attributes(attributes)
-        span.add_event("routing_db.routed", attributes)
+        _record(
+            "routing_db.routed",
+            {
+                "routing_db.role": role,
+                "routing_db.engine": engine,
+                "routing_db.reason": reason,
+            },
+        )
 
     def fell_back(self, engine: str) -> None:
         """Record that a replica read went to the writer."""
@@ -58,15 +65,10 @@ class SpanAttributes(RoutingListener):
 
     def retried(self, kind: str, outcome: str) -> None:
         """Record that a statement ran again, and how that ended."""
-        span = trace.get_current_span()
-        if not span.is_recording():
-            return
-        attributes = {
-            "routing_db.retry.kind": kind,
-            "routing_db.retry.outcome": outcome,
-        }
-        span.set_attributes(attributes)
-        span.add_event("routing_db.retried", attributes)
+        _record(
+            "routing_db.retried",
+            {"routing_db.retry.kind": kind, "routing_db.retry.outcome": outcome},
+        )
 
 
 def instrument(router: RouterBase[Any]) -> SpanAttributes:

@@ -14,21 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._causal.floor import causal_token
-from ._causal.http import (
-    DEFAULT_TOKEN_HEADER,
-    READ_METHODS,
-    TokenOptions,
-    bad_token_detail,
-    given_token,
-    request_context,
-    token_cookie,
-    token_to_send,
-)
+from ._causal.http import DEFAULT_TOKEN_HEADER, Middleware
 from ._exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_TOKEN_HEADER", "RoutingMiddleware"]
@@ -37,35 +26,8 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class RoutingMiddleware(TokenOptions[dict[str, Any]]):
+class RoutingMiddleware(Middleware[dict[str, Any], WSGIApp]):
     """Carries the causal token across requests; optionally routes by method."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        header: str = DEFAULT_TOKEN_HEADER,
-        cookie: str | None = None,
-        roles_by_method: bool = False,
-        read_methods: Iterable[str] = READ_METHODS,
-        causal_key: Callable[[dict[str, Any]], object] | None = None,
-    ) -> None:
-        super().__init__(
-            header=header,
-            cookie=cookie,
-            roles_by_method=roles_by_method,
-            read_methods=read_methods,
-            causal_key=causal_key,
-        )
-        self.app = app
-
-    def _given_token(self, environ: dict[str, Any]) -> str | None:
-        headers = (
-            (key[5:].replace("_", "-"), str(value))
-            for key, value in environ.items()
-            if key.startswith("HTTP_")
-        )
-        return given_token(headers, self.header, self.cookie)
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
@@ -80,24 +42,21 @@ class RoutingMiddleware(TokenOptions[dict[str, Any]]):
         environ: dict[str, Any],
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        read = self.reads(environ.get("REQUEST_METHOD"))
+        headers = (
+            (key[5:].replace("_", "-"), str(value))
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        )
         try:
-            block = causal_token(self._given_token(environ))
+            routed = self.context_of(environ, headers, environ.get("REQUEST_METHOD"))
         except ConfigurationError:
-            body = json.dumps({"detail": bad_token_detail(self.header)}).encode()
             start_response("400 Bad Request", [("Content-Type", "application/json")])
-            return [body]
+            return [self.bad_token_body()]
         scope = contextlib.ExitStack()
-        key = self.key_of(environ)
-        floor = scope.enter_context(request_context(block, read=read, key=key))
+        floor = scope.enter_context(routed)
 
         def start_with_token(status: str, headers: list[Any], *args: Any) -> Any:
-            token = token_to_send(floor)
-            if token is not None:
-                headers = [*headers, (self.header, token)]
-                if self.cookie is not None:
-                    headers.append(("Set-Cookie", token_cookie(self.cookie, token)))
-            return start_response(status, headers, *args)
+            return start_response(status, [*headers, *self.token_headers(floor)], *args)
 
         try:
             response = self.app(environ, start_with_token)

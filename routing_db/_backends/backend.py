@@ -10,6 +10,7 @@ rest of routing_db asks the backend of a dialect or of a driver connection
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -34,6 +35,8 @@ __all__ = [
     "clusters_of",
     "readable",
     "shut_down",
+    "watched",
+    "watched_async",
 ]
 
 # What a connection's record knows of the server it reached (learned once,
@@ -146,6 +149,42 @@ class _Running:
         self._connection.routing_db_since = None
 
 
+def _running_of(connection: Any) -> Any:
+    # A connection of another class (connect_args' own) is not watched.
+    return getattr(connection, "routing_db_running", None) or contextlib.nullcontext()
+
+
+def _itself(connection: Any) -> Any:
+    return connection
+
+
+def _its_connection(cursor: Any) -> Any:
+    return cursor.connection
+
+
+def watched(method: Callable[..., Any], *, cursor: bool = False) -> Any:
+    """``method`` of a driver's connection (``cursor``: of its cursor class),
+    run as its connection's watched statement."""
+    of = _its_connection if cursor else _itself
+
+    def run(self: Any, *args: Any, **kw: Any) -> Any:
+        with _running_of(of(self)):
+            return method(self, *args, **kw)
+
+    return run
+
+
+def watched_async(method: Callable[..., Any], *, cursor: bool = False) -> Any:
+    """``watched`` for a coroutine method: the watch lasts until it is done."""
+    of = _its_connection if cursor else _itself
+
+    async def run(self: Any, *args: Any, **kw: Any) -> Any:
+        with _running_of(of(self)):
+            return await method(self, *args, **kw)
+
+    return run
+
+
 class Watched:
     """Mixed into a driver's connection class by its backend: since when its
     statement runs, for the engine's read bound (``_bounds``) to read."""
@@ -231,7 +270,7 @@ class Backend:
         raise NotImplementedError
 
     def replica(self, connection: Connection, writer: int | None) -> ReplicaStatus:
-        """What a replica says of itself (lag unadjusted)."""
+        """What a replica says of itself (lag unadjusted, server unset)."""
         raise NotImplementedError
 
     # -- driver connections -------------------------------------------------

@@ -22,7 +22,6 @@ from .._causal.floor import DOMAIN_SHIFT, encode_gtid, gtid_cluster
 from .._compat import aiomysql_open, mysql_socket, mysql_transport
 from .._retry import is_connection_error
 from .backend import (
-    SERVER,
     Backend,
     Bound,
     Bounded,
@@ -30,6 +29,7 @@ from .backend import (
     ReplicaStatus,
     Watched,
     readable,
+    watched_async,
 )
 
 __all__ = ["MariaDB", "MySQL"]
@@ -140,26 +140,14 @@ class MySQL(Backend):
             return None  # their own socket timeout instead
         base = importlib.import_module(driver).Connection
 
-        # Every cursor's statement goes through query().
         class BoundedConnection(Watched, base):  # type: ignore[misc,valid-type]
             routing_db_bound = bound
-
-            async def query(self, *args: Any, **kw: Any) -> Any:
-                with self.routing_db_running:
-                    return await super().query(*args, **kw)
-
-            # SQLAlchemy's ping at checkout: COM_PING, not a query.
-            async def ping(self, *args: Any, **kw: Any) -> Any:
-                with self.routing_db_running:
-                    return await super().ping(*args, **kw)
-
-            async def commit(self) -> None:
-                with self.routing_db_running:
-                    await super().commit()
-
-            async def rollback(self) -> None:
-                with self.routing_db_running:
-                    await super().rollback()
+            # Every cursor's statement goes through query(); SQLAlchemy's
+            # ping at checkout is COM_PING, not a query.
+            query = watched_async(base.query)
+            ping = watched_async(base.ping)
+            commit = watched_async(base.commit)
+            rollback = watched_async(base.rollback)
 
         async def connect(**kwargs: Any) -> Any:
             connection = BoundedConnection(**kwargs)
@@ -216,9 +204,8 @@ class MariaDB(MySQL):
         # (NULL while its SQL thread is stopped). A replica is read_only.
         seconds = None if behind is None else float(behind)
         return ReplicaStatus(
-            _gtid_position(row[0], domain), None, seconds, bool(row[1]), streaming,
-            connection.info.get(SERVER),
-        )  # fmt: skip
+            _gtid_position(row[0], domain), None, seconds, bool(row[1]), streaming
+        )
 
 
 def _slave_status(connection: Connection) -> tuple[Any, bool | None]:

@@ -128,6 +128,7 @@ def writer_position(connection: Connection) -> int | None:
 def replica_status(connection: Connection, writer: int | None) -> ReplicaStatus:
     """What a replica says of itself; ``writer`` is the writer's position now."""
     status = _backend(connection.dialect.name).replica(connection, writer)
+    status = status._replace(server=connection.info.get(SERVER))
     if status.position is None or writer is None:
         return status._replace(lag_bytes=None, lag_seconds=None)
     if reached(status.position, writer):

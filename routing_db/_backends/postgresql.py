@@ -22,7 +22,6 @@ from sqlalchemy.util import await_only
 from .._causal.floor import ANY_CLUSTER
 from .._compat import asyncpg_socket
 from .backend import (
-    SERVER,
     Backend,
     Bound,
     Bounded,
@@ -31,6 +30,8 @@ from .backend import (
     Role,
     Watched,
     readable,
+    watched,
+    watched_async,
 )
 
 __all__ = ["PostgreSQL"]
@@ -96,11 +97,6 @@ def _attribute(module: str, path: str) -> Callable[[], Callable[..., Any]]:
 
 def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4()}__"
-
-
-def _running(connection: Any) -> Any:
-    # A connection of another class (connect_args' own) is not watched.
-    return getattr(connection, "routing_db_running", None) or contextlib.nullcontext()
 
 
 class PostgreSQL(Backend):
@@ -193,9 +189,8 @@ class PostgreSQL(Backend):
         )
         standby = bool(row[2])
         return ReplicaStatus(
-            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3]),
-            connection.info.get(SERVER),
-        )  # fmt: skip
+            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3])
+        )
 
     # -- driver connections ---------------------------------------------------
 
@@ -345,20 +340,12 @@ def _asyncpg_class(bound: Bound) -> type:
                 statement = await super().prepare(*args, **kw)
             return BoundedStatement(statement, self)
 
-        # asyncpg's Transaction runs BEGIN, COMMIT and ROLLBACK here.
-        async def execute(self, *args: Any, **kw: Any) -> Any:
-            with self.routing_db_running:
-                return await super().execute(*args, **kw)
-
-        # SQLAlchemy's ping at checkout (fetchrow), routing_db's replay
-        # position (fetchval): not through prepare().
-        async def fetchrow(self, *args: Any, **kw: Any) -> Any:
-            with self.routing_db_running:
-                return await super().fetchrow(*args, **kw)
-
-        async def fetchval(self, *args: Any, **kw: Any) -> Any:
-            with self.routing_db_running:
-                return await super().fetchval(*args, **kw)
+        # asyncpg's Transaction runs BEGIN, COMMIT and ROLLBACK in execute();
+        # SQLAlchemy's ping at checkout (fetchrow) and routing_db's replay
+        # position (fetchval) do not go through prepare().
+        execute = watched_async(AsyncpgConnection.execute)
+        fetchrow = watched_async(AsyncpgConnection.fetchrow)
+        fetchval = watched_async(AsyncpgConnection.fetchval)
 
     return BoundedConnection
 
@@ -371,20 +358,12 @@ def _psycopg_async_bounded(bound: Bound) -> Bounded:
     from psycopg import AsyncConnection, AsyncCursor
 
     class BoundedCursor(AsyncCursor[Any]):
-        async def execute(self, *args: Any, **kw: Any) -> Any:
-            with _running(self.connection):
-                return await super().execute(*args, **kw)
+        execute = watched_async(AsyncCursor.execute, cursor=True)
 
     class BoundedConnection(Watched, AsyncConnection[Any]):
         routing_db_bound = bound
-
-        async def commit(self) -> None:
-            with self.routing_db_running:
-                await super().commit()
-
-        async def rollback(self) -> None:
-            with self.routing_db_running:
-                await super().rollback()
+        commit = watched_async(AsyncConnection.commit)
+        rollback = watched_async(AsyncConnection.rollback)
 
     return Bounded(
         {"async_creator_fn": BoundedConnection.connect, "cursor_factory": BoundedCursor}
@@ -401,23 +380,12 @@ def _sync_bounded(driver: str, bound: Bound) -> Bounded:
 
     class BoundedConnection(Watched, connection):  # type: ignore[valid-type,misc]
         routing_db_bound = bound
-
-        def commit(self) -> Any:
-            with self.routing_db_running:
-                return super().commit()
-
-        def rollback(self) -> Any:
-            with self.routing_db_running:
-                return super().rollback()
+        commit = watched(connection.commit)
+        rollback = watched(connection.rollback)
 
     class BoundedCursor(cursor):  # type: ignore[valid-type,misc]
-        def execute(self, *args: Any, **kw: Any) -> Any:
-            with _running(self.connection):
-                return super().execute(*args, **kw)
-
-        def executemany(self, *args: Any, **kw: Any) -> Any:
-            with _running(self.connection):
-                return super().executemany(*args, **kw)
+        execute = watched(cursor.execute, cursor=True)
+        executemany = watched(cursor.executemany, cursor=True)
 
     if driver == "psycopg2":
         return Bounded(

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar, Token
-from typing import Any, NamedTuple, ParamSpec, TypeVar, overload
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from .._decide.context import ContextDecorator
 from .._exceptions import ConfigurationError
@@ -320,12 +320,3 @@ class causal_token(ContextDecorator):
                 FLOOR.set(outer)  # as record_write: outlives the block
             outer.cover(inner)
             outer.wrote = True
-
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Any:
-        return self._decorate(fn)

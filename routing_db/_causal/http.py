@@ -4,6 +4,7 @@ out (header or cookie), its own context, its role by HTTP method."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Iterator
 from http.cookies import SimpleCookie
 from typing import Generic, TypeVar
@@ -15,26 +16,26 @@ from .store import causal_key
 __all__ = [
     "DEFAULT_TOKEN_HEADER",
     "READ_METHODS",
-    "TokenOptions",
-    "bad_token_detail",
+    "Middleware",
     "given_token",
     "request_context",
     "token_cookie",
-    "token_to_send",
 ]
 
 DEFAULT_TOKEN_HEADER = "x-routing-db-token"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 R = TypeVar("R")
+A = TypeVar("A")
 
 
-class TokenOptions(Generic[R]):
-    """What both middlewares are told: where the token travels, which methods
-    read, and the request's causal key (a function of an ASGI scope ``R``,
-    or a WSGI environ)."""
+class Middleware(Generic[R, A]):
+    """What both middlewares are told: the app ``A`` they wrap, where the
+    token travels, which methods read, and the request's causal key (a
+    function of an ASGI scope or a WSGI environ, ``R``)."""
 
     def __init__(
         self,
+        app: A,
         *,
         header: str = DEFAULT_TOKEN_HEADER,
         cookie: str | None = None,
@@ -42,6 +43,7 @@ class TokenOptions(Generic[R]):
         read_methods: Iterable[str] = READ_METHODS,
         causal_key: Callable[[R], object] | None = None,
     ) -> None:
+        self.app = app
         self.header = header.lower()
         self.cookie = cookie
         self.roles_by_method = roles_by_method
@@ -56,6 +58,31 @@ class TokenOptions(Generic[R]):
     def key_of(self, request: R) -> object:
         """The request's causal key, if a function gives one."""
         return None if self.causal_key is None else self.causal_key(request)
+
+    def context_of(
+        self, request: R, headers: Iterable[tuple[str, str]], method: object
+    ) -> contextlib.AbstractContextManager[CausalFloor | None]:
+        """The request's routing context (see ``request_context``), from the
+        token its ``headers`` carry; ``ConfigurationError`` if it is malformed."""
+        block = causal_token(given_token(headers, self.header, self.cookie))
+        key = self.key_of(request)
+        return request_context(block, read=self.reads(method), key=key)
+
+    def token_headers(self, floor: CausalFloor | None) -> list[tuple[str, str]]:
+        """The response's headers carrying the token: only when it wrote."""
+        if floor is None or not floor.wrote:
+            return []
+        token = format_token(floor)
+        headers = [(self.header, token)]
+        if self.cookie is not None:
+            headers.append(("Set-Cookie", token_cookie(self.cookie, token)))
+        return headers
+
+    def bad_token_body(self) -> bytes:
+        """The JSON body of the 400 a malformed token gets (in the shape FastAPI
+        gives its own errors: APIs answer in JSON)."""
+        detail = f"malformed {self.header} (expected a token from a previous response)"
+        return json.dumps({"detail": detail}).encode()
 
 
 def given_token(
@@ -108,11 +135,6 @@ def request_context(
         FLOOR.reset(isolated)
 
 
-def token_to_send(floor: CausalFloor | None) -> str | None:
-    """The token for the response: only when the request wrote."""
-    return format_token(floor) if floor is not None and floor.wrote else None
-
-
 def token_cookie(name: str, token: str) -> str:
     """A ``Set-Cookie`` value carrying ``token``."""
     jar: SimpleCookie = SimpleCookie()
@@ -122,8 +144,3 @@ def token_cookie(name: str, token: str) -> str:
     morsel["httponly"] = True
     morsel["samesite"] = "Lax"
     return morsel.OutputString()
-
-
-def bad_token_detail(header: str) -> str:
-    """The message of the 400 a malformed token gets."""
-    return f"malformed {header} (expected a token from a previous response)"

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from contextvars import ContextVar, Token
-from typing import Any, Protocol
+from typing import Protocol
 
 from .._decide.context import ContextDecorator
 from .floor import ANY_CLUSTER, CausalFloor
@@ -66,10 +66,6 @@ class causal_key(ContextDecorator):
 
     def _exit(self) -> None:
         CAUSAL_KEY.reset(self._tokens.pop())
-
-    def __call__(self, fn: Any) -> Any:
-        """Decorate a sync or async function."""
-        return self._decorate(fn)
 
 
 class _Unknown(CausalFloor):

@@ -12,8 +12,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, Self, TypeVar, cast, overload
 
 __all__ = [
     "COMMITTING",
@@ -88,24 +87,29 @@ class ContextDecorator:
     def __enter__(self) -> None:
         self._enter()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._exit()
 
     async def __aenter__(self) -> None:
         self._enter()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._exit()
+
+    @overload
+    def __call__(self) -> Self: ...
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[P, Any] | None = None) -> Any:
+        """Decorate a sync or async function; called bare (``read_only()``),
+        the scope itself."""
+        if fn is None:
+            return self
+        return self._decorate(fn)
 
     def _decorate(self, fn: Callable[P, Any]) -> Any:
         if inspect.iscoroutinefunction(fn):
@@ -152,19 +156,6 @@ class _ScopeMarker(ContextDecorator):
         if token is None:  # pragma: no cover - only reachable by misuse
             raise RuntimeError("routing_db scope exited more often than entered")
         SCOPE.reset(token)
-
-    @overload
-    def __call__(self) -> _ScopeMarker: ...
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any] | None = None) -> Any:
-        if fn is None:
-            return self  # ``with read_only():`` and ``@read_only()``
-        return self._decorate(fn)
 
     def __repr__(self) -> str:
         return f"<routing_db scope {self._scope.value}>"

@@ -76,21 +76,18 @@ def check_url(value: str | URL, *, field: str, sync: bool = False) -> URL:
             f"{field} names an unknown driver '{url.drivername}'; "
             f"use {backend}+{suggested}"
         ) from None
-    if driver not in accepted and sync:
-        raise ConfigurationError(
-            f"{field} uses '{url.drivername}', which resolves to the driver "
-            f"'{driver}'; SyncRouter needs a synchronous driver: use "
-            f"{backend}+{suggested}:// (accepted: "
-            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
-            + "); Router takes the asyncio drivers"
-        )
     if driver not in accepted:
+        needs = (
+            f"the driver '{driver}'; SyncRouter needs a synchronous driver"
+            if sync
+            else f"the synchronous driver '{driver}'; routing_db needs an "
+            "asyncio driver"
+        )
+        listed = ", ".join(f"{backend}+{d}" for d in sorted(accepted))
         raise ConfigurationError(
-            f"{field} uses '{url.drivername}', which resolves to the synchronous "
-            f"driver '{driver}'; routing_db needs an asyncio driver: "
-            f"use {backend}+{suggested}:// (accepted: "
-            + ", ".join(f"{backend}+{d}" for d in sorted(accepted))
-            + ")"
+            f"{field} uses '{url.drivername}', which resolves to {needs}: use "
+            f"{backend}+{suggested}:// (accepted: {listed})"
+            + ("; Router takes the asyncio drivers" if sync else "")
         )
     return url
 

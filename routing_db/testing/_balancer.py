@@ -14,7 +14,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import Sequence
-from types import TracebackType
 
 from sqlalchemy.engine import make_url
 
@@ -99,12 +98,7 @@ class Balancer:
     def __enter__(self) -> Balancer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     async def _serve(

@@ -24,7 +24,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from ._hang import hang as hang_server
@@ -34,6 +33,7 @@ from ._servers import (
     SERVER_USER,
     ClusterError,
     PgNode,
+    find_binary,
     find_pg_bindir,
     free_ports,
     poll,
@@ -53,18 +53,12 @@ SCOPE = "routing-db-test"
 
 def find_etcd() -> Path | None:
     """etcd's server binary, if installed."""
-    found = shutil.which("etcd") or (
-        "/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None
-    )
-    return None if found is None else Path(found)
+    return find_binary("etcd", env="ROUTING_DB_ETCD", default="/usr/bin/etcd")
 
 
 def find_haproxy() -> Path | None:
     """HAProxy's binary, if installed."""
-    found = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
-    )
-    return None if found is None else Path(found)
+    return find_binary("haproxy", env="ROUTING_DB_HAPROXY", default="/usr/sbin/haproxy")
 
 
 # Patroni's documented HAProxy set-up: a port for the leader, checked with
@@ -553,12 +547,7 @@ class PatroniCluster:
     def __enter__(self) -> PatroniCluster:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

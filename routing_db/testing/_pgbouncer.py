@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._servers import SERVER_USER, ClusterError, PgNode, free_ports
+from ._servers import SERVER_USER, ClusterError, PgNode, find_binary, free_ports
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
 
@@ -26,14 +26,12 @@ INSTALL_HINT = (
 
 def find_pgbouncer() -> Path:
     """Locate the pgbouncer binary."""
-    for candidate in (
-        os.environ.get("ROUTING_DB_PGBOUNCER_BIN", ""),
-        shutil.which("pgbouncer") or "",
-        "/usr/sbin/pgbouncer",
-    ):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise ClusterError(INSTALL_HINT)
+    found = find_binary(
+        "pgbouncer", env="ROUTING_DB_PGBOUNCER_BIN", default="/usr/sbin/pgbouncer"
+    )
+    if found is None:
+        raise ClusterError(INSTALL_HINT)
+    return found
 
 
 class PgBouncer:

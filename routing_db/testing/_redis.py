@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._servers import ClusterError, free_ports
+from ._servers import ClusterError, find_binary, free_ports
 
 __all__ = ["RedisServer", "find_redis_server"]
 
@@ -23,14 +22,14 @@ INSTALL_HINT = (
 
 def find_redis_server() -> Path:
     """Locate the redis-server binary."""
-    for candidate in (
-        os.environ.get("ROUTING_DB_REDIS_SERVER_BIN", ""),
-        shutil.which("redis-server") or "",
-        "/usr/bin/redis-server",
-    ):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise ClusterError(INSTALL_HINT)
+    found = find_binary(
+        "redis-server",
+        env="ROUTING_DB_REDIS_SERVER_BIN",
+        default="/usr/bin/redis-server",
+    )
+    if found is None:
+        raise ClusterError(INSTALL_HINT)
+    return found
 
 
 class RedisServer:

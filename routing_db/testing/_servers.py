@@ -25,6 +25,7 @@ __all__ = [
     "ClusterError",
     "PgNode",
     "async_form",
+    "find_binary",
     "find_pg_bindir",
     "free_ports",
     "owner_alive",
@@ -43,6 +44,14 @@ _SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
 
 class ClusterError(RuntimeError):
     """The test cluster could not be started, controlled or queried."""
+
+
+def find_binary(command: str, *, env: str, default: str) -> Path | None:
+    """A server binary: ``$env``, else ``command`` on the PATH, else ``default``."""
+    for candidate in (os.environ.get(env, ""), shutil.which(command) or "", default):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def find_pg_bindir() -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
     """A PostgreSQL primary + 2 streaming replicas for the whole test session.
@@ -39,10 +43,7 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         return
     _require(find_pg_bindir, "PostgreSQL")
     cluster = PostgresCluster.start(replicas=2)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serving(cluster, cluster.stop)
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +54,7 @@ def mariadb_cluster() -> Iterator[MariaDBCluster]:
     """
     _require(find_mariadbd, "MariaDB")
     cluster = MariaDBCluster.start(replicas=2)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serving(cluster, cluster.stop)
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +70,7 @@ def pgbouncer(pg_cluster: PostgresCluster) -> Iterator[PgBouncer]:
         {"primary": pg_cluster.primary, "replica0": pg_cluster.replicas[0]},
         pool_size=2,
     )
-    try:
-        yield bouncer
-    finally:
-        bouncer.stop()
+    yield from _serving(bouncer, bouncer.stop)
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +78,7 @@ def redis_server() -> Iterator[RedisServer]:
     """A redis-server on a free loopback port for the whole test session."""
     _require(find_redis_server, "Redis")
     server = RedisServer.start()
-    try:
-        yield server
-    finally:
-        server.remove()
+    yield from _serving(server, server.remove)
 
 
 @pytest.fixture(scope="session")
@@ -104,10 +96,15 @@ def patroni_cluster() -> Iterator[PatroniCluster]:
 
     _require(found, "Patroni")
     cluster = PatroniCluster.start()
+    yield from _serving(cluster, cluster.stop)
+
+
+def _serving(server: T, stop: Callable[[], None]) -> Iterator[T]:
+    # A session fixture's server: stopped at the end, also on failure.
     try:
-        yield cluster
+        yield server
     finally:
-        cluster.stop()
+        stop()
 
 
 def _require(find: Callable[[], Path], server: str) -> None:
