@@ -1,6 +1,11 @@
 """Read/write routing sessions for SQLAlchemy 2: asyncio and sync."""
 
-from ._causal.floor import causal_token, current_causal_token
+from ._causal.floor import (
+    adopt_token,
+    causal_token,
+    current_causal_token,
+    newest_token,
+)
 from ._causal.store import CausalStore, causal_key
 from ._decide.context import read_only, use_writer
 from ._events import RoutingListener
@@ -66,12 +71,14 @@ __all__ = [
     "SyncRouter",
     "SyncRoutingSettings",
     "Weighted",
+    "adopt_token",
     "causal_key",
     "causal_token",
     "current_causal_token",
     "is_connection_error",
     "is_recovery_conflict",
     "is_transient_error",
+    "newest_token",
     "read_only",
     "routing_sessionmaker",
     "routing_sync_sessionmaker",

@@ -48,6 +48,10 @@ class RoutingListener(Protocol):
         """Replica ``engine`` stopped (or started again) streaming from its primary."""
         return None
 
+    def disposed(self) -> None:
+        """The router was disposed (it routes nothing until started again)."""
+        return None
+
 
 class Listeners(list[Any]):
     """The listeners of one router."""

@@ -9,7 +9,7 @@ or reset socket).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 __all__ = [
     "RetryPolicy",
+    "error_cause",
     "is_connection_error",
     "is_read_only_rejection",
     "is_recovery_conflict",
@@ -65,6 +66,18 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         stack.extend(
             (getattr(current, "orig", None), current.__cause__, current.__context__)
         )
+
+
+def error_cause(error: BaseException, secrets: Iterable[str | None] = ()) -> str:
+    """What went wrong, in the driver's words (its message's first line,
+    without SQLAlchemy's wrapping), with ``secrets`` masked."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    message = lines[0] if lines else type(cause).__name__
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
 
 
 def _sqlstate(error: BaseException) -> str | None:

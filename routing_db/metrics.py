@@ -11,6 +11,7 @@ Engine labels are ``host:port/database``: never a password.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 __all__ = ["RouterMetrics", "register_metrics"]
+
+# Per registry, the metrics registered under each namespace (one router's).
+_REGISTERED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, RouterMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
 
 _WAIT_BUCKETS = (
     *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
@@ -108,6 +114,7 @@ class RouterMetrics:
     ):
         self._router = router
         self._registry = registry
+        self._namespace = namespace
         self._unregistered = False
         ns = namespace
 
@@ -217,11 +224,18 @@ class RouterMetrics:
         """Observe how long a connection was held."""
         self.hold.labels(name).observe(seconds)
 
+    def disposed(self) -> None:
+        """The router is closed: its metrics leave the registry."""
+        self.unregister()
+
     def unregister(self) -> None:
         """Stop collecting and remove every metric from the registry (idempotent)."""
         if self._unregistered:
             return
         self._unregistered = True
+        current = _REGISTERED.get(self._registry, {})
+        if current.get(self._namespace) is self:
+            del current[self._namespace]
         self._router.remove_listener(self)
         for observer in self._observers:
             observer.unsubscribe(self)
@@ -247,7 +261,17 @@ def register_metrics(
     *,
     namespace: str = "routing_db",
 ) -> RouterMetrics:
-    """Register a router's metrics on ``registry`` (default: the global one)."""
-    return RouterMetrics(
-        router, registry if registry is not None else REGISTRY, namespace
-    )
+    """Register a router's metrics on ``registry`` (default: the global one).
+
+    They leave the registry when the router is disposed. Registering another
+    router under the same ``namespace`` replaces the metrics there (an app
+    started again in one process: a test client per test).
+    """
+    registry = registry if registry is not None else REGISTRY
+    current = _REGISTERED.setdefault(registry, {})
+    previous = current.get(namespace)
+    if previous is not None:
+        previous.unregister()
+    metrics = RouterMetrics(router, registry, namespace)
+    current[namespace] = metrics
+    return metrics

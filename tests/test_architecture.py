@@ -176,3 +176,24 @@ def test_importing_routing_db_imports_no_integration() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_log_messages_do_not_repeat_the_logger_s_name() -> None:
+    # The logger is "routing_db": a format with %(name)s would print it twice.
+    repeated = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "logger"
+                and node.args
+            ):
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and str(first.value).startswith(
+                "routing_db"
+            ):
+                repeated.append(f"{module}:{node.lineno}")
+    assert not repeated

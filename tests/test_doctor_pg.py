@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from routing_db._cli.main import main
 from routing_db.testing import Balancer, PostgresCluster
@@ -204,3 +205,15 @@ def test_a_missing_driver_is_a_clean_configuration_error(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("routing-db: writer_url needs the driver 'psycopg'")
     assert "pip install psycopg[binary]" in lines[0]
+
+
+def test_a_mistyped_database_name_is_reported_with_the_driver_s_cause(
+    cluster: PostgresCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mistyped = make_url(cluster.replica_urls[0]).set(database="postgress")
+    url = mistyped.render_as_string(hide_password=False)
+    code, _, err = check(capsys, *urls(cluster, url))
+    assert code == 1
+    assert 'database "postgress" does not exist' in err
+    # psycopg's own message starts "connection failed:": said once.
+    assert "connection failed: connection failed" not in err

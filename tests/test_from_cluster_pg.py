@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from routing_db import (
     ConfigurationError,
@@ -248,6 +249,8 @@ async def test_a_demoted_primary_not_yet_rewound_serves_no_reads(
         await cluster.apromote(0)
         cluster.follow(1, new_primary=0)
         await until(lambda: router.status()[0]["node"] == "r0", 10)
+        # The writer's row names where its connections go now.
+        assert f":{make_url(urls[0]).port}/" in router.status()[0]["url"]
         cluster.restart_in_recovery(old, of=0)
         assert cluster.sql(old, "SELECT count(*) FROM items WHERE name = 'lost'") == "1"
 

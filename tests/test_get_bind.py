@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from routing_db import ReadOnlyViolation, Router, read_only, routing_sessionmaker
 from routing_db import use_writer as use_writer_scope
@@ -84,3 +84,26 @@ async def test_get_bind_routes_as_decide_says(
     finally:
         await session.close()
     assert got is expected
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Note(_Base):
+    __tablename__ = "hint_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+async def test_a_refused_flush_says_where_read_only_may_come_from(
+    router: Router,
+) -> None:
+    async with router.writer.begin() as connection:
+        await connection.run_sync(_Base.metadata.create_all)
+    async with routing_sessionmaker(router)() as session, read_only:
+        session.add(Note(id=1))
+        with pytest.raises(ReadOnlyViolation) as refused:
+            await session.flush()
+        assert session.new  # the pending object is kept
+    assert "use_writer" in str(refused.value)
+    assert "roles_by_method" in str(refused.value)

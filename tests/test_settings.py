@@ -133,6 +133,10 @@ def _error_text(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
             "postgresql+asyncpg",
         ),
         ({"writer_url": f"postgresql+pg8000://u:{SECRET}@h/db"}, "asyncio driver"),
+        (
+            {"writer_url": f"postgresql+pyscopg://u:{SECRET}@h/db"},
+            "unknown driver 'postgresql+pyscopg'; use postgresql+asyncpg",
+        ),
         ({"writer_url": f"mysql://u:{SECRET}@h/db"}, "mysql+aiomysql"),
         ({"writer_url": f"mysql+pymysql://u:{SECRET}@h/db"}, "mysql+aiomysql"),
         ({"writer_url": "sqlite:///x.db"}, "sqlite+aiosqlite"),

@@ -125,3 +125,25 @@ async def test_stop_ends_the_monitor_even_if_a_poll_swallowed_the_cancel(
     await router.dispose()
     assert stopping in done, "router.stop() did not return"
     assert swallowed and not monitor.running
+
+
+async def test_a_router_started_before_the_app_creates_the_file_ejects_nothing(
+    tmp_path: Path, make_router: RouterMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The zero-setup path: the lifespan starts the router, then the app
+    # creates its tables (and the file).
+    path = tmp_path / "later.db"
+    router = make_router(
+        f"sqlite+aiosqlite:///{path}",
+        [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
+        monitor_interval=0.05,
+    )
+    async with router:
+        await router.poll()
+        async with router.writer.begin() as conn:
+            await conn.execute(text("CREATE TABLE later (body TEXT)"))
+        Session = routing_sessionmaker(router)
+        async with Session() as session, read_only:
+            assert await on_replica(session)
+    assert router.status()[1]["ejections"] == 0
+    assert not [r for r in caplog.records if "ejected" in r.getMessage()]

@@ -227,6 +227,9 @@ class Backend:
     standby_sql: ClassVar[str | None] = None
     # How the server is asked to stop one session's statement ({} its id).
     cancel_sql: ClassVar[str | None] = None
+    # Replicas replicate (a SQLite "replica" is the writer's own file: the
+    # monitor has nothing to learn of it until a read fails on it).
+    replicates: ClassVar[bool] = False
     # Replication positions routing_db can compare (see positions).
     has_positions: ClassVar[bool] = False
 

@@ -79,6 +79,7 @@ class MySQL(Backend):
     }
     takes_writes_sql = "SELECT @@global.read_only = 0"
     standby_sql = "SELECT @@global.read_only"
+    replicates = True
     cancel_sql = "KILL QUERY {}"
 
     def setup_replica(self, cursor: Any) -> Found:
@@ -217,7 +218,7 @@ def _slave_status(connection: Connection) -> tuple[Any, bool | None]:
             raise
         # Without the SLAVE MONITOR privilege: positions still work (any
         # account reads gtid_slave_pos), only the lag and threads are unknown.
-        logger.debug("routing_db monitor: SHOW SLAVE STATUS refused: %r", exc)
+        logger.debug("monitor: SHOW SLAVE STATUS refused: %r", exc)
         connection.rollback()
         return None, None
     slave = status.mappings().first()

@@ -118,6 +118,7 @@ class PostgreSQL(Backend):
     }
     takes_writes_sql = "SELECT NOT pg_is_in_recovery()"
     standby_sql = "SELECT pg_is_in_recovery()"
+    replicates = True
     cancel_sql = "SELECT pg_cancel_backend({})"
     has_positions = True
 

@@ -134,6 +134,6 @@ async def _cancelled(engine: AsyncEngine, statement: str, seconds: float) -> Non
             engine, Connection.exec_driver_sql, statement, seconds=seconds
         )
     except Exception as exc:  # the connection is cut anyway
-        logger.debug("routing_db: cancelling a replica statement: %r", exc)
+        logger.debug("cancelling a replica statement: %r", exc)
     finally:
         MONITOR_PROBING.reset(probing)

@@ -132,7 +132,7 @@ def _cancelled(engine: Engine, statement: str) -> None:
         with engine.connect() as connection:
             connection.exec_driver_sql(statement)
     except Exception as exc:  # the connection is cut anyway
-        logger.debug("routing_db: cancelling a replica statement: %r", exc)
+        logger.debug("cancelling a replica statement: %r", exc)
     finally:
         MONITOR_PROBING.reset(probing)
 

@@ -30,6 +30,7 @@ __all__ = [
     "FLOOR",
     "CausalFloor",
     "Mark",
+    "adopt_token",
     "causal_token",
     "current_causal_token",
     "current_floor",
@@ -37,6 +38,7 @@ __all__ = [
     "format_lsn",
     "format_token",
     "gtid_cluster",
+    "newest_token",
     "reached",
     "record_write",
 ]
@@ -283,6 +285,31 @@ def _parse(token: str) -> CausalFloor:
                 "current_causal_token()"
             )
     return floor
+
+
+def newest_token(*tokens: str | None) -> str | None:
+    """The newest of causal tokens (any may be ``None``): a token that covers
+    each of them; ``None`` if all are."""
+    floor = CausalFloor()
+    for token in tokens:
+        if token is not None:
+            floor.cover(_parse(token))
+    return format_token(floor) if floor else None
+
+
+def adopt_token(token: str | None) -> None:
+    """Raise the current context's floor to ``token`` (never lower it): for a
+    token that arrives mid-flow (a test client, a websocket message)."""
+    if token is None:
+        return
+    told = _parse(token)
+    floor = FLOOR.get()
+    if floor is None:
+        # As record_write: set without a reset, so that it outlives this
+        # call; it stays in this task's context (and its children's).
+        floor = CausalFloor()
+        FLOOR.set(floor)
+    floor.cover(told)
 
 
 def current_causal_token() -> str | None:

@@ -10,7 +10,7 @@ from http.cookies import SimpleCookie
 from typing import Generic, TypeVar
 
 from .._decide.context import read_only
-from .floor import FLOOR, CausalFloor, causal_token, format_token
+from .floor import FLOOR, CausalFloor, causal_token, format_token, newest_token
 from .store import causal_key
 
 __all__ = [
@@ -88,23 +88,26 @@ class Middleware(Generic[R, A]):
 def given_token(
     headers: Iterable[tuple[str, str]], header: str, cookie: str | None
 ) -> str | None:
-    """The token a request carries: ``header`` (lower case) first, then ``cookie``."""
+    """The token a request carries: the newest of ``header`` (lower case) and
+    ``cookie`` (a browser's cookie may be older or newer than a header its
+    script copied from an earlier response)."""
+    given: str | None = None
     cookies: list[str] = []
     for key, value in headers:
         key = key.lower()
-        if key == header:
-            return value
-        if key == "cookie":
+        if key == header and given is None:
+            given = value
+        elif key == "cookie":
             cookies.append(value)
     if cookie is None:
-        return None
+        return given
     for raw in cookies:
         jar: SimpleCookie = SimpleCookie()
         with contextlib.suppress(Exception):  # a bad cookie is no token
             jar.load(raw)
         if cookie in jar:
-            return jar[cookie].value
-    return None
+            return newest_token(given, jar[cookie].value)
+    return given
 
 
 @contextlib.contextmanager

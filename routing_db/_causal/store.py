@@ -162,7 +162,7 @@ class SharedFloors:
                 return
             self._down = True
         logger.warning(
-            "routing_db: the causal store cannot be reached (%s): reads under "
+            "the causal store cannot be reached (%s): reads under "
             "a causal_key go to the writer until it answers",
             type(exc).__name__,
         )
@@ -176,7 +176,7 @@ class SharedFloors:
                 )
             if was_down:
                 logger.warning(
-                    "routing_db: the causal store answers again; reads under a "
+                    "the causal store answers again; reads under a "
                     "causal_key use it once its ttl has passed"
                 )
         if self._pending:

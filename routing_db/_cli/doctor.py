@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from .._engines.make import create_engine, url_name
+from .._retry import error_cause
 
 __all__ = ["EngineReport", "check_setup"]
 
@@ -82,15 +83,16 @@ def _describe(error: BaseException, secrets: list[str]) -> str:
     state = getattr(error, "sqlstate", None)
     for item in (error, getattr(error, "orig", None), error.__cause__):
         state = state or getattr(item, "sqlstate", None)
-    message = str(getattr(error, "orig", None) or error).splitlines()[0]
+    # Drivers do not echo passwords; masked anyway.
+    message = error_cause(error, secrets)
     if state in ("28P01", "28000"):
         reason = "authentication failed (check the user and password)"
     elif isinstance(error, OSError) or isinstance(error.__cause__, OSError):
         reason = "unreachable"
     else:
         reason = "connection failed"
-    for secret in secrets:  # belt and braces: drivers do not echo passwords
-        message = message.replace(secret, "***")
+    if message.lower().startswith(reason):  # psycopg's "connection failed: ..."
+        return message
     return f"{reason}: {message}"
 
 

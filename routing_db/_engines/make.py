@@ -70,6 +70,9 @@ def check_url(value: str | URL, *, field: str, sync: bool = False) -> URL:
     accepted = known.sync_drivers if sync else known.async_drivers
     suggested = known.sync_default if sync else known.async_default
     try:
+        # Loads SQLAlchemy's dialect module, not the driver: a misspelt
+        # driver ("pyscopg") is unknown here, not taken for a synchronous one.
+        url.get_dialect()
         driver = url.get_driver_name()
     except Exception:
         raise ConfigurationError(

@@ -88,7 +88,7 @@ class Monitor(Rounds):
             try:
                 writer_lsn = await self._check(topology.writer, writer_position)
             except Exception as exc:  # the writer's health is not ours to judge
-                logger.debug("routing_db monitor: writer position unavailable: %r", exc)
+                logger.debug("monitor: writer position unavailable: %r", exc)
         await asyncio.gather(*(self._poll(e, writer_lsn) for e in policy.due()))
 
     async def _poll(self, engine: Engine, writer_lsn: int | None) -> None:
@@ -106,7 +106,7 @@ class Monitor(Rounds):
         try:
             takes = await self._check(topology.writer, takes_writes)
         except Exception as exc:  # down or restarting: no verdict on its role
-            logger.debug("routing_db monitor: writer role unknown: %r", exc)
+            logger.debug("monitor: writer role unknown: %r", exc)
             return False
         if self._policy.writer_answered(takes):
             await dispose(topology.app_writer)
@@ -129,7 +129,7 @@ class Monitor(Rounds):
                 if self._after_round is not None:
                     self._after_round()
             except Exception:  # pragma: no cover - a bug must not end the loop
-                logger.exception("routing_db monitor: poll failed")
+                logger.exception("monitor: poll failed")
             finally:
                 self._in_round = False
             if asyncio.current_task() is not self._task:

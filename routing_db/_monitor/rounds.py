@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .._backends.backend import ReplicaStatus
 from .._backends.positions import has_positions, replica_status
+from .._backends.registry import backend_for
 from .._engines.make import pool_capacity
 from .._topology.topology import Topology
 
@@ -43,8 +44,13 @@ class RoundPolicy:
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.positions = has_positions(topology.writer.dialect.name)
+        dialect = topology.writer.dialect.name
+        self.positions = has_positions(dialect)
         self.replica_check = replica_status if self.positions else select_one
+        backend = backend_for(dialect)
+        # Without replication only an ejected replica's probe tells anything
+        # (a SQLite file the app has not created yet is not a failure).
+        self._watch_healthy = backend is None or backend.replicates
 
     def due(self) -> list[Engine]:
         """The replicas to poll this round (an ejected one once its probe is due)."""
@@ -54,7 +60,7 @@ class RoundPolicy:
             engine
             for engine in self.topology.replica_engines()
             if (state := replicas.state(engine)).draining is False
-            and (not state.ejected or now >= state.probe_at)
+            and (now >= state.probe_at if state.ejected else self._watch_healthy)
             # A cluster's primary: its role is discovery's, it has no lag.
             and not (replicas.cluster and state.standby is False)
         ]
@@ -80,7 +86,7 @@ class RoundPolicy:
             if _saturated(engine):
                 # Waiting for a connection from a full pool says the replica
                 # is busy, not that it is broken: no verdict this round.
-                logger.debug("routing_db monitor: %s pool is full", engine.url.host)
+                logger.debug("monitor: %s pool is full", engine.url.host)
                 return
             replicas.failed(engine, answer)
             return

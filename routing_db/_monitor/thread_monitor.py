@@ -103,7 +103,7 @@ class ThreadMonitor(Rounds):
             try:
                 writer_lsn = self._check(workers, topology.writer, writer_position)
             except Exception as exc:  # the writer's health is not ours to judge
-                logger.debug("routing_db monitor: writer position unavailable: %r", exc)
+                logger.debug("monitor: writer position unavailable: %r", exc)
         pending = {}
         for engine in policy.due():
             try:
@@ -152,7 +152,7 @@ class ThreadMonitor(Rounds):
         try:
             takes = self._check(workers, topology.writer, takes_writes)
         except Exception as exc:  # down or restarting: no verdict on its role
-            logger.debug("routing_db monitor: writer role unknown: %r", exc)
+            logger.debug("monitor: writer role unknown: %r", exc)
             return False
         if self._policy.writer_answered(takes):
             topology.writer.dispose()
@@ -178,5 +178,5 @@ class ThreadMonitor(Rounds):
                 if self._after_round is not None:
                     self._after_round()
             except Exception:  # pragma: no cover - a bug must not end the loop
-                logger.exception("routing_db monitor: poll failed")
+                logger.exception("monitor: poll failed")
             stopping.wait(self._interval)

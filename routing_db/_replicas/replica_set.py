@@ -17,14 +17,18 @@ from .._causal.floor import DOMAIN_SHIFT, CausalFloor
 from .._compat import pause
 from .._engines.hooks import Hooks
 from .._engines.make import pool_capacity
+from .._engines.setup import NotAStandby
 from .._events import Listeners
-from .._retry import is_connection_error
+from .._retry import error_cause, is_connection_error
 from .health import HealthOptions, ReplicaState
 from .policies import BalancingPolicy, Candidate, RoundRobin
 
 __all__ = ["Pick", "ReplicaSet"]
 
 logger = logging.getLogger("routing_db")
+
+# How often an ejected replica's cause is logged again while it stays out.
+SAY_AGAIN = 60.0
 
 _OUT_SINCE = "routing_db.out_since"
 _EWMA = 0.2
@@ -99,6 +103,10 @@ class ReplicaSet:
         # the writer, and discovery reports their role changes.
         self.cluster = False
         self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
+        # When each ejected replica's cause was last logged.
+        self._said: dict[Engine, float] = {}
+        # Since when no replica could serve a read (None: one can).
+        self.writer_only_since: float | None = None
         # Only pool-aware policies get pool numbers (they cost calls per choice).
         self._pool_stats = getattr(policy, "uses_pool_stats", True)
         self._uses_latency = bool(getattr(policy, "uses_latency", False))
@@ -225,6 +233,13 @@ class ReplicaSet:
                 and self.states[engine].available(now, self.half_open)
             ]
         if not available:
+            if not exclude and self.writer_only_since is None:
+                self.writer_only_since = time.monotonic()
+                logger.warning(
+                    "no replica can serve reads (each is ejected, lagging or "
+                    "not a standby): reads go to the writer, or fail where "
+                    "fallback_to_writer is off, until one is back"
+                )
             return Pick.NONE, None
         if floor is None:  # nothing of this context's to read back
             return Pick.CAUGHT_UP, self._choose(available)
@@ -343,7 +358,7 @@ class ReplicaSet:
             self.failed(engine, exc)
         else:
             logger.info(
-                "routing_db: replay position of %s unknown (%s)",
+                "replay position of %s unknown (%s)",
                 self._names[engine],
                 type(exc).__name__,
             )
@@ -381,6 +396,15 @@ class ReplicaSet:
             if engine in self._members
         )
         self.quick = self._cycle if self._all_well else None
+        if self.writer_only_since is not None and self._anyone_serves():
+            self.writer_only_since = None
+            logger.warning("a replica serves reads again")
+
+    def _anyone_serves(self) -> bool:
+        now = time.monotonic()
+        return any(
+            self.states[engine].available(now, False) for _, engine in self._everyone
+        )
 
     def may_connect(self, engine: Engine) -> bool:
         """May a read open a connection to ``engine`` now (in the set, or its
@@ -393,15 +417,27 @@ class ReplicaSet:
         state = self.states.get(engine)
         if state is None:
             return
-        ejected = state.record_failure(time.monotonic())
+        now = time.monotonic()
+        ejected = state.record_failure(now)
         self._refresh()
+        name = self._names[engine]
         if ejected:
-            self.listeners.emit("ejected", self._names[engine])
-            logger.warning(
-                "routing_db: replica %s ejected after a connection failure (%s)",
-                self._names[engine],
-                type(error).__name__,
-            )
+            self.listeners.emit("ejected", name)
+        elif not state.ejected or now - self._said.get(engine, now) < SAY_AGAIN:
+            return
+        # Said when it is ejected, and again at a bounded rate while its
+        # probes keep failing: a mistyped URL must not be one line at startup.
+        self._said[engine] = now
+        if isinstance(error, NotAStandby):
+            cause = "it is not a standby (it takes writes)"
+        else:
+            cause = error_cause(error, [engine.url.password])
+        logger.warning(
+            "replica %s %s: %s",
+            name,
+            "ejected after a connection failure" if ejected else "still ejected",
+            cause,
+        )
 
     def set_diverged(self, engine: Engine, diverged: bool, *, why: str) -> None:
         """Does ``engine``'s node follow the current timeline (False) or not
@@ -412,7 +448,7 @@ class ReplicaSet:
         state.diverged = diverged
         self._refresh()
         logger.warning(
-            "routing_db: replica %s %s",
+            "replica %s %s",
             self._names[engine],
             f"is {why}: it serves no reads"
             if diverged
@@ -454,9 +490,10 @@ class ReplicaSet:
         readmitted = state.record_success()
         self._refresh()
         if readmitted:
+            self._said.pop(engine, None)
             self.listeners.emit("readmitted", self._names[engine])
             logger.warning(
-                "routing_db: replica %s re-admitted",
+                "replica %s re-admitted",
                 self._names[engine],
             )
 
@@ -489,7 +526,7 @@ class ReplicaSet:
         if standby and state.joining:
             state.joining = False  # a new member: it serves from now on
             self._refresh()
-            logger.warning("routing_db: replica %s joins", self._names[engine])
+            logger.warning("replica %s joins", self._names[engine])
         if before != standby:
             self._refresh()
             # A cluster's nodes change roles by design: discovery reports it.
@@ -503,7 +540,7 @@ class ReplicaSet:
             if standby:
                 return  # first seen, as expected
             logger.error(
-                "routing_db: replica %s is not a standby (it takes writes): it "
+                "replica %s is not a standby (it takes writes): it "
                 "serves no reads; check replica_urls",
                 name,
             )
@@ -511,7 +548,7 @@ class ReplicaSet:
         old, new = ("replica", "unknown") if before else ("unknown", "replica")
         self.listeners.emit("role_changed", name, old, new)
         logger.warning(
-            "routing_db: replica %s %s",
+            "replica %s %s",
             name,
             "is a standby again: it serves reads"
             if standby
@@ -534,7 +571,7 @@ class ReplicaSet:
             if status.streaming is False or state.streaming is False:
                 self.listeners.emit("streaming_changed", name, status.streaming)
                 logger.warning(
-                    "routing_db: replica %s %s",
+                    "replica %s %s",
                     name,
                     "streams again"
                     if status.streaming
@@ -555,7 +592,7 @@ class ReplicaSet:
         self._refresh()
         if state.lagging != was:
             logger.warning(
-                "routing_db: replica %s %s (lag %s bytes, %s s)",
+                "replica %s %s (lag %s bytes, %s s)",
                 name,
                 "over the lag limit, skipped" if state.lagging else "back under it",
                 status.lag_bytes,

@@ -191,6 +191,8 @@ class RouterBase(Generic[E]):
         """``dispose()``'s first step: no new sessions, no starvation scans."""
         if not self.topology.closed:
             OPENINGS.closed(self._urls)
+            if self.topology.listeners:
+                self.topology.listeners.emit("disposed")
         self.topology.closed = True
         if self._detector is not None:
             self._detector.close()

@@ -120,7 +120,7 @@ def drain(
             for driver in list(busy.values()):
                 cut(driver)  # what it waits for fails now
             logger.warning(
-                "routing_db: replica %s removed with %d transactions still open "
+                "replica %s removed with %d transactions still open "
                 "after drain_timeout (%g s): they are cut (a connection error, "
                 "which unit_of_work reruns)",
                 topology.name(engine),

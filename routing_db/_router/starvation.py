@@ -72,7 +72,7 @@ class StarvationDetector:
         if fraction is None or seconds <= fraction * self._timeouts[name]:
             return
         logger.warning(
-            "routing_db: checkout on %s waited %.2f s (pool_timeout %.1f s)%s: "
+            "checkout on %s waited %.2f s (pool_timeout %.1f s)%s: "
             "the pool is too small for the load or connections are held too long",
             name,
             seconds,
@@ -106,7 +106,7 @@ class StarvationDetector:
         self, name: str, seconds: float, where: str | None, verb: str
     ) -> None:
         logger.warning(
-            "routing_db: a connection to %s %s for %.2f s (hold_warning_seconds "
+            "a connection to %s %s for %.2f s (hold_warning_seconds "
             "%.2f), checked out at %s: keep sessions short around awaits",
             name,
             verb,

@@ -62,8 +62,12 @@ def status_rows(topology: Topology) -> list[dict[str, Any]]:
     ]
     discovery = topology.discovery
     if discovery is not None:
-        # The node the writer's connections go to now.
-        rows[0]["node"] = None if discovery.primary is None else discovery.primary.name
+        # The node the writer's connections go to now, and its URL: the
+        # writer's pool follows the primary, whatever URL it was made with.
+        node = discovery.primary
+        rows[0]["node"] = None if node is None else node.name
+        if node is not None:
+            rows[0]["url"] = safe_url(node.reader.url)
     for replica in topology.app_replicas:
         state = topology.replica_set.state(core(replica))
         primary = discovery is not None and discovery.owns(replica)

@@ -277,7 +277,7 @@ class RoutingSyncSession(Session):
                 if self._routing_writer_now():
                     return
             except Exception as exc:  # down or restarting: ask again
-                logger.debug("routing_db: writer role unknown: %r", exc)
+                logger.debug("writer role unknown: %r", exc)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 timeout = router.health.writer_wait_timeout
@@ -764,7 +764,7 @@ class RoutingSyncSession(Session):
         if route is _REFUSE:
             raise ReadOnlyViolation(
                 f"{_describe(clause, self._routing_flushing)} is a write inside "
-                "read_only; nothing was sent (use use_writer for work that writes)"
+                f"read_only; nothing was sent {_WRITE_HINT}"
             )
         engine = self._routing_replica_for(topology, writer, tx)
         if topology.listeners:
@@ -876,7 +876,7 @@ class RoutingSyncSession(Session):
         try:
             now = writer_position_now(topology.writer)
         except Exception as exc:  # the writer is gone or restarting: stay on it
-            logger.debug("routing_db: the writer's position is unknown: %r", exc)
+            logger.debug("the writer's position is unknown: %r", exc)
             return False
         if now is None:
             return False
@@ -899,7 +899,7 @@ class RoutingSyncSession(Session):
                 )
             tx.fallback = weakref.finalize(tx, topology.release_fallback)
             topology.listeners.emit("fell_back", topology.name(writer))
-            logger.info("routing_db: no replica available, read served by the writer")
+            logger.info("no replica available, read served by the writer")
         return writer
 
     # The first statement of a transaction runs again when it lost its
@@ -987,6 +987,14 @@ class ReplicaFirst:
             self._inner.__exit__(type_, value, traceback)
 
 
+# Where the read_only came from is often not in sight: a decorator far up,
+# or the middleware's roles_by_method.
+_WRITE_HINT = (
+    "(use use_writer for work that writes; with roles_by_method=True, "
+    "GET, HEAD and OPTIONS requests run under read_only)"
+)
+
+
 @event.listens_for(RoutingSyncSession, "before_flush")
 def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> None:
     # A flush with pending changes inside read_only is refused here, before
@@ -1000,7 +1008,7 @@ def _before_flush(session: RoutingSyncSession, context: Any, objects: Any) -> No
     ):
         raise ReadOnlyViolation(
             "flush inside read_only would write pending changes; nothing was "
-            "sent and the pending changes are kept"
+            f"sent and the pending changes are kept {_WRITE_HINT}"
         )
 
 
@@ -1025,7 +1033,7 @@ def _after_commit(session: RoutingSyncSession) -> None:
     except Exception as exc:
         # The commit succeeded; without its position, the time window
         # (sticky_seconds) keeps this context's reads on the writer.
-        logger.debug("routing_db: no replication position after commit: %r", exc)
+        logger.debug("no replication position after commit: %r", exc)
         position = None
     if position is None:
         # Where positions exist, the context stays on the writer until its

@@ -282,7 +282,7 @@ class Discovery:
             names = tuple(node.name for node in primaries)
             if names != self.candidates:
                 logger.error(
-                    "routing_db: nodes %s take writes (split brain): writes "
+                    "nodes %s take writes (split brain): writes "
                     "are refused, never sent to either",
                     ", ".join(names),
                 )
@@ -359,7 +359,7 @@ class Discovery:
         if node.name not in self._superseded:
             self._superseded.add(node.name)
             logger.error(
-                "routing_db: node %s takes writes on timeline %d, older than %d: "
+                "node %s takes writes on timeline %d, older than %d: "
                 "it was superseded by a failover and is not the writer",
                 node.name,
                 role.timeline,
@@ -430,7 +430,7 @@ class Discovery:
             if old is not None:
                 topology.writer.dispose()
             topology.listeners.emit("role_changed", node.name, "replica", "writer")
-            logger.warning("routing_db: node %s is the writer", node.name)
+            logger.warning("node %s is the writer", node.name)
         topology.writer_found(node.name, quiet=node is not old)
 
     def _fence(self, primary: Node | None) -> int:
@@ -453,7 +453,7 @@ class Discovery:
                 count += sum(cut(connection) for connection in connections)
         if count:
             logger.warning(
-                "routing_db: %d writer connections to the former primary cut "
+                "%d writer connections to the former primary cut "
                 "(a transaction in flight on one fails as a lost connection, "
                 "which unit_of_work reruns)",
                 count,
@@ -500,7 +500,7 @@ class AsyncDiscovery(Discovery):
         try:
             role = await checked_within(probe, role_of, seconds=self._bound)
         except Exception as exc:  # down, hung or restarting: no verdict
-            logger.debug("routing_db: role of %s unknown: %r", node.name, exc)
+            logger.debug("role of %s unknown: %r", node.name, exc)
             return None, False
         return role, time.monotonic() - started > self._late
 
@@ -592,9 +592,7 @@ class ThreadDiscovery(Discovery):
                 try:
                     role = future.result()
                 except Exception as exc:  # down, hung or restarting: no verdict
-                    logger.debug(
-                        "routing_db: role of %s unknown: %r", nodes[i].name, exc
-                    )
+                    logger.debug("role of %s unknown: %r", nodes[i].name, exc)
                     continue
                 results[i] = (role, time.monotonic() - started > self._late)
             finished = [i not in pending.values() for i in range(len(nodes))]
@@ -602,7 +600,7 @@ class ThreadDiscovery(Discovery):
                 deadline = min(deadline, time.monotonic() + _GRACE)
         for i in pending.values():
             asked[i][1]()  # given up: its connection is cut, its worker free
-            logger.debug("routing_db: role of %s unknown: no answer", nodes[i].name)
+            logger.debug("role of %s unknown: no answer", nodes[i].name)
         return [role for role, _ in results], [slow for _, slow in results]
 
 

@@ -205,7 +205,7 @@ def fetch(url: str, timeout: float) -> dict[str, Any] | None:
         with urllib.request.urlopen(f"{url}/cluster", timeout=timeout) as answer:
             return _decode(answer.read(_MAX_ANSWER))
     except (OSError, ValueError) as exc:
-        logger.debug("routing_db: Patroni at %s did not answer: %r", where(url), exc)
+        logger.debug("Patroni at %s did not answer: %r", where(url), exc)
         return None
 
 
@@ -215,7 +215,7 @@ async def fetch_async(url: str, *, seconds: float) -> dict[str, Any] | None:
     try:
         return await asyncio.wait_for(_get(url), seconds)
     except (OSError, TimeoutError, ValueError) as exc:
-        logger.debug("routing_db: Patroni at %s did not answer: %r", where(url), exc)
+        logger.debug("Patroni at %s did not answer: %r", where(url), exc)
         return None
 
 

@@ -126,7 +126,7 @@ class Topology:
             name = name or self._names[self.app_writer]
             self.listeners.emit("role_changed", name, "writer", "unknown")
             logger.error(
-                "routing_db: the writer %s does not take writes (not the primary "
+                "the writer %s does not take writes (not the primary "
                 "any more, or gone): writes wait for a primary (writer_wait_timeout)",
                 name,
             )
@@ -139,7 +139,7 @@ class Topology:
                 return
             name = name or self._names[self.app_writer]
             self.listeners.emit("role_changed", name, "unknown", "writer")
-            logger.warning("routing_db: the writer %s takes writes again", name)
+            logger.warning("the writer %s takes writes again", name)
 
     def acquire_fallback(self) -> bool:
         """Take a ``max_writer_fallbacks`` slot for a read; False if none is free."""
