@@ -198,11 +198,12 @@ async def test_starvation_detector_names_the_holder(
             async with Session() as session:  # short: no warning
                 await session.execute(text("SELECT 1"))
             assert len(messages(caplog, "routing_db.starvation")) == 2
-        writer = router.status()[0]["name"]
-        warnings = registry.get_sample_value(
-            "routing_db_starvation_warnings_total", {"engine": writer, "kind": "hold"}
-        )
-        assert warnings == 2
+            writer = router.status()[0]["name"]
+            warnings = registry.get_sample_value(
+                "routing_db_starvation_warnings_total",
+                {"engine": writer, "kind": "hold"},
+            )
+            assert warnings == 2
     finally:
         metrics.unregister()
 

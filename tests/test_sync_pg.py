@@ -299,11 +299,11 @@ def test_metrics_and_settings_of_the_sync_face(
                 assert where(session)[1] is True
                 timeout = session.scalar(text("SHOW statement_timeout"))
                 assert timeout == "1234ms"  # the replica's session setting
-    routed = registry.get_sample_value(
-        "routing_db_statements_total",
-        {"engine": router.topology.name(router.replicas[0]), "role": "replica",
-         "reason": "read_only"},
-    )  # fmt: skip
+        routed = registry.get_sample_value(
+            "routing_db_statements_total",
+            {"engine": router.topology.name(router.replicas[0]), "role": "replica",
+             "reason": "read_only"},
+        )  # fmt: skip
     assert routed is not None and routed >= 2
 
 
