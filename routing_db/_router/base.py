@@ -69,6 +69,9 @@ class RouterBase(Generic[E]):
     _sync: ClassVar[bool] = False
     _discovery_class: ClassVar[type[Discovery]]
     writer: E
+    """The writer's engine (``AsyncEngine`` on ``Router``, ``Engine`` on
+    ``SyncRouter``): every routing session's bind, and yours for work that
+    must not be routed."""
     _monitor: Any
     _detector: StarvationDetector | None
 
