@@ -38,6 +38,7 @@ __all__ = [
     "ReplicaReadTimeout",
     "RoutingDBError",
     "RoutingDBWarning",
+    "missing_extra",
 ]
 
 
@@ -47,6 +48,13 @@ class RoutingDBError(Exception):
 
 class ConfigurationError(RoutingDBError, ValueError):
     """Bad settings or arguments; the message never contains a password."""
+
+
+def missing_extra(feature: str, package: str, extra: str) -> ConfigurationError:
+    """The error for ``feature`` used without ``package``, its optional extra."""
+    return ConfigurationError(
+        f"{feature} needs {package}: pip install 'routing_db[{extra}]'"
+    )
 
 
 class ReadOnlyViolation(RoutingDBError, InvalidRequestError):

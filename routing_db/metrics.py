@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._engines.observe import observe
-from ._exceptions import ConfigurationError
+from ._exceptions import missing_extra
 from ._router.base import RouterBase
 
 try:
@@ -24,9 +24,7 @@ try:
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ConfigurationError(
-        "routing_db.metrics needs prometheus_client: pip install 'routing_db[metrics]'"
-    ) from exc
+    raise missing_extra("routing_db.metrics", "prometheus_client", "metrics") from exc
 
 __all__ = ["RouterMetrics", "register_metrics"]
 

@@ -21,15 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._events import RoutingListener
-from ._exceptions import ConfigurationError
+from ._exceptions import missing_extra
 from ._router.base import RouterBase
 
 try:
     from opentelemetry import trace
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ConfigurationError(
-        "routing_db.otel needs opentelemetry-api: pip install 'routing_db[otel]'"
-    ) from exc
+    raise missing_extra("routing_db.otel", "opentelemetry-api", "otel") from exc
 
 __all__ = ["SpanAttributes", "instrument"]
 

@@ -25,15 +25,13 @@ from typing import Any
 from ._causal.floor import CausalFloor
 from ._causal.store import UNKNOWN
 from ._compat import run_io
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, missing_extra
 
 try:
     import redis
     import redis.asyncio
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ConfigurationError(
-        "routing_db.redis needs redis: pip install 'routing_db[redis]'"
-    ) from exc
+    raise missing_extra("routing_db.redis", "redis", "redis") from exc
 
 __all__ = ["RedisCausalStore"]
 

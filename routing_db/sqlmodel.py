@@ -15,7 +15,7 @@ sync face's.
 
 from __future__ import annotations
 
-from ._exceptions import ConfigurationError
+from ._exceptions import missing_extra
 from ._session import async_session as _async_session
 from ._session import sync_session as _session
 
@@ -23,9 +23,7 @@ try:
     import sqlmodel
     from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ConfigurationError(
-        "routing_db.sqlmodel needs sqlmodel: pip install 'routing_db[sqlmodel]'"
-    ) from exc
+    raise missing_extra("routing_db.sqlmodel", "sqlmodel", "sqlmodel") from exc
 
 __all__ = ["RoutingSession", "RoutingSyncSession"]
 

@@ -191,6 +191,40 @@ async def test_a_writer_lost_before_close_fails_close_as_for_a_plain_session(
     assert checked_out(router.replicas) == 0
 
 
+@pytest.mark.parametrize("flag", ["read_only", "none"])
+async def test_a_writer_that_served_only_read_only_reads_dies_before_close(
+    faults: PostgresCluster,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
+    flag: str,
+) -> None:
+    """With no replica, the writer serves the read_only read; its backend is
+    ended after the read returned (a failover's shutdown, say): the
+    transaction only read, so close() drops the connection and raises
+    nothing. The control: the same read without the flag fails close() as a
+    plain session's would."""
+    router = make_router(faults.writer_url)
+    session = routing_sessionmaker(router)()
+    pid = text("SELECT pg_backend_pid()")
+    if flag == "read_only":
+        async with read_only:
+            assert await where(session) == (ports["writer"], False)
+            backend = (await session.execute(pid)).scalar_one()
+    else:
+        assert await where(session) == (ports["writer"], False)
+        backend = (await session.execute(pid)).scalar_one()
+    ended = f"SELECT pg_terminate_backend({int(backend)}, 10000)"
+    assert await asyncio.to_thread(faults.sql, faults.current_primary, ended) == "t"
+    if flag == "read_only":
+        await session.close()
+    else:
+        with pytest.raises(DBAPIError):
+            await session.close()
+    assert checked_out([router.writer]) == 0
+    assert await where(session) == (ports["writer"], False)  # usable again
+    await session.close()
+
+
 async def test_close_drops_a_dead_replica_whichever_connection_it_ends_first(
     faults: PostgresCluster, Session: Maker, router: Router, ports: dict[str, Any]
 ) -> None:

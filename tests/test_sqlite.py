@@ -147,3 +147,14 @@ async def test_a_router_started_before_the_app_creates_the_file_ejects_nothing(
             assert await on_replica(session)
     assert router.status()[1]["ejections"] == 0
     assert not [r for r in caplog.records if "ejected" in r.getMessage()]
+
+
+async def test_a_router_without_replicas_reads_on_the_writer_without_a_warning(
+    tmp_path: Path, make_router: RouterMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No replica configured (a development setup) is not an outage: read_only
+    # reads go to the writer and nothing says "no replica can serve reads".
+    router = make_router(f"sqlite+aiosqlite:///{tmp_path / 'alone.db'}")
+    async with router, routing_sessionmaker(router)() as session, read_only:
+        assert not await on_replica(session)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -233,7 +233,7 @@ class ReplicaSet:
                 and self.states[engine].available(now, self.half_open)
             ]
         if not available:
-            if not exclude and self.writer_only_since is None:
+            if self._everyone and not exclude and self.writer_only_since is None:
                 self.writer_only_since = time.monotonic()
                 logger.warning(
                     "no replica can serve reads (each is ejected, lagging or "

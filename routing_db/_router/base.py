@@ -22,6 +22,7 @@ from .._engines.make import check_url, core, safe_url
 from .._engines.setup import install_writer_hooks
 from .._events import RoutingListener
 from .._exceptions import ConfigurationError
+from .._monitor.rounds import Rounds
 from .._options import (
     OPTIONS,
     ROUTER_KEYWORDS,
@@ -68,6 +69,8 @@ class RouterBase(Generic[E]):
     # Which face: engines made with create_engine (True) or create_async_engine.
     _sync: ClassVar[bool] = False
     _discovery_class: ClassVar[type[Discovery]]
+    # The face's monitor: an asyncio task's rounds, or a thread's.
+    _monitor_class: ClassVar[type[Rounds]]
     writer: E
     """The writer's engine (``AsyncEngine`` on ``Router``, ``Engine`` on
     ``SyncRouter``): every routing session's bind, and yours for work that
@@ -175,7 +178,12 @@ class RouterBase(Generic[E]):
         OPENINGS.opened(self._urls)
 
     def _make_monitor(self) -> Any:
-        raise NotImplementedError
+        return self._monitor_class(
+            self.topology,
+            interval=self.health.monitor_interval,
+            check_timeout=self.health.check_timeout,
+            after_round=self._after_round,
+        )
 
     def _reopen(self) -> None:
         """``start()``'s first step: after ``dispose()``, usable again."""

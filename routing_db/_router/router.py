@@ -21,14 +21,7 @@ class Router(RouterBase[AsyncEngine]):
 
     _monitor: Monitor
     _discovery_class = AsyncDiscovery
-
-    def _make_monitor(self) -> Monitor:
-        return Monitor(
-            self.topology,
-            interval=self.health.monitor_interval,
-            check_timeout=self.health.check_timeout,
-            after_round=self._after_round,
-        )
+    _monitor_class = Monitor
 
     async def remove_replica(self, name: str, *, drain_timeout: float = 30.0) -> None:
         """Remove a replica: no new transactions, open ones finish, pool disposed.

@@ -21,14 +21,7 @@ class SyncRouter(RouterBase[Engine]):
 
     _monitor: ThreadMonitor
     _discovery_class = ThreadDiscovery
-
-    def _make_monitor(self) -> ThreadMonitor:
-        return ThreadMonitor(
-            self.topology,
-            interval=self.health.monitor_interval,
-            check_timeout=self.health.check_timeout,
-            after_round=self._after_round,
-        )
+    _monitor_class = ThreadMonitor
 
     def start(self) -> None:
         """Start the background health and lag monitor thread (idempotent).

@@ -19,7 +19,7 @@ from .._decide.decision import DefaultRole
 from .._exceptions import ConfigurationError
 from .._router.router import Router
 from .makers import maker_options
-from .sync_session import RoutingSyncSession
+from .sync_session import RoutingSyncSession, first_bind
 
 __all__ = ["RoutingSession", "RoutingSessionTransaction", "routing_sessionmaker"]
 
@@ -77,13 +77,11 @@ class RoutingSession(AsyncSession):
         # Session construction (binds... go to it as AsyncSession sends them);
         # routing is configured on it afterwards. Without a router this is an
         # AsyncSession in every respect, whatever sync_session_class it has.
+        if router is not None:
+            _check_sync_class(kw.get("sync_session_class") or self.sync_session_class)
+        super().__init__(first_bind(bind, router, default_role), **kw)
         if router is None:
-            if default_role is not None:
-                raise ConfigurationError("default_role needs a router")
-            super().__init__(bind, **kw)
             return
-        _check_sync_class(kw.get("sync_session_class") or self.sync_session_class)
-        super().__init__(router.writer if bind is None else bind, **kw)
         sync: Any = self.sync_session  # checked above: a RoutingSyncSession
         sync._routing_route_with(router, default_role, binds=bool(kw.get("binds")))
 

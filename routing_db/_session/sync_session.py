@@ -85,7 +85,7 @@ from .._retry import (
 )
 from .._topology.topology import Topology
 
-__all__ = ["RoutedTransaction", "RoutingSyncSession"]
+__all__ = ["RoutedTransaction", "RoutingSyncSession", "first_bind"]
 
 logger = logging.getLogger("routing_db")
 T = TypeVar("T")
@@ -126,6 +126,9 @@ class RoutedTransaction:
     # The replica (or the writer as a reader) this transaction reads from.
     replica: Engine | None = None
     wrote = False
+    # The writer served a read meant for a replica (none could, or none had
+    # replayed this context's writes).
+    read_on_writer = False
     # Set while this transaction holds a max_writer_fallbacks slot: gives it
     # back once, when the transaction ends or, for a session dropped without
     # close(), when this object is collected.
@@ -135,6 +138,18 @@ class RoutedTransaction:
     # the one to skip (and, for a replica, eject) on the next attempt. None
     # means the writer.
     target: Engine | None = None
+
+
+def first_bind(
+    bind: Any, router: RouterBase[Any] | None, default_role: DefaultRole | None
+) -> Any:
+    """The bind a session of either face starts with: ``bind``, else the
+    router's writer."""
+    if router is None:
+        if default_role is not None:
+            raise ConfigurationError("default_role needs a router")
+        return bind
+    return router.writer if bind is None else bind
 
 
 def first_statement(method: Callable[..., Any]) -> Any:
@@ -616,14 +631,26 @@ class RoutingSyncSession(Session):
             # Looked at only once closing failed, so a close pays nothing for
             # it. Closing stopped at a connection; if the replica's is dead,
             # that was it: its transaction only read, so ending it loses
-            # nothing. It is dropped and the close finishes the rest.
-            if tx.replica is None or not drop_if_dead(transaction, tx.replica):
+            # nothing. So for the writer's, where it served reads meant for a
+            # replica and nothing was written (a failover ended it after the
+            # read returned). It is dropped and the close finishes the rest.
+            if not self._routing_drop_dead_reader(transaction, tx):
                 raise
             rewind_close(self, transaction)
             super().close()
         finally:
             if tx.fallback is not None:
                 tx.fallback()
+
+    def _routing_drop_dead_reader(
+        self, transaction: SessionTransaction | None, tx: RoutedTransaction
+    ) -> bool:
+        if tx.replica is not None and drop_if_dead(transaction, tx.replica):
+            return True
+        router = self._routing_router
+        if router is None or tx.wrote or not tx.read_on_writer:
+            return False
+        return drop_if_dead(transaction, router.topology.writer)
 
     def _routing_finish(self) -> None:
         """Forget the root transaction that ended, and give back what it held."""
@@ -649,14 +676,10 @@ class RoutingSyncSession(Session):
     ) -> None:
         # Without a router (RoutingSession makes its sync session so) this is
         # a Session in every respect.
-        if router is None:
-            if default_role is not None:
-                raise ConfigurationError("default_role needs a router")
-            super().__init__(bind, **kw)
-            return
-        super().__init__(router.writer if bind is None else bind, **kw)
-        self._routing_route_with(router, default_role, binds=bool(kw.get("binds")))
-        self._routing_sync_face = True
+        super().__init__(first_bind(bind, router, default_role), **kw)
+        if router is not None:
+            self._routing_route_with(router, default_role, binds=bool(kw.get("binds")))
+            self._routing_sync_face = True
 
     def _routing_route_with(
         self,
@@ -802,9 +825,9 @@ class RoutingSyncSession(Session):
         else:
             engine = self._routing_choose_replica(topology, writer)
             if engine is writer:
-                tx = self._routing_tx
-                if tx is not None:
-                    tx.target = None
+                state = self._routing_state()
+                state.target = None
+                state.read_on_writer = True
                 return writer
         tx = self._routing_tx
         if tx is None:

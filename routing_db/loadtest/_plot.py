@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .._exceptions import ConfigurationError
+from .._exceptions import missing_extra
 from ._summary import LoadSummary
 
 __all__ = ["plot_summaries"]
@@ -19,9 +19,7 @@ def plot_summaries(results: Sequence[tuple[str, LoadSummary]], path: str) -> Non
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigurationError(
-            "plotting needs matplotlib: pip install 'routing_db[plot]'"
-        ) from None
+        raise missing_extra("plotting", "matplotlib", "plot") from None
     figure, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     panels: list[tuple[str, Callable[[LoadSummary], float]]] = [
         ("throughput (ops/s)", lambda s: s.throughput),

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+import traceback
 from typing import Any
 
 from sqlalchemy import text
@@ -60,6 +61,7 @@ class Load:
         self.writes: list[Write] = []
         self.reads = 0
         self.read_errors: list[BaseException] = []
+        self.read_traces: list[str] = []
         self.stale: list[str] = []
         self._stop = asyncio.Event()
         self._ack = asyncio.Event()  # set on each acknowledged write
@@ -96,8 +98,13 @@ class Load:
                 if found != 1:
                     self.stale.append(f"{write.key} found {found}")
             except Exception as exc:  # counted: the tests want none
-                self.read_errors.append(exc)
+                self._read_failed(exc)
             await asyncio.sleep(0.005)
+
+    def _read_failed(self, error: BaseException) -> None:
+        self.read_errors.append(error)
+        if len(self.read_traces) < 3:  # where it failed: the statement or close
+            self.read_traces.append("".join(traceback.format_exception(error)))
 
     async def _reader(self) -> None:
         while not self._stop.is_set():
@@ -106,7 +113,7 @@ class Load:
                     await session.scalar(COUNT)
                 self.reads += 1
             except Exception as exc:  # counted: the tests want none
-                self.read_errors.append(exc)
+                self._read_failed(exc)
             await asyncio.sleep(0.005)
 
     async def acked_after(self, moment: float, *, within: float) -> None:
