@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from routing_db import (
     Router,
@@ -94,6 +94,42 @@ async def test_every_commit_form_records_the_token(
     assert all(t is not None and t.startswith("pg:") for t in after)
     # Each commit moved the writer's WAL position forward.
     assert len(set(after)) == 3
+
+
+@pytest.mark.parametrize("form", ["AsyncSession", "engine.begin", "connect+commit"])
+async def test_a_commit_outside_routing_sessions_gives_read_your_writes(
+    router: Router,
+    Session: async_sessionmaker[RoutingSession],
+    paused: PostgresCluster,
+    form: str,
+) -> None:
+    """A test, a migration or an admin task writes through the router's writer
+    without a routing session: its commit records the context's token all
+    the same, and a later request with that token reads the row."""
+
+    async def write() -> str | None:
+        if form == "AsyncSession":
+            async with AsyncSession(router.writer) as session:
+                session.add(Item(name="plain"))
+                await session.commit()
+        elif form == "engine.begin":
+            async with router.writer.begin() as connection:
+                await connection.execute(insert(Item).values(name="plain"))
+        else:
+            async with router.writer.connect() as connection:
+                await connection.execute(insert(Item).values(name="plain"))
+                await connection.commit()
+        return current_causal_token()
+
+    async def read(token: str | None) -> tuple[set[str], bool]:
+        async with causal_token(token), Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            return names, (await where(session))[1]
+
+    token = await fresh_context(write)
+    assert token is not None and token.startswith("pg:")
+    # Replay is paused: only the writer has the row, and serves the read.
+    assert await fresh_context(read, token) == ({"plain"}, False)
 
 
 async def test_the_token_stays_in_its_context(

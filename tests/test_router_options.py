@@ -206,6 +206,10 @@ def _listeners(engine: AsyncEngine) -> tuple[int, ...]:
         len(sync.dialect.dispatch.handle_error),
         len(sync.dispatch.commit),
         len(sync.dispatch.before_cursor_execute),
+        # The commit recorder (read-your-writes for plain sessions) wraps
+        # the writer's dialect: no event exists after a COMMIT.
+        len(vars(sync.dialect).get("routing_db_commit_recorders", ())),
+        int("do_commit" in vars(sync.dialect)),
     )
 
 

@@ -38,9 +38,19 @@ async def router(tmp_path: Path, make_router: RouterMaker) -> Router:
         [f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"],
         sticky_seconds=30,
     )
-    async with router.writer.begin() as conn:
-        await conn.execute(text("CREATE TABLE notes (body TEXT)"))
+    await created(router, "CREATE TABLE notes (body TEXT)")
     return router
+
+
+async def created(router: Router, ddl: str) -> None:
+    """Run ``ddl`` as the app's start-up would: in a context of its own (its
+    commit keeps that context's reads on the writer for sticky_seconds)."""
+
+    async def create() -> None:
+        async with router.writer.begin() as conn:
+            await conn.execute(text(ddl))
+
+    await asyncio.create_task(create(), context=contextvars.Context())
 
 
 async def on_replica(session: AsyncSession) -> bool:
@@ -140,8 +150,7 @@ async def test_a_router_started_before_the_app_creates_the_file_ejects_nothing(
     )
     async with router:
         await router.poll()
-        async with router.writer.begin() as conn:
-            await conn.execute(text("CREATE TABLE later (body TEXT)"))
+        await created(router, "CREATE TABLE later (body TEXT)")
         Session = routing_sessionmaker(router)
         async with Session() as session, read_only:
             assert await on_replica(session)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, event, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,8 @@ from routing_db import (
     RoutingSettings,
     RoutingSyncSession,
     SyncRouter,
+    causal_token,
+    current_causal_token,
     is_connection_error,
     is_transient_error,
     read_only,
@@ -158,6 +160,40 @@ def test_read_your_writes_while_replicas_replay_nothing(
         other_name, other = fresh(someone_else)
         assert other[1] is True  # a context with no write reads on a replica
         assert other_name is None  # which has not replayed it: that is allowed
+    finally:
+        for index in range(len(sync_cluster.replicas)):
+            sync_cluster.resume_replay(index)
+
+
+@pytest.mark.parametrize("form", ["Session", "engine.begin"])
+def test_a_commit_outside_routing_sessions_gives_read_your_writes(
+    sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter, form: str
+) -> None:
+    # A plain Session or engine.begin() on the router's writer records the
+    # context's token as a routing session's commit does.
+    for index in range(len(sync_cluster.replicas)):
+        sync_cluster.pause_replay(index)
+    try:
+
+        def write() -> str | None:
+            if form == "Session":
+                with Session(router.writer) as session:
+                    session.add(Item(name="plain"))
+                    session.commit()
+            else:
+                with router.writer.begin() as connection:
+                    connection.execute(insert(Item).values(name="plain"))
+            return current_causal_token()
+
+        def read(token: str | None) -> tuple[str | None, tuple[int, bool]]:
+            with causal_token(token), Sync() as session, read_only:
+                return session.scalar(select(Item.name)), where(session)
+
+        token = fresh(write)
+        assert token is not None and token.startswith("pg:")
+        # Replay is paused: only the writer has the row, and serves the read.
+        served = contextvars.Context().run(read, token)
+        assert served == ("plain", (sync_cluster.primary.port, False))
     finally:
         for index in range(len(sync_cluster.replicas)):
             sync_cluster.resume_replay(index)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from .._causal.floor import reached
 from .backend import SERVER, Backend, ReplicaStatus, Role
@@ -43,14 +44,13 @@ def has_positions(dialect_name: str) -> bool:
 
 
 def writer_position_after_commit(
-    connection: Connection,
+    proxied: PoolProxiedConnection, dialect: str
 ) -> tuple[int, int | None, str] | None:
-    """(position, GTID server id, cluster), read on ``connection`` right after
-    its COMMIT."""
-    backend = backend_for(connection.dialect.name)
+    """(position, GTID server id, cluster), read on the pooled connection
+    ``proxied`` (of ``dialect``) right after its COMMIT."""
+    backend = backend_for(dialect)
     if backend is None or not backend.has_positions:
         return None
-    proxied = connection.connection
     return backend.after_commit(
         proxied.driver_connection, proxied.dbapi_connection, proxied.info
     )

@@ -26,12 +26,17 @@ class Hooks:
 
     def __init__(self) -> None:
         self._installed: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._undo: list[Callable[[], None]] = []
         self._workers: dict[str, Worker] = {}
 
     def listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
         """``event.listen(target, name, fn)``, to be removed with the rest."""
         event.listen(target, name, fn)
         self._installed.append((target, name, fn))
+
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` in ``remove()``: for what SQLAlchemy offers no event."""
+        self._undo.append(undo)
 
     def worker(self, name: str, make: Callable[[], W]) -> W:
         """The router's one worker called ``name``, made on first use; it is
@@ -51,3 +56,6 @@ class Hooks:
         for target, name, fn in reversed(installed):
             if event.contains(target, name, fn):
                 event.remove(target, name, fn)
+        undo, self._undo = self._undo, []
+        for fn in reversed(undo):
+            fn()

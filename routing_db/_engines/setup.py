@@ -27,6 +27,7 @@ from .make import AppEngine, core
 __all__ = [
     "NotAStandby",
     "WriterIsAStandby",
+    "install_commit_recorder",
     "install_idle_ping",
     "install_replica_setup",
     "install_writer_hooks",
@@ -172,6 +173,48 @@ def _refuse_standbys(
             )
 
     hooks.listen(core(engine), "connect", on_connect)
+
+
+_RECORDERS = "routing_db_commit_recorders"
+
+
+def install_commit_recorder(
+    engine: AppEngine, hooks: Hooks, committed: Callable[[Any], None]
+) -> None:
+    """Tell ``committed`` of every COMMIT on ``engine`` that no routing
+    session made (a plain ``Session``, ``engine.begin()``), with its pooled
+    connection, right after it: a routing session records its own commits,
+    and only those that wrote."""
+    dialect = core(engine).dialect
+    recorders: list[Callable[[Any], None]] | None = vars(dialect).get(_RECORDERS)
+    if recorders is None:
+        # One wrapper per dialect (an engine and its execution_options()
+        # copies), however many routers share the engine.
+        recorders = []
+        commit = dialect.do_commit
+
+        def do_commit(dbapi_connection: Any) -> None:
+            # SQLAlchemy passes the pooled connection. The dialect, not
+            # Connection's commit event: that event fires before the COMMIT,
+            # and any Connection listener puts every statement on the engine
+            # on SQLAlchemy's slower event-dispatching path.
+            commit(dbapi_connection)
+            if not COMMITTING.get():
+                for recorder in tuple(recorders):
+                    recorder(dbapi_connection)
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        setattr(dialect, _RECORDERS, recorders)
+    recorders.append(committed)
+
+    def remove() -> None:
+        assert recorders is not None
+        recorders.remove(committed)
+        if not recorders:
+            del dialect.do_commit
+            delattr(dialect, _RECORDERS)
+
+    hooks.on_remove(remove)
 
 
 def install_writer_hooks(

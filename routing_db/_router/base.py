@@ -19,7 +19,7 @@ from .._decide.decision import DefaultRole, check_default_role
 from .._decide.misuse import OPENINGS
 from .._engines.hooks import Hooks
 from .._engines.make import check_url, core, safe_url
-from .._engines.setup import install_writer_hooks
+from .._engines.setup import install_commit_recorder, install_writer_hooks
 from .._events import RoutingListener
 from .._exceptions import ConfigurationError
 from .._monitor.rounds import Rounds
@@ -241,6 +241,8 @@ class RouterBase(Generic[E]):
             name=self.topology.name(self.writer),
             lost=self._writer_reached_a_standby,
         )
+        # Read-your-writes whichever session class (or none) wrote.
+        install_commit_recorder(self.writer, hooks, self.topology.record_commit)
         hook_engine(
             self.writer, hooks, name=self.topology.name(self.writer), health=health,
             observability=watch,

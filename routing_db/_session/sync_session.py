@@ -51,12 +51,10 @@ from sqlalchemy.sql.elements import ClauseElement
 from .._backends.backend import clusters_of
 from .._backends.connections import close_quietly, drop_if_dead
 from .._backends.positions import (
-    has_positions,
-    writer_position_after_commit,
     writer_position_now,
 )
 from .._bounds.connect import ReplicaEjected
-from .._causal.floor import FLOOR, CausalFloor, record_write
+from .._causal.floor import FLOOR, CausalFloor
 from .._causal.store import CAUSAL_KEY, UNKNOWN, combined
 from .._compat import (
     detach,
@@ -1049,27 +1047,9 @@ def _after_commit(session: RoutingSyncSession) -> None:
         return
     router = session._routing_router
     connection = session._routing_writer_connection()
-    if router is None or not router.replicas or connection is None:
+    if router is None or connection is None:
         return
-    try:
-        position = writer_position_after_commit(connection)
-    except Exception as exc:
-        # The commit succeeded; without its position, the time window
-        # (sticky_seconds) keeps this context's reads on the writer.
-        logger.debug("no replication position after commit: %r", exc)
-        position = None
-    if position is None:
-        # Where positions exist, the context stays on the writer until its
-        # position is known again; elsewhere the time window (sticky_seconds).
-        record_write(lsn=None, unsure=has_positions(connection.dialect.name))
-        cluster = None
-    else:
-        lsn, server, cluster = position
-        record_write(lsn=lsn, server=server, cluster=cluster)
-    key = CAUSAL_KEY.get()
-    floor = FLOOR.get()
-    if router.topology.shared is not None and key is not None and floor is not None:
-        router.topology.shared.wrote(key, floor, cluster)
+    router.topology.record_commit(connection.connection)
 
 
 @event.listens_for(RoutingSyncSession, "after_transaction_end")

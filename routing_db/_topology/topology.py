@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
+from .._backends.positions import has_positions, writer_position_after_commit
+from .._causal.floor import FLOOR, record_write
+from .._causal.store import CAUSAL_KEY
 from .._engines.make import AppEngine, core
 from .._events import Listeners
 from .._replicas.replica_set import ReplicaSet
@@ -73,6 +77,33 @@ class Topology:
         self._max_fallbacks = max_writer_fallbacks
         self._fallbacks = 0  # transactions reading on the writer now
         self.fallbacks_total = 0
+
+    def record_commit(self, proxied: PoolProxiedConnection) -> None:
+        """Raise this context's floor to the position of the COMMIT that
+        ``proxied``, a writer connection, has just made (and tell the shared
+        store): its reads see it, wherever they go."""
+        if not self.app_replicas:
+            return  # every read is the writer's
+        dialect = self.writer.dialect.name
+        try:
+            position = writer_position_after_commit(proxied, dialect)
+        except Exception as exc:
+            # The commit succeeded; without its position, the context stays
+            # on the writer until it is known again (see below).
+            logger.debug("no replication position after commit: %r", exc)
+            position = None
+        if position is None:
+            # Where positions exist, the context stays on the writer until its
+            # position is known again; elsewhere the time window (sticky_seconds).
+            record_write(lsn=None, unsure=has_positions(dialect))
+            cluster = None
+        else:
+            lsn, server, cluster = position
+            record_write(lsn=lsn, server=server, cluster=cluster)
+        key = CAUSAL_KEY.get()
+        floor = FLOOR.get()
+        if self.shared is not None and key is not None and floor is not None:
+            self.shared.wrote(key, floor, cluster)
 
     def add_replica(self, engine: AppEngine, name: str) -> None:
         """Know ``engine`` as one more replica, called ``name``."""
