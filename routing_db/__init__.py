@@ -34,6 +34,7 @@ from ._retry import (
     is_recovery_conflict,
     is_transient_error,
 )
+from ._router.check import ServerProblem
 from ._router.router import Router
 from ._router.sync_router import SyncRouter
 from ._session.async_session import RoutingSession, routing_sessionmaker
@@ -68,6 +69,7 @@ __all__ = [
     "RoutingSession",
     "RoutingSettings",
     "RoutingSyncSession",
+    "ServerProblem",
     "SyncRouter",
     "SyncRoutingSettings",
     "Weighted",

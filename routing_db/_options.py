@@ -121,6 +121,13 @@ OPTIONS: tuple[Option, ...] = (
         "NoReplicaAvailable).",
     ),
     Option(
+        name="startup_check",
+        group="router",
+        default="warn",
+        doc="When the router starts, reach every server once: 'warn' logs each "
+        "problem, 'strict' raises ConfigurationError listing them, 'off' skips it.",
+    ),
+    Option(
         name="policy",
         group="router",
         default="round_robin",

@@ -170,6 +170,7 @@ class RoutingSettings(BaseSettings):
     # "off" sets those whose None turns them off.
     default_role: Literal["writer", "auto"] = default("default_role")
     fallback_to_writer: bool = default("fallback_to_writer")
+    startup_check: Literal["warn", "strict", "off"] = default("startup_check")
     require_standby: bool = default("require_standby")
 
     policy: Literal["round_robin", "random", "weighted", "least_busy"] = default(

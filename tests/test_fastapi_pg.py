@@ -144,13 +144,24 @@ async def test_a_malformed_token_is_a_400(client: httpx.AsyncClient) -> None:
     assert DEFAULT_TOKEN_HEADER in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("example", "driver"),
+    [("fastapi_app", None), ("fastapi_sync_app", "psycopg")],
+    ids=["async", "sync"],
+)
 async def test_the_example_app_runs(
-    faults: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+    faults: PostgresCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    example: str,
+    driver: str | None,
 ) -> None:
-    path = Path(__file__).parent.parent / "examples" / "fastapi_app.py"
-    monkeypatch.setenv("ROUTING_DB_WRITER_URL", faults.writer_url)
-    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", ",".join(faults.replica_urls))
-    faults.sql(faults.primary, "DROP TABLE IF EXISTS routing_db_demo_notes")
+    # The sync example: def endpoints on a SyncRouter, in FastAPI's threads.
+    path = Path(__file__).parent.parent / "examples" / f"{example}.py"
+    urls = faults if driver is None else faults.with_driver(driver)
+    monkeypatch.setenv("ROUTING_DB_WRITER_URL", urls.writer_url)
+    monkeypatch.setenv("ROUTING_DB_REPLICA_URLS", ",".join(urls.replica_urls))
+    for table in ("routing_db_demo_notes", "routing_db_demo_sync_notes"):
+        faults.sql(faults.primary, f"DROP TABLE IF EXISTS {table}")
     spec = importlib.util.spec_from_file_location("fastapi_example", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

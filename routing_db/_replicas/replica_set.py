@@ -105,6 +105,8 @@ class ReplicaSet:
         self._latency: dict[Engine, tuple[float, float]] = {}  # (seconds, when)
         # When each ejected replica's cause was last logged.
         self._said: dict[Engine, float] = {}
+        # Each replica's last connection failure, in the driver's words.
+        self.causes: dict[Engine, str] = {}
         # Since when no replica could serve a read (None: one can).
         self.writer_only_since: float | None = None
         # Only pool-aware policies get pool numbers (they cost calls per choice).
@@ -406,6 +408,13 @@ class ReplicaSet:
             self.states[engine].available(now, False) for _, engine in self._everyone
         )
 
+    def ejected_because(self, engine: Engine) -> str | None:
+        """Why ``engine`` is out of the read set (None: it is not ejected)."""
+        state = self.states.get(engine)
+        if state is None or not state.ejected:
+            return None
+        return self.causes.get(engine, "connections failed")
+
     def may_connect(self, engine: Engine) -> bool:
         """May a read open a connection to ``engine`` now (in the set, or its
         probe is due)?"""
@@ -421,6 +430,11 @@ class ReplicaSet:
         ejected = state.record_failure(now)
         self._refresh()
         name = self._names[engine]
+        if isinstance(error, NotAStandby):
+            cause = "it is not a standby (it takes writes)"
+        else:
+            cause = error_cause(error, [engine.url.password])
+        self.causes[engine] = cause
         if ejected:
             self.listeners.emit("ejected", name)
         elif not state.ejected or now - self._said.get(engine, now) < SAY_AGAIN:
@@ -428,10 +442,6 @@ class ReplicaSet:
         # Said when it is ejected, and again at a bounded rate while its
         # probes keep failing: a mistyped URL must not be one line at startup.
         self._said[engine] = now
-        if isinstance(error, NotAStandby):
-            cause = "it is not a standby (it takes writes)"
-        else:
-            cause = error_cause(error, [engine.url.password])
         logger.warning(
             "replica %s %s: %s",
             name,

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._backends.positions import has_positions
+from .._backends.registry import backend_for
 from .._causal.store import CausalStore, SharedFloors
 from .._decide.decision import DefaultRole, check_default_role
 from .._decide.misuse import OPENINGS
@@ -47,6 +48,7 @@ from .build import (
     idle_check,
     writer_reader,
 )
+from .check import Seen, StartupCheck, check_startup_mode
 from .membership import Members
 from .starvation import StarvationDetector
 from .status import status_rows
@@ -111,9 +113,11 @@ class RouterBase(Generic[E]):
         log_slow_parameters: bool = default("log_slow_parameters"),
         hold_warning_seconds: float | None = default("hold_warning_seconds"),
         checkout_wait_warning: float | None = default("checkout_wait_warning"),
+        startup_check: StartupCheck = default("startup_check"),
     ) -> None:
         names = engine_names_of(writer, replicas, sync=self._sync)
         check_default_role(default_role)
+        check_startup_mode(startup_check)
         check_balancing(
             weights=weights,
             replicas=len(replicas),
@@ -134,6 +138,7 @@ class RouterBase(Generic[E]):
         replicas = tuple(replicas)
         self.default_role: DefaultRole = default_role
         self.fallback_to_writer = fallback_to_writer
+        self.startup_check: StartupCheck = startup_check
         self.max_writer_fallbacks = max_writer_fallbacks
         self.writer_read_weight = writer_read_weight
         self.retry = retry or RetryPolicy()
@@ -192,6 +197,28 @@ class RouterBase(Generic[E]):
             self.topology.closed = False
             OPENINGS.opened(self._urls)
         self._started = True
+
+    def _to_check(self) -> list[tuple[Seen, E]]:
+        """What ``check()`` asks, of which engine: the writer, then each
+        replica that replicates (a SQLite replica is the writer's file)."""
+        plan = []
+        for name, engine in self.topology.engines():
+            role = "writer" if engine is self.writer else "replica"
+            backend = backend_for(engine.dialect.name)
+            if role == "replica" and (backend is None or not backend.replicates):
+                continue
+            seen = Seen(name, role)
+            # An ejected replica's connections are refused until its probe
+            # is due: its last failure says more than that refusal.
+            cause = self.topology.replica_set.ejected_because(core(engine))
+            if cause is not None:
+                seen.error = f"ejected after a connection failure: {cause}"
+            plan.append((seen, cast(E, engine)))
+        return plan
+
+    def _secrets(self) -> list[str | None]:
+        """The passwords a check's message must not show."""
+        return [core(engine).url.password for _, engine in self.topology.engines()]
 
     def _stopping(self) -> None:
         """``stop()``'s first step: reads probe ejected replicas themselves."""

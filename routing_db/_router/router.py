@@ -9,9 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .._engines.make import dispose
 from .._monitor.async_monitor import Monitor
 from .._topology.discovery import AsyncDiscovery
-from .base import (
-    RouterBase,
-)
+from .base import RouterBase
+from .check import Seen, ServerProblem, failed, judge, look, react
 
 __all__ = ["Router"]
 
@@ -44,10 +43,30 @@ class Router(RouterBase[AsyncEngine]):
         After ``dispose()``, this makes the router usable again.
         """
         self._reopen()
+        if self.startup_check != "off":
+            react(await self.check(), self.startup_check, sync=False)
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
             self.topology.replica_set.half_open = False  # the monitor probes
+
+    async def check(self) -> list[ServerProblem]:
+        """Reach each server once through its engine, as the router will: what
+        is wrong (an empty list: nothing), for a readiness probe."""
+        plan = self._to_check()
+        secrets = self._secrets()
+
+        async def ask(seen: Seen, engine: AsyncEngine) -> None:
+            try:
+                async with engine.connect() as connection:
+                    await connection.run_sync(look, seen)
+            except Exception as exc:
+                failed(seen, exc, secrets)
+
+        await asyncio.gather(
+            *(ask(seen, engine) for seen, engine in plan if seen.error is None)
+        )
+        return judge([seen for seen, _ in plan])
 
     async def poll(self) -> None:
         """Check every replica's health and lag now, as the monitor does each round."""

@@ -10,6 +10,7 @@ from .._engines.make import core
 from .._monitor.thread_monitor import ThreadMonitor
 from .._topology.discovery import ThreadDiscovery
 from .base import RouterBase
+from .check import ServerProblem, failed, judge, look, react
 
 __all__ = ["SyncRouter"]
 
@@ -23,12 +24,29 @@ class SyncRouter(RouterBase[Engine]):
     _discovery_class = ThreadDiscovery
     _monitor_class = ThreadMonitor
 
+    def check(self) -> list[ServerProblem]:
+        """Reach each server once through its engine, as the router will: what
+        is wrong (an empty list: nothing), for a readiness probe."""
+        plan = self._to_check()
+        secrets = self._secrets()
+        for seen, engine in plan:
+            if seen.error is not None:
+                continue
+            try:
+                with engine.connect() as connection:
+                    look(connection, seen)
+            except Exception as exc:
+                failed(seen, exc, secrets)
+        return judge([seen for seen, _ in plan])
+
     def start(self) -> None:
         """Start the background health and lag monitor thread (idempotent).
 
         After ``dispose()``, this makes the router usable again.
         """
         self._reopen()
+        if self.startup_check != "off":
+            react(self.check(), self.startup_check, sync=True)
         if self.replicas:
             self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
