@@ -80,7 +80,7 @@ def test_a_writer_that_is_a_standby(
         cluster.replica_urls[1],
     )  # fmt: skip
     assert code == 1
-    assert "the writer is in recovery" in err
+    assert "does not take writes (a standby)" in err
 
 
 def test_an_unreachable_host(

@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from .._engines.make import create_engine, url_name
 from .._retry import error_cause
+from .._router.check import Seen, problem_of
 
 __all__ = ["EngineReport", "check_setup"]
 
@@ -135,28 +136,26 @@ async def _count_servers(report: EngineReport, engine: AsyncEngine) -> None:
         )
 
 
+def _seen(report: EngineReport) -> Seen:
+    # An unreachable server's failure is reported already (see _inspect).
+    recovery, system = report.in_recovery, report.system_identifier
+    return Seen(
+        report.name,
+        report.role,
+        takes_writes=None if recovery is None else not recovery,
+        clusters=None if system is None else frozenset({str(system)}),
+    )
+
+
 def _judge(writer: EngineReport, replicas: list[EngineReport]) -> None:
-    if writer.reachable and writer.in_recovery:
-        writer.problems.append("the writer is in recovery: it is a standby")
+    # The role and cluster rules are the router's start-up check's own.
+    primary = _seen(writer)
+    for report in (writer, *replicas):
+        problem = problem_of(_seen(report), primary)
+        if problem is not None:
+            report.problems.append(problem)
     for replica in replicas:
-        if not replica.reachable:
-            continue
-        if not replica.in_recovery:
-            replica.problems.append(
-                "not in recovery: this 'replica' is a primary (it accepts writes)"
-            )
-            continue
-        if (
-            writer.system_identifier is not None
-            and replica.system_identifier is not None
-            and replica.system_identifier != writer.system_identifier
-        ):
-            replica.problems.append(
-                "replicates a different primary (system_identifier "
-                f"{replica.system_identifier}, the writer's is "
-                f"{writer.system_identifier})"
-            )
-        if writer.lsn is not None and replica.lsn is not None:
+        if replica.in_recovery and writer.lsn is not None and replica.lsn is not None:
             replica.lag_bytes = max(0, writer.lsn - replica.lsn)
     for report in (writer, *replicas):
         limit = report.connection_limit

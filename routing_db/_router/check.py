@@ -27,6 +27,7 @@ __all__ = [
     "failed",
     "judge",
     "look",
+    "problem_of",
     "react",
 ]
 
@@ -92,31 +93,33 @@ def failed(seen: Seen, error: BaseException, secrets: Iterable[str | None]) -> N
         seen.error = f"cannot connect: {error_cause(error, secrets)}"
 
 
+def problem_of(item: Seen, writer: Seen) -> str | None:
+    """What is wrong with the server ``item`` saw (None: nothing), given what
+    the writer's connection saw."""
+    if item.error is not None:
+        return item.error
+    if item.role == "writer":
+        if item.takes_writes is False:
+            return "it does not take writes (a standby): check writer_url"
+        return None
+    if item.takes_writes:
+        return "it takes writes: it is a primary, not a standby"
+    if writer.clusters and item.clusters and not writer.clusters & item.clusters:
+        return (
+            "it replicates a different primary (cluster "
+            f"{', '.join(sorted(item.clusters))}; the writer's is "
+            f"{', '.join(sorted(writer.clusters))})"
+        )
+    return None
+
+
 def judge(seen: list[Seen]) -> list[ServerProblem]:
     """The problems in what the connections saw (the writer first)."""
-    writer = seen[0]
     problems = []
     for item in seen:
-        if item.error is not None:
-            message = item.error
-        elif item.role == "writer" and item.takes_writes is False:
-            message = "it does not take writes (a standby): check writer_url"
-        elif item.role == "replica" and item.takes_writes:
-            message = "it takes writes: it is a primary, not a standby"
-        elif (
-            item.role == "replica"
-            and writer.clusters
-            and item.clusters
-            and not writer.clusters & item.clusters
-        ):
-            message = (
-                "it replicates a different primary (cluster "
-                f"{', '.join(sorted(item.clusters))}; the writer's is "
-                f"{', '.join(sorted(writer.clusters))})"
-            )
-        else:
-            continue
-        problems.append(ServerProblem(item.name, item.role, message))
+        message = problem_of(item, seen[0])
+        if message is not None:
+            problems.append(ServerProblem(item.name, item.role, message))
     return problems
 
 
