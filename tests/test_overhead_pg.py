@@ -17,7 +17,7 @@ from typing import IO, Any
 import pytest
 from psycopg.pq import Trace
 from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from routing_db import Router, current_causal_token, read_only, routing_sessionmaker
 from routing_db.testing import PostgresCluster
@@ -107,13 +107,19 @@ async def one_replica(cluster: PostgresCluster) -> AsyncIterator[Router]:
 
 
 async def test_one_extra_round_trip_per_write_transaction(
-    one_replica: Router, counter: Callable[[dict[str, AsyncEngine]], QueryCount]
+    one_replica: Router,
+    cluster: PostgresCluster,
+    counter: Callable[[dict[str, AsyncEngine]], QueryCount],
 ) -> None:
-    count = counter({"writer": one_replica.writer})
+    # The baseline: an engine of the application's own, which the router
+    # does not know (a plain session on the router's writer pays the same
+    # round trip as a routing session: its commits record positions too).
+    own = create_async_engine(cluster.writer_url)
+    count = counter({"writer": one_replica.writer, "own": own})
     Session = routing_sessionmaker(one_replica)
 
-    async def plain(n: int) -> None:
-        async with AsyncSession(one_replica.writer) as session:
+    async def plain(n: int, engine: AsyncEngine) -> None:
+        async with AsyncSession(engine) as session:
             session.add(Item(name=f"plain{n}"))
             await session.commit()
 
@@ -122,20 +128,28 @@ async def test_one_extra_round_trip_per_write_transaction(
             session.add(Item(name=f"routed{n}"))
             await session.commit()
 
-    # Warm up: connection setup is not per transaction, and psycopg prepares
-    # a statement (one more round trip) on its fifth use.
-    for n in range(-6, 0):
-        await plain(n)
-        await routed(n)
-    count.clear()
-    for n in range(5):
-        await plain(n)
-    plain_sent = count.sent["writer"]
-    count.clear()
-    for n in range(5):
-        await routed(n)
+    try:
+        # Warm up: connection setup is not per transaction, and psycopg
+        # prepares a statement (one more round trip) on its fifth use.
+        for n in range(-6, 0):
+            await plain(n, own)
+            await plain(n, one_replica.writer)
+            await routed(n)
+        count.clear()
+        for n in range(5):
+            await plain(n, own)
+        plain_sent = count.sent["own"]
+        for n in range(5):
+            await plain(n + 5, one_replica.writer)
+        on_the_writer = count.sent["writer"]
+        count.clear()
+        for n in range(5):
+            await routed(n)
+    finally:
+        await own.dispose()
     assert current_causal_token() is not None
     assert count.sent["writer"] - plain_sent == 5  # pg_current_wal_lsn(), once each
+    assert on_the_writer - plain_sent == 5  # the same, without a routing session
 
 
 async def test_no_extra_round_trip_per_read_when_caught_up(
