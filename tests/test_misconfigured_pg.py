@@ -129,6 +129,8 @@ async def test_strict_refuses_to_start_and_lists_every_problem(
     assert "it is not a standby (it takes writes)" in message
     assert message.count("cannot connect") == 2
     assert SECRET not in message
+    with pytest.raises(ConfigurationError):  # it never started: checked again
+        await router.start()
 
 
 async def test_warn_starts_and_logs_each_problem_with_its_cause(

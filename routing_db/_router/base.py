@@ -48,7 +48,7 @@ from .build import (
     idle_check,
     writer_reader,
 )
-from .check import Seen, StartupCheck, check_startup_mode
+from .check import Seen, ServerProblem, StartupCheck, check_startup_mode, react
 from .membership import Members
 from .starvation import StarvationDetector
 from .status import status_rows
@@ -190,13 +190,24 @@ class RouterBase(Generic[E]):
             after_round=self._after_round,
         )
 
-    def _reopen(self) -> None:
-        """``start()``'s first step: after ``dispose()``, usable again."""
+    def _reopen(self) -> bool:
+        """``start()``'s first step: after ``dispose()``, usable again. True
+        when the router was not started (the start-up check is due)."""
         if self.topology.closed:
             self._install_hooks()
             self.topology.closed = False
             OPENINGS.opened(self._urls)
-        self._started = True
+        starting, self._started = not self._started, True
+        return starting
+
+    def _checked(self, problems: list[ServerProblem]) -> None:
+        """The start-up check's verdict: ``strict`` refuses to start (the
+        router stays unstarted), ``warn`` logs."""
+        try:
+            react(problems, self.startup_check, sync=self._sync)
+        except ConfigurationError:
+            self._started = False
+            raise
 
     def _to_check(self) -> list[tuple[Seen, E]]:
         """What ``check()`` asks, of which engine: the writer, then each

@@ -10,7 +10,7 @@ from .._engines.make import dispose
 from .._monitor.async_monitor import Monitor
 from .._topology.discovery import AsyncDiscovery
 from .base import RouterBase
-from .check import Seen, ServerProblem, failed, judge, look, react
+from .check import Seen, ServerProblem, failed, judge, look
 
 __all__ = ["Router"]
 
@@ -42,9 +42,8 @@ class Router(RouterBase[AsyncEngine]):
 
         After ``dispose()``, this makes the router usable again.
         """
-        self._reopen()
-        if self.startup_check != "off":
-            react(await self.check(), self.startup_check, sync=False)
+        if self._reopen() and self.startup_check != "off":
+            self._checked(await self.check())
         if self.replicas:
             await self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()

@@ -10,7 +10,7 @@ from .._engines.make import core
 from .._monitor.thread_monitor import ThreadMonitor
 from .._topology.discovery import ThreadDiscovery
 from .base import RouterBase
-from .check import ServerProblem, failed, judge, look, react
+from .check import ServerProblem, failed, judge, look
 
 __all__ = ["SyncRouter"]
 
@@ -44,9 +44,8 @@ class SyncRouter(RouterBase[Engine]):
 
         After ``dispose()``, this makes the router usable again.
         """
-        self._reopen()
-        if self.startup_check != "off":
-            react(self.check(), self.startup_check, sync=True)
+        if self._reopen() and self.startup_check != "off":
+            self._checked(self.check())
         if self.replicas:
             self._monitor.poll_once()  # status is filled before first use
             self._monitor.start()
