@@ -53,6 +53,9 @@ def _translate_read_only(context: Any) -> BaseException | None:
 class NotAStandby(ConfigurationError):
     """A replica's new connection found a server that is not a standby."""
 
+    # What the ejection log and the start-up check say of it.
+    cause = "it is not a standby (it takes writes)"
+
     def __init__(self, message: str, *, promoted: bool) -> None:
         super().__init__(message)
         # Seen as a standby before: promoted since, not misconfigured.

@@ -431,7 +431,7 @@ class ReplicaSet:
         self._refresh()
         name = self._names[engine]
         if isinstance(error, NotAStandby):
-            cause = "it is not a standby (it takes writes)"
+            cause = NotAStandby.cause
         else:
             cause = error_cause(error, [engine.url.password])
         self.causes[engine] = cause

@@ -12,7 +12,7 @@ from typing import Literal
 from sqlalchemy.engine import Connection
 
 from .._backends.backend import CLUSTERS
-from .._backends.positions import has_positions, takes_writes
+from .._backends.positions import takes_writes
 from .._backends.registry import backend_for
 from .._engines.setup import NotAStandby, WriterIsAStandby
 from .._exceptions import ConfigurationError
@@ -75,9 +75,8 @@ def look(connection: Connection, seen: Seen) -> None:
     if seen.role == "replica":
         seen.clusters = connection.info.get(CLUSTERS)
         return
-    if has_positions(connection.dialect.name):
-        backend = backend_for(connection.dialect.name)
-        assert backend is not None
+    backend = backend_for(connection.dialect.name)
+    if backend is not None and backend.has_positions:
         now = backend.writer_now(connection)
         if now is not None:
             seen.clusters = frozenset({now[1]})
@@ -88,7 +87,7 @@ def failed(seen: Seen, error: BaseException, secrets: Iterable[str | None]) -> N
     if isinstance(error, WriterIsAStandby):
         seen.error = "it is a standby (in recovery), not the primary: check writer_url"
     elif isinstance(error, NotAStandby):
-        seen.error = "it is not a standby (it takes writes): check replica_urls"
+        seen.error = f"{NotAStandby.cause}: check replica_urls"
     else:
         seen.error = f"cannot connect: {error_cause(error, secrets)}"
 
