@@ -270,6 +270,61 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(
     assert ports["writer"] not in {port for port, _ in served}
 
 
+@pytest.mark.usefixtures("clean")
+async def test_a_quiet_writer_s_wal_without_a_transaction_is_not_lag(
+    faults: PostgresCluster, make_router: RouterMaker
+) -> None:
+    """A replica a few bytes behind a quiet writer (a CHECKPOINT record) is not
+    as far behind as its last replayed transaction is old; one that stays
+    behind still goes over the limit."""
+    router = make_router(
+        faults.writer_url,
+        faults.replica_urls,
+        monitor_interval=60,  # the test's own polls make the rounds
+        max_lag_seconds=3.0,
+        max_lag_bytes=None,
+    )
+    replica = faults.replicas[0]
+
+    def transaction_age() -> float:
+        return float(
+            faults.sql(
+                replica,
+                "SELECT extract(epoch FROM clock_timestamp() "
+                "- pg_last_xact_replay_timestamp())",
+            )
+        )
+
+    async def polled() -> dict[str, Any]:
+        await router.poll()
+        return replica_state(router, 0)
+
+    async with router:
+        await until(lambda: transaction_age() > 4.0, 15, "an old last transaction")
+        deadline = time.monotonic() + 10
+        while (await polled())["lag_bytes"] != 0:  # a round it had all
+            assert time.monotonic() < deadline, router.status()
+        faults.pause_replay(0)
+        faults.sql(faults.primary, "CHECKPOINT")  # WAL, but no transaction
+        state = await polled()
+        assert state["lag_bytes"] > 0, state
+        assert transaction_age() > 4.0
+        assert state["lag_seconds"] < 3.0, state
+        assert not state["lagging"] and state["eligible"], state
+
+        # Still behind: the bound grows with the time since it had all.
+        deadline = time.monotonic() + 10
+        while not (state := await polled())["lagging"]:
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(0.2)
+        assert state["lag_seconds"] > 3.0
+        faults.resume_replay(0)
+        deadline = time.monotonic() + 10
+        while (await polled())["lagging"]:
+            assert time.monotonic() < deadline, router.status()
+            await asyncio.sleep(0.05)
+
+
 async def test_a_full_pool_is_skipped_not_ejected(
     cluster: PostgresCluster, make_router: RouterMaker
 ) -> None:

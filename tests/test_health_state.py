@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from routing_db import ConfigurationError
+from routing_db._backends.backend import ReplicaStatus
+from routing_db._causal.floor import DOMAIN_SHIFT
+from routing_db._monitor.rounds import lag_seconds_within
 from routing_db._replicas.health import HealthOptions, ReplicaState
 
 
@@ -105,3 +108,38 @@ def test_behind_without_a_measure_counts_as_over_the_limits() -> None:
     off = ReplicaState(HealthOptions(max_lag_bytes=None, max_lag_seconds=None))
     off.record_lag(replay_lsn=1, lag_bytes=None, lag_seconds=None, unbounded=True)
     assert not off.lagging
+
+
+def _behind(position: int | None, seconds: float | None) -> ReplicaStatus:
+    return ReplicaStatus(position, 24, seconds, True, True)
+
+
+def test_a_replica_that_had_what_the_writer_had_lags_no_more_than_since() -> None:
+    # The last replayed transaction is a minute old, but the replica had all
+    # the writer had 0.2 s ago: a quiet writer's few bytes, not a minute.
+    seen = [(10.0, 100), (10.2, 100), (10.4, 124)]
+    assert lag_seconds_within(_behind(100, 60.0), seen, now=10.45) == pytest.approx(
+        0.25
+    )
+    # The backend's own measure stays when it is the smaller.
+    assert lag_seconds_within(_behind(100, 0.1), seen, now=10.45) == 0.1
+
+
+def test_a_replica_behind_everything_seen_keeps_its_measure() -> None:
+    seen = [(10.0, 200), (10.2, 300)]
+    assert lag_seconds_within(_behind(100, 60.0), seen, now=10.3) == 60.0
+    # Another GTID domain's position is not "had" either.
+    other_domain = (1 << DOMAIN_SHIFT) + 500
+    assert lag_seconds_within(_behind(100, 7.0), [(1.0, other_domain)] * 2, 2.0) == 7.0
+
+
+def test_the_first_look_at_a_replica_behind_gives_no_seconds_yet() -> None:
+    assert lag_seconds_within(_behind(100, 60.0), [(10.0, 124)], now=10.1) is None
+    assert lag_seconds_within(_behind(100, 60.0), [], now=10.1) is None
+
+
+def test_no_measure_stays_no_measure() -> None:
+    seen = [(10.0, 100), (10.2, 124)]
+    assert lag_seconds_within(_behind(100, None), seen, now=10.3) is None
+    assert lag_seconds_within(_behind(None, 5.0), seen, now=10.3) == 5.0
+    assert lag_seconds_within(_behind(124, 0.0), seen, now=10.3) == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -86,7 +87,9 @@ class Monitor(Rounds):
         writer_lsn: int | None = None
         if policy.positions and writer_known:
             try:
+                asked_at = time.monotonic()
                 writer_lsn = await self._check(topology.writer, writer_position)
+                policy.writer_seen(writer_lsn, asked_at)
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("monitor: writer position unavailable: %r", exc)
         await asyncio.gather(*(self._poll(e, writer_lsn) for e in policy.due()))

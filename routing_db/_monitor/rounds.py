@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -14,12 +15,17 @@ from sqlalchemy.engine import Connection, Engine
 from .._backends.backend import ReplicaStatus
 from .._backends.positions import has_positions, replica_status
 from .._backends.registry import backend_for
+from .._causal.floor import reached
 from .._engines.make import pool_capacity
 from .._topology.topology import Topology
 
-__all__ = ["RoundPolicy", "Rounds", "select_one"]
+__all__ = ["RoundPolicy", "Rounds", "lag_seconds_within", "select_one"]
 
 logger = logging.getLogger("routing_db")
+
+# The writer's positions a policy keeps, with when each was asked: enough
+# rounds to bound a replica that keeps up, whatever the interval.
+_WRITER_SAMPLES = 128
 
 
 def _saturated(engine: Engine) -> bool:
@@ -33,6 +39,30 @@ def select_one(connection: Connection, writer: int | None) -> ReplicaStatus:
     """A replica without replication positions: it answers, nothing more."""
     connection.exec_driver_sql("SELECT 1")
     return ReplicaStatus(None, None, None, True, None)
+
+
+def lag_seconds_within(
+    status: ReplicaStatus, writer_seen: Iterable[tuple[float, int]], now: float
+) -> float | None:
+    """A replica's lag in seconds, bounded by what the writer had and when.
+
+    ``writer_seen``: the writer's positions, oldest first, each with the
+    ``time.monotonic()`` it was asked at. A replica that has replayed what the
+    writer had at ``t`` is at most ``now - t`` behind, whatever its backend
+    says: PostgreSQL's measure is the age of the last replayed transaction,
+    and on a quiet writer a few bytes of WAL that carry none (a checkpoint,
+    a standby snapshot) would make that the time since the last write.
+    """
+    reported, position = status.lag_seconds, status.position
+    if reported is None or position is None or reported == 0.0:
+        return reported
+    seen = list(writer_seen)
+    for asked_at, writer in reversed(seen):
+        if reached(position, writer):
+            return min(reported, max(0.0, now - asked_at))
+    # Behind everything the writer was seen at. On the first look, a moment
+    # behind and long behind look alike: the seconds wait for the next round.
+    return reported if len(seen) > 1 else None
 
 
 class RoundPolicy:
@@ -51,6 +81,12 @@ class RoundPolicy:
         # Without replication only an ejected replica's probe tells anything
         # (a SQLite file the app has not created yet is not a failure).
         self._watch_healthy = backend is None or backend.replicates
+        self._writer_seen: deque[tuple[float, int]] = deque(maxlen=_WRITER_SAMPLES)
+
+    def writer_seen(self, position: int | None, asked_at: float) -> None:
+        """The writer was at ``position`` when asked at ``asked_at``."""
+        if position is not None:
+            self._writer_seen.append((asked_at, position))
 
     def due(self) -> list[Engine]:
         """The replicas to poll this round (an ejected one once its probe is due)."""
@@ -94,7 +130,12 @@ class RoundPolicy:
         if not answer.standby:
             return  # it answers, but its replay position means nothing now
         replicas.succeeded(engine)
-        replicas.record_status(engine, answer, unbounded=answer.unbounded(writer))
+        seconds = lag_seconds_within(answer, self._writer_seen, time.monotonic())
+        replicas.record_status(
+            engine,
+            answer._replace(lag_seconds=seconds),
+            unbounded=answer.unbounded(writer),
+        )
 
 
 class Rounds:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -101,7 +102,9 @@ class ThreadMonitor(Rounds):
         writer_lsn: int | None = None
         if policy.positions and writer_known:
             try:
+                asked_at = time.monotonic()
                 writer_lsn = self._check(workers, topology.writer, writer_position)
+                policy.writer_seen(writer_lsn, asked_at)
             except Exception as exc:  # the writer's health is not ours to judge
                 logger.debug("monitor: writer position unavailable: %r", exc)
         pending = {}
