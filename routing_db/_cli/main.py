@@ -178,6 +178,17 @@ def _default(setting: str) -> object:
     return RoutingSettings.model_fields[setting].default
 
 
+def _connecting_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+) -> argparse.ArgumentParser:
+    """A command that reaches the servers: the URLs and pool options first."""
+    command = commands.add_parser(name, help=summary)
+    _connection_arguments(command)
+    return command
+
+
 def _connection_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--writer-url", help="default: ROUTING_DB_WRITER_URL")
     command.add_argument(
@@ -205,10 +216,9 @@ def _connection_arguments(command: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routing-db", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser(
-        "check", help="check the writer, the replicas and the connection budget"
+    check = _connecting_command(
+        commands, "check", "check the writer, the replicas and the connection budget"
     )
-    _connection_arguments(check)
     check.add_argument(
         "--processes",
         type=int,
@@ -216,10 +226,9 @@ def _parser() -> argparse.ArgumentParser:
         help="processes (workers) that each open these pools",
     )
     check.add_argument("--json", action="store_true", help="print JSON, not a table")
-    bench = commands.add_parser(
-        "bench", help="load-test the pools: throughput, latency, checkout waits"
+    bench = _connecting_command(
+        commands, "bench", "load-test the pools: throughput, latency, checkout waits"
     )
-    _connection_arguments(bench)
     bench.add_argument(
         "--concurrency",
         type=_concurrency,
