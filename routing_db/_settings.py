@@ -421,10 +421,13 @@ class RoutingSettings(BaseSettings):
                     attempts=self.retry_attempts, max_seconds=self.retry_max_seconds
                 ),
             },
+            # Only those set: their defaults are SQLAlchemy's own, and a pool
+            # without sizing (in-memory SQLite's) refuses them by name.
             **{
                 name: value
                 for name in POOL_FIELDS
-                if (value := getattr(self, name)) is not None
+                if name in self.model_fields_set
+                and (value := getattr(self, name)) is not None
             },
         }
 

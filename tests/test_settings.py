@@ -393,3 +393,30 @@ def test_every_setting_is_described() -> None:
         role, _, base = name.partition("_")
         override = role in ("writer", "replica") and base in fields
         assert field.description or name in BY_NAME or override, name
+
+
+@pytest.mark.parametrize("sync", [False, True])
+async def test_in_memory_sqlite_from_settings(
+    monkeypatch: pytest.MonkeyPatch, make_router: RouterMaker, sync: bool
+) -> None:
+    """The zero-setup URL works from the environment as from ``from_urls``:
+    pool sizes left at their defaults are not forced on a pool without them."""
+    from sqlalchemy import text
+
+    from routing_db import SyncRouter, SyncRoutingSettings
+
+    monkeypatch.setenv(
+        "ROUTING_DB_WRITER_URL", "sqlite://" if sync else "sqlite+aiosqlite://"
+    )
+    if sync:
+        sync_router = make_router.keep(SyncRouter.from_settings(SyncRoutingSettings()))
+        with sync_router.writer.connect() as connection:
+            assert connection.execute(text("SELECT 41 + 1")).scalar() == 42
+        return
+    router = make_router.keep(Router.from_settings())
+    async with router.writer.connect() as connection:
+        assert (await connection.execute(text("SELECT 41 + 1"))).scalar() == 42
+    # Set, a pool size still reaches the engine (and says where it went wrong).
+    monkeypatch.setenv("ROUTING_DB_POOL_SIZE", "3")
+    with pytest.raises(ConfigurationError, match="writer_url: Invalid argument"):
+        Router.from_settings()
