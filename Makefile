@@ -30,7 +30,7 @@ typecheck: $(VENV)/.installed-dev
 # The full suite starts its own throwaway servers; tools/install-servers
 # installs the missing ones as root (else their tests are skipped, saying why).
 test: servers lint typecheck
-	$(PY) -m pytest -m "not patroni"
+	$(PY) -m pytest -m "not patroni" --durations=15
 
 # The Patroni suite (etcd + three members; switchover, killed postmaster, hung
 # leader and node under load): minutes of failovers, so a step of its own.

@@ -225,6 +225,50 @@ async def test_a_writer_that_served_only_read_only_reads_dies_before_close(
     await session.close()
 
 
+@pytest.mark.parametrize("form", ["begin", "commit"])
+@pytest.mark.parametrize("flag", ["read_only", "none"])
+async def test_a_writer_that_served_only_read_only_reads_dies_before_commit(
+    faults: PostgresCluster,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
+    flag: str,
+    form: str,
+) -> None:
+    """As at close, so at COMMIT: under read_only the transaction only read,
+    so the writer's connection that a failover ended after the read fails
+    nothing. The control, without the flag, fails its COMMIT as a plain
+    session's would."""
+    router = make_router(faults.writer_url)
+    Session = routing_sessionmaker(router)
+    pid = text("SELECT pg_backend_pid()")
+
+    async def read_then_lose_the_connection(session: RoutingSession) -> None:
+        assert await where(session) == (ports["writer"], False)
+        backend = (await session.execute(pid)).scalar_one()
+        ended = f"SELECT pg_terminate_backend({int(backend)}, 10000)"
+        done = await asyncio.to_thread(faults.sql, faults.current_primary, ended)
+        assert done == "t"
+
+    async def transaction() -> None:
+        if form == "begin":
+            async with Session.begin() as session:
+                await read_then_lose_the_connection(session)
+            return
+        async with Session() as session:
+            await read_then_lose_the_connection(session)
+            await session.commit()
+
+    if flag == "read_only":
+        async with read_only:
+            await transaction()
+    else:
+        with pytest.raises(DBAPIError):
+            await transaction()
+    assert checked_out([router.writer]) == 0
+    async with Session() as session:
+        assert await where(session) == (ports["writer"], False)  # usable again
+
+
 async def test_close_drops_a_dead_replica_whichever_connection_it_ends_first(
     faults: PostgresCluster, Session: Maker, router: Router, ports: dict[str, Any]
 ) -> None:

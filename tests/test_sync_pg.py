@@ -425,6 +425,31 @@ def test_a_sync_unit_of_work_reruns_after_its_connection_was_killed(
     )
 
 
+@pytest.mark.parametrize("flag", ["read_only", "none"])
+def test_a_writer_that_served_only_read_only_reads_dies_before_commit(
+    faulty: PostgresCluster, make_router: RouterMaker, flag: str
+) -> None:
+    """The sync face's COMMIT under read_only, as the asyncio face's: the
+    writer served the read and its connection was ended after it."""
+    router = make_router.sync(faulty.writer_url)
+    Sync = routing_sync_sessionmaker(router)
+
+    def transaction() -> None:
+        with Sync.begin() as session:
+            assert where(session) == (faulty.primary.port, False)
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+            ended = f"SELECT pg_terminate_backend({int(pid)}, 10000)"
+            assert faulty.sql(faulty.primary, ended) == "t"
+
+    if flag == "read_only":
+        with read_only:
+            transaction()
+    else:
+        with pytest.raises(DBAPIError):
+            transaction()
+    assert router.writer.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_a_replica_removed_under_threads_drains_and_cuts_what_is_left(
     sync_cluster: PostgresCluster, router: SyncRouter, Sync: Maker
 ) -> None:

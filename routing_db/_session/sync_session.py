@@ -606,6 +606,25 @@ class RoutingSyncSession(Session):
             detach(self, connection)
             close_quietly(connection)
 
+    def _routing_end_read_only_writer(self) -> None:
+        # Under read_only, a transaction whose reads the writer served in a
+        # replica's place ends as a replica's does, before the COMMIT: writes
+        # were refused, so it only read, and a connection a failover ended
+        # after the read cannot fail the commit of rows already returned.
+        # (Pending changes are refused at the flush that follows.)
+        tx = self._routing_tx
+        if (
+            tx is None
+            or tx.wrote
+            or not tx.read_on_writer
+            or SCOPE.get()[0] is not Scope.READ_ONLY
+        ):
+            return
+        connection = self._routing_writer_connection()
+        if connection is not None:
+            detach(self, connection)
+            close_quietly(connection)
+
     def rollback(self) -> None:
         """Roll back; a replica connection that died is dropped, not raised."""
         try:
@@ -1038,6 +1057,7 @@ def _before_commit(session: RoutingSyncSession) -> None:
     if not session.in_nested_transaction():
         # A replica that died must not fail, or come before, the writer's COMMIT.
         session._routing_end_replica()
+        session._routing_end_read_only_writer()
 
 
 @event.listens_for(RoutingSyncSession, "after_commit")
