@@ -64,7 +64,7 @@ from .._compat import (
     rewind_close,
 )
 from .._decide.classify import Kind, classify, write_function_named
-from .._decide.context import SCOPE, Scope, committing
+from .._decide.context import COMMITTING, SCOPE, Scope, committing
 from .._decide.decision import DefaultRole, Route, check_default_role, decide_why
 from .._engines.setup import NotAStandby
 from .._exceptions import (
@@ -621,9 +621,16 @@ class RoutingSyncSession(Session):
         ):
             return
         connection = self._routing_writer_connection()
-        if connection is not None:
-            detach(self, connection)
+        if connection is None:
+            return
+        detach(self, connection)
+        # Its ROLLBACK is not the COMMIT under way: a lost connection here
+        # is no CommitOutcomeUnknown.
+        token = COMMITTING.set(False)
+        try:
             close_quietly(connection)
+        finally:
+            COMMITTING.reset(token)
 
     def rollback(self) -> None:
         """Roll back; a replica connection that died is dropped, not raised."""
