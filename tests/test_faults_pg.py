@@ -191,53 +191,20 @@ async def test_a_writer_lost_before_close_fails_close_as_for_a_plain_session(
     assert checked_out(router.replicas) == 0
 
 
+@pytest.mark.parametrize("ending", ["close", "begin", "commit"])
 @pytest.mark.parametrize("flag", ["read_only", "none"])
-async def test_a_writer_that_served_only_read_only_reads_dies_before_close(
+async def test_a_writer_that_served_only_read_only_reads_dies_before_the_end(
     faults: PostgresCluster,
     ports: dict[str, Any],
     make_router: RouterMaker,
     flag: str,
+    ending: str,
 ) -> None:
     """With no replica, the writer serves the read_only read; its backend is
     ended after the read returned (a failover's shutdown, say): the
-    transaction only read, so close() drops the connection and raises
-    nothing. The control: the same read without the flag fails close() as a
-    plain session's would."""
-    router = make_router(faults.writer_url)
-    session = routing_sessionmaker(router)()
-    pid = text("SELECT pg_backend_pid()")
-    if flag == "read_only":
-        async with read_only:
-            assert await where(session) == (ports["writer"], False)
-            backend = (await session.execute(pid)).scalar_one()
-    else:
-        assert await where(session) == (ports["writer"], False)
-        backend = (await session.execute(pid)).scalar_one()
-    ended = f"SELECT pg_terminate_backend({int(backend)}, 10000)"
-    assert await asyncio.to_thread(faults.sql, faults.current_primary, ended) == "t"
-    if flag == "read_only":
-        await session.close()
-    else:
-        with pytest.raises(DBAPIError):
-            await session.close()
-    assert checked_out([router.writer]) == 0
-    assert await where(session) == (ports["writer"], False)  # usable again
-    await session.close()
-
-
-@pytest.mark.parametrize("form", ["begin", "commit"])
-@pytest.mark.parametrize("flag", ["read_only", "none"])
-async def test_a_writer_that_served_only_read_only_reads_dies_before_commit(
-    faults: PostgresCluster,
-    ports: dict[str, Any],
-    make_router: RouterMaker,
-    flag: str,
-    form: str,
-) -> None:
-    """As at close, so at COMMIT: under read_only the transaction only read,
-    so the writer's connection that a failover ended after the read fails
-    nothing. The control, without the flag, fails its COMMIT as a plain
-    session's would."""
+    transaction only read, so close(), commit() and the end of a begin()
+    block raise nothing. The control: the same read without the flag fails
+    each as a plain session's would."""
     router = make_router(faults.writer_url)
     Session = routing_sessionmaker(router)
     pid = text("SELECT pg_backend_pid()")
@@ -250,13 +217,17 @@ async def test_a_writer_that_served_only_read_only_reads_dies_before_commit(
         assert done == "t"
 
     async def transaction() -> None:
-        if form == "begin":
+        if ending == "begin":
             async with Session.begin() as session:
                 await read_then_lose_the_connection(session)
             return
-        async with Session() as session:
+        session = Session()
+        try:
             await read_then_lose_the_connection(session)
-            await session.commit()
+            if ending == "commit":
+                await session.commit()
+        finally:
+            await session.close()
 
     if flag == "read_only":
         async with read_only:
