@@ -56,7 +56,7 @@ def lag_seconds_within(
     reported, position = status.lag_seconds, status.position
     if reported is None or position is None or reported == 0.0:
         return reported
-    seen = list(writer_seen)
+    seen = list(writer_seen)  # a snapshot: another round may append meanwhile
     for asked_at, writer in reversed(seen):
         if reached(position, writer):
             return min(reported, max(0.0, now - asked_at))

@@ -603,8 +603,7 @@ class RoutingSyncSession(Session):
         connection = self._routing_held(tx.replica)
         tx.replica = None
         if connection is not None:
-            detach(self, connection)
-            close_quietly(connection)
+            self._routing_let_go(connection)
 
     def _routing_end_read_only_writer(self) -> None:
         # Under read_only, a transaction whose reads the writer served in a
@@ -621,11 +620,16 @@ class RoutingSyncSession(Session):
         ):
             return
         connection = self._routing_writer_connection()
-        if connection is None:
-            return
+        if connection is not None:
+            self._routing_let_go(connection)
+
+    def _routing_let_go(self, connection: Connection) -> None:
+        """End a transaction that only read on ``connection`` now, before the
+        rest; a dead connection is dropped."""
         detach(self, connection)
-        # Its ROLLBACK is not the COMMIT under way: a lost connection here
-        # is no CommitOutcomeUnknown.
+        # Its ROLLBACK, even inside commit(), is not the COMMIT under way: a
+        # connection lost here (the writer's, or the writer-as-reader's, which
+        # shares its events) is no CommitOutcomeUnknown.
         token = COMMITTING.set(False)
         try:
             close_quietly(connection)
