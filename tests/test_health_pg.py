@@ -325,6 +325,58 @@ async def test_a_quiet_writer_s_wal_without_a_transaction_is_not_lag(
             await asyncio.sleep(0.05)
 
 
+async def test_a_standby_that_replayed_no_transaction_yet_still_has_lag(
+    asyncpg_faults: PostgresCluster, make_router: RouterMaker
+) -> None:
+    """A standby that has replayed no transaction since it started has no age
+    of one (NULL): held back, it still goes over max_lag_seconds."""
+    faults = asyncpg_faults
+    replica = faults.replicas[0]
+    # Its restart replays from its last restartpoint: make that a checkpoint
+    # after every commit, so that it starts with no transaction to replay.
+    faults.sql(faults.primary, "CHECKPOINT")
+    faults.wait_replicated()
+    faults.stop_replica(0)
+    faults.start_replica(0)
+    router = make_router(
+        faults.writer_url,
+        faults.replica_urls,
+        monitor_interval=60,  # the test's own polls make the rounds
+        max_lag_seconds=1.0,
+        max_lag_bytes=None,
+    )
+
+    async def polled() -> dict[str, Any]:
+        await router.poll()
+        return replica_state(router, 0)
+
+    try:
+        # Every commit from now on waits an hour before it is replayed.
+        faults.sql(replica, "ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        faults.sql(replica, "SELECT pg_reload_conf()")
+        async with router:
+            assert not (await polled())["lagging"]
+            faults.sql(faults.primary, "CREATE TABLE IF NOT EXISTS held_back (n int)")
+            never = "SELECT pg_last_xact_replay_timestamp() IS NULL"
+            assert faults.sql(replica, never) == "t"
+            deadline = time.monotonic() + 10
+            while not (state := await polled())["lagging"]:
+                assert time.monotonic() < deadline, state
+                await asyncio.sleep(0.2)
+            assert state["lag_seconds"] > 1.0 and not state["eligible"], state
+            assert faults.sql(replica, never) == "t"
+            faults.sql(replica, "ALTER SYSTEM RESET recovery_min_apply_delay")
+            faults.sql(replica, "SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 10
+            while (await polled())["lagging"]:
+                assert time.monotonic() < deadline, router.status()
+                await asyncio.sleep(0.05)
+    finally:
+        faults.sql(replica, "ALTER SYSTEM RESET recovery_min_apply_delay")
+        faults.sql(replica, "SELECT pg_reload_conf()")
+        faults.sql(faults.primary, "DROP TABLE IF EXISTS held_back")
+
+
 async def test_a_full_pool_is_skipped_not_ejected(
     cluster: PostgresCluster, make_router: RouterMaker
 ) -> None:

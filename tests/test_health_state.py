@@ -138,8 +138,16 @@ def test_the_first_look_at_a_replica_behind_gives_no_seconds_yet() -> None:
     assert lag_seconds_within(_behind(100, 60.0), [], now=10.1) is None
 
 
-def test_no_measure_stays_no_measure() -> None:
-    seen = [(10.0, 100), (10.2, 124)]
-    assert lag_seconds_within(_behind(100, None), seen, now=10.3) is None
+def test_without_a_measure_the_writer_s_history_is_the_measure() -> None:
+    # A PostgreSQL standby that has replayed no transaction since it started
+    # has no age of one (NULL): what it had of the writer's positions says.
+    seen = [(10.0, 100), (10.2, 124), (10.4, 150)]
+    assert lag_seconds_within(_behind(124, None), seen, now=12.2) == pytest.approx(2.0)
+    # Behind all the writer was seen at: at least since the oldest of them.
+    assert lag_seconds_within(_behind(90, None), seen, now=12.0) == pytest.approx(2.0)
+    # Another GTID domain's positions say nothing of it.
+    other_domain = (1 << DOMAIN_SHIFT) + 500
+    assert lag_seconds_within(_behind(90, None), [(1.0, other_domain)] * 2, 2.0) is None
     assert lag_seconds_within(_behind(None, 5.0), seen, now=10.3) == 5.0
+    assert lag_seconds_within(_behind(None, None), seen, now=10.3) is None
     assert lag_seconds_within(_behind(124, 0.0), seen, now=10.3) == 0.0

@@ -188,10 +188,9 @@ class PostgreSQL(Backend):
         lag_bytes = (
             None if writer is None or position is None else max(0, writer - position)
         )
-        standby = bool(row[2])
-        return ReplicaStatus(
-            position, lag_bytes, float(row[1] or 0.0), standby, bool(row[3])
-        )
+        # NULL: no transaction replayed since it started (no age to tell).
+        seconds = None if row[1] is None else float(row[1])
+        return ReplicaStatus(position, lag_bytes, seconds, bool(row[2]), bool(row[3]))
 
     # -- driver connections ---------------------------------------------------
 

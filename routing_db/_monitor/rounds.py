@@ -52,17 +52,31 @@ def lag_seconds_within(
     says: PostgreSQL's measure is the age of the last replayed transaction,
     and on a quiet writer a few bytes of WAL that carry none (a checkpoint,
     a standby snapshot) would make that the time since the last write.
+    Where the backend has no measure (a standby that has replayed no
+    transaction since it started), the writer's history is the measure.
     """
     reported, position = status.lag_seconds, status.position
-    if reported is None or position is None or reported == 0.0:
+    if position is None or reported == 0.0:
         return reported
     seen = list(writer_seen)  # a snapshot: another round may append meanwhile
     for asked_at, writer in reversed(seen):
         if reached(position, writer):
-            return min(reported, max(0.0, now - asked_at))
+            bound = max(0.0, now - asked_at)
+            return bound if reported is None else min(reported, bound)
     # Behind everything the writer was seen at. On the first look, a moment
     # behind and long behind look alike: the seconds wait for the next round.
-    return reported if len(seen) > 1 else None
+    if len(seen) <= 1:
+        return None
+    if reported is None and _comparable(position, seen[0][1]):
+        # It has not replayed what the writer had then: at least this far.
+        return max(0.0, now - seen[0][0])
+    return reported
+
+
+def _comparable(position: int, writer: int) -> bool:
+    # Positions of one GTID domain (PostgreSQL has one); another domain's
+    # are neither ahead nor behind.
+    return reached(position, writer) or reached(writer, position)
 
 
 class RoundPolicy:
