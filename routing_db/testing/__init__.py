@@ -8,6 +8,7 @@ Enable the pytest fixtures with ``-p routing_db.testing.plugin`` (or
 
 from ._balancer import Balancer
 from ._cluster import ClusterError, PgNode, PostgresCluster, find_pg_bindir
+from ._faults import ReplicatedCluster
 from ._mariadb import MariaDBCluster, MariaDBNode, find_mariadbd
 from ._patroni import PatroniCluster, PatroniMember, find_etcd, find_patroni
 from ._pgbouncer import PgBouncer, find_pgbouncer
@@ -24,6 +25,7 @@ __all__ = [
     "PgNode",
     "PostgresCluster",
     "RedisServer",
+    "ReplicatedCluster",
     "find_etcd",
     "find_mariadbd",
     "find_patroni",

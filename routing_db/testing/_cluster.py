@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import copy
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from . import _hang
 from . import _hang as hang
+from ._faults import ReplicatedCluster, async_form
 from ._servers import (
     INSTALL_HINT,
     OWNER,
@@ -23,7 +25,6 @@ from ._servers import (
     SERVER_USER,
     ClusterError,
     PgNode,
-    async_form,
     find_pg_bindir,
     free_ports,
     poll,
@@ -42,7 +43,7 @@ __all__ = [
 _CONFLICT_RERUNS = 5
 
 
-class PostgresCluster:
+class PostgresCluster(ReplicatedCluster[PgNode]):
     """A primary and its streaming replicas, with controls to inject faults."""
 
     def __init__(
@@ -364,6 +365,10 @@ class PostgresCluster:
         """
         promote(self, self._node(node))
 
+    async def apromote(self, node: int | PgNode) -> None:
+        """Async form of ``promote`` (a node too, not only a replica's index)."""
+        await asyncio.to_thread(self.promote, node)
+
     def follow(self, index: int, *, new_primary: int) -> None:
         """Make replica ``index`` a standby of replica ``new_primary`` (promoted).
 
@@ -478,31 +483,14 @@ class PostgresCluster:
     acrash_replica = async_form(crash_replica)
     astart_replica = async_form(start_replica)
     arestart_primary = async_form(restart_primary)
-    acrash_primary = async_form(crash_primary)
-    apromote = async_form(promote)
-    afollow = async_form(follow)
     arebuild_as_standby = async_form(rebuild_as_standby)
     aadd_standby = async_form(add_standby)
-    ahang_replica = async_form(hang_replica)
-    aresume_replica = async_form(resume_replica)
-    ahang_primary = async_form(hang_primary)
-    aresume_primary = async_form(resume_primary)
     astop_streaming = async_form(stop_streaming)
     aresume_streaming = async_form(resume_streaming)
     apause_replay = async_form(pause_replay)
     aresume_replay = async_form(resume_replay)
     await_replicated = async_form(wait_replicated)
     aheal = async_form(heal)
-
-    def __enter__(self) -> PostgresCluster:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
-        return f"<PostgresCluster {nodes}>"
 
 
 def in_recovery(cluster: PostgresCluster, node: PgNode) -> bool:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._servers import OWNER, ClusterError, async_form, free_ports, owner_alive, poll
+from ._faults import ReplicatedCluster
+from ._servers import OWNER, ClusterError, free_ports, owner_alive, poll
 
 __all__ = ["MariaDBCluster", "MariaDBNode", "find_mariadbd"]
 
@@ -95,7 +96,7 @@ class MariaDBNode:
         )
 
 
-class MariaDBCluster:
+class MariaDBCluster(ReplicatedCluster[MariaDBNode]):
     """A MariaDB primary and its GTID replicas, with controls to inject faults."""
 
     def __init__(
@@ -393,18 +394,6 @@ class MariaDBCluster:
                 self.start_replica(index)
             self.sql(node, "START SLAVE")  # a no-op for running threads
         self.wait_replicated()
-
-    ahang_replica = async_form(hang_replica)
-    aresume_replica = async_form(resume_replica)
-    ahang_primary = async_form(hang_primary)
-    aresume_primary = async_form(resume_primary)
-    acrash_primary = async_form(crash_primary)
-    apromote = async_form(promote)
-    afollow = async_form(follow)
-
-    def __repr__(self) -> str:
-        nodes = ", ".join(f"{n.name}:{n.port}" for n in (self.primary, *self.replicas))
-        return f"<MariaDBCluster {nodes}>"
 
 
 def takes_writes(cluster: MariaDBCluster, node: MariaDBNode) -> bool:

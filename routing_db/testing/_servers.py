@@ -3,7 +3,6 @@ nodes, and cleaning up after processes that died without stopping theirs."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import os
@@ -12,10 +11,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
 
 __all__ = [
     "INSTALL_HINT",
@@ -24,7 +22,6 @@ __all__ = [
     "SERVER_USER",
     "ClusterError",
     "PgNode",
-    "async_form",
     "find_binary",
     "find_pg_bindir",
     "free_ports",
@@ -177,21 +174,3 @@ class PgNode:
     def logfile(self) -> Path | None:
         """Server log of a node this process started."""
         return None if self.datadir is None else self.datadir.with_suffix(".log")
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-C = TypeVar("C")
-
-
-def async_form(
-    fn: Callable[Concatenate[C, P], R],
-) -> Callable[Concatenate[C, P], Awaitable[R]]:
-    """An ``a``-prefixed method that runs ``fn`` in a thread (loop keeps running)."""
-
-    async def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.to_thread(fn, self, *args, **kwargs)
-
-    wrapper.__name__ = wrapper.__qualname__ = f"a{fn.__name__}"
-    wrapper.__doc__ = f"Async form of ``{fn.__name__}``: the event loop keeps running."
-    return wrapper
