@@ -26,6 +26,7 @@ __all__ = [
     "INTERNALS",
     "aiomysql_open",
     "asyncpg_socket",
+    "autocommit",
     "caller_frames",
     "detach",
     "for_update",
@@ -105,12 +106,23 @@ INTERNALS: Mapping[str, str] = {
         "the socket of an idle pooled connection, checked for the server's "
         "goodbye that asyncpg has not acted on yet"
     ),
+    "Connection._is_autocommit_isolation()": (
+        "whether a connection runs in AUTOCOMMIT isolation (set on it, on its "
+        "engine, or by create_engine(isolation_level=)): each statement there "
+        "commits on its own, with no COMMIT for the writer's position to be "
+        "recorded after"
+    ),
     "sqlalchemy.util.concurrency.in_greenlet": (
         "whether SQLAlchemy's sync layer runs on an event loop (asyncio "
         "sessions) or in a thread (sync sessions): a retry's backoff or a "
         "wait for a replica sleeps in the event loop there, in the thread here"
     ),
 }
+
+
+def autocommit(connection: Connection) -> bool:
+    """Does ``connection`` run in AUTOCOMMIT isolation?"""
+    return bool(connection._is_autocommit_isolation())
 
 
 def run_io(coroutine: Callable[[], Any], blocking: Callable[[], Any]) -> Any:

@@ -132,6 +132,50 @@ async def test_a_commit_outside_routing_sessions_gives_read_your_writes(
     assert await fresh_context(read, token) == ({"plain"}, False)
 
 
+@pytest.mark.parametrize(
+    "form", ["routing session", "AsyncSession", "connection", "engine"]
+)
+async def test_a_write_in_autocommit_gives_read_your_writes_without_commit(
+    paused: PostgresCluster, make_router: RouterMaker, form: str
+) -> None:
+    """In AUTOCOMMIT each statement commits on its own and no COMMIT follows:
+    code that never calls commit() still gets read-your-writes."""
+    autocommit = {"isolation_level": "AUTOCOMMIT"}
+    router = make_router(
+        paused.writer_url,
+        paused.replica_urls,
+        writer_kwargs=autocommit if form == "engine" else {},
+    )
+    Session = routing_sessionmaker(router)
+
+    async def write() -> str | None:
+        if form == "AsyncSession":
+            plain = router.writer.execution_options(**autocommit)
+            async with AsyncSession(plain) as session:
+                await session.execute(insert(Item).values(name="autocommit"))
+        elif form == "connection":
+            async with router.writer.connect() as connection:
+                await connection.execution_options(**autocommit)
+                await connection.execute(insert(Item).values(name="autocommit"))
+        else:
+            async with Session() as session:
+                if form == "routing session":
+                    await session.connection(execution_options=autocommit)
+                await session.execute(insert(Item).values(name="autocommit"))
+        # No commit(): the row is there all the same, on the writer only.
+        return current_causal_token()
+
+    async def read(token: str | None) -> tuple[set[str], bool]:
+        async with causal_token(token), Session() as session, read_only:
+            names = set(await session.scalars(select(Item.name)))
+            return names, (await where(session))[1]
+
+    async with router:
+        token = await fresh_context(write)
+        assert token is not None and token.startswith("pg:")
+        assert await fresh_context(read, token) == ({"autocommit"}, False)
+
+
 async def test_the_token_stays_in_its_context(
     Session: async_sessionmaker[RoutingSession], paused: PostgresCluster
 ) -> None:

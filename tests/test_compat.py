@@ -26,6 +26,7 @@ from routing_db._backends.registry import backend_for
 from routing_db._compat import (
     INTERNALS,
     asyncpg_socket,
+    autocommit,
     caller_frames,
     detach,
     for_update,
@@ -94,6 +95,21 @@ def test_selects_say_whether_they_lock_and_what_they_list() -> None:
     listed = list(select_list(plain))
     assert listed[0] is items.c.id
     assert getattr(listed[1], "name", None) == "nextval"
+
+
+def test_a_connection_says_whether_it_runs_in_autocommit() -> None:
+    engine = create_engine("sqlite://")
+    on_connect = create_engine("sqlite://", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            assert autocommit(connection) is False
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            assert autocommit(connection) is True
+        with on_connect.connect() as connection:
+            assert autocommit(connection) is True
+    finally:
+        engine.dispose()
+        on_connect.dispose()
 
 
 def test_a_queue_pool_has_a_max_overflow_and_a_replaceable_connect() -> None:

@@ -211,6 +211,23 @@ async def test_read_your_writes_by_gtid_while_replicas_apply_nothing(
             assert (await where(session))[0] == PRIMARY  # nobody else has it
 
 
+async def test_a_write_in_autocommit_gives_read_your_writes_without_commit(
+    db: MariaDBCluster, Session: Maker
+) -> None:
+    # Each statement commits on its own (its GTID is @@last_gtid): no commit().
+    for index in range(len(db.replicas)):
+        db.stop_applying(index)
+    async with Session() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        session.add(Item(name="autocommit"))
+        await session.flush()
+    token = current_causal_token()
+    assert token is not None and token.startswith("gtid:0-1-")
+    async with Session() as session, read_only:
+        assert set(await session.scalars(select(Item.name))) == {"autocommit"}
+        assert (await where(session))[0] == PRIMARY  # nobody else has it
+
+
 async def test_read_your_writes_through_a_reader_endpoint(
     db: MariaDBCluster, urls: tuple[str, list[str]]
 ) -> None:

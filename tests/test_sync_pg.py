@@ -199,6 +199,44 @@ def test_a_commit_outside_routing_sessions_gives_read_your_writes(
             sync_cluster.resume_replay(index)
 
 
+@pytest.mark.parametrize("form", ["routing session", "Session", "connection"])
+def test_a_write_in_autocommit_gives_read_your_writes_without_commit(
+    sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter, form: str
+) -> None:
+    # Each statement commits on its own in AUTOCOMMIT: no commit() is called.
+    autocommit = {"isolation_level": "AUTOCOMMIT"}
+    for index in range(len(sync_cluster.replicas)):
+        sync_cluster.pause_replay(index)
+    try:
+
+        def write() -> str | None:
+            if form == "Session":
+                plain = router.writer.execution_options(**autocommit)
+                with Session(plain) as session:
+                    session.execute(insert(Item).values(name="autocommit"))
+            elif form == "connection":
+                with router.writer.connect() as connection:
+                    connection.execution_options(**autocommit)
+                    connection.execute(insert(Item).values(name="autocommit"))
+            else:
+                with Sync() as session:
+                    session.connection(execution_options=autocommit)
+                    session.execute(insert(Item).values(name="autocommit"))
+            return current_causal_token()
+
+        def read(token: str | None) -> tuple[str | None, tuple[int, bool]]:
+            with causal_token(token), Sync() as session, read_only:
+                return session.scalar(select(Item.name)), where(session)
+
+        token = fresh(write)
+        assert token is not None and token.startswith("pg:")
+        served = contextvars.Context().run(read, token)
+        assert served == ("autocommit", (sync_cluster.primary.port, False))
+    finally:
+        for index in range(len(sync_cluster.replicas)):
+            sync_cluster.resume_replay(index)
+
+
 def test_drop_in_same_results_and_same_sql_on_the_writer(
     sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter
 ) -> None:

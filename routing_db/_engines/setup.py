@@ -13,6 +13,8 @@ from sqlalchemy.exc import DisconnectionError
 from .._backends.backend import CLUSTERS, SERVER
 from .._backends.connections import driver_of, driver_says_closed
 from .._backends.registry import backend_for
+from .._compat import autocommit
+from .._decide.classify import Kind, classify_sql
 from .._decide.context import COMMITTING
 from .._exceptions import (
     CommitOutcomeUnknown,
@@ -179,6 +181,8 @@ def _refuse_standbys(
 
 
 _RECORDERS = "routing_db_commit_recorders"
+# Where SQLAlchemy sends every statement; the execution context comes last.
+_EXECUTES = ("do_execute", "do_executemany", "do_execute_no_params")
 
 
 def install_commit_recorder(
@@ -187,7 +191,8 @@ def install_commit_recorder(
     """Tell ``committed`` of every COMMIT on ``engine`` that no routing
     session made (a plain ``Session``, ``engine.begin()``), with its pooled
     connection, right after it: a routing session records its own commits,
-    and only those that wrote."""
+    and only those that wrote. In AUTOCOMMIT isolation each statement that
+    is not a read commits on its own: it is told of right after it."""
     dialect = core(engine).dialect
     recorders: list[Callable[[Any], None]] | None = vars(dialect).get(_RECORDERS)
     if recorders is None:
@@ -207,6 +212,10 @@ def install_commit_recorder(
                     recorder(dbapi_connection)
 
         dialect.do_commit = do_commit  # type: ignore[method-assign]
+        for name in _EXECUTES:
+            setattr(
+                dialect, name, _autocommit_recorded(getattr(dialect, name), recorders)
+            )
         setattr(dialect, _RECORDERS, recorders)
     recorders.append(committed)
 
@@ -214,10 +223,31 @@ def install_commit_recorder(
         assert recorders is not None
         recorders.remove(committed)
         if not recorders:
-            del dialect.do_commit
+            for name in ("do_commit", *_EXECUTES):
+                delattr(dialect, name)
             delattr(dialect, _RECORDERS)
 
     hooks.on_remove(remove)
+
+
+def _autocommit_recorded(
+    execute: Callable[..., None], recorders: list[Callable[[Any], None]]
+) -> Callable[..., None]:
+    def recorded(cursor: Any, statement: str, *rest: Any) -> None:
+        execute(cursor, statement, *rest)
+        # No COMMIT follows a statement in AUTOCOMMIT for do_commit to see:
+        # a write that commits on its own is recorded here, as it lands.
+        connection = getattr(rest[-1], "root_connection", None) if rest else None
+        if (
+            connection is not None
+            and autocommit(connection)
+            and not COMMITTING.get()
+            and classify_sql(statement) is not Kind.READ
+        ):
+            for recorder in tuple(recorders):
+                recorder(connection.connection)
+
+    return recorded
 
 
 def install_writer_hooks(
