@@ -270,20 +270,43 @@ async def test_a_lagging_replica_is_skipped_until_it_catches_up(
     assert ports["writer"] not in {port for port, _ in served}
 
 
+class SecondsOnly:
+    """A router judged by lag in seconds alone, whose monitor rounds the test
+    makes (the monitor's rule is the same for both faces: one will do)."""
+
+    def __init__(
+        self, faults: PostgresCluster, make_router: RouterMaker, max_lag_seconds: float
+    ) -> None:
+        self.router = make_router(
+            faults.writer_url,
+            faults.replica_urls,
+            monitor_interval=60,
+            max_lag_seconds=max_lag_seconds,
+            max_lag_bytes=None,
+        )
+
+    async def polled(self) -> dict[str, Any]:
+        """Replica 0's state after one round made now."""
+        await self.router.poll()
+        return replica_state(self.router, 0)
+
+    async def until_lagging(self, lagging: bool) -> dict[str, Any]:
+        """Poll until replica 0 is (or is no longer) over the limit."""
+        deadline = time.monotonic() + 10
+        while (state := await self.polled())["lagging"] is not lagging:
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(0.1)
+        return state
+
+
 async def test_a_quiet_writer_s_wal_without_a_transaction_is_not_lag(
     asyncpg_faults: PostgresCluster, make_router: RouterMaker
 ) -> None:
     """A replica a few bytes behind a quiet writer (a CHECKPOINT record) is not
     as far behind as its last replayed transaction is old; one that stays
-    behind still goes over the limit. (The monitor's rule: one driver will do.)"""
+    behind still goes over the limit."""
     faults = asyncpg_faults
-    router = make_router(
-        faults.writer_url,
-        faults.replica_urls,
-        monitor_interval=60,  # the test's own polls make the rounds
-        max_lag_seconds=3.0,
-        max_lag_bytes=None,
-    )
+    judged = SecondsOnly(faults, make_router, max_lag_seconds=3.0)
     replica = faults.replicas[0]
 
     def transaction_age() -> float:
@@ -295,34 +318,23 @@ async def test_a_quiet_writer_s_wal_without_a_transaction_is_not_lag(
             )
         )
 
-    async def polled() -> dict[str, Any]:
-        await router.poll()
-        return replica_state(router, 0)
-
-    async with router:
+    async with judged.router:
         await until(lambda: transaction_age() > 4.0, 15, "an old last transaction")
         deadline = time.monotonic() + 10
-        while (await polled())["lag_bytes"] != 0:  # a round it had all
-            assert time.monotonic() < deadline, router.status()
+        while (await judged.polled())["lag_bytes"] != 0:  # a round it had all
+            assert time.monotonic() < deadline, judged.router.status()
         faults.pause_replay(0)
         faults.sql(faults.primary, "CHECKPOINT")  # WAL, but no transaction
-        state = await polled()
+        state = await judged.polled()
         assert state["lag_bytes"] > 0, state
         assert transaction_age() > 4.0
         assert state["lag_seconds"] < 3.0, state
         assert not state["lagging"] and state["eligible"], state
 
         # Still behind: the bound grows with the time since it had all.
-        deadline = time.monotonic() + 10
-        while not (state := await polled())["lagging"]:
-            assert time.monotonic() < deadline, state
-            await asyncio.sleep(0.2)
-        assert state["lag_seconds"] > 3.0
+        assert (await judged.until_lagging(True))["lag_seconds"] > 3.0
         faults.resume_replay(0)
-        deadline = time.monotonic() + 10
-        while (await polled())["lagging"]:
-            assert time.monotonic() < deadline, router.status()
-            await asyncio.sleep(0.05)
+        await judged.until_lagging(False)
 
 
 async def test_a_standby_that_replayed_no_transaction_yet_still_has_lag(
@@ -338,42 +350,27 @@ async def test_a_standby_that_replayed_no_transaction_yet_still_has_lag(
     faults.wait_replicated()
     faults.stop_replica(0)
     faults.start_replica(0)
-    router = make_router(
-        faults.writer_url,
-        faults.replica_urls,
-        monitor_interval=60,  # the test's own polls make the rounds
-        max_lag_seconds=1.0,
-        max_lag_bytes=None,
-    )
+    judged = SecondsOnly(faults, make_router, max_lag_seconds=1.0)
 
-    async def polled() -> dict[str, Any]:
-        await router.poll()
-        return replica_state(router, 0)
+    def apply_delay(setting: str) -> None:
+        faults.sql(replica, f"ALTER SYSTEM {setting}")
+        faults.sql(replica, "SELECT pg_reload_conf()")
 
     try:
         # Every commit from now on waits an hour before it is replayed.
-        faults.sql(replica, "ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
-        faults.sql(replica, "SELECT pg_reload_conf()")
-        async with router:
-            assert not (await polled())["lagging"]
+        apply_delay("SET recovery_min_apply_delay = '1h'")
+        async with judged.router:
+            assert not (await judged.polled())["lagging"]
             faults.sql(faults.primary, "CREATE TABLE IF NOT EXISTS held_back (n int)")
             never = "SELECT pg_last_xact_replay_timestamp() IS NULL"
             assert faults.sql(replica, never) == "t"
-            deadline = time.monotonic() + 10
-            while not (state := await polled())["lagging"]:
-                assert time.monotonic() < deadline, state
-                await asyncio.sleep(0.2)
+            state = await judged.until_lagging(True)
             assert state["lag_seconds"] > 1.0 and not state["eligible"], state
             assert faults.sql(replica, never) == "t"
-            faults.sql(replica, "ALTER SYSTEM RESET recovery_min_apply_delay")
-            faults.sql(replica, "SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 10
-            while (await polled())["lagging"]:
-                assert time.monotonic() < deadline, router.status()
-                await asyncio.sleep(0.05)
+            apply_delay("RESET recovery_min_apply_delay")
+            await judged.until_lagging(False)
     finally:
-        faults.sql(replica, "ALTER SYSTEM RESET recovery_min_apply_delay")
-        faults.sql(replica, "SELECT pg_reload_conf()")
+        apply_delay("RESET recovery_min_apply_delay")
         faults.sql(faults.primary, "DROP TABLE IF EXISTS held_back")
 
 

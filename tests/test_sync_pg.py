@@ -133,108 +133,98 @@ def test_a_write_under_read_only_is_refused_with_nothing_sent(
         assert session.scalar(select(func.count()).select_from(Item)) == 0
 
 
+@pytest.fixture
+def paused(sync_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
+    """Replay paused on every replica; resumed after the test."""
+    for index in range(len(sync_cluster.replicas)):
+        sync_cluster.pause_replay(index)
+    try:
+        yield sync_cluster
+    finally:
+        for index in range(len(sync_cluster.replicas)):
+            sync_cluster.resume_replay(index)
+
+
 def test_read_your_writes_while_replicas_replay_nothing(
-    sync_cluster: PostgresCluster, Sync: Maker
+    paused: PostgresCluster, Sync: Maker
 ) -> None:
-    for index in range(len(sync_cluster.replicas)):
-        sync_cluster.pause_replay(index)
-    try:
+    def write_then_read() -> tuple[str | None, tuple[int, bool]]:
+        with Sync() as session:
+            session.add(Item(name="mine"))
+            session.commit()
+        with Sync() as session, read_only:
+            name = session.scalar(select(Item.name))
+            return name, where(session)
 
-        def write_then_read() -> tuple[str | None, tuple[int, bool]]:
-            with Sync() as session:
-                session.add(Item(name="mine"))
-                session.commit()
-            with Sync() as session, read_only:
-                name = session.scalar(select(Item.name))
-                return name, where(session)
+    name, served = fresh(write_then_read)
+    # No replica has replayed the commit: the writer served, and saw it.
+    assert name == "mine"
+    assert served == (paused.primary.port, False)
 
-        name, served = fresh(write_then_read)
-        # No replica has replayed the commit: the writer served, and saw it.
-        assert name == "mine"
-        assert served == (sync_cluster.primary.port, False)
+    def someone_else() -> tuple[str | None, tuple[int, bool]]:
+        with Sync() as session, read_only:
+            return session.scalar(select(Item.name)), where(session)
 
-        def someone_else() -> tuple[str | None, tuple[int, bool]]:
-            with Sync() as session, read_only:
-                return session.scalar(select(Item.name)), where(session)
-
-        other_name, other = fresh(someone_else)
-        assert other[1] is True  # a context with no write reads on a replica
-        assert other_name is None  # which has not replayed it: that is allowed
-    finally:
-        for index in range(len(sync_cluster.replicas)):
-            sync_cluster.resume_replay(index)
+    other_name, other = fresh(someone_else)
+    assert other[1] is True  # a context with no write reads on a replica
+    assert other_name is None  # which has not replayed it: that is allowed
 
 
-@pytest.mark.parametrize("form", ["Session", "engine.begin"])
-def test_a_commit_outside_routing_sessions_gives_read_your_writes(
-    sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter, form: str
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+def write_without_routing_commit(form: str, router: SyncRouter, Sync: Maker) -> None:
+    """Write a row named "plain" on the writer in one of the ways that no
+    routing session commits."""
+    row = insert(Item).values(name="plain")
+    if form == "Session":
+        with Session(router.writer) as session:
+            session.add(Item(name="plain"))
+            session.commit()
+    elif form == "engine.begin":
+        with router.writer.begin() as connection:
+            connection.execute(row)
+    # In AUTOCOMMIT each statement commits on its own: no commit() is called.
+    elif form == "autocommit Session":
+        with Session(router.writer.execution_options(**AUTOCOMMIT)) as session:
+            session.execute(row)
+    elif form == "autocommit connection":
+        with router.writer.connect() as connection:
+            connection.execution_options(**AUTOCOMMIT)
+            connection.execute(row)
+    else:
+        with Sync() as session:
+            session.connection(execution_options=AUTOCOMMIT)
+            session.execute(row)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "Session",
+        "engine.begin",
+        "autocommit Session",
+        "autocommit connection",
+        "autocommit routing session",
+    ],
+)
+def test_a_write_outside_a_routing_commit_gives_read_your_writes(
+    paused: PostgresCluster, Sync: Maker, router: SyncRouter, form: str
 ) -> None:
-    # A plain Session or engine.begin() on the router's writer records the
-    # context's token as a routing session's commit does.
-    for index in range(len(sync_cluster.replicas)):
-        sync_cluster.pause_replay(index)
-    try:
+    # Recorded as a routing session's commit is: the context's token.
+    def write() -> str | None:
+        write_without_routing_commit(form, router, Sync)
+        return current_causal_token()
 
-        def write() -> str | None:
-            if form == "Session":
-                with Session(router.writer) as session:
-                    session.add(Item(name="plain"))
-                    session.commit()
-            else:
-                with router.writer.begin() as connection:
-                    connection.execute(insert(Item).values(name="plain"))
-            return current_causal_token()
+    def read(token: str | None) -> tuple[str | None, tuple[int, bool]]:
+        with causal_token(token), Sync() as session, read_only:
+            return session.scalar(select(Item.name)), where(session)
 
-        def read(token: str | None) -> tuple[str | None, tuple[int, bool]]:
-            with causal_token(token), Sync() as session, read_only:
-                return session.scalar(select(Item.name)), where(session)
-
-        token = fresh(write)
-        assert token is not None and token.startswith("pg:")
-        # Replay is paused: only the writer has the row, and serves the read.
-        served = contextvars.Context().run(read, token)
-        assert served == ("plain", (sync_cluster.primary.port, False))
-    finally:
-        for index in range(len(sync_cluster.replicas)):
-            sync_cluster.resume_replay(index)
-
-
-@pytest.mark.parametrize("form", ["routing session", "Session", "connection"])
-def test_a_write_in_autocommit_gives_read_your_writes_without_commit(
-    sync_cluster: PostgresCluster, Sync: Maker, router: SyncRouter, form: str
-) -> None:
-    # Each statement commits on its own in AUTOCOMMIT: no commit() is called.
-    autocommit = {"isolation_level": "AUTOCOMMIT"}
-    for index in range(len(sync_cluster.replicas)):
-        sync_cluster.pause_replay(index)
-    try:
-
-        def write() -> str | None:
-            if form == "Session":
-                plain = router.writer.execution_options(**autocommit)
-                with Session(plain) as session:
-                    session.execute(insert(Item).values(name="autocommit"))
-            elif form == "connection":
-                with router.writer.connect() as connection:
-                    connection.execution_options(**autocommit)
-                    connection.execute(insert(Item).values(name="autocommit"))
-            else:
-                with Sync() as session:
-                    session.connection(execution_options=autocommit)
-                    session.execute(insert(Item).values(name="autocommit"))
-            return current_causal_token()
-
-        def read(token: str | None) -> tuple[str | None, tuple[int, bool]]:
-            with causal_token(token), Sync() as session, read_only:
-                return session.scalar(select(Item.name)), where(session)
-
-        token = fresh(write)
-        assert token is not None and token.startswith("pg:")
-        served = contextvars.Context().run(read, token)
-        assert served == ("autocommit", (sync_cluster.primary.port, False))
-    finally:
-        for index in range(len(sync_cluster.replicas)):
-            sync_cluster.resume_replay(index)
+    token = fresh(write)
+    assert token is not None and token.startswith("pg:")
+    # Replay is paused: only the writer has the row, and serves the read.
+    served = contextvars.Context().run(read, token)
+    assert served == ("plain", (paused.primary.port, False))
 
 
 def test_drop_in_same_results_and_same_sql_on_the_writer(
