@@ -649,10 +649,11 @@ def heal(cluster: PostgresCluster, *, original_replicas: int) -> None:
         promote(cluster, primary)
         rebuild(cluster, writer, primary)
     for node in replicas[:original_replicas]:
-        if not in_recovery(cluster, node):  # a second primary: its writes go
+        # A second primary (its writes go), or a standby that streams from
+        # elsewhere: rewound, not repointed. Whether one left behind on an
+        # old timeline could still follow shows only after a wait.
+        if not in_recovery(cluster, node) or not streams_from(cluster, primary, node):
             rebuild(cluster, node, primary)
-        elif not streams_from(cluster, primary, node):
-            repoint(cluster, node, primary)
     for node in replicas[original_replicas:]:
         cluster._pg_ctl(node, "stop", "-m", "immediate")
         assert node.datadir is not None
