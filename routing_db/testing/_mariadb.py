@@ -247,6 +247,10 @@ class MariaDBCluster(ReplicatedCluster[MariaDBNode]):
     def _kill(self, node: MariaDBNode) -> None:
         self._signal(node, signal.SIGKILL)
         process = self._processes[node.name]
+        # A runuser in between stops itself when its child is stopped (job
+        # control, as su does) and waits for a SIGCONT of its own to reap it.
+        with contextlib.suppress(OSError):
+            process.send_signal(signal.SIGCONT)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
