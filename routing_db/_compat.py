@@ -26,7 +26,6 @@ __all__ = [
     "INTERNALS",
     "aiomysql_open",
     "asyncpg_socket",
-    "autocommit",
     "caller_frames",
     "detach",
     "for_update",
@@ -36,6 +35,7 @@ __all__ = [
     "max_overflow",
     "mysql_socket",
     "mysql_transport",
+    "on_connect_isolation_level",
     "pause",
     "rewind_close",
     "run_io",
@@ -106,11 +106,11 @@ INTERNALS: Mapping[str, str] = {
         "the socket of an idle pooled connection, checked for the server's "
         "goodbye that asyncpg has not acted on yet"
     ),
-    "Connection._is_autocommit_isolation()": (
-        "whether a connection runs in AUTOCOMMIT isolation (set on it, on its "
-        "engine, or by create_engine(isolation_level=)): each statement there "
-        "commits on its own, with no COMMIT for the writer's position to be "
-        "recorded after"
+    "DefaultDialect._on_connect_isolation_level": (
+        "the isolation level create_engine(isolation_level=) gives every new "
+        "connection: in AUTOCOMMIT each statement commits on its own, with no "
+        "COMMIT for the writer's position to be recorded after (a connection's "
+        "own level is in its public execution options)"
     ),
     "sqlalchemy.util.concurrency.in_greenlet": (
         "whether SQLAlchemy's sync layer runs on an event loop (asyncio "
@@ -120,9 +120,10 @@ INTERNALS: Mapping[str, str] = {
 }
 
 
-def autocommit(connection: Connection) -> bool:
-    """Does ``connection`` run in AUTOCOMMIT isolation?"""
-    return bool(connection._is_autocommit_isolation())
+def on_connect_isolation_level(dialect: Any) -> str | None:
+    """The isolation level ``create_engine(isolation_level=)`` gave ``dialect``."""
+    level: str | None = dialect._on_connect_isolation_level
+    return level
 
 
 def run_io(coroutine: Callable[[], Any], blocking: Callable[[], Any]) -> Any:

@@ -26,7 +26,6 @@ from routing_db._backends.registry import backend_for
 from routing_db._compat import (
     INTERNALS,
     asyncpg_socket,
-    autocommit,
     caller_frames,
     detach,
     for_update,
@@ -36,6 +35,7 @@ from routing_db._compat import (
     max_overflow,
     mysql_socket,
     mysql_transport,
+    on_connect_isolation_level,
     pause,
     rewind_close,
     select_list,
@@ -97,16 +97,17 @@ def test_selects_say_whether_they_lock_and_what_they_list() -> None:
     assert getattr(listed[1], "name", None) == "nextval"
 
 
-def test_a_connection_says_whether_it_runs_in_autocommit() -> None:
+def test_a_dialect_keeps_the_isolation_level_of_create_engine() -> None:
     engine = create_engine("sqlite://")
     on_connect = create_engine("sqlite://", isolation_level="AUTOCOMMIT")
     try:
+        assert on_connect_isolation_level(engine.dialect) is None
+        assert on_connect_isolation_level(on_connect.dialect) == "AUTOCOMMIT"
+        # A connection's own level is in its statements' execution options.
         with engine.connect() as connection:
-            assert autocommit(connection) is False
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            assert autocommit(connection) is True
-        with on_connect.connect() as connection:
-            assert autocommit(connection) is True
+            context = connection.execute(select(1)).context
+            assert context.execution_options["isolation_level"] == "AUTOCOMMIT"
     finally:
         engine.dispose()
         on_connect.dispose()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DisconnectionError
 from .._backends.backend import CLUSTERS, SERVER
 from .._backends.connections import driver_of, driver_says_closed
 from .._backends.registry import backend_for
-from .._compat import autocommit
+from .._compat import on_connect_isolation_level
 from .._decide.classify import Kind, classify_sql
 from .._decide.context import COMMITTING
 from .._exceptions import (
@@ -212,10 +212,11 @@ def install_commit_recorder(
                     recorder(dbapi_connection)
 
         dialect.do_commit = do_commit  # type: ignore[method-assign]
+        # The level of a connection that sets none of its own.
+        level = on_connect_isolation_level(dialect)
         for name in _EXECUTES:
-            setattr(
-                dialect, name, _autocommit_recorded(getattr(dialect, name), recorders)
-            )
+            execute = getattr(dialect, name)
+            setattr(dialect, name, _autocommit_recorded(execute, recorders, level))
         setattr(dialect, _RECORDERS, recorders)
     recorders.append(committed)
 
@@ -231,21 +232,24 @@ def install_commit_recorder(
 
 
 def _autocommit_recorded(
-    execute: Callable[..., None], recorders: list[Callable[[Any], None]]
+    execute: Callable[..., None],
+    recorders: list[Callable[[Any], None]],
+    default_level: str | None,
 ) -> Callable[..., None]:
     def recorded(cursor: Any, statement: str, *rest: Any) -> None:
         execute(cursor, statement, *rest)
         # No COMMIT follows a statement in AUTOCOMMIT for do_commit to see:
-        # a write that commits on its own is recorded here, as it lands.
-        connection = getattr(rest[-1], "root_connection", None) if rest else None
+        # a write that commits on its own is recorded here, as it lands. (A
+        # connection's own isolation level is in every statement's options.)
+        options = getattr(rest[-1], "execution_options", None) if rest else None
         if (
-            connection is not None
-            and autocommit(connection)
+            options is not None
+            and options.get("isolation_level", default_level) == "AUTOCOMMIT"
             and not COMMITTING.get()
             and classify_sql(statement) is not Kind.READ
         ):
             for recorder in tuple(recorders):
-                recorder(connection.connection)
+                recorder(rest[-1].root_connection.connection)
 
     return recorded
 
