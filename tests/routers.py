@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import URL
+
 from routing_db import Router, SyncRouter
 
 __all__ = ["RouterMaker"]
@@ -20,13 +22,13 @@ class RouterMaker:
         self.made: list[Router | SyncRouter] = []
 
     def __call__(
-        self, writer: str, replicas: Sequence[str] = (), **options: Any
+        self, writer: str | URL, replicas: Sequence[str | URL] = (), **options: Any
     ) -> Router:
         """``Router.from_urls(writer, replicas, **options)``."""
         return self.keep(Router.from_urls(writer, list(replicas), **options))
 
     def sync(
-        self, writer: str, replicas: Sequence[str] = (), **options: Any
+        self, writer: str | URL, replicas: Sequence[str | URL] = (), **options: Any
     ) -> SyncRouter:
         """``SyncRouter.from_urls(writer, replicas, **options)``."""
         return self.keep(SyncRouter.from_urls(writer, list(replicas), **options))

@@ -126,9 +126,10 @@ async def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
 
 async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     cluster = faults
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url,
         cluster.replica_urls[:1],
         replica_read_timeout=READ_TIMEOUT,
@@ -147,7 +148,6 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
         assert router.status()[1]["ejected"]
     finally:
         await cluster.aresume_replica(0)
-        await router.dispose()
 
 
 async def test_a_statement_past_the_bound_is_stopped_on_the_server(
@@ -170,12 +170,13 @@ async def test_a_statement_past_the_bound_is_stopped_on_the_server(
 
 async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     """A pooled connection idle past ping_after_idle is pinged at checkout:
     on a host that hangs, that ping is bounded like a statement (CI once saw
     a read wait out the whole hang there)."""
     cluster = faults
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url,
         cluster.replica_urls[:1],
         replica_read_timeout=READ_TIMEOUT,
@@ -196,17 +197,17 @@ async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
         assert took < WORST + 0.5, took
     finally:
         await cluster.aresume_replica(0)
-        await router.dispose()
 
 
 async def test_a_monitor_round_with_a_hung_replica_is_bounded(
     faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     """The monitor's check of a hung replica gives up at its bound and does not
     wait for the driver to cancel the statement on the host (psycopg would
     ask it, and wait 10 s for an answer that never comes)."""
     cluster = faults
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls[:1], monitor_interval=0.2
     )
     bound = router.health.check_timeout
@@ -223,4 +224,3 @@ async def test_a_monitor_round_with_a_hung_replica_is_bounded(
             assert router.status()[1]["state"] != "serving"
     finally:
         await cluster.aresume_replica(0)
-        await router.dispose()

@@ -154,26 +154,25 @@ async def test_a_replica_that_could_not_connect_is_not_kept_by_the_transaction(
 
 
 async def test_all_replicas_down_fall_back_or_raise(
-    cluster: PostgresCluster, faults: PostgresCluster, ports: dict[str, Any]
+    cluster: PostgresCluster,
+    faults: PostgresCluster,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
 ) -> None:
     faults.stop_replica(0)
     faults.crash_replica(1)
-    router = Router.from_urls(cluster.writer_url, cluster.replica_urls)
-    strict = Router.from_urls(
+    router = make_router(cluster.writer_url, cluster.replica_urls)
+    strict = make_router(
         cluster.writer_url, cluster.replica_urls, fallback_to_writer=False
     )
-    try:
-        served, failed = await reads(routing_sessionmaker(router), 20)
-        assert failed == 0
-        assert set(served) == {(ports["writer"], False)}
-        assert router.fallbacks_total == 20
+    served, failed = await reads(routing_sessionmaker(router), 20)
+    assert failed == 0
+    assert set(served) == {(ports["writer"], False)}
+    assert router.fallbacks_total == 20
 
-        with pytest.raises(NoReplicaAvailable):
-            async with routing_sessionmaker(strict)() as session, read_only:
-                await session.execute(text("SELECT 1"))
-    finally:
-        await router.dispose()
-        await strict.dispose()
+    with pytest.raises(NoReplicaAvailable):
+        async with routing_sessionmaker(strict)() as session, read_only:
+            await session.execute(text("SELECT 1"))
 
 
 async def test_writer_fallbacks_are_capped(

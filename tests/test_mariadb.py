@@ -297,9 +297,11 @@ async def test_the_token_string_carries_read_your_writes_to_another_context(
 
 
 async def test_lag_from_show_slave_status_takes_a_replica_out(
-    db: MariaDBCluster, urls: tuple[str, list[str]]
+    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(*urls, max_lag_seconds=1, monitor_interval=0.1)
+    router = make_router(*urls, max_lag_seconds=1, monitor_interval=0.1)
     Session = routing_sessionmaker(router)
     db.delay_applying(0, seconds=60)
     try:
@@ -314,7 +316,6 @@ async def test_lag_from_show_slave_status_takes_a_replica_out(
                 async with Session() as session, read_only:
                     assert (await where(session))[0] == db.replicas[1].server_id
     finally:
-        await router.dispose()
         db.delay_applying(0, seconds=0)
 
 
@@ -342,29 +343,28 @@ async def test_a_crashed_replica_fails_no_read_and_comes_back(
 
 
 async def test_a_write_on_a_pooled_connection_the_server_ended_is_not_lost(
-    db: MariaDBCluster, urls: tuple[str, list[str]]
+    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
+    make_router: RouterMaker,
 ) -> None:
     """aiomysql and asyncmy find out a pooled connection is dead only when a
     statement sent on it fails, and a write that may have been sent is never
     rerun: the checkout check must find the server's goodbye first."""
-    router = Router.from_urls(
+    router = make_router(
         *urls, pool_size=1, max_overflow=0, ping_after_idle=60, retry=FAST
     )
     Session = routing_sessionmaker(router)
-    try:
-        async with Session() as session:
-            session.add(Item(name="before"))
-            await session.flush()
-            first = await session.scalar(CONNECTION_ID)
-            await session.commit()
-        await asyncio.to_thread(end_connection, db, first)
-        async with Session() as session:
-            session.add(Item(name="after"))
-            await session.flush()
-            assert await session.scalar(CONNECTION_ID) != first
-            await session.commit()
-    finally:
-        await router.dispose()
+    async with Session() as session:
+        session.add(Item(name="before"))
+        await session.flush()
+        first = await session.scalar(CONNECTION_ID)
+        await session.commit()
+    await asyncio.to_thread(end_connection, db, first)
+    async with Session() as session:
+        session.add(Item(name="after"))
+        await session.flush()
+        assert await session.scalar(CONNECTION_ID) != first
+        await session.commit()
     names = db.sql(db.primary, "SELECT name FROM app.items ORDER BY id")
     assert names.split() == ["before", "after"]
 
@@ -433,28 +433,28 @@ async def test_a_replica_whose_replication_stopped_stops_serving(
 
 @pytest.mark.parametrize("kind", ["silent", "unaccepted"])
 async def test_a_blackholed_replica_costs_one_bounded_connect(
-    db: MariaDBCluster, urls: tuple[str, list[str]], kind: str
+    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
+    kind: str,
+    make_router: RouterMaker,
 ) -> None:
     writer, replicas = urls
     with Blackhole(kind) as hole:
-        router = Router.from_urls(
+        router = make_router(
             writer,
             [make_url(replicas[0]).set(port=hole.port), replicas[1]],
             connect_timeout=1.0,
             retry=FAST,
         )
         Session = routing_sessionmaker(router)
-        try:
-            for _ in range(4):
-                started = time.monotonic()
-                async with Session() as session, read_only:
-                    assert (await where(session))[0] == db.replicas[1].server_id
-                # At most one connect bound (the first read), with room for
-                # a loaded machine.
-                assert time.monotonic() - started < 2.5
-            assert router.status()[1]["ejected"]
-        finally:
-            await router.dispose()
+        for _ in range(4):
+            started = time.monotonic()
+            async with Session() as session, read_only:
+                assert (await where(session))[0] == db.replicas[1].server_id
+            # At most one connect bound (the first read), with room for
+            # a loaded machine.
+            assert time.monotonic() - started < 2.5
+        assert router.status()[1]["ejected"]
 
 
 async def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
@@ -503,10 +503,12 @@ async def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
 
 
 async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
-    db: MariaDBCluster, urls: tuple[str, list[str]]
+    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
+    make_router: RouterMaker,
 ) -> None:
     writer, replicas = urls
-    router = Router.from_urls(writer, replicas[:1], replica_read_timeout=1.0)
+    router = make_router(writer, replicas[:1], replica_read_timeout=1.0)
     Session = routing_sessionmaker(router)
     try:
         async with Session() as session, read_only:
@@ -521,15 +523,16 @@ async def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
         assert router.status()[1]["ejected"]
     finally:
         await db.aresume_replica(0)
-        await router.dispose()
 
 
 async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
-    db: MariaDBCluster, urls: tuple[str, list[str]]
+    db: MariaDBCluster,
+    urls: tuple[str, list[str]],
+    make_router: RouterMaker,
 ) -> None:
     """The idle check's COM_PING at checkout is bounded like a statement."""
     writer, replicas = urls
-    router = Router.from_urls(
+    router = make_router(
         writer, replicas[:1], replica_read_timeout=1.0, ping_after_idle=0.1
     )
     Session = routing_sessionmaker(router)
@@ -545,7 +548,6 @@ async def test_the_checkout_ping_on_a_hung_replica_is_bounded(
         assert time.monotonic() - started < 2.5
     finally:
         await db.aresume_replica(0)
-        await router.dispose()
 
 
 async def test_a_statement_past_the_bound_is_stopped_on_the_server(

@@ -36,27 +36,26 @@ def messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
 
 
 async def test_slow_query_log(
-    cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+    cluster: PostgresCluster,
+    caplog: pytest.LogCaptureFixture,
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         with_password(cluster.writer_url),
         [with_password(url) for url in cluster.replica_urls],
         slow_query_seconds=0.1,
     )
     Session = routing_sessionmaker(router)
     caplog.set_level(logging.WARNING, logger="routing_db.slow")
-    try:
-        async with Session() as session:
-            await session.execute(text("SELECT 1"))  # fast: not logged
-            await session.execute(
-                text("SELECT pg_sleep(0.15), :marker AS m"), {"marker": "private"}
-            )
-            padding = " + ".join(["1"] * 400)  # a statement over 500 characters
-            await session.execute(text(f"SELECT pg_sleep(0.15), {padding}"))
-        async with Session() as session, read_only:
-            await session.execute(text("SELECT pg_sleep(0.12)"))
-    finally:
-        await router.dispose()
+    async with Session() as session:
+        await session.execute(text("SELECT 1"))  # fast: not logged
+        await session.execute(
+            text("SELECT pg_sleep(0.15), :marker AS m"), {"marker": "private"}
+        )
+        padding = " + ".join(["1"] * 400)  # a statement over 500 characters
+        await session.execute(text(f"SELECT pg_sleep(0.15), {padding}"))
+    async with Session() as session, read_only:
+        await session.execute(text("SELECT pg_sleep(0.12)"))
     logged = messages(caplog, "routing_db.slow")
     assert len(logged) == 3
     writer, replica = router.status()[0]["name"], router.status()[1]["name"]
@@ -71,17 +70,16 @@ async def test_slow_query_log(
 
 
 async def test_slow_query_log_with_parameters(
-    cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+    cluster: PostgresCluster,
+    caplog: pytest.LogCaptureFixture,
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, slow_query_seconds=0.05, log_slow_parameters=True
     )
     caplog.set_level(logging.WARNING, logger="routing_db.slow")
-    try:
-        async with routing_sessionmaker(router)() as session:
-            await session.execute(text("SELECT pg_sleep(0.06), :v"), {"v": "shown"})
-    finally:
-        await router.dispose()
+    async with routing_sessionmaker(router)() as session:
+        await session.execute(text("SELECT pg_sleep(0.06), :v"), {"v": "shown"})
     (line,) = messages(caplog, "routing_db.slow")
     assert "shown" in line
 

@@ -309,8 +309,9 @@ async def test_a_connection_lost_outside_commit_is_not_outcome_unknown(
 @pytest.mark.usefixtures("clean")
 async def test_serialization_failures_are_rerun_by_the_unit_of_work(
     cluster: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url,
         cluster.replica_urls,
         isolation_level="SERIALIZABLE",
@@ -326,10 +327,7 @@ async def test_serialization_failures_are_rerun_by_the_unit_of_work(
         n = await session.scalar(select(func.count()).select_from(Item))
         session.add(Item(name=f"n{n}"))
 
-    try:
-        await asyncio.gather(*(next_number() for _ in range(30)))
-    finally:
-        await router.dispose()
+    await asyncio.gather(*(next_number() for _ in range(30)))
     names = cluster.sql(cluster.primary, "SELECT string_agg(name, ',') FROM items")
     assert sorted(names.split(","), key=lambda s: int(s[1:])) == [
         f"n{i}" for i in range(30)
@@ -339,9 +337,11 @@ async def test_serialization_failures_are_rerun_by_the_unit_of_work(
 
 @pytest.mark.usefixtures("clean")
 async def test_primary_restart_under_write_load(
-    cluster: PostgresCluster, faults: PostgresCluster
+    cluster: PostgresCluster,
+    faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, cluster.replica_urls, pool_size=5, retry=FAST
     )
     Session = routing_sessionmaker(router)
@@ -375,10 +375,7 @@ async def test_primary_restart_under_write_load(
         await asyncio.sleep(2)
         stop.set()
 
-    try:
-        await asyncio.gather(restart(), *(writer(w) for w in range(10)))
-    finally:
-        await router.dispose()
+    await asyncio.gather(restart(), *(writer(w) for w in range(10)))
     rows = cluster.sql(
         cluster.primary, "SELECT name || ':' || count(*) FROM items GROUP BY name"
     ).split()
@@ -415,13 +412,15 @@ async def test_writer_connect_is_retried(
 
 @pytest.mark.usefixtures("clean")
 async def test_a_recovery_conflict_on_a_first_read_is_rerun(
-    cluster: PostgresCluster, faults: PostgresCluster
+    cluster: PostgresCluster,
+    faults: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     # Replica 0 cancels queries that conflict with replay at once.
     conflicted = faults.replicas[0]
     faults.sql(conflicted, "ALTER SYSTEM SET max_standby_streaming_delay = 0")
     faults.sql(conflicted, "SELECT pg_reload_conf()")
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url,
         cluster.replica_urls,
         policy="weighted",
@@ -467,6 +466,5 @@ async def test_a_recovery_conflict_on_a_first_read_is_rerun(
         # A conflict is not a failure of the replica: it stays in service.
         assert router.status()[1]["ejected"] is False
     finally:
-        await router.dispose()
         faults.sql(conflicted, "ALTER SYSTEM RESET max_standby_streaming_delay")
         faults.sql(conflicted, "SELECT pg_reload_conf()")

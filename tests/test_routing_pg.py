@@ -453,19 +453,17 @@ async def test_100_concurrent_tasks_each_on_its_own_server(
 
 
 async def test_no_replicas_falls_back_to_the_writer_or_raises(
-    cluster: PostgresCluster, ports: dict[str, Any]
+    cluster: PostgresCluster,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
 ) -> None:
-    fallback = Router.from_urls(cluster.writer_url)
-    strict = Router.from_urls(cluster.writer_url, fallback_to_writer=False)
-    try:
-        async with routing_sessionmaker(fallback)() as session, read_only:
-            assert await where(session) == (ports["writer"], False)
-        async with routing_sessionmaker(strict)() as session, read_only:
-            with pytest.raises(NoReplicaAvailable):
-                await where(session)
-    finally:
-        await fallback.dispose()
-        await strict.dispose()
+    fallback = make_router(cluster.writer_url)
+    strict = make_router(cluster.writer_url, fallback_to_writer=False)
+    async with routing_sessionmaker(fallback)() as session, read_only:
+        assert await where(session) == (ports["writer"], False)
+    async with routing_sessionmaker(strict)() as session, read_only:
+        with pytest.raises(NoReplicaAvailable):
+            await where(session)
 
 
 async def test_a_replica_that_is_really_a_primary_is_refused(
@@ -480,18 +478,17 @@ async def test_a_replica_that_is_really_a_primary_is_refused(
 
 
 async def test_primary_as_replica_when_allowed_is_still_read_only(
-    cluster: PostgresCluster, ports: dict[str, Any]
+    cluster: PostgresCluster,
+    ports: dict[str, Any],
+    make_router: RouterMaker,
 ) -> None:
-    router = Router.from_urls(
+    router = make_router(
         cluster.writer_url, [cluster.writer_url], require_standby=False
     )
-    try:
-        async with routing_sessionmaker(router)() as session, read_only:
-            assert await where(session) == (ports["writer"], False)
-            with pytest.raises(ReadOnlyViolation):
-                await session.execute(text("SELECT bump()"))
-    finally:
-        await router.dispose()
+    async with routing_sessionmaker(router)() as session, read_only:
+        assert await where(session) == (ports["writer"], False)
+        with pytest.raises(ReadOnlyViolation):
+            await session.execute(text("SELECT bump()"))
     assert await count_items(cluster) == 0
 
 

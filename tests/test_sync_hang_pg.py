@@ -120,9 +120,10 @@ def test_reads_on_a_hung_replica_are_bounded_and_served_elsewhere(
 
 def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
     hung: PostgresCluster,
+    make_router: RouterMaker,
 ) -> None:
     cluster = hung
-    router = SyncRouter.from_urls(
+    router = make_router.sync(
         cluster.writer_url, cluster.replica_urls[:1], replica_read_timeout=READ_TIMEOUT
     )
     Session = routing_sync_sessionmaker(router)
@@ -139,7 +140,6 @@ def test_a_later_statement_on_a_hung_replica_raises_a_typed_error(
         assert router.status()[1]["ejected"]
     finally:
         cluster.resume_replica(0)
-        router.dispose()
 
 
 def test_a_statement_past_the_bound_is_stopped_on_the_server(

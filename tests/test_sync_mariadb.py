@@ -130,10 +130,11 @@ def test_a_crashed_replica_fails_no_read_and_comes_back(
 
 def test_a_write_on_a_pooled_connection_the_server_ended_is_not_lost(
     db: MariaDBCluster,
+    make_router: RouterMaker,
 ) -> None:
     """pymysql, too, finds out only when a statement sent on the dead
     connection fails: the checkout check must find the server's goodbye."""
-    router = SyncRouter.from_urls(
+    router = make_router.sync(
         db.primary.url_for("pymysql"),
         [node.url_for("pymysql") for node in db.replicas],
         pool_size=1,
@@ -142,19 +143,16 @@ def test_a_write_on_a_pooled_connection_the_server_ended_is_not_lost(
         retry=RetryPolicy(attempts=3, wait=wait_none()),
     )
     Sync = routing_sync_sessionmaker(router)
-    try:
-        with Sync() as session:
-            session.add(Item(name="before"))
-            session.flush()
-            first = session.scalar(CONNECTION_ID)
-            session.commit()
-        end_connection(db, first)
-        with Sync() as session:
-            session.add(Item(name="after"))
-            session.flush()
-            assert session.scalar(CONNECTION_ID) != first
-            session.commit()
-    finally:
-        router.dispose()
+    with Sync() as session:
+        session.add(Item(name="before"))
+        session.flush()
+        first = session.scalar(CONNECTION_ID)
+        session.commit()
+    end_connection(db, first)
+    with Sync() as session:
+        session.add(Item(name="after"))
+        session.flush()
+        assert session.scalar(CONNECTION_ID) != first
+        session.commit()
     names = db.sql(db.primary, "SELECT name FROM app.items ORDER BY id")
     assert names.split() == ["before", "after"]
