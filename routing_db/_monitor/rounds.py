@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from .._backends.backend import ReplicaStatus
 from .._backends.positions import has_positions, replica_status
 from .._backends.registry import backend_for
-from .._causal.floor import reached
+from .._causal.floor import DOMAIN_SHIFT, reached
 from .._engines.make import pool_capacity
 from .._topology.topology import Topology
 
@@ -67,16 +67,13 @@ def lag_seconds_within(
     # behind and long behind look alike: the seconds wait for the next round.
     if len(seen) <= 1:
         return None
-    if reported is None and _comparable(position, seen[0][1]):
+    oldest_at, oldest = seen[0]
+    # Another GTID domain's position is neither ahead nor behind (PostgreSQL
+    # has one domain).
+    if reported is None and position >> DOMAIN_SHIFT == oldest >> DOMAIN_SHIFT:
         # It has not replayed what the writer had then: at least this far.
-        return max(0.0, now - seen[0][0])
+        return max(0.0, now - oldest_at)
     return reported
-
-
-def _comparable(position: int, writer: int) -> bool:
-    # Positions of one GTID domain (PostgreSQL has one); another domain's
-    # are neither ahead nor behind.
-    return reached(position, writer) or reached(writer, position)
 
 
 class RoundPolicy:
